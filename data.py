@@ -1,0 +1,303 @@
+"""CIFAR-10/100 data for train.py: files on disk, generated stand-ins, augmentation, loaders.
+
+One small reader turns the standard pickle files (`cifar-100-python/{train,test,meta}`,
+`cifar-10-batches-py/...`) into uint8 arrays. Real runs download those files with
+torchvision (which verifies their checksums); tests and `train.py --smoke` write generated
+files in exactly the same format, so both go through the same reader.
+
+Randomness is keyed, not streamed: the augmentation of training image i in epoch e is a
+pure function of (seed, e, i), and the shuffle order of (seed, e). Results therefore do
+not depend on the worker count or on whether the run was resumed.
+"""
+import os
+import pickle
+import random
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+CIFAR100_SUPERCLASSES = {
+    "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
+    "fish": ["aquarium_fish", "flatfish", "ray", "shark", "trout"],
+    "flowers": ["orchid", "poppy", "rose", "sunflower", "tulip"],
+    "food_containers": ["bottle", "bowl", "can", "cup", "plate"],
+    "fruit_and_vegetables": ["apple", "mushroom", "orange", "pear", "sweet_pepper"],
+    "household_electrical_devices": ["clock", "keyboard", "lamp", "telephone", "television"],
+    "household_furniture": ["bed", "chair", "couch", "table", "wardrobe"],
+    "insects": ["bee", "beetle", "butterfly", "caterpillar", "cockroach"],
+    "large_carnivores": ["bear", "leopard", "lion", "tiger", "wolf"],
+    "large_man-made_outdoor_things": ["bridge", "castle", "house", "road", "skyscraper"],
+    "large_natural_outdoor_scenes": ["cloud", "forest", "mountain", "plain", "sea"],
+    "large_omnivores_and_herbivores": ["camel", "cattle", "chimpanzee", "elephant", "kangaroo"],
+    "medium_mammals": ["fox", "porcupine", "possum", "raccoon", "skunk"],
+    "non-insect_invertebrates": ["crab", "lobster", "snail", "spider", "worm"],
+    "people": ["baby", "boy", "girl", "man", "woman"],
+    "reptiles": ["crocodile", "dinosaur", "lizard", "snake", "turtle"],
+    "small_mammals": ["hamster", "mouse", "rabbit", "shrew", "squirrel"],
+    "trees": ["maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"],
+    "vehicles_1": ["bicycle", "bus", "motorcycle", "pickup_truck", "train"],
+    "vehicles_2": ["lawn_mower", "rocket", "streetcar", "tank", "tractor"],
+}
+# Label indices are the alphabetical order of the names, as in the data set's meta file.
+CIFAR100_CLASSES = sorted(n for names in CIFAR100_SUPERCLASSES.values() for n in names)
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+
+# folder, train files, test file, meta file, label key, names key, per-channel mean/std (0-1)
+DATASETS = {
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test="test", meta="meta",
+                     label_key="fine_labels", names_key="fine_label_names",
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+    "cifar10": dict(folder="cifar-10-batches-py",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test="test_batch",
+                    meta="batches.meta", label_key="labels", names_key="label_names",
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+}
+
+# Independent random streams, each keyed by (seed, stream, ...) instead of shared state.
+AUG_STREAM, SHUFFLE_STREAM, CUTMIX_STREAM, TORCH_STREAM = range(4)
+
+
+class DataError(Exception):
+    """Missing, unreadable or malformed data set files."""
+
+
+def stream_seed(*keys):
+    """A 63-bit seed derived from integer keys, e.g. stream_seed(seed, CUTMIX_STREAM, epoch)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
+
+
+# -----------------------------------------------------------------------------
+# Files on disk
+
+def _files(name, split):
+    spec = DATASETS[name]
+    return spec["train"] if split == "train" else [spec["test"]]
+
+
+def dataset_present(root, name):
+    spec = DATASETS[name]
+    needed = spec["train"] + [spec["test"], spec["meta"]]
+    return all(os.path.isfile(os.path.join(root, spec["folder"], f)) for f in needed)
+
+
+def ensure_dataset(root, name, download=True):
+    """Make sure the pickle files are in root; download (checksums verified) if they are not."""
+    if dataset_present(root, name):
+        return
+    where = os.path.join(os.path.abspath(root), DATASETS[name]["folder"])
+    if download:
+        import torchvision  # only needed here; keeps importing data.py light
+        cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
+        try:
+            cls(root, train=True, download=True)
+        except Exception as e:  # network, disk and checksum failures all end the same way
+            raise DataError(f"{name} is not in {where} and the download failed "
+                            f"({type(e).__name__}: {str(e)[:100]}); download it from "
+                            f"{cls.url} and extract it into {os.path.abspath(root)}") from None
+    if not dataset_present(root, name):
+        raise DataError(f"{name} is not in {where} (downloads are off); put the extracted "
+                        f"'{DATASETS[name]['folder']}' folder in {os.path.abspath(root)}")
+
+
+def _unpickle(path):
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")  # the files were written by Python 2
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {type(e).__name__}") from None
+
+
+def read_split(root, name, split):
+    """(images uint8 (N, 32, 32, 3) RGB, labels int64 (N,)) from the standard pickle files."""
+    spec = DATASETS[name]
+    xs, ys = [], []
+    for fname in _files(name, split):
+        path = os.path.join(root, spec["folder"], fname)
+        batch = _unpickle(path)
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8)
+            labels = np.asarray(batch[spec["label_key"]], dtype=np.int64)
+            # rows hold 1024 red, then 1024 green, then 1024 blue values, each 32x32 row-major
+            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path} is not a {name} batch file ({type(e).__name__}: {e})") from None
+        if len(labels) != len(xs[-1]):
+            raise DataError(f"{path}: {len(xs[-1])} images but {len(labels)} labels")
+        ys.append(labels)
+    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
+
+
+def read_class_names(root, name):
+    spec = DATASETS[name]
+    meta = _unpickle(os.path.join(root, spec["folder"], spec["meta"]))
+    if spec["names_key"] not in meta:
+        raise DataError(f"{spec['meta']} of {name} has no '{spec['names_key']}'")
+    return list(meta[spec["names_key"]])
+
+
+def load_dataset(root, name, download=True):
+    """Everything train.py needs: train/test arrays and class names, checked for consistency."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set '{name}' (choose from {', '.join(DATASETS)})")
+    ensure_dataset(root, name, download)
+    x_train, y_train = read_split(root, name, "train")
+    x_test, y_test = read_split(root, name, "test")
+    names = read_class_names(root, name)
+    top = max(y_train.max(), y_test.max())
+    if min(y_train.min(), y_test.min()) < 0 or top >= len(names):
+        raise DataError(f"{name} labels run to {top} but the meta file names {len(names)} classes")
+    return x_train, y_train, x_test, y_test, names
+
+
+# -----------------------------------------------------------------------------
+# Generated stand-in data (tests and the offline --smoke demo)
+
+def _synthetic_images(labels, palette, rng):
+    """Each class: its own background colour with a square of a second colour at a random spot."""
+    n = len(labels)
+    imgs = np.empty((n, 32, 32, 3), np.float32)
+    imgs[:] = palette[labels, 0][:, None, None, :]
+    for k in range(n):
+        s = rng.integers(8, 15)
+        r, c = rng.integers(0, 32 - s, size=2)
+        imgs[k, r:r + s, c:c + s] = palette[labels[k], 1]
+    imgs += rng.normal(0, 12, imgs.shape)
+    return np.clip(imgs, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_dataset(root, name="cifar100", n_train=2000, n_test=500, seed=0):
+    """Write a small, learnable data set in the exact on-disk format of the real one.
+
+    Deterministic: the same arguments give byte-identical files. Returns the folder.
+    """
+    spec = DATASETS[name]
+    names = CIFAR100_CLASSES if name == "cifar100" else CIFAR10_CLASSES
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, size=(len(names), 2, 3)).astype(np.float32)
+    folder = os.path.join(root, spec["folder"])
+    os.makedirs(folder, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % len(names)  # balanced: every class equally often
+        rng.shuffle(labels)
+        imgs = _synthetic_images(labels, palette, rng)
+        files = _files(name, split)
+        for i, idx in enumerate(np.array_split(np.arange(n), len(files))):
+            _dump(os.path.join(folder, files[i]),
+                  _batch_dict(name, imgs[idx], labels[idx], f"{split} batch {i + 1}"))
+    meta = {spec["names_key"]: list(names)}
+    if name == "cifar100":
+        meta["coarse_label_names"] = sorted(CIFAR100_SUPERCLASSES)
+    _dump(os.path.join(folder, spec["meta"]), meta)
+    return folder
+
+
+def _batch_dict(name, imgs, labels, batch_label):
+    d = {"batch_label": batch_label,
+         "data": imgs.transpose(0, 3, 1, 2).reshape(len(imgs), 3072),
+         "filenames": [f"synthetic_{i:05d}.png" for i in range(len(imgs))],
+         DATASETS[name]["label_key"]: [int(v) for v in labels]}
+    if name == "cifar100":
+        coarse = {f: i for i, c in enumerate(sorted(CIFAR100_SUPERCLASSES))
+                  for f in CIFAR100_SUPERCLASSES[c]}
+        d["coarse_labels"] = [coarse[CIFAR100_CLASSES[v]] for v in labels]
+    return d
+
+
+def _dump(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+# -----------------------------------------------------------------------------
+# Augmentation
+
+def train_transform(mean, std):
+    """The reference's training augmentation. strict=True: a misspelt argument raises
+    instead of being silently dropped (albumentations only warns otherwise)."""
+    fill = tuple(round(255 * m) for m in mean)  # cut-out holes take the data set's mean colour
+    return A.Compose([
+        A.PadIfNeeded(min_height=40, min_width=40, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.RandomCrop(height=32, width=32),
+        A.HorizontalFlip(p=0.5),
+        # tuples are ranges sampled per axis; a scalar would be a fixed value
+        A.Affine(translate_percent=(-0.1, 0.1), scale=(0.85, 1.15), rotate=(-15, 15),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
+        A.OneOf([
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 16),
+                            hole_width_range=(8, 16), fill=fill),
+            # std as a fraction of 255 here, because the image is still uint8
+            A.GaussNoise(std_range=(0.0125, 0.0278)),
+        ], p=0.3),
+        A.Normalize(mean=mean, std=std),
+        ToTensorV2(),
+    ], strict=True)
+
+
+def test_transform(mean, std):
+    return A.Compose([A.Normalize(mean=mean, std=std), ToTensorV2()], strict=True)
+
+
+class CIFARDataset(torch.utils.data.Dataset):
+    """uint8 images + labels. With augment=True an item is (epoch, index), and the random
+    state of the whole pipeline is keyed by (seed, epoch, first index of the batch) once
+    per batch (seeding per image would cost a third of the augmentation time).
+
+    albumentations' own seeding is no use here: every DataLoader worker would copy the same
+    generator, and `Compose.set_random_seed` gives each transform an identical generator,
+    so e.g. flip and affine would fire together. One shared, keyed generator avoids both.
+    """
+
+    def __init__(self, images, labels, transform, augment=False, seed=0):
+        self.images, self.labels = images, labels
+        self.transform, self.augment, self.seed = transform, augment, seed
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, item):
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items):
+        """A whole batch at once (the DataLoader calls this when it exists)."""
+        if self.augment:
+            epoch, first = items[0]
+            rng = np.random.default_rng([self.seed, AUG_STREAM, epoch, first])
+            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
+            items = [index for _, index in items]
+        # each image: (3, 32, 32) float32, normalised
+        return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in items]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffles with a permutation keyed by (seed, epoch) and yields (epoch, index) pairs,
+    so workers, even persistent ones, know the epoch without shared state."""
+
+    def __init__(self, n, seed=0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        perm = np.random.default_rng([self.seed, SHUFFLE_STREAM, self.epoch]).permutation(self.n)
+        return iter([(self.epoch, int(i)) for i in perm])
+
+
+def make_loaders(x_train, y_train, x_test, y_test, mean, std, batch_size, eval_batch_size,
+                 num_workers=0, seed=0, pin_memory=False):
+    """(train loader, test loader). The train sampler's set_epoch selects the epoch."""
+    train_ds = CIFARDataset(x_train, y_train, train_transform(mean, std), augment=True, seed=seed)
+    test_ds = CIFARDataset(x_test, y_test, test_transform(mean, std))
+    common = dict(num_workers=num_workers, pin_memory=pin_memory,
+                  persistent_workers=num_workers > 0)
+    train = torch.utils.data.DataLoader(train_ds, batch_size=batch_size,
+                                        sampler=EpochSampler(len(train_ds), seed), **common)
+    test = torch.utils.data.DataLoader(test_ds, batch_size=eval_batch_size, shuffle=False, **common)
+    return train, test

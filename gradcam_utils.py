@@ -1,0 +1,185 @@
+"""Grad-CAM pictures: where the network looks when it makes a prediction.
+
+    python gradcam_utils.py --checkpoint checkpoints/best_model.pt [--num-images 6]
+                            [--out-dir gradcam_outputs] [--misclassified]
+
+The network is rebuilt from the checkpoint alone; the test images come from the data set
+the checkpoint was trained on. Writes gradcam_grid.png (image and heat-map overlay per
+sample, with predicted and true class) and gradcam_idx{i}_overlay.png for each sample.
+Grad-CAM is taken at the last BasicBlock of layer4 (a 4x4 map for 32x32 inputs, upsampled).
+train.py calls the same functions after training.
+"""
+import argparse
+import math
+import os
+import sys
+
+import cv2
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from model import CheckpointError, atomic_path, model_from_checkpoint
+
+DISPLAY = 128  # pixels per side when drawing a 32x32 image
+
+
+# -----------------------------------------------------------------------------
+# Figures (matplotlib's object API: no global pyplot state, no display needed)
+
+def new_figure(figsize):
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def save_figure(fig, path, dpi=110):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
+# -----------------------------------------------------------------------------
+# Grad-CAM
+
+def normalize(images, mean, std):
+    """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32), normalised as in training."""
+    x = torch.from_numpy(images).float().div(255).permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def gradcam_maps(model, x):
+    """Heat maps in [0, 1], (N, H, W), for each image's predicted class; plus softmax probs.
+
+    x: normalised (N, 3, H, W) on the model's device. The model's train/eval mode is
+    restored afterwards (the grad-cam package leaves the model in eval mode).
+    """
+    from pytorch_grad_cam import GradCAM
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probs = model(x).float().softmax(1)
+    # Grad-CAM needs gradients even when the caller runs under torch.no_grad()
+    with torch.enable_grad(), GradCAM(model=model, target_layers=[model.layer4[-1]]) as cam:
+        maps = cam(input_tensor=x, targets=None)  # targets=None: the predicted class
+    model.train(was_training)
+    return maps, probs.cpu()
+
+
+def overlay(image, cam):
+    """uint8 RGB image + [0, 1] map -> uint8 RGB overlay, both upscaled to DISPLAY pixels."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    big = cv2.resize(image, (DISPLAY, DISPLAY), interpolation=cv2.INTER_CUBIC)
+    cam = cv2.resize(cam, (DISPLAY, DISPLAY), interpolation=cv2.INTER_LINEAR)
+    return show_cam_on_image(big.astype(np.float32) / 255, np.clip(cam, 0, 1), use_rgb=True)
+
+
+def pick_indices(model, x_test, y_test, mean, std, n, misclassified=False, batch=256):
+    """The first n test images, or the first n the model gets wrong (fewer if there are not)."""
+    if not misclassified:
+        return list(range(min(n, len(x_test))))
+    device = next(model.parameters()).device
+    wrong = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(x_test), batch):
+            x = normalize(x_test[start:start + batch], mean, std).to(device)
+            pred = model(x).argmax(1).cpu().numpy()
+            wrong += [start + i for i in np.flatnonzero(pred != y_test[start:start + batch])]
+            if len(wrong) >= n:
+                break
+    return wrong[:n]
+
+
+def explain_test_images(model, ckpt, x_test, y_test, out_dir, n=6, misclassified=False):
+    """Grad-CAM for n test images; writes the grid and one overlay per image. Returns paths."""
+    names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
+    idx = pick_indices(model, x_test, y_test, mean, std, n, misclassified)
+    if not idx:
+        return []
+    device = next(model.parameters()).device
+    maps, probs = gradcam_maps(model, normalize(x_test[idx], mean, std).to(device))
+    samples = []
+    for k, i in enumerate(idx):
+        pred = int(probs[k].argmax())
+        samples.append(dict(image=x_test[i], cam=maps[k], pred=names[pred], true=names[y_test[i]],
+                            prob=float(probs[k, pred]), index=i))
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [save_overlay(s, os.path.join(out_dir, f"gradcam_idx{k}_overlay.png"))
+             for k, s in enumerate(samples)]
+    paths.append(save_grid(samples, os.path.join(out_dir, "gradcam_grid.png")))
+    return paths
+
+
+def _draw(ax_img, ax_cam, s):
+    ax_img.imshow(cv2.resize(s["image"], (DISPLAY, DISPLAY), interpolation=cv2.INTER_NEAREST))
+    ax_cam.imshow(overlay(s["image"], s["cam"]))
+    ok = s["pred"] == s["true"]
+    ax_img.set_title(f"pred: {s['pred']} ({100 * s['prob']:.0f}%)\ntrue: {s['true']}",
+                     color="green" if ok else "red", fontsize=9, loc="left")
+    ax_cam.set_title(f"Grad-CAM (test #{s['index']})", fontsize=9)
+    for ax in (ax_img, ax_cam):
+        ax.set_axis_off()
+
+
+def save_overlay(sample, path):
+    fig = new_figure(figsize=(4.4, 2.6))
+    ax = fig.subplots(1, 2)
+    _draw(ax[0], ax[1], sample)
+    save_figure(fig, path)
+    return path
+
+
+def save_grid(samples, path, cols=3):
+    """Rows of `cols` samples (2x3 for six), each as image | overlay."""
+    rows = math.ceil(len(samples) / cols)
+    fig = new_figure(figsize=(4.4 * cols, 2.7 * rows))
+    axes = np.asarray(fig.subplots(rows, 2 * cols)).reshape(rows, 2 * cols)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for k, s in enumerate(samples):
+        r, c = divmod(k, cols)
+        _draw(axes[r, 2 * c], axes[r, 2 * c + 1], s)
+    fig.suptitle("Grad-CAM: where the network looks (red = most important)")
+    save_figure(fig, path)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Grad-CAM pictures for a trained checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="e.g. checkpoints/best_model.pt")
+    p.add_argument("--num-images", type=int, default=6, help="how many test images (default 6)")
+    p.add_argument("--out-dir", default="gradcam_outputs", help="default: gradcam_outputs")
+    p.add_argument("--misclassified", action="store_true",
+                   help="explain images the model gets wrong instead of the first ones")
+    p.add_argument("--data-dir", default=None,
+                   help="data set folder (default: the one the checkpoint was trained from)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    args = p.parse_args(argv)
+    import data  # the data pipeline pulls in albumentations; only the CLI needs it
+    try:
+        if args.num_images < 1:
+            raise ValueError(f"--num-images must be at least 1 (got {args.num_images})")
+        model, ckpt = model_from_checkpoint(args.checkpoint, torch.device(args.device))
+        cfg = ckpt.get("config", {})
+        name = cfg.get("dataset", "cifar100")
+        root = args.data_dir or cfg.get("data_dir", "./data")
+        ckpt.setdefault("mean", data.DATASETS[name]["mean"])  # seed-format checkpoints
+        ckpt.setdefault("std", data.DATASETS[name]["std"])
+        data.ensure_dataset(root, name)
+        x_test, y_test = data.read_split(root, name, "test")
+        ckpt.setdefault("class_names", data.read_class_names(root, name))
+        paths = explain_test_images(model, ckpt, x_test, y_test, args.out_dir,
+                                    args.num_images, args.misclassified)
+    except (CheckpointError, data.DataError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Enhanced ResNet34 for 32x32 images (CIFAR-100), and loading it back from a checkpoint.
+
+The seed network is `ResNet34(num_classes=100)`: a 3x3 stride-1 stem with no max-pool (a
+32x32 image keeps its full resolution through the first stage), BasicBlocks [5, 5, 5, 5]
+at widths 64/128/256/512, global average pool, Dropout(0.3), Linear(512 -> classes).
+30,032,292 parameters for 100 classes. `ResNet(blocks, width, ...)` is the same network at
+any depth and width, so tests and quick runs use a reduced one through the same code.
+
+Inference, as in the reference README:
+
+    model = ResNet34(num_classes=100)
+    model.load_state_dict(torch.load("checkpoints/best_model.pt")["model_state_dict"])
+
+or, rebuilding whatever network a checkpoint holds from the file alone:
+
+    model, ckpt = model_from_checkpoint("checkpoints/best_model.pt")
+"""
+import contextlib
+import os
+import pickle
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SEED_BLOCKS = (5, 5, 5, 5)
+SEED_WIDTH = 64
+
+
+# -----------------------------------------------------------------------------
+# Network
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection; 1x1 conv + BN shortcut when the shape changes."""
+
+    def __init__(self, in_ch, out_ch, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet: stem, four stages of BasicBlocks (stride 2 entering stages 2-4), head.
+
+    blocks: blocks per stage, e.g. (5, 5, 5, 5); width: channels of stage 1, doubled per
+    stage (64 -> 64/128/256/512). Input (N, 3, 32, 32) -> logits (N, num_classes).
+    """
+
+    def __init__(self, blocks=SEED_BLOCKS, width=SEED_WIDTH, num_classes=100, dropout=0.3):
+        super().__init__()
+        if len(blocks) != 4 or min(blocks) < 1 or width < 1 or num_classes < 1:
+            raise ValueError(f"invalid ResNet shape: blocks={blocks} width={width} "
+                             f"num_classes={num_classes}")
+        self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        # No max-pool here: on 32x32 inputs it would throw away 3/4 of the pixels at once.
+        chans = [width * 2**i for i in range(4)]
+        in_ch = width
+        for i, (n, ch) in enumerate(zip(blocks, chans)):
+            stride = 1 if i == 0 else 2
+            stage = [BasicBlock(in_ch, ch, stride)] + [BasicBlock(ch, ch) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+            in_ch = ch
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)  # only before the classifier: in blocks it hurt
+        self.fc = nn.Linear(in_ch, num_classes)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))  # (N, w, 32, 32)
+        x = self.layer1(x)                    # (N, w, 32, 32)
+        x = self.layer2(x)                    # (N, 2w, 16, 16)
+        x = self.layer3(x)                    # (N, 4w, 8, 8)
+        x = self.layer4(x)                    # (N, 8w, 4, 4)
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(self.dropout(x))
+
+
+def ResNet34(num_classes=100, dropout=0.3):
+    """The seed network: [5, 5, 5, 5] BasicBlocks at width 64 (30,032,292 parameters)."""
+    return ResNet(SEED_BLOCKS, SEED_WIDTH, num_classes, dropout)
+
+
+def build_model(model_args):
+    """ResNet from the constructor arguments stored in a checkpoint (a plain dict)."""
+    return ResNet(tuple(model_args["blocks"]), model_args["width"],
+                  model_args["num_classes"], model_args.get("dropout", 0.3))
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable, unsafe or of another network."""
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary name beside `path`; move it into place only once writing succeeded,
+    so a crash mid-write leaves the previous file, never a truncated one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(ckpt, path):
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint safely: weights_only=True, so a file cannot run code when loaded."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any object that is not a tensor or plain Python value.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors "
+                              f"and plain values ({first[:120]})") from None
+    except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a user
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file "
+                              f"({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint (no 'model_state_dict')")
+    return ckpt
+
+
+def model_args_from_state_dict(state_dict):
+    """Infer blocks/width/classes from tensor shapes, for checkpoints that do not store them."""
+    try:
+        width = state_dict["conv1.weight"].shape[0]
+        num_classes = state_dict["fc.weight"].shape[0]
+        blocks = [len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")})
+                  for i in range(1, 5)]
+    except (KeyError, AttributeError, IndexError):
+        raise CheckpointError("the checkpoint's weights are not of this project's ResNet") from None
+    return {"blocks": blocks, "width": int(width), "num_classes": int(num_classes), "dropout": 0.3}
+
+
+def check_model_args(found, expected, source="checkpoint"):
+    """Raise naming the first difference, e.g. 'num_classes: checkpoint has 10, expected 100'."""
+    for key in ("num_classes", "blocks", "width"):
+        if key in expected and list(_as_list(found[key])) != list(_as_list(expected[key])):
+            raise CheckpointError(f"{source} is of another network: {key} is "
+                                  f"{found[key]} there, expected {expected[key]}")
+
+
+def _as_list(v):
+    return v if isinstance(v, (list, tuple)) else [v]
+
+
+def model_from_checkpoint(ckpt, device="cpu", expected=None):
+    """Rebuild the network a checkpoint (a path or a loaded dict) holds, in eval mode.
+
+    expected: optional model arguments the caller needs (e.g. {"num_classes": 100}); a
+    checkpoint of another network is refused with the difference named.
+    Returns (model, checkpoint dict).
+    """
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt, map_location="cpu")
+    state = ckpt["model_state_dict"]
+    args = ckpt.get("model_args") or model_args_from_state_dict(state)
+    check_model_args(model_args_from_state_dict(state), args, "checkpoint weights")
+    if expected:
+        check_model_args(args, expected)
+    model = build_model(args)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit the network: "
+                              f"{str(e).splitlines()[0][:200]}") from None
+    return model.to(device).eval(), ckpt
