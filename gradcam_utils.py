@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from model import CheckpointError, atomic_path, model_from_checkpoint
+from model import CheckpointError, atomic_path, load_checkpoint, model_from_checkpoint
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
 
@@ -162,15 +162,18 @@ def main(argv=None):
     try:
         if args.num_images < 1:
             raise ValueError(f"--num-images must be at least 1 (got {args.num_images})")
-        model, ckpt = model_from_checkpoint(args.checkpoint, torch.device(args.device))
+        ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt.get("config", {})
         name = cfg.get("dataset", "cifar100")
         root = args.data_dir or cfg.get("data_dir", "./data")
-        ckpt.setdefault("mean", data.DATASETS[name]["mean"])  # seed-format checkpoints
-        ckpt.setdefault("std", data.DATASETS[name]["std"])
         data.ensure_dataset(root, name)
         x_test, y_test = data.read_split(root, name, "test")
+        # seed-format checkpoints hold weights only: take the rest from the data set
         ckpt.setdefault("class_names", data.read_class_names(root, name))
+        ckpt.setdefault("mean", data.DATASETS[name]["mean"])
+        ckpt.setdefault("std", data.DATASETS[name]["std"])
+        model, _ = model_from_checkpoint(ckpt, torch.device(args.device),
+                                         expected={"num_classes": len(ckpt["class_names"])})
         paths = explain_test_images(model, ckpt, x_test, y_test, args.out_dir,
                                     args.num_images, args.misclassified)
     except (CheckpointError, data.DataError, ValueError, RuntimeError) as e:

@@ -18,6 +18,7 @@ or, rebuilding whatever network a checkpoint holds from the file alone:
 import contextlib
 import os
 import pickle
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -143,13 +144,17 @@ def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint safely: weights_only=True, so a file cannot run code when loaded."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, "
+                              f"or corrupt or truncated")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses any object that is not a tensor or plain Python value.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors "
-                              f"and plain values ({first[:120]})") from None
+        # weights_only refuses any object that is not a tensor or plain Python value
+        lines = [ln for ln in str(e).splitlines() if "global" in ln.lower()]
+        why = lines[0].strip(" .") if lines else "objects other than tensors and plain values"
+        raise CheckpointError(f"refusing to load {path}: {why[:150]} "
+                              f"(only tensors and plain values are accepted)") from None
     except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a user
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file "
                               f"({type(e).__name__})") from None

@@ -126,6 +126,12 @@ def build_parser():
     return p
 
 
+def parse_args(argv=None):
+    """(flags given explicitly, as a dict of Config fields; --resume; --metrics-from-ckpt)"""
+    args = vars(build_parser().parse_args(argv))
+    return args, args.pop("resume"), args.pop("metrics_from_ckpt")
+
+
 def resolve_config(explicit, saved=None):
     """Config = defaults <- smoke presets <- the resumed run's config <- explicit flags.
 
@@ -430,8 +436,10 @@ def _plot(ax, x, y, title, ylabel):
 
 
 def setup_logging(out_dir, resumed_from=None):
-    log.handlers.clear()
-    table.handlers.clear()
+    for logger in (log, table):
+        for h in list(logger.handlers):
+            h.close()
+            logger.removeHandler(h)
     log.setLevel(logging.INFO)
     table.setLevel(logging.INFO)
     log.propagate = table.propagate = False
@@ -535,8 +543,7 @@ def finish(cfg, ckpt_dir, x_test, y_test, device):
 
 
 def run(argv=None):
-    args = vars(build_parser().parse_args(argv))
-    resume, metrics_path = args.pop("resume", None), args.pop("metrics_from_ckpt", None)
+    args, resume, metrics_path = parse_args(argv)
     if metrics_path:
         out = os.path.join(args.get("out_dir", "."), "training_metrics_from_ckpt")
         print(f"metrics and plots: {write_metrics(load_checkpoint(metrics_path), out)}")

@@ -1,0 +1,173 @@
+"""End to end, as a user runs it: `python train.py --smoke`, resume, metrics, Grad-CAM."""
+import csv
+import os
+
+import numpy as np
+import torch
+
+from conftest import run_script
+from model import ResNet34, ResNet, save_checkpoint
+
+CKPT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "test_loss", "test_accuracy",
+             "train_losses", "test_losses", "train_acc", "test_acc",  # the reference's keys
+             "scheduler_state_dict", "scaler_state_dict", "lrs", "config", "model_args",
+             "class_names", "best_accuracy", "mean", "std"}
+PLOTS = ["metrics_overview.png", "train_loss.png", "test_loss.png", "train_acc.png", "test_acc.png"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path, min_size=(100, 100)):
+    import matplotlib.image
+    assert open(path, "rb").read(8) == PNG_MAGIC, path
+    h, w = matplotlib.image.imread(path).shape[:2]
+    return h >= min_size[0] and w >= min_size[1]
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    out, proc = smoke_run
+    ck = out / "checkpoints"
+    for name in ["last.pt", "best_model.pt", "checkpoint_epoch_0.pt", "checkpoint_epoch_1.pt"]:
+        assert (ck / name).is_file(), name
+    for name in PLOTS:
+        assert _is_png(out / "training_metrics_from_ckpt" / name)
+    for name in ["gradcam_grid.png"] + [f"gradcam_idx{i}_overlay.png" for i in range(6)]:
+        assert _is_png(out / "gradcam_outputs" / name)
+    log = (out / "training_logs.md").read_text()
+    assert "| Epoch | Train Acc | Test Acc | Test Loss | LR | Status |" in log
+    assert "| 0 |" in log and "| 1 |" in log and "**BEST**" in log
+    assert "Total params" in proc.stdout  # the torchsummary table
+    assert "epoch   1/1" in proc.stdout
+
+
+def test_smoke_checkpoint_has_every_key_and_loads_safely(smoke_run):
+    out, _ = smoke_run
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert CKPT_KEYS <= ckpt.keys()
+    assert ckpt["epoch"] == 1 and len(ckpt["test_acc"]) == 2 and ckpt["config"]["smoke"] is True
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model_state_dict"])
+    # the generated data is learnable: far above the 1% of chance after two epochs
+    assert ckpt["test_accuracy"] > 10.0
+    best = torch.load(out / "checkpoints" / "best_model.pt", weights_only=True)
+    assert best["test_accuracy"] == max(ckpt["test_acc"]) == ckpt["best_accuracy"]
+
+
+def test_reference_inference_snippet_works_on_our_checkpoint(smoke_run, tmp_path):
+    # The reference README's snippet, verbatim in spirit, on a full-size checkpoint.
+    net = ResNet34(num_classes=100)
+    save_checkpoint({"model_state_dict": net.state_dict(), "epoch": 0}, str(tmp_path / "b.pt"))
+    model = ResNet34(num_classes=100)
+    checkpoint = torch.load(str(tmp_path / "b.pt"), map_location="cpu")
+    model.load_state_dict(checkpoint["model_state_dict"])
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).argmax(dim=1).shape == (1,)
+
+
+def test_metrics_csv_is_the_checkpoint_history(smoke_run):
+    out, _ = smoke_run
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    rows = list(csv.DictReader(open(out / "training_metrics_from_ckpt" / "metrics_from_ckpt.csv")))
+    assert [float(r["test_acc"]) for r in rows] == ckpt["test_acc"]
+    assert [float(r["lr"]) for r in rows] == ckpt["lrs"]
+    npz = np.load(out / "training_metrics_from_ckpt" / "metrics_from_ckpt.npz")
+    assert np.array_equal(npz["train_loss"], np.array(ckpt["train_losses"]))
+
+
+def test_metrics_from_ckpt_rebuilds_the_folder_without_training(smoke_run, tmp_path):
+    out, _ = smoke_run
+    proc = run_script("train.py", "--metrics-from-ckpt", out / "checkpoints" / "last.pt",
+                      "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "training_metrics_from_ckpt"
+    for name in PLOTS + ["metrics_from_ckpt.csv", "metrics_from_ckpt.npz"]:
+        assert (folder / name).is_file()
+    assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+    assert (folder / "metrics_from_ckpt.csv").read_text() == \
+           (out / "training_metrics_from_ckpt" / "metrics_from_ckpt.csv").read_text()
+
+
+def test_two_epoch_run_equals_one_epoch_resumed_for_one_more(smoke_run, tmp_path):
+    out, _ = smoke_run
+    proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
+                      "--out-dir", tmp_path, "--gradcam-images", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "epoch   0/1" not in proc.stdout
+    straight = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    for k, v in straight["model_state_dict"].items():
+        assert torch.equal(v, resumed["model_state_dict"][k]), k
+    for k in ["train_losses", "test_losses", "train_acc", "test_acc", "lrs"]:
+        assert straight[k] == resumed[k], k
+    assert straight["scheduler_state_dict"]["last_epoch"] == resumed["scheduler_state_dict"]["last_epoch"]
+
+
+def test_resume_refuses_a_changed_recipe_flag(smoke_run, tmp_path):
+    out, _ = smoke_run
+    proc = run_script("train.py", "--resume", out / "checkpoints" / "last.pt",
+                      "--batch-size", "32", "--out-dir", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --batch-size 32 differs from the resumed run's 64; a resumed run keeps its recipe"]
+
+
+def test_gradcam_cli_rebuilds_the_network_from_the_checkpoint(smoke_run, tmp_path):
+    out, _ = smoke_run
+    proc = run_script("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",
+                      "--num-images", "4", "--out-dir", tmp_path, "--misclassified")
+    assert proc.returncode == 0, proc.stderr
+    assert _is_png(tmp_path / "gradcam_grid.png")
+    overlays = sorted(p.name for p in tmp_path.glob("gradcam_idx*_overlay.png"))
+    assert overlays == [f"gradcam_idx{i}_overlay.png" for i in range(4)]
+
+
+def test_gradcam_leaves_the_model_and_its_batchnorm_untouched(smoke_run):
+    import gradcam_utils
+    from model import model_from_checkpoint
+    out, _ = smoke_run
+    model, _ = model_from_checkpoint(str(out / "checkpoints" / "best_model.pt"))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # Grad-CAM must still work under no_grad
+        maps, probs = gradcam_utils.gradcam_maps(model, torch.randn(3, 3, 32, 32))
+    assert model.training and maps.shape == (3, 32, 32) and probs.shape == (3, 100)
+    assert 0 <= maps.min() and maps.max() <= 1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def _one_line_error(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def test_missing_data_offline_is_one_line(tmp_path):
+    proc = run_script("train.py", "--data-dir", tmp_path / "empty", "--no-download",
+                      "--out-dir", tmp_path)
+    assert "cifar-100-python" in _one_line_error(proc)
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path):
+    (tmp_path / "corrupt.pt").write_bytes(os.urandom(4096))
+    assert "corrupt" in _one_line_error(run_script("train.py", "--resume", tmp_path / "corrupt.pt"))
+    assert "not found" in _one_line_error(run_script("train.py", "--resume", tmp_path / "no.pt"))
+    # a checkpoint of another class count, given to Grad-CAM on a CIFAR-100 checkpoint's data
+    net = ResNet((1, 1, 1, 1), 8, num_classes=10)
+    save_checkpoint({"model_state_dict": net.state_dict(), "model_args": {
+        "blocks": [1, 1, 1, 1], "width": 8, "num_classes": 10}}, str(tmp_path / "c10.pt"))
+    assert "no run config" in _one_line_error(run_script("train.py", "--resume", tmp_path / "c10.pt"))
+    err = _one_line_error(run_script("gradcam_utils.py", "--checkpoint", tmp_path / "corrupt.pt"))
+    assert "corrupt" in err
+
+
+def test_gradcam_refuses_a_checkpoint_of_another_class_count(tiny_data, tmp_path):
+    net = ResNet((1, 1, 1, 1), 8, num_classes=10)
+    save_checkpoint({"model_state_dict": net.state_dict()}, str(tmp_path / "c10.pt"))
+    err = _one_line_error(run_script("gradcam_utils.py", "--checkpoint", tmp_path / "c10.pt",
+                                     "--data-dir", tiny_data, "--out-dir", tmp_path / "g"))
+    assert "num_classes is 10 there, expected 100" in err
+
+
+def test_unwritable_out_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert "--out-dir" in _one_line_error(run_script("train.py", "--smoke", "--out-dir", blocker / "x"))

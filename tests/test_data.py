@@ -1,0 +1,141 @@
+import os
+import pickle
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+
+import data
+
+
+def test_generated_files_have_the_real_layout_and_read_back_exactly(tmp_path):
+    root = str(tmp_path)
+    data.write_synthetic_dataset(root, "cifar100", n_train=200, n_test=100, seed=0)
+    folder = os.path.join(root, "cifar-100-python")
+    assert sorted(os.listdir(folder)) == ["meta", "test", "train"]
+    with open(os.path.join(folder, "train"), "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    assert raw["data"].dtype == np.uint8 and raw["data"].shape == (200, 3072)
+    assert {"fine_labels", "coarse_labels", "filenames", "batch_label"} <= raw.keys()
+    x, y = data.read_split(root, "cifar100", "train")
+    assert x.shape == (200, 32, 32, 3) and y.shape == (200,)
+    # the row layout: 1024 red values, then green, then blue, each 32x32 row-major
+    assert x[7, 2, 5, 0] == raw["data"][7, 0 * 1024 + 2 * 32 + 5]
+    assert x[7, 2, 5, 2] == raw["data"][7, 2 * 1024 + 2 * 32 + 5]
+    names = data.read_class_names(root, "cifar100")
+    assert names == data.CIFAR100_CLASSES and len(names) == 100 and names[0] == "apple"
+
+
+def test_generated_data_is_deterministic_and_cifar10_layout_too(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for root in (a, b):
+        data.write_synthetic_dataset(root, "cifar10", n_train=50, n_test=20, seed=5)
+    folder = "cifar-10-batches-py"
+    files = sorted(os.listdir(os.path.join(a, folder)))
+    assert files == ["batches.meta"] + [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in files:
+        assert open(os.path.join(a, folder, name), "rb").read() == \
+               open(os.path.join(b, folder, name), "rb").read()
+    x, y, xt, yt, names = data.load_dataset(a, "cifar10", download=False)
+    assert len(x) == 50 and len(xt) == 20 and names == data.CIFAR10_CLASSES
+
+
+def test_missing_data_offline_says_what_is_missing_and_where(tmp_path):
+    with pytest.raises(data.DataError, match="cifar-100-python"):
+        data.load_dataset(str(tmp_path), "cifar100", download=False)
+
+
+def test_failed_download_gives_one_line_with_the_url(tmp_path, monkeypatch):
+    import torchvision
+
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100",
+                        type("Fake", (), {"__init__": no_network, "url": "https://example/c100"}))
+    with pytest.raises(data.DataError) as err:
+        data.ensure_dataset(str(tmp_path), "cifar100", download=True)
+    msg = str(err.value)
+    assert "download failed" in msg and "https://example/c100" in msg and "\n" not in msg
+
+
+def test_corrupt_data_file_is_reported(tmp_path):
+    root = str(tmp_path)
+    data.write_synthetic_dataset(root, "cifar100", n_train=20, n_test=10)
+    with open(os.path.join(root, "cifar-100-python", "test"), "wb") as f:
+        f.write(b"not a pickle")
+    with pytest.raises(data.DataError, match="cannot read"):
+        data.load_dataset(root, "cifar100", download=False)
+
+
+SPEC = data.DATASETS["cifar100"]
+
+
+def test_test_transform_is_exactly_the_normalisation():
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = data.test_transform(SPEC["mean"], SPEC["std"])(image=img)["image"]
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    want = (img / 255.0 - np.array(SPEC["mean"])) / np.array(SPEC["std"])
+    np.testing.assert_allclose(out.numpy().transpose(1, 2, 0), want, atol=1e-5)
+
+
+def test_train_augmentation_output_and_statistics(tiny_data):
+    x, y = data.read_split(tiny_data, "cifar100", "train")
+    ds = data.CIFARDataset(x, y, data.train_transform(SPEC["mean"], SPEC["std"]), augment=True)
+    outs = torch.stack([ds[(0, i)][0] for i in range(len(x))])
+    assert outs.shape == (len(x), 3, 32, 32) and outs.dtype == torch.float32
+    plain = data.CIFARDataset(x, y, data.test_transform(SPEC["mean"], SPEC["std"]))
+    ref = torch.stack([plain[i][0] for i in range(len(x))])
+    assert not torch.equal(outs, ref)  # something was augmented
+    # normalised exactly once: every value lies in [(0 - mean) / std, (1 - mean) / std]
+    lo = (0 - torch.tensor(SPEC["mean"])) / torch.tensor(SPEC["std"])
+    hi = (1 - torch.tensor(SPEC["mean"])) / torch.tensor(SPEC["std"])
+    per_channel = outs.transpose(0, 1).flatten(1)
+    assert (per_channel.min(1).values >= lo - 1e-4).all()
+    assert (per_channel.max(1).values <= hi + 1e-4).all()
+    # the zero padding (PadIfNeeded 40x40 + RandomCrop) shows up as exact black pixels
+    assert torch.isclose(per_channel, lo[:, None], atol=1e-4).any()
+    assert ds[(0, 5)][0].equal(ds[(0, 5)][0])  # keyed: same (epoch, index), same result
+    assert not ds[(0, 5)][0].equal(ds[(1, 5)][0])
+
+
+@pytest.mark.filterwarnings("ignore:Argument")
+def test_misspelt_augmentation_argument_raises_instead_of_being_ignored():
+    with pytest.raises(ValueError):
+        A.Compose([A.CoarseDropout(max_holes=1, p=1.0)], strict=True)
+    # the real pipeline is built strict and with no warnings at all
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.train_transform(SPEC["mean"], SPEC["std"])
+
+
+def _augment_all(images, labels, workers, epoch=0, batch=8):
+    train, _ = data.make_loaders(images, labels, images[:1], labels[:1], SPEC["mean"],
+                                 SPEC["std"], batch, 8, num_workers=workers, seed=1)
+    train.sampler.set_epoch(epoch)
+    return [xb for xb, _ in train]
+
+
+def test_each_worker_gets_its_own_augmentation_stream_and_results_do_not_depend_on_workers():
+    # 32 copies of one image: any two equal outputs would mean a shared random stream.
+    img = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    images, labels = np.repeat(img, 32, 0), np.zeros(32, dtype=np.int64)
+    two = _augment_all(images, labels, workers=2)
+    # batches 0 and 1 come from different workers
+    assert not torch.equal(two[0], two[1])
+    flat = torch.cat(two).flatten(1)
+    assert len(torch.unique(flat, dim=0)) >= 30
+    zero = _augment_all(images, labels, workers=0)
+    assert all(torch.equal(a, b) for a, b in zip(two, zero))
+    other_epoch = _augment_all(images, labels, workers=0, epoch=1)
+    assert not torch.equal(zero[0], other_epoch[0])
+
+
+def test_epoch_sampler_covers_every_index_once_with_a_new_order_each_epoch():
+    s = data.EpochSampler(100, seed=1)
+    first = [i for _, i in s]
+    s.set_epoch(1)
+    second = list(s)
+    assert sorted(first) == list(range(100)) and all(e == 1 for e, _ in second)
+    assert first != [i for _, i in second]

@@ -1,0 +1,115 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from model import ResNet34
+
+
+def test_onecycle_reproduces_the_reference_log_learning_rates():
+    cfg = train.Config()  # the reference recipe: 200 epochs, batch 128
+    steps_per_epoch = -(-50_000 // cfg.batch_size)  # 391: the last partial batch is kept
+    opt, sched = train.make_optimizer(torch.nn.Linear(1, 1), cfg, steps_per_epoch)
+    lrs = {}
+    for epoch in range(166):
+        for _ in range(steps_per_epoch):
+            opt.step()
+            sched.step()
+        lrs[epoch] = sched.get_last_lr()[0]
+    # the LR column of the reference's training log, after epochs 0, 39 and 165
+    assert round(lrs[0], 6) == 0.004148
+    assert round(lrs[39], 6) == 0.100000
+    assert round(lrs[165], 6) == 0.010736
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_config_defaults_are_the_reference_recipe():
+    cfg = train.Config()
+    assert (cfg.epochs, cfg.batch_size, cfg.max_lr, cfg.div_factor, cfg.final_div_factor,
+            cfg.pct_start) == (200, 128, 0.1, 25.0, 1000.0, 0.2)
+    assert (cfg.cutmix_prob, cfg.cutmix_alpha, cfg.label_smoothing, cfg.grad_clip,
+            cfg.dropout, cfg.seed, cfg.target_accuracy) == (0.3, 1.0, 0.1, 1.0, 0.3, 1, 75.0)
+    assert tuple(cfg.blocks) == (5, 5, 5, 5) and cfg.width == 64
+
+
+def test_every_config_field_is_a_flag_and_explicit_flags_beat_smoke_presets():
+    explicit, _, _ = train.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--no-amp"])
+    cfg = train.resolve_config(explicit)
+    assert cfg.smoke and cfg.epochs == 3 and cfg.batch_size == 16 and not cfg.amp
+    assert list(cfg.blocks) == train.SMOKE["blocks"] and cfg.width == train.SMOKE["width"]
+    help_text = train.build_parser().format_help()
+    for f in dataclasses.fields(train.Config):
+        assert "--" + f.name.replace("_", "-") in help_text
+
+
+def test_cutmix_lambda_is_the_area_actually_kept():
+    # each image is a constant equal to its index, so pasted pixels are easy to count
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 32, 32).contiguous()
+    y = torch.arange(8)
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        mixed, ya, yb, lam = train.cutmix(x, y, rng, alpha=1.0, prob=1.0)
+        kept = (mixed == x).all(1).float().mean((1, 2))  # fraction of own pixels per image
+        moved = yb != ya
+        assert torch.allclose(kept[moved], torch.full_like(kept[moved], lam), atol=1e-6)
+        for i in range(8):  # the pasted pixels come from the image whose label is y_b
+            pasted = mixed[i][mixed[i] != x[i]]
+            assert (pasted == float(yb[i])).all()
+    out = train.cutmix(x, y, np.random.default_rng(0), alpha=1.0, prob=0.0)
+    assert out[0] is x and out[3] == 1.0
+
+
+def test_cutmix_fires_on_the_configured_fraction_of_batches():
+    x, y = torch.zeros(4, 3, 8, 8), torch.arange(4)
+    fired = sum(train.cutmix(x, y, np.random.default_rng(s), 1.0, 0.3)[0] is not x
+                for s in range(2000))
+    assert 0.25 < fired / 2000 < 0.35
+
+
+def _step(model, cfg, x, y):
+    opt, sched = train.make_optimizer(model, cfg, steps_per_epoch=10)
+    rt = train.Runtime(torch.device("cpu"), False, torch.contiguous_format)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rng = np.random.default_rng(0)
+    return train.train_step(model, x, y, opt, sched, scaler, rt, cfg, rng), sched
+
+
+def test_one_real_training_step_of_the_full_seed_network():
+    torch.manual_seed(0)
+    model = ResNet34(num_classes=100).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    cfg = train.Config(cutmix_prob=1.0)  # exercise the CutMix path too
+    (loss_sum, correct), sched = _step(model, cfg, x, y)
+    assert torch.isfinite(loss_sum) and 0 <= correct <= 4
+    after = model.state_dict()
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
+    assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+    assert sched.last_epoch == 1
+
+
+def test_gradients_are_clipped_to_the_configured_norm():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    x, y = torch.randn(8, 3, 32, 32) * 100, torch.randint(0, 10, (8,))
+    _step(model, train.Config(grad_clip=0.5, cutmix_prob=0.0, momentum=0.0,
+                              weight_decay=0.0), x, y)
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+    assert norm <= 0.5 + 1e-4
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--epochs", "-3"], "--epochs must be at least 1"),
+    (["--cutmix-prob", "1.5"], "--cutmix-prob must be in [0, 1]"),
+    (["--blocks", "1", "1"], "--blocks"),
+    (["--no-such-flag"], "unrecognized arguments"),
+    (["--device", "tpu9"], "--device"),
+])
+def test_invalid_flags_give_one_line_and_exit_2(flags, needle, capsys, tmp_path):
+    assert train.main(flags + ["--out-dir", str(tmp_path), "--no-download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("error:")
