@@ -113,3 +113,22 @@ def test_invalid_flags_give_one_line_and_exit_2(flags, needle, capsys, tmp_path)
     assert train.main(flags + ["--out-dir", str(tmp_path), "--no-download"]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1 and err.startswith("error:")
+
+
+def test_model_summary_leaves_batchnorm_statistics_alone(capsys):
+    model = train.ResNet((1, 1, 1, 1), 8, 10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train.print_model_summary(model)
+    assert "Total params" in capsys.readouterr().out and model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_training_stops_once_the_target_accuracy_is_reached(tmp_path, tiny_data, capsys):
+    flags = ["--data-dir", tiny_data, "--blocks", "1", "1", "1", "1", "--width", "8",
+             "--epochs", "4", "--batch-size", "50", "--num-workers", "0",
+             "--gradcam-images", "0", "--out-dir", str(tmp_path)]
+    assert train.main(flags + ["--target-accuracy", "2"]) == 0  # chance is 1%
+    acc = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["test_acc"]
+    assert len(acc) < 4, "the learnable data should pass 2% before the last epoch"
+    assert acc[-1] >= 2 and all(a < 2 for a in acc[:-1])  # stopped at the first hit
+    assert "reached the target" in capsys.readouterr().out
