@@ -141,7 +141,7 @@ def resolve_config(explicit, saved=None):
     if explicit.get("smoke") or (saved or {}).get("smoke"):
         cfg.update(SMOKE, smoke=True)
     if saved:
-        changed = sorted(k for k in RECIPE & explicit.keys() if _norm(explicit[k]) != _norm(saved[k]))
+        changed = sorted(k for k in RECIPE & explicit.keys() if _norm(explicit[k]) != _norm(saved.get(k)))
         if changed:
             k = changed[0]
             raise UserError(f"--{k.replace('_', '-')} {explicit[k]} differs from the resumed "
@@ -324,17 +324,18 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch):
 def evaluate(model, loader, rt):
     """Plain cross-entropy (no smoothing), top-1 and top-5 accuracy (%) on a whole loader."""
     model.eval()
-    loss, top1, top5, n = 0.0, 0, 0, 0
+    sums = torch.zeros(3, device=rt.device)  # loss, top-1 hits, top-5 hits
+    n = 0
     for x, y in loader:
         x, y = rt.batch(x, y)
         with rt.autocast():
             out = model(x)
         out = out.float()
-        loss += F.cross_entropy(out, y, reduction="sum").item()
         best = out.topk(min(5, out.shape[1]), dim=1).indices
-        top1 += (best[:, 0] == y).sum().item()
-        top5 += (best == y[:, None]).any(1).sum().item()
+        sums += torch.stack([F.cross_entropy(out, y, reduction="sum"),
+                             (best[:, 0] == y).sum(), (best == y[:, None]).any(1).sum()])
         n += len(y)
+    loss, top1, top5 = sums.tolist()
     return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n, "n": n}
 
 
@@ -509,33 +510,53 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     extra = {"model_args": margs, "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
 
-    for epoch in range(len(hist["test_acc"]), cfg.epochs):
-        if hist["test_acc"] and cfg.target_accuracy and max(hist["test_acc"]) >= cfg.target_accuracy:
-            break  # a resumed run that had already reached its target
-        t0 = time.time()
-        tr_loss, tr_acc = train_epoch(model, train_loader, opt, sched, scaler, rt, cfg, epoch)
-        ev = evaluate(model, test_loader, rt)
-        is_best = not hist["test_acc"] or ev["acc"] > max(hist["test_acc"])
-        for k, v in zip(HISTORY, (tr_loss, ev["loss"], tr_acc, ev["acc"], ev["top5"],
-                                  sched.get_last_lr()[0])):
-            hist[k].append(v)
-        ckpt = make_checkpoint(model, opt, sched, scaler, cfg, hist, extra)
-        save_epoch_checkpoints(ckpt, ckpt_dir, cfg, is_best)
-        log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, time.time() - t0)
-        if cfg.target_accuracy and ev["acc"] >= cfg.target_accuracy:
-            log.info(f"test accuracy {ev['acc']:.2f}% reached the target "
-                     f"{cfg.target_accuracy}%: stopping early")
-            break
-    finish(cfg, ckpt_dir, x_test, y_test, device)
+    ckpt = resume_ckpt
+    try:
+        for epoch in range(len(hist["test_acc"]), cfg.epochs):
+            if target_reached(hist, cfg):
+                break
+            ckpt = run_epoch(epoch, model, train_loader, test_loader, opt, sched, scaler, rt,
+                             cfg, hist, extra)
+    except KeyboardInterrupt:
+        last = os.path.join(ckpt_dir, "last.pt")
+        last = last if os.path.isfile(last) else resume_path
+        hint = f"python train.py --resume {last}" if last else "nothing saved yet: start again"
+        print(f"\ninterrupted during epoch {len(hist['test_acc'])}; continue with: {hint}",
+              file=sys.stderr)
+        raise
+    finish(cfg, ckpt, ckpt_dir, x_test, y_test, device)
 
 
-def finish(cfg, ckpt_dir, x_test, y_test, device):
-    """Metrics from the last checkpoint, Grad-CAM of the best one."""
-    last = load_checkpoint(os.path.join(ckpt_dir, "last.pt"))
+def target_reached(hist, cfg):
+    return bool(cfg.target_accuracy and hist["test_acc"]
+                and max(hist["test_acc"]) >= cfg.target_accuracy)
+
+
+def run_epoch(epoch, model, train_loader, test_loader, opt, sched, scaler, rt, cfg, hist, extra):
+    """Train, evaluate, record, save, log one epoch. Returns the checkpoint dict."""
+    t0 = time.time()
+    tr_loss, tr_acc = train_epoch(model, train_loader, opt, sched, scaler, rt, cfg, epoch)
+    ev = evaluate(model, test_loader, rt)
+    is_best = not hist["test_acc"] or ev["acc"] > max(hist["test_acc"])
+    for k, v in zip(HISTORY, (tr_loss, ev["loss"], tr_acc, ev["acc"], ev["top5"],
+                              sched.get_last_lr()[0])):
+        hist[k].append(v)
+    ckpt = make_checkpoint(model, opt, sched, scaler, cfg, hist, extra)
+    save_epoch_checkpoints(ckpt, os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
+    log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, time.time() - t0)
+    if target_reached(hist, cfg):
+        log.info(f"test accuracy {ev['acc']:.2f}% reached the target "
+                 f"{cfg.target_accuracy}%: stopping early")
+    return ckpt
+
+
+def finish(cfg, last, ckpt_dir, x_test, y_test, device):
+    """Metrics from the last checkpoint's history, Grad-CAM of the best model."""
     folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
     log.info(f"metrics and plots: {folder}")
     if cfg.gradcam_images:
-        model, best = model_from_checkpoint(os.path.join(ckpt_dir, "best_model.pt"), device)
+        best_path = os.path.join(ckpt_dir, "best_model.pt")
+        model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last, device)
         out = os.path.join(cfg.out_dir, "gradcam_outputs")
         gradcam_utils.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
         log.info(f"Grad-CAM of the best model (epoch {best['epoch']}, "
@@ -567,9 +588,10 @@ def main(argv=None):
     except (UserError, data.DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, unwritable folder, ...: files already saved stay intact
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with: python train.py --resume "
-              "<out-dir>/checkpoints/last.pt", file=sys.stderr)
         return 130
 
 
