@@ -13,6 +13,7 @@ Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from
 gradcam_outputs/.
 """
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -268,8 +269,11 @@ class Runtime:
     memory_format: torch.memory_format
 
     def autocast(self):
-        # a no-op context when amp is off, so CPU and GPU share one code path
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        # a no-op context when amp is off, so CPU and GPU share one code path (and devices
+        # whose autocast support varies across torch versions, like MPS, never touch it)
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.float16)
 
     def batch(self, x, y):
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -502,7 +506,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
              f"{len(x_test):,} test images | device {device} | amp {rt.amp} | workers {workers}")
     model = model.to(device, memory_format=rt.memory_format)
     opt, sched = make_optimizer(model, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=rt.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)  # AMP runs only on CUDA
     hist = {k: [] for k in HISTORY}
     if resume_ckpt:
         hist = restore(resume_ckpt, model, opt, sched, scaler, margs)
