@@ -12,6 +12,7 @@ not depend on the worker count or on whether the run was resumed.
 import os
 import pickle
 import random
+import signal
 
 import albumentations as A
 import cv2
@@ -277,17 +278,25 @@ class EpochSampler(torch.utils.data.Sampler):
     so workers, even persistent ones, know the epoch without shared state."""
 
     def __init__(self, n, seed=0):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, start=0):
+        """start: skip the first `start` images of the epoch's order (resuming mid-epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self):
-        return self.n
+        return self.n - self.start
 
     def __iter__(self):
         perm = np.random.default_rng([self.seed, SHUFFLE_STREAM, self.epoch]).permutation(self.n)
-        return iter([(self.epoch, int(i)) for i in perm])
+        return iter([(self.epoch, int(i)) for i in perm[self.start:]])
+
+
+def _ignore_stop_signals(worker_id):
+    # Ctrl-C reaches the whole process group; the main process stops the run cleanly, and
+    # a worker dying of the same signal would turn that into a DataLoader error.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loaders(x_train, y_train, x_test, y_test, mean, std, batch_size, eval_batch_size,
@@ -296,7 +305,7 @@ def make_loaders(x_train, y_train, x_test, y_test, mean, std, batch_size, eval_b
     train_ds = CIFARDataset(x_train, y_train, train_transform(mean, std), augment=True, seed=seed)
     test_ds = CIFARDataset(x_test, y_test, test_transform(mean, std))
     common = dict(num_workers=num_workers, pin_memory=pin_memory,
-                  persistent_workers=num_workers > 0)
+                  persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)
     train = torch.utils.data.DataLoader(train_ds, batch_size=batch_size,
                                         sampler=EpochSampler(len(train_ds), seed), **common)
     test = torch.utils.data.DataLoader(test_ds, batch_size=eval_batch_size, shuffle=False, **common)

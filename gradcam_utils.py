@@ -17,23 +17,10 @@ import sys
 import cv2
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-
-from model import CheckpointError, atomic_path, load_checkpoint, model_from_checkpoint
+from metrics import new_figure, save_figure
+from model import CheckpointError, load_checkpoint, model_from_checkpoint
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
-
-
-# -----------------------------------------------------------------------------
-# Figures (matplotlib's object API: no global pyplot state, no display needed)
-
-def new_figure(figsize):
-    return Figure(figsize=figsize, layout="constrained")
-
-
-def save_figure(fig, path, dpi=110):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 # -----------------------------------------------------------------------------

@@ -15,24 +15,26 @@ gradcam_outputs/.
 import argparse
 import contextlib
 import copy
-import csv
 import dataclasses
 import logging
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
 import data
 import gradcam_utils
-from model import (CheckpointError, ResNet, atomic_path, check_model_args, count_parameters,
+from metrics import write_metrics
+from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    load_checkpoint, model_from_checkpoint, save_checkpoint)
 
 log = logging.getLogger("train")
@@ -78,6 +80,8 @@ class Config:
     eval_batch_size: int = _f(512, "evaluation batch size")
     target_accuracy: float = _f(75.0, "stop once test accuracy (%%) reaches this; 0: never")
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs")
+    keep_checkpoints: int = _f(3, "keep the newest K checkpoint_epoch_N.pt (0: all); "
+                                  "best_model.pt and last.pt are always kept")
     gradcam_images: int = _f(6, "Grad-CAM pictures drawn after training (0: none)")
     out_dir: str = _f(".", "where checkpoints/, metrics, Grad-CAM and training_logs.md go")
     smoke: bool = _f(False, "offline demo: generated data, reduced network, 2 epochs")
@@ -121,32 +125,39 @@ def build_parser():
             kw["choices"] = f.metadata["choices"]
         p.add_argument(flag, **kw)
     p.add_argument("--resume", metavar="PATH", default=None,
-                   help="continue the run saved in this checkpoint (e.g. checkpoints/last.pt)")
+                   help="continue the run saved in this checkpoint (e.g. checkpoints/last.pt); "
+                        "'auto': the newest good one in <out-dir>/checkpoints, or a fresh "
+                        "run if there is none")
+    p.add_argument("--resume-force", action="store_true", default=False,
+                   help="allow recipe flags that differ from the resumed run's")
     p.add_argument("--metrics-from-ckpt", metavar="PATH", default=None,
                    help="only rebuild training_metrics_from_ckpt/ from this checkpoint")
     return p
 
 
 def parse_args(argv=None):
-    """(flags given explicitly, as a dict of Config fields; --resume; --metrics-from-ckpt)"""
+    """(flags given explicitly, as a dict of Config fields; the mode flags)"""
     args = vars(build_parser().parse_args(argv))
-    return args, args.pop("resume"), args.pop("metrics_from_ckpt")
+    modes = {k: args.pop(k) for k in ("resume", "resume_force", "metrics_from_ckpt")}
+    return args, modes
 
 
-def resolve_config(explicit, saved=None):
+def resolve_config(explicit, saved=None, force=False):
     """Config = defaults <- smoke presets <- the resumed run's config <- explicit flags.
 
-    explicit: the flags given on the command line; saved: the config of the run resumed.
+    explicit: the flags given on the command line; saved: the config of the run resumed;
+    force: accept recipe flags that differ from the saved ones.
     """
     cfg = dataclasses.asdict(Config())
     if explicit.get("smoke") or (saved or {}).get("smoke"):
         cfg.update(SMOKE, smoke=True)
     if saved:
         changed = sorted(k for k in RECIPE & explicit.keys() if _norm(explicit[k]) != _norm(saved.get(k)))
-        if changed:
+        if changed and not force:
             k = changed[0]
             raise UserError(f"--{k.replace('_', '-')} {explicit[k]} differs from the resumed "
-                            f"run's {saved[k]}; a resumed run keeps its recipe")
+                            f"run's {saved[k]}; a resumed run keeps its recipe "
+                            f"(--resume-force to change it anyway)")
         cfg.update({k: v for k, v in saved.items() if k in cfg})
     cfg.update(explicit)
     if cfg["smoke"] and "data_dir" not in explicit and not saved:
@@ -178,6 +189,7 @@ def validate(cfg):
         (cfg.cutmix_alpha > 0, "cutmix_alpha", "positive"),
         (0 <= cfg.target_accuracy <= 100, "target_accuracy", "in [0, 100]"),
         (cfg.save_every >= 1, "save_every", "at least 1"),
+        (cfg.keep_checkpoints >= 0, "keep_checkpoints", "0 or more"),
         (cfg.gradcam_images >= 0, "gradcam_images", "0 or more"),
         (cfg.num_workers >= -1, "num_workers", "-1 (auto) or more"),
     ]
@@ -280,48 +292,84 @@ class Runtime:
         return x, y.to(self.device, non_blocking=True)
 
 
+MAX_NONFINITE = 20  # consecutive steps with a non-finite loss before the run gives up
+
+
+class Diverged(Exception):
+    """The loss stayed non-finite: training cannot recover by itself."""
+
+
 def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
-    """One optimizer step with CutMix. Returns (summed loss, lambda-weighted correct count)."""
+    """One optimizer step with CutMix.
+
+    Returns (summed loss, lambda-weighted correct count, finite). A non-finite loss skips
+    the update: in fp32 here, under AMP inside the GradScaler (its gradients are inf/nan).
+    The schedule advances either way, so it stays tied to the batch count.
+    """
     x, ya, yb, lam = cutmix(x, y, rng, cfg.cutmix_alpha, cfg.cutmix_prob)
     with rt.autocast():
         out = model(x)
         # label smoothing applies to both CutMix terms
         loss = (lam * F.cross_entropy(out, ya, label_smoothing=cfg.label_smoothing)
                 + (1 - lam) * F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
+    finite = bool(torch.isfinite(loss))  # GradScaler.step waits for the GPU anyway
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.grad_clip > 0:
-        scaler.unscale_(opt)  # clip the true gradient, not the loss-scaled one
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    scaler.step(opt)
-    scaler.update()
+    if finite or scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)  # clip the true gradient, not the loss-scaled one
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
     sched.step()
     pred = out.detach().argmax(1)
     correct = lam * (pred == ya).sum() + (1 - lam) * (pred == yb).sum()
-    return loss.detach() * len(x), correct
+    summed = loss.detach().float() * len(x) if finite else loss.new_zeros((), dtype=torch.float32)
+    return summed, correct, finite
 
 
-def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch):
-    """One pass over the training set. Returns (mean loss, accuracy %)."""
+def new_progress():
+    """Where a run stands inside an epoch: the next step and the running sums so far."""
+    return {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0, "nonfinite": 0}
+
+
+def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, stop=None):
+    """Train from progress["step"] to the end of the epoch, or until `stop` is set.
+
+    Every random choice is keyed by (seed, epoch, step), so starting at step k gives
+    exactly the steps an uninterrupted epoch would have run from k on. Returns the
+    updated progress; progress["step"] == len(loader) once the epoch is complete.
+    """
     model.train()
-    loader.sampler.set_epoch(epoch)
-    torch.manual_seed(data.stream_seed(cfg.seed, data.TORCH_STREAM, epoch))  # dropout
-    loss_sum = torch.zeros((), device=rt.device)
-    correct = torch.zeros((), device=rt.device)
-    seen = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", leave=False, dynamic_ncols=True)
-    for step, (x, y) in enumerate(bar):
+    p = dict(progress)
+    loader.sampler.set_epoch(epoch, start=p["step"] * cfg.batch_size)
+    loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float32, device=rt.device)
+    correct = torch.tensor(p["correct"], dtype=torch.float32, device=rt.device)
+    steps = math.ceil(loader.sampler.n / cfg.batch_size)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"], total=steps,
+               leave=False, dynamic_ncols=True)
+    for step, (x, y) in enumerate(bar, start=p["step"]):
         x, y = rt.batch(x, y)
+        torch.manual_seed(data.stream_seed(cfg.seed, data.TORCH_STREAM, epoch, step))  # dropout
         rng = np.random.default_rng([cfg.seed, data.CUTMIX_STREAM, epoch, step])
-        l, c = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
+        l, c, finite = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
+        p["nonfinite"] = 0 if finite else p["nonfinite"] + 1
+        if p["nonfinite"] >= MAX_NONFINITE:
+            raise Diverged(f"the loss was not finite for {MAX_NONFINITE} steps in a row "
+                           f"(epoch {epoch}, step {step}); lower --max-lr or check the data")
         loss_sum += l
         correct += c
-        seen += len(x)
+        p["seen"] += len(x)
+        p["step"] = step + 1
         if step % 20 == 0:  # reading the sums waits for the GPU, so not every step
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
-                            acc=f"{100 * correct.item() / seen:.1f}%",
+            bar.set_postfix(loss=f"{loss_sum.item() / p['seen']:.3f}",
+                            acc=f"{100 * correct.item() / p['seen']:.1f}%",
                             lr=f"{sched.get_last_lr()[0]:.5f}")
-    return loss_sum.item() / seen, 100 * correct.item() / seen
+        if stop is not None and stop.signum is not None:
+            break
+    bar.close()
+    p.update(loss_sum=loss_sum.item(), correct=correct.item())
+    return p
 
 
 @torch.no_grad()
@@ -349,17 +397,24 @@ def evaluate(model, loader, rt):
 HISTORY = ("train_losses", "test_losses", "train_acc", "test_acc", "test_top5", "lrs")
 
 
-def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra):
-    """Everything needed to resume or to use the model, in plain types (weights_only loads)."""
+def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progress=None):
+    """Everything needed to resume or to use the model, in plain types (weights_only loads).
+
+    position: {"epoch", "step"} where training continues; progress: the running sums of
+    an epoch interrupted part-way (None at an epoch's end).
+    """
+    done = bool(hist["test_acc"])
     return {
-        "epoch": len(hist["test_acc"]) - 1,
+        "epoch": len(hist["test_acc"]) - 1,  # the last completed epoch (-1: none yet)
+        "position": dict(position),
+        "progress": dict(progress) if progress else None,
         "model_state_dict": model.state_dict(),
         "optimizer_state_dict": opt.state_dict(),
         "scheduler_state_dict": sched.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
-        "test_loss": hist["test_losses"][-1],
-        "test_accuracy": hist["test_acc"][-1],
-        "best_accuracy": max(hist["test_acc"]),
+        "test_loss": hist["test_losses"][-1] if done else None,
+        "test_accuracy": hist["test_acc"][-1] if done else None,
+        "best_accuracy": max(hist["test_acc"]) if done else None,
         **{k: list(v) for k, v in hist.items()},
         "config": dataclasses.asdict(cfg),
         **extra,  # model_args, class_names, mean, std
@@ -374,66 +429,77 @@ def save_epoch_checkpoints(ckpt, folder, cfg, is_best):
         save_checkpoint(ckpt, os.path.join(folder, "best_model.pt"))
     if (epoch + 1) % cfg.save_every == 0:  # named by the log's 0-based epoch number
         save_checkpoint(ckpt, os.path.join(folder, f"checkpoint_epoch_{epoch}.pt"))
+        prune_periodic(folder, cfg.keep_checkpoints)
+
+
+def periodic_checkpoints(folder):
+    """checkpoint_epoch_N.pt files, oldest first."""
+    found = [(int(m.group(1)), m.group(0)) for m in
+             (re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", f) for f in os.listdir(folder)) if m]
+    return [os.path.join(folder, name) for _, name in sorted(found)]
+
+
+def prune_periodic(folder, keep):
+    """Keep the newest `keep` periodic checkpoints (0: keep all); last/best are not touched."""
+    if keep > 0:
+        for path in periodic_checkpoints(folder)[:-keep]:
+            os.remove(path)
+
+
+def position_of(ckpt):
+    """(epoch, step) where a checkpoint continues; older files only know their epoch."""
+    pos = ckpt.get("position") or {"epoch": ckpt.get("epoch", -1) + 1, "step": 0}
+    return pos["epoch"], pos["step"]
+
+
+def find_latest_checkpoint(folder):
+    """The checkpoint furthest into training that loads and can be resumed, or None.
+
+    Corrupt or truncated files (a crash mid-write before atomic saves, a full disk, a bad
+    copy) are reported in one line each and skipped. last.pt wins ties.
+    """
+    if not os.path.isdir(folder):
+        return None, None
+    names = ["last.pt"] + [os.path.basename(p) for p in reversed(periodic_checkpoints(folder))]
+    names += ["best_model.pt"]
+    best, best_path = None, None
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+            missing = RESUME_KEYS - ckpt.keys()
+            if missing:
+                raise CheckpointError(f"{path} cannot be resumed: no {sorted(missing)[0]}")
+        except CheckpointError as e:
+            print(f"skipping {e}", file=sys.stderr)
+            continue
+        if best is None or position_of(ckpt) > position_of(best):
+            best, best_path = ckpt, path
+    return best_path, best
+
+
+RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+               "scaler_state_dict", "config", *HISTORY}
 
 
 def restore(ckpt, model, opt, sched, scaler, expected_args):
-    """Load a resumed run's state into freshly built objects; returns its history."""
+    """Load a resumed run's state into freshly built objects.
+
+    Returns (history, position (epoch, step), progress inside that epoch).
+    """
     check_model_args(ckpt.get("model_args", {}), expected_args)
     try:
         model.load_state_dict(ckpt["model_state_dict"])
         opt.load_state_dict(ckpt["optimizer_state_dict"])
         sched.load_state_dict(ckpt["scheduler_state_dict"])
         scaler.load_state_dict(ckpt["scaler_state_dict"])
-        return {k: list(ckpt[k]) for k in HISTORY}
+        hist = {k: list(ckpt[k]) for k in HISTORY}
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot resume from this checkpoint: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:150]}") from None
-
-
-# -----------------------------------------------------------------------------
-# Metrics and plots (data first: CSV/NPZ, then pictures drawn from the same arrays)
-
-PANELS = [("train_loss", "train_losses", "Training loss", "loss"),
-          ("test_loss", "test_losses", "Test loss", "loss"),
-          ("train_acc", "train_acc", "Training accuracy", "accuracy (%)"),
-          ("test_acc", "test_acc", "Test accuracy", "accuracy (%)")]
-
-
-def write_metrics(ckpt, folder):
-    """metrics_from_ckpt.csv/.npz and the five plots, all from a checkpoint's history."""
-    os.makedirs(folder, exist_ok=True)
-    cols = {"epoch": list(range(len(ckpt["test_acc"])))}
-    cols.update({name: list(ckpt[key]) for name, key, _, _ in PANELS})
-    cols["lr"] = list(ckpt.get("lrs") or [float("nan")] * len(cols["epoch"]))
-    with atomic_path(os.path.join(folder, "metrics_from_ckpt.csv")) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            w.writerows(zip(*cols.values()))
-    with atomic_path(os.path.join(folder, "metrics_from_ckpt.npz")) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in cols.items()})
-    note = " (smoke run on generated data)" if ckpt.get("config", {}).get("smoke") else ""
-    overview = gradcam_utils.new_figure(figsize=(12, 8))
-    for i, (name, _, title, ylabel) in enumerate(PANELS):
-        _plot(overview.add_subplot(2, 2, i + 1), cols["epoch"], cols[name], title, ylabel)
-        single = gradcam_utils.new_figure(figsize=(6, 4))
-        _plot(single.add_subplot(), cols["epoch"], cols[name], title + note, ylabel)
-        gradcam_utils.save_figure(single, os.path.join(folder, f"{name}.png"))
-    overview.suptitle(f"Training metrics{note}")
-    gradcam_utils.save_figure(overview, os.path.join(folder, "metrics_overview.png"))
-    return folder
-
-
-def _plot(ax, x, y, title, ylabel):
-    ax.plot(x, y, marker="o" if len(x) < 30 else None)
-    if "acc" in ylabel:
-        i = int(np.argmax(y))
-        ax.annotate(f"best {y[i]:.2f}%", (x[i], y[i]), textcoords="offset points",
-                    xytext=(-40, -15))
-    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
+    return hist, position_of(ckpt), ckpt.get("progress") or new_progress()
 
 
 # -----------------------------------------------------------------------------
@@ -481,13 +547,28 @@ def prepare_data(cfg):
     return data.load_dataset(cfg.data_dir, cfg.dataset, cfg.download)
 
 
-def train(cfg, resume_ckpt=None, resume_path=None):
-    """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
-    setup_logging(cfg.out_dir, resume_path)
-    device = pick_device(cfg.device)
-    log.info(f"config: {dataclasses.asdict(cfg)}")
-    x_train, y_train, x_test, y_test, names = prepare_data(cfg)
+@dataclass
+class Run:
+    """The objects a training run is made of, built once and passed around together."""
+    cfg: Config
+    rt: Runtime
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    extra: dict  # stored in every checkpoint: model_args, class_names, mean, std
+    hist: dict = field(default_factory=lambda: {k: [] for k in HISTORY})
+
+    def checkpoint(self, position, progress=None):
+        return make_checkpoint(self.model, self.opt, self.sched, self.scaler, self.cfg,
+                               self.hist, self.extra, position, progress)
+
+
+def build_run(cfg, device, arrays, names):
+    """Data loaders, network, optimizer, schedule and scaler for a config."""
+    x_train, y_train, x_test, y_test = arrays
     spec = data.DATASETS[cfg.dataset]
     on_cuda = device.type == "cuda"
     rt = Runtime(device, cfg.amp and on_cuda,
@@ -497,9 +578,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     train_loader, test_loader = data.make_loaders(
         x_train, y_train, x_test, y_test, spec["mean"], spec["std"], cfg.batch_size,
         cfg.eval_batch_size, workers, cfg.seed, pin_memory=on_cuda)
-
     torch.manual_seed(cfg.seed)
-    margs = model_args_of(cfg, len(names))
     model = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
     print_model_summary(model)
     log.info(f"{count_parameters(model):,} parameters | {len(x_train):,} train / "
@@ -507,28 +586,88 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     model = model.to(device, memory_format=rt.memory_format)
     opt, sched = make_optimizer(model, cfg, len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)  # AMP runs only on CUDA
-    hist = {k: [] for k in HISTORY}
-    if resume_ckpt:
-        hist = restore(resume_ckpt, model, opt, sched, scaler, margs)
-        log.info(f"resumed from {resume_path} after epoch {len(hist['test_acc']) - 1}")
-    extra = {"model_args": margs, "class_names": list(names),
+    extra = {"model_args": model_args_of(cfg, len(names)), "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
+    return Run(cfg, rt, model, opt, sched, scaler, train_loader, test_loader, extra)
 
-    ckpt = resume_ckpt
+
+class Stopped(Exception):
+    """SIGINT/SIGTERM: the run saved where it stood and exits with 128 + signal number."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+class GracefulStop:
+    """First SIGINT/SIGTERM: finish the current step, save, exit. A second one: exit now
+    (every file is written atomically, so stopping anywhere corrupts nothing)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals need it
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving after this step "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def train(cfg, resume_ckpt=None, resume_path=None):
+    """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
+    setup_logging(cfg.out_dir, resume_path)
+    device = pick_device(cfg.device)
+    log.info(f"config: {dataclasses.asdict(cfg)}")
+    x_train, y_train, x_test, y_test, names = prepare_data(cfg)
+    run = build_run(cfg, device, (x_train, y_train, x_test, y_test), names)
+    epoch, progress = 0, new_progress()
+    if resume_ckpt:
+        run.hist, (epoch, step), progress = restore(
+            resume_ckpt, run.model, run.opt, run.sched, run.scaler, run.extra["model_args"])
+        log.info(f"resumed from {resume_path} at epoch {epoch}, step {step}")
     try:
-        for epoch in range(len(hist["test_acc"]), cfg.epochs):
-            if target_reached(hist, cfg):
-                break
-            ckpt = run_epoch(epoch, model, train_loader, test_loader, opt, sched, scaler, rt,
-                             cfg, hist, extra)
+        with GracefulStop() as stop:
+            last = train_loop(run, epoch, progress, stop) or resume_ckpt
     except KeyboardInterrupt:
-        last = os.path.join(ckpt_dir, "last.pt")
-        last = last if os.path.isfile(last) else resume_path
-        hint = f"python train.py --resume {last}" if last else "nothing saved yet: start again"
-        print(f"\ninterrupted during epoch {len(hist['test_acc'])}; continue with: {hint}",
-              file=sys.stderr)
+        print(f"\nstopped at once; continue with: python train.py --resume auto "
+              f"--out-dir {cfg.out_dir}", file=sys.stderr)
         raise
-    finish(cfg, ckpt, ckpt_dir, x_test, y_test, device)
+    if last is None or not run.hist["test_acc"]:
+        raise UserError("no epoch has been completed, so there is nothing to report")
+    finish(cfg, last, x_test, y_test, device)
+
+
+def train_loop(run, epoch, progress, stop):
+    """Epochs until the last one, the target accuracy, or a signal. Returns the last checkpoint."""
+    cfg, last = run.cfg, None
+    steps = len(run.train_loader)
+    while epoch < cfg.epochs and not target_reached(run.hist, cfg):
+        t0 = time.time()
+        progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
+                               run.rt, cfg, epoch, progress, stop)
+        if progress["step"] < steps:  # a signal stopped the epoch part-way
+            path = os.path.join(cfg.out_dir, "checkpoints", "last.pt")
+            save_checkpoint(run.checkpoint({"epoch": epoch, "step": progress["step"]}, progress), path)
+            raise Stopped(stop.signum, f"saved epoch {epoch} at step {progress['step']}/{steps}; "
+                                       f"continue with: python train.py --resume {path}")
+        last = end_epoch(run, epoch, progress, time.time() - t0)
+        epoch, progress = epoch + 1, new_progress()
+        if stop.signum is not None:  # arrived while evaluating or saving
+            raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
+                          f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
+    return last
 
 
 def target_reached(hist, cfg):
@@ -536,30 +675,31 @@ def target_reached(hist, cfg):
                 and max(hist["test_acc"]) >= cfg.target_accuracy)
 
 
-def run_epoch(epoch, model, train_loader, test_loader, opt, sched, scaler, rt, cfg, hist, extra):
-    """Train, evaluate, record, save, log one epoch. Returns the checkpoint dict."""
-    t0 = time.time()
-    tr_loss, tr_acc = train_epoch(model, train_loader, opt, sched, scaler, rt, cfg, epoch)
-    ev = evaluate(model, test_loader, rt)
+def end_epoch(run, epoch, progress, seconds):
+    """Evaluate, record, save and log a completed epoch. Returns its checkpoint."""
+    ev = evaluate(run.model, run.test_loader, run.rt)
+    hist = run.hist
     is_best = not hist["test_acc"] or ev["acc"] > max(hist["test_acc"])
+    tr_loss = progress["loss_sum"] / progress["seen"]
+    tr_acc = 100 * progress["correct"] / progress["seen"]
     for k, v in zip(HISTORY, (tr_loss, ev["loss"], tr_acc, ev["acc"], ev["top5"],
-                              sched.get_last_lr()[0])):
+                              run.sched.get_last_lr()[0])):
         hist[k].append(v)
-    ckpt = make_checkpoint(model, opt, sched, scaler, cfg, hist, extra)
-    save_epoch_checkpoints(ckpt, os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
-    log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, time.time() - t0)
-    if target_reached(hist, cfg):
+    ckpt = run.checkpoint({"epoch": epoch + 1, "step": 0})
+    save_epoch_checkpoints(ckpt, os.path.join(run.cfg.out_dir, "checkpoints"), run.cfg, is_best)
+    log_epoch(epoch, run.cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds)
+    if target_reached(hist, run.cfg):
         log.info(f"test accuracy {ev['acc']:.2f}% reached the target "
-                 f"{cfg.target_accuracy}%: stopping early")
+                 f"{run.cfg.target_accuracy}%: stopping early")
     return ckpt
 
 
-def finish(cfg, last, ckpt_dir, x_test, y_test, device):
+def finish(cfg, last, x_test, y_test, device):
     """Metrics from the last checkpoint's history, Grad-CAM of the best model."""
     folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
     log.info(f"metrics and plots: {folder}")
     if cfg.gradcam_images:
-        best_path = os.path.join(ckpt_dir, "best_model.pt")
+        best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
         model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last, device)
         out = os.path.join(cfg.out_dir, "gradcam_outputs")
         gradcam_utils.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
@@ -568,16 +708,22 @@ def finish(cfg, last, ckpt_dir, x_test, y_test, device):
 
 
 def run(argv=None):
-    args, resume, metrics_path = parse_args(argv)
-    if metrics_path:
-        out = os.path.join(args.get("out_dir", "."), "training_metrics_from_ckpt")
-        print(f"metrics and plots: {write_metrics(load_checkpoint(metrics_path), out)}")
+    args, modes = parse_args(argv)
+    out_dir = args.get("out_dir", ".")
+    if modes["metrics_from_ckpt"]:
+        out = os.path.join(out_dir, "training_metrics_from_ckpt")
+        print(f"metrics and plots: {write_metrics(load_checkpoint(modes['metrics_from_ckpt']), out)}")
         return 0
-    ckpt = load_checkpoint(resume) if resume else None
+    resume, ckpt = modes["resume"], None
+    if resume == "auto":
+        resume, ckpt = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"))
+        print(f"--resume auto: {'continuing ' + resume if resume else 'no checkpoint yet, starting fresh'}")
+    elif resume:
+        ckpt = load_checkpoint(resume)
     saved = ckpt.get("config") if ckpt else None
     if ckpt and not isinstance(saved, dict):
         raise CheckpointError(f"{resume} has no run config, so it cannot be resumed")
-    cfg = resolve_config(args, saved)
+    cfg = resolve_config(args, saved, force=modes["resume_force"])
     try:
         os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     except OSError as e:
@@ -592,9 +738,15 @@ def main(argv=None):
     except (UserError, data.DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"error: {e}; the checkpoints saved before are kept", file=sys.stderr)
+        return 1
     except OSError as e:  # disk full, unwritable folder, ...: files already saved stay intact
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 1
+    except Stopped as e:
+        print(f"stopped by {signal.Signals(e.signum).name}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         return 130
 

@@ -35,7 +35,7 @@ def test_config_defaults_are_the_reference_recipe():
 
 
 def test_every_config_field_is_a_flag_and_explicit_flags_beat_smoke_presets():
-    explicit, _, _ = train.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--no-amp"])
+    explicit, _ = train.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--no-amp"])
     cfg = train.resolve_config(explicit)
     assert cfg.smoke and cfg.epochs == 3 and cfg.batch_size == 16 and not cfg.amp
     assert list(cfg.blocks) == train.SMOKE["blocks"] and cfg.width == train.SMOKE["width"]
@@ -82,8 +82,8 @@ def test_one_real_training_step_of_the_full_seed_network():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     cfg = train.Config(cutmix_prob=1.0)  # exercise the CutMix path too
-    (loss_sum, correct), sched = _step(model, cfg, x, y)
-    assert torch.isfinite(loss_sum) and 0 <= correct <= 4
+    (loss_sum, correct, finite), sched = _step(model, cfg, x, y)
+    assert finite and torch.isfinite(loss_sum) and 0 <= correct <= 4
     after = model.state_dict()
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
