@@ -66,7 +66,9 @@ class Config:
     div_factor: float = _f(25.0, "initial LR = max_lr / div_factor")
     final_div_factor: float = _f(1000.0, "final LR = initial LR / final_div_factor")
     pct_start: float = _f(0.2, "fraction of the steps spent warming up")
-    momentum: float = _f(0.9, "SGD momentum (Nesterov)")
+    momentum: float = _f(0.9, "SGD momentum, with Nesterov; 0 turns both off. OneCycleLR "
+                               "then cycles momentum between 0.95 and 0.85 inversely to the "
+                               "LR, as in the reference, so any positive value trains alike")
     weight_decay: float = _f(5e-4, "SGD weight decay")
     label_smoothing: float = _f(0.1, "label smoothing of the training loss")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
@@ -88,9 +90,13 @@ class Config:
 
 
 # Fields that decide the trajectory of a run: a resumed run must keep them.
-RECIPE = {"dataset", "blocks", "width", "dropout", "epochs", "batch_size", "max_lr",
-          "div_factor", "final_div_factor", "pct_start", "momentum", "weight_decay",
-          "label_smoothing", "grad_clip", "cutmix_prob", "cutmix_alpha", "seed", "smoke"}
+# Fields that decide the trajectory of a run: a resumed run must keep them. The network
+# and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
+# FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
+FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
+         "final_div_factor", "pct_start", "momentum", "smoke"}
+RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
+                  "cutmix_prob", "cutmix_alpha", "seed"}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,
@@ -152,12 +158,15 @@ def resolve_config(explicit, saved=None, force=False):
     if explicit.get("smoke") or (saved or {}).get("smoke"):
         cfg.update(SMOKE, smoke=True)
     if saved:
-        changed = sorted(k for k in RECIPE & explicit.keys() if _norm(explicit[k]) != _norm(saved.get(k)))
-        if changed and not force:
-            k = changed[0]
+        changed = sorted(k for k in RECIPE & explicit.keys()
+                         if _norm(explicit[k]) != _norm(saved.get(k)))
+        blocked = [k for k in changed if k in FIXED or not force]
+        if blocked:
+            k = blocked[0]
+            why = ("the network and the schedule are fixed by the checkpoint" if k in FIXED
+                   else "a resumed run keeps its recipe (--resume-force to change it anyway)")
             raise UserError(f"--{k.replace('_', '-')} {explicit[k]} differs from the resumed "
-                            f"run's {saved[k]}; a resumed run keeps its recipe "
-                            f"(--resume-force to change it anyway)")
+                            f"run's {saved.get(k)}; {why}")
         cfg.update({k: v for k, v in saved.items() if k in cfg})
     cfg.update(explicit)
     if cfg["smoke"] and "data_dir" not in explicit and not saved:
@@ -328,6 +337,11 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     return summed, correct, finite
 
 
+def steps_per_epoch(loader):
+    """Batches in a whole epoch (len(loader) shrinks while an epoch is resumed part-way)."""
+    return math.ceil(loader.sampler.n / loader.batch_size)
+
+
 def new_progress():
     """Where a run stands inside an epoch: the next step and the running sums so far."""
     return {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0, "nonfinite": 0}
@@ -345,8 +359,8 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     loader.sampler.set_epoch(epoch, start=p["step"] * cfg.batch_size)
     loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float32, device=rt.device)
     correct = torch.tensor(p["correct"], dtype=torch.float32, device=rt.device)
-    steps = math.ceil(loader.sampler.n / cfg.batch_size)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"], total=steps,
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
+               total=steps_per_epoch(loader),
                leave=False, dynamic_ncols=True)
     for step, (x, y) in enumerate(bar, start=p["step"]):
         x, y = rt.batch(x, y)
@@ -484,7 +498,7 @@ RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict
                "scaler_state_dict", "config", *HISTORY}
 
 
-def restore(ckpt, model, opt, sched, scaler, expected_args):
+def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
     """Load a resumed run's state into freshly built objects.
 
     Returns (history, position (epoch, step), progress inside that epoch).
@@ -495,6 +509,8 @@ def restore(ckpt, model, opt, sched, scaler, expected_args):
         opt.load_state_dict(ckpt["optimizer_state_dict"])
         sched.load_state_dict(ckpt["scheduler_state_dict"])
         scaler.load_state_dict(ckpt["scaler_state_dict"])
+        for group in opt.param_groups:  # loading restored the saved value;
+            group["weight_decay"] = cfg.weight_decay  # --resume-force may change it
         hist = {k: list(ckpt[k]) for k in HISTORY}
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot resume from this checkpoint: {type(e).__name__}: "
@@ -584,7 +600,7 @@ def build_run(cfg, device, arrays, names):
     log.info(f"{count_parameters(model):,} parameters | {len(x_train):,} train / "
              f"{len(x_test):,} test images | device {device} | amp {rt.amp} | workers {workers}")
     model = model.to(device, memory_format=rt.memory_format)
-    opt, sched = make_optimizer(model, cfg, len(train_loader))
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)  # AMP runs only on CUDA
     extra = {"model_args": model_args_of(cfg, len(names)), "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
@@ -635,7 +651,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     epoch, progress = 0, new_progress()
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
-            resume_ckpt, run.model, run.opt, run.sched, run.scaler, run.extra["model_args"])
+            resume_ckpt, run.model, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"])
         log.info(f"resumed from {resume_path} at epoch {epoch}, step {step}")
     try:
         with GracefulStop() as stop:
@@ -652,22 +668,30 @@ def train(cfg, resume_ckpt=None, resume_path=None):
 def train_loop(run, epoch, progress, stop):
     """Epochs until the last one, the target accuracy, or a signal. Returns the last checkpoint."""
     cfg, last = run.cfg, None
-    steps = len(run.train_loader)
+    steps = steps_per_epoch(run.train_loader)
     while epoch < cfg.epochs and not target_reached(run.hist, cfg):
+        if stop.signum is not None:  # arrived while evaluating or saving the last epoch
+            raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
+                          f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
         t0 = time.time()
         progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
                                run.rt, cfg, epoch, progress, stop)
         if progress["step"] < steps:  # a signal stopped the epoch part-way
-            path = os.path.join(cfg.out_dir, "checkpoints", "last.pt")
-            save_checkpoint(run.checkpoint({"epoch": epoch, "step": progress["step"]}, progress), path)
-            raise Stopped(stop.signum, f"saved epoch {epoch} at step {progress['step']}/{steps}; "
-                                       f"continue with: python train.py --resume {path}")
+            raise Stopped(stop.signum, save_partial_epoch(run, epoch, progress, steps))
         last = end_epoch(run, epoch, progress, time.time() - t0)
-        epoch, progress = epoch + 1, new_progress()
-        if stop.signum is not None:  # arrived while evaluating or saving
-            raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
-                          f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
+        # a streak of non-finite losses carries over into the next epoch
+        epoch, progress = epoch + 1, dict(new_progress(), nonfinite=progress["nonfinite"])
     return last
+
+
+def save_partial_epoch(run, epoch, progress, steps):
+    """last.pt for a run stopped inside an epoch; returns the message for the user."""
+    path = os.path.join(run.cfg.out_dir, "checkpoints", "last.pt")
+    if progress["nonfinite"]:
+        return f"not saved (the loss was not finite); the last good checkpoint is {path}"
+    save_checkpoint(run.checkpoint({"epoch": epoch, "step": progress["step"]}, progress), path)
+    return (f"saved epoch {epoch} at step {progress['step']}/{steps}; "
+            f"continue with: python train.py --resume {path}")
 
 
 def target_reached(hist, cfg):
@@ -686,7 +710,11 @@ def end_epoch(run, epoch, progress, seconds):
                               run.sched.get_last_lr()[0])):
         hist[k].append(v)
     ckpt = run.checkpoint({"epoch": epoch + 1, "step": 0})
-    save_epoch_checkpoints(ckpt, os.path.join(run.cfg.out_dir, "checkpoints"), run.cfg, is_best)
+    if progress["nonfinite"]:  # the model may be ruined: keep the last good files instead
+        log.warning(f"epoch {epoch}: loss not finite for the last {progress['nonfinite']} "
+                    f"steps; checkpoints not updated")
+    else:
+        save_epoch_checkpoints(ckpt, os.path.join(run.cfg.out_dir, "checkpoints"), run.cfg, is_best)
     log_epoch(epoch, run.cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds)
     if target_reached(hist, run.cfg):
         log.info(f"test accuracy {ev['acc']:.2f}% reached the target "

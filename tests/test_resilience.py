@@ -1,0 +1,136 @@
+"""A run must survive being killed anywhere and come back bit-identical (issue: resilience)."""
+import os
+import signal
+
+import pytest
+import torch
+
+from conftest import run_script
+
+# 256 images at batch 32: 8 steps per epoch, 3 epochs, a checkpoint every epoch.
+EPOCHS, STEPS = 3, 8
+
+
+def flags(data_dir, out_dir, *extra):
+    return ["--data-dir", data_dir, "--out-dir", out_dir, "--blocks", "1", "1", "1", "1",
+            "--width", "8", "--epochs", str(EPOCHS), "--batch-size", "32", "--num-workers", "0",
+            "--save-every", "1", "--keep-checkpoints", "2", "--gradcam-images", "0",
+            "--target-accuracy", "0", *extra]
+
+
+def faulty(fault, *args):
+    return run_script("tests/faulty_run.py", fault, *args)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    import data
+    root = str(tmp_path_factory.mktemp("cifar_small"))
+    data.write_synthetic_dataset(root, "cifar100", n_train=256, n_test=64, seed=7)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(small_data, tmp_path_factory):
+    """The same run, never interrupted."""
+    out = tmp_path_factory.mktemp("reference")
+    proc = faulty("none", *flags(small_data, out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def load(out, name="last.pt"):
+    return torch.load(os.path.join(out, "checkpoints", name), weights_only=True)
+
+
+def assert_same_run(a, b):
+    for k, v in a["model_state_dict"].items():
+        assert torch.equal(v, b["model_state_dict"][k]), k
+    for k in ["train_losses", "test_losses", "train_acc", "test_acc", "test_top5", "lrs"]:
+        assert a[k] == b[k], k
+    sa, sb = a["optimizer_state_dict"]["state"], b["optimizer_state_dict"]["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+
+
+def test_killed_anywhere_and_resumed_each_time_ends_bit_identical(small_data, reference, tmp_path):
+    # Counted per process: steps since that process started, checkpoint files it wrote.
+    faults = ["step:3:KILL",   # epoch 0, before any checkpoint exists
+              "write:2",       # half-way through writing a checkpoint file
+              "step:5:INT",    # Ctrl-C mid-epoch: saves the position inside the epoch
+              "rename:1",      # checkpoint written but not yet renamed into place
+              "step:6:TERM",   # preemption mid-epoch
+              "step:4:KILL"]
+    kills = []
+    for fault in faults:
+        proc = faulty(fault, *flags(small_data, tmp_path, "--resume", "auto"))
+        kills.append((fault, proc.returncode))
+        if proc.returncode == 0:
+            break
+    while proc.returncode != 0:  # finish the run
+        proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
+        assert proc.returncode in (0,), proc.stderr[-2000:]
+    codes = dict(kills)
+    assert codes["step:3:KILL"] == -signal.SIGKILL and codes["step:5:INT"] == 130
+    assert codes["step:6:TERM"] == 143
+    assert_same_run(load(reference), load(tmp_path))
+    leftovers = [f for f in os.listdir(tmp_path / "checkpoints") if ".tmp" in f]
+    assert not any(f.endswith(".pt") for f in leftovers)  # temporary names never look final
+
+
+@pytest.mark.parametrize("sig, code", [("INT", 130), ("TERM", 143)])
+def test_signal_saves_a_resumable_position_and_prints_the_command(small_data, reference, tmp_path,
+                                                                  sig, code):
+    proc = faulty(f"step:11:{sig}", *flags(small_data, tmp_path))  # epoch 1, step 3
+    assert proc.returncode == code, proc.stderr[-2000:]
+    last = os.path.join(tmp_path, "checkpoints", "last.pt")
+    assert f"continue with: python train.py --resume {last}" in proc.stderr
+    ckpt = load(tmp_path)
+    assert ckpt["position"] == {"epoch": 1, "step": 3} and ckpt["epoch"] == 0
+    proc = run_script("train.py", "--resume", last, "--gradcam-images", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_run(load(reference), load(tmp_path))
+
+
+def test_auto_resume_skips_a_truncated_checkpoint(small_data, reference, tmp_path):
+    proc = faulty("step:20:INT", *flags(small_data, tmp_path))  # epoch 2, step 4
+    assert proc.returncode == 130
+    last = tmp_path / "checkpoints" / "last.pt"
+    blob = last.read_bytes()
+    last.write_bytes(blob[: len(blob) // 3])
+    proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipping cannot read checkpoint {last}" in proc.stderr
+    assert "checkpoint_epoch_1.pt" in proc.stdout  # the newest good one: after epoch 1
+    assert_same_run(load(reference), load(tmp_path))
+
+
+def test_auto_resume_without_checkpoints_starts_fresh(small_data, tmp_path):
+    proc = faulty("step:2:KILL", *flags(small_data, tmp_path, "--resume", "auto"))
+    assert proc.returncode == -signal.SIGKILL
+    assert "no checkpoint yet, starting fresh" in proc.stdout
+
+
+def test_retention_keeps_exactly_k_periodic_checkpoints(reference):
+    names = sorted(os.listdir(reference / "checkpoints"))
+    assert names == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "last.pt"]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_data, tmp_path):
+    # NaN from step 10 (epoch 1): 20 bad steps in a row end the run in epoch 3 of 4.
+    proc = faulty("nan:10", *flags(small_data, tmp_path, "--epochs", "4"))
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: the loss was not finite for 20 steps in a row")
+    ckpt = load(tmp_path)
+    assert ckpt["position"] == {"epoch": 1, "step": 0}  # saved after epoch 0, not after 1 or 2
+    assert all(torch.isfinite(v.float()).all() for v in ckpt["model_state_dict"].values())
+
+
+def test_recipe_change_on_resume_needs_force_and_schedule_changes_are_refused(small_data,
+                                                                             reference, tmp_path):
+    last = str(reference / "checkpoints" / "last.pt")
+    proc = run_script("train.py", "--resume", last, "--cutmix-prob", "0.1", "--out-dir", tmp_path)
+    assert proc.returncode == 2 and "--resume-force" in proc.stderr
+    proc = run_script("train.py", "--resume", last, "--max-lr", "0.5", "--resume-force",
+                      "--out-dir", tmp_path)
+    assert proc.returncode == 2 and "fixed by the checkpoint" in proc.stderr
