@@ -18,6 +18,7 @@ or, rebuilding whatever network a checkpoint holds from the file alone:
 import contextlib
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -130,6 +131,8 @@ def atomic_path(path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user knows, not the temporary one
+        raise OSError(e.errno, e.strerror, path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -208,3 +211,55 @@ def model_from_checkpoint(ckpt, device="cpu", expected=None):
         raise CheckpointError(f"checkpoint weights do not fit the network: "
                               f"{str(e).splitlines()[0][:200]}") from None
     return model.to(device).eval(), ckpt
+
+
+# -----------------------------------------------------------------------------
+# A run's checkpoint folder: periodic files, retention, the newest good one
+
+def periodic_checkpoints(folder):
+    """checkpoint_epoch_N.pt files, oldest first."""
+    found = [(int(m.group(1)), m.group(0)) for m in
+             (re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", f) for f in os.listdir(folder)) if m]
+    return [os.path.join(folder, name) for _, name in sorted(found)]
+
+
+def prune_periodic(folder, keep):
+    """Keep the newest `keep` periodic checkpoints (0: keep all); last/best are not touched."""
+    if keep > 0:
+        for path in periodic_checkpoints(folder)[:-keep]:
+            os.remove(path)
+
+
+def position_of(ckpt):
+    """(epoch, step) where a checkpoint continues; older files only know their epoch."""
+    pos = ckpt.get("position") or {"epoch": ckpt.get("epoch", -1) + 1, "step": 0}
+    return pos["epoch"], pos["step"]
+
+
+def find_latest_checkpoint(folder, required=("model_state_dict",)):
+    """The checkpoint furthest into training that loads and has the `required` keys.
+
+    Returns (path, checkpoint, skipped): (None, None, ...) when there is none; skipped holds
+    a one-line reason for each corrupt or truncated file passed over. last.pt wins ties.
+    """
+    skipped = []
+    if not os.path.isdir(folder):
+        return None, None, skipped
+    names = ["last.pt"] + [os.path.basename(p) for p in reversed(periodic_checkpoints(folder))]
+    names += ["best_model.pt"]
+    best, best_path = None, None
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+            missing = set(required) - ckpt.keys()
+            if missing:
+                raise CheckpointError(f"{path} cannot be resumed: no {sorted(missing)[0]}")
+        except CheckpointError as e:
+            skipped.append(str(e))
+            continue
+        if best is None or position_of(ckpt) > position_of(best):
+            best, best_path = ckpt, path
+    return best_path, best, skipped

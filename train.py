@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -35,7 +34,8 @@ import data
 import gradcam_utils
 from metrics import write_metrics
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
-                   load_checkpoint, model_from_checkpoint, save_checkpoint)
+                   find_latest_checkpoint, load_checkpoint, model_from_checkpoint,
+                   position_of, prune_periodic, save_checkpoint)
 
 log = logging.getLogger("train")
 table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
@@ -446,54 +446,6 @@ def save_epoch_checkpoints(ckpt, folder, cfg, is_best):
         prune_periodic(folder, cfg.keep_checkpoints)
 
 
-def periodic_checkpoints(folder):
-    """checkpoint_epoch_N.pt files, oldest first."""
-    found = [(int(m.group(1)), m.group(0)) for m in
-             (re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", f) for f in os.listdir(folder)) if m]
-    return [os.path.join(folder, name) for _, name in sorted(found)]
-
-
-def prune_periodic(folder, keep):
-    """Keep the newest `keep` periodic checkpoints (0: keep all); last/best are not touched."""
-    if keep > 0:
-        for path in periodic_checkpoints(folder)[:-keep]:
-            os.remove(path)
-
-
-def position_of(ckpt):
-    """(epoch, step) where a checkpoint continues; older files only know their epoch."""
-    pos = ckpt.get("position") or {"epoch": ckpt.get("epoch", -1) + 1, "step": 0}
-    return pos["epoch"], pos["step"]
-
-
-def find_latest_checkpoint(folder):
-    """The checkpoint furthest into training that loads and can be resumed, or None.
-
-    Corrupt or truncated files (a crash mid-write before atomic saves, a full disk, a bad
-    copy) are reported in one line each and skipped. last.pt wins ties.
-    """
-    if not os.path.isdir(folder):
-        return None, None
-    names = ["last.pt"] + [os.path.basename(p) for p in reversed(periodic_checkpoints(folder))]
-    names += ["best_model.pt"]
-    best, best_path = None, None
-    for name in names:
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            continue
-        try:
-            ckpt = load_checkpoint(path)
-            missing = RESUME_KEYS - ckpt.keys()
-            if missing:
-                raise CheckpointError(f"{path} cannot be resumed: no {sorted(missing)[0]}")
-        except CheckpointError as e:
-            print(f"skipping {e}", file=sys.stderr)
-            continue
-        if best is None or position_of(ckpt) > position_of(best):
-            best, best_path = ckpt, path
-    return best_path, best
-
-
 RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
                "scaler_state_dict", "config", *HISTORY}
 
@@ -735,6 +687,17 @@ def finish(cfg, last, x_test, y_test, device):
                  f"{best['test_accuracy']:.2f}%): {out}")
 
 
+def pick_resume(resume, out_dir):
+    """(path, checkpoint) to continue from; 'auto' searches out_dir/checkpoints."""
+    if resume != "auto":
+        return resume, load_checkpoint(resume) if resume else None
+    path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"), RESUME_KEYS)
+    for reason in skipped:
+        print(f"skipping {reason}", file=sys.stderr)
+    print(f"--resume auto: {'continuing ' + path if path else 'no checkpoint yet, starting fresh'}")
+    return path, ckpt
+
+
 def run(argv=None):
     args, modes = parse_args(argv)
     out_dir = args.get("out_dir", ".")
@@ -742,12 +705,7 @@ def run(argv=None):
         out = os.path.join(out_dir, "training_metrics_from_ckpt")
         print(f"metrics and plots: {write_metrics(load_checkpoint(modes['metrics_from_ckpt']), out)}")
         return 0
-    resume, ckpt = modes["resume"], None
-    if resume == "auto":
-        resume, ckpt = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"))
-        print(f"--resume auto: {'continuing ' + resume if resume else 'no checkpoint yet, starting fresh'}")
-    elif resume:
-        ckpt = load_checkpoint(resume)
+    resume, ckpt = pick_resume(modes["resume"], out_dir)
     saved = ckpt.get("config") if ckpt else None
     if ckpt and not isinstance(saved, dict):
         raise CheckpointError(f"{resume} has no run config, so it cannot be resumed")

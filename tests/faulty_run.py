@@ -6,10 +6,12 @@ FAULT is one of
     step:N:SIG     send SIG (KILL, INT, TERM) to this process after the N-th training step
     write:N        die (SIGKILL) half-way through writing the N-th checkpoint file
     rename:N       die (SIGKILL) after writing the N-th checkpoint file, before renaming it
+    full:N         the N-th checkpoint write fails half-way: no space left on the device
     nan:N          from the N-th training step on, feed NaN images (the loss goes non-finite)
     none           no fault
 Steps and checkpoint writes are counted from this process's start.
 """
+import errno
 import os
 import signal
 import sys
@@ -41,12 +43,15 @@ def inject(fault):
                 os.kill(os.getpid(), getattr(signal, "SIG" + args[1]))
             return out
         train.train_step = step
-    elif kind in ("write", "rename"):
+    elif kind in ("write", "rename", "full"):
         real_save = torch.save
 
         def save(obj, path, *a, **kw):
             real_save(obj, path, *a, **kw)
             calls["n"] += 1
+            if kind == "full" and calls["n"] == int(args[0]):
+                os.truncate(path, os.path.getsize(path) // 2)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
             if calls["n"] == int(args[0]):
                 if kind == "write":  # leave a half-written temporary file behind
                     os.truncate(path, os.path.getsize(path) // 2)

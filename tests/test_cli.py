@@ -107,8 +107,8 @@ def test_resume_refuses_a_changed_recipe_flag(smoke_run, tmp_path):
                       "--batch-size", "32", "--out-dir", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: --batch-size 32 differs from the resumed run's 64; a resumed run keeps its "
-        "recipe (--resume-force to change it anyway)"]
+        "error: --batch-size 32 differs from the resumed run's 64; the network and the "
+        "schedule are fixed by the checkpoint"]
 
 
 def test_gradcam_cli_rebuilds_the_network_from_the_checkpoint(smoke_run, tmp_path):

@@ -134,3 +134,16 @@ def test_recipe_change_on_resume_needs_force_and_schedule_changes_are_refused(sm
     proc = run_script("train.py", "--resume", last, "--max-lr", "0.5", "--resume-force",
                       "--out-dir", tmp_path)
     assert proc.returncode == 2 and "fixed by the checkpoint" in proc.stderr
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_files(small_data, tmp_path):
+    # writes per epoch: last.pt, best_model.pt (when better), checkpoint_epoch_N.pt
+    proc = faulty("full:4", *flags(small_data, tmp_path))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == f"error: No space left on device: {tmp_path / 'checkpoints' / 'last.pt'}"
+    folder = tmp_path / "checkpoints"
+    assert not [f for f in os.listdir(folder) if ".tmp" in f]  # the partial file is removed
+    assert load(tmp_path)["position"] == {"epoch": 1, "step": 0}  # epoch 0's, intact
+    proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
