@@ -178,12 +178,12 @@ def model_args_from_state_dict(state_dict):
     return {"blocks": blocks, "width": int(width), "num_classes": int(num_classes), "dropout": 0.3}
 
 
-def check_model_args(found, expected, source="checkpoint"):
-    """Raise naming the first difference, e.g. 'num_classes: checkpoint has 10, expected 100'."""
+def check_model_args(found, expected, source="a checkpoint"):
+    """Raise naming the first difference, e.g. '(num_classes is 10 there, expected 100)'."""
     for key in ("num_classes", "blocks", "width"):
         if key in expected and list(_as_list(found[key])) != list(_as_list(expected[key])):
-            raise CheckpointError(f"{source} is of another network: {key} is "
-                                  f"{found[key]} there, expected {expected[key]}")
+            raise CheckpointError(f"{source} of another network ({key} is "
+                                  f"{found[key]} there, expected {expected[key]})")
 
 
 def _as_list(v):
@@ -201,7 +201,7 @@ def model_from_checkpoint(ckpt, device="cpu", expected=None):
         ckpt = load_checkpoint(ckpt, map_location="cpu")
     state = ckpt["model_state_dict"]
     args = ckpt.get("model_args") or model_args_from_state_dict(state)
-    check_model_args(model_args_from_state_dict(state), args, "checkpoint weights")
+    check_model_args(model_args_from_state_dict(state), args, "the checkpoint holds weights")
     if expected:
         check_model_args(args, expected)
     model = build_model(args)

@@ -34,8 +34,8 @@ import data
 import gradcam_utils
 from metrics import write_metrics
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
-                   find_latest_checkpoint, load_checkpoint, model_from_checkpoint,
-                   position_of, prune_periodic, save_checkpoint)
+                   find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
+                   model_from_checkpoint, position_of, prune_periodic, save_checkpoint)
 
 log = logging.getLogger("train")
 table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
@@ -455,7 +455,8 @@ def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
 
     Returns (history, position (epoch, step), progress inside that epoch).
     """
-    check_model_args(ckpt.get("model_args", {}), expected_args)
+    check_model_args(model_args_from_state_dict(ckpt["model_state_dict"]), expected_args,
+                     "the checkpoint holds weights")
     try:
         model.load_state_dict(ckpt["model_state_dict"])
         opt.load_state_dict(ckpt["optimizer_state_dict"])

@@ -147,3 +147,16 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_files(small_
     assert load(tmp_path)["position"] == {"epoch": 1, "step": 0}  # epoch 0's, intact
     proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_resuming_a_checkpoint_whose_weights_are_another_network_names_the_difference(
+        reference, tmp_path):
+    ckpt = load(reference)
+    from model import ResNet
+    ckpt["model_state_dict"] = ResNet((1, 1, 1, 1), 16, 100).state_dict()  # width 16, not 8
+    path = str(tmp_path / "foreign.pt")
+    torch.save(ckpt, path)
+    proc = run_script("train.py", "--resume", path, "--out-dir", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: the checkpoint holds weights of another network (width is 16 there, expected 8)"]
