@@ -89,7 +89,6 @@ class Config:
     smoke: bool = _f(False, "offline demo: generated data, reduced network, 2 epochs")
 
 
-# Fields that decide the trajectory of a run: a resumed run must keep them.
 # Fields that decide the trajectory of a run: a resumed run must keep them. The network
 # and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
 # FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
@@ -351,8 +350,8 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     """Train from progress["step"] to the end of the epoch, or until `stop` is set.
 
     Every random choice is keyed by (seed, epoch, step), so starting at step k gives
-    exactly the steps an uninterrupted epoch would have run from k on. Returns the
-    updated progress; progress["step"] == len(loader) once the epoch is complete.
+    exactly the steps an uninterrupted epoch would have run from k on. Returns the updated
+    progress; progress["step"] == steps_per_epoch(loader) once the epoch is complete.
     """
     model.train()
     p = dict(progress)
@@ -360,8 +359,7 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float32, device=rt.device)
     correct = torch.tensor(p["correct"], dtype=torch.float32, device=rt.device)
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
-               total=steps_per_epoch(loader),
-               leave=False, dynamic_ncols=True)
+               total=steps_per_epoch(loader), leave=False, dynamic_ncols=True)
     for step, (x, y) in enumerate(bar, start=p["step"]):
         x, y = rt.batch(x, y)
         torch.manual_seed(data.stream_seed(cfg.seed, data.TORCH_STREAM, epoch, step))  # dropout
