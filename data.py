@@ -303,10 +303,20 @@ def make_loaders(x_train, y_train, x_test, y_test, mean, std, batch_size, eval_b
                  num_workers=0, seed=0, pin_memory=False):
     """(train loader, test loader). The train sampler's set_epoch selects the epoch."""
     train_ds = CIFARDataset(x_train, y_train, train_transform(mean, std), augment=True, seed=seed)
-    test_ds = CIFARDataset(x_test, y_test, test_transform(mean, std))
-    common = dict(num_workers=num_workers, pin_memory=pin_memory,
-                  persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)
     train = torch.utils.data.DataLoader(train_ds, batch_size=batch_size,
-                                        sampler=EpochSampler(len(train_ds), seed), **common)
-    test = torch.utils.data.DataLoader(test_ds, batch_size=eval_batch_size, shuffle=False, **common)
-    return train, test
+                                        sampler=EpochSampler(len(train_ds), seed),
+                                        **_loader_options(num_workers, pin_memory))
+    return train, make_test_loader(x_test, y_test, mean, std, eval_batch_size, num_workers,
+                                   pin_memory)
+
+
+def make_test_loader(x, y, mean, std, batch_size, num_workers=0, pin_memory=False):
+    """Normalised images in file order, no augmentation."""
+    ds = CIFARDataset(x, y, test_transform(mean, std))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
+                                       **_loader_options(num_workers, pin_memory))
+
+
+def _loader_options(num_workers, pin_memory):
+    return dict(num_workers=num_workers, pin_memory=pin_memory,
+                persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)

@@ -2,11 +2,13 @@
 
     python gradcam_utils.py --checkpoint checkpoints/best_model.pt [--num-images 6]
                             [--out-dir gradcam_outputs] [--misclassified]
+    python gradcam_utils.py --checkpoint checkpoints/best_model.pt --images cat.jpg dog.png
 
 The network is rebuilt from the checkpoint alone; the test images come from the data set
 the checkpoint was trained on. Writes gradcam_grid.png (image and heat-map overlay per
 sample, with predicted and true class) and gradcam_idx{i}_overlay.png for each sample.
-Grad-CAM is taken at the last BasicBlock of layer4 (a 4x4 map for 32x32 inputs, upsampled).
+With --images it explains your own pictures instead: the top-3 classes and an overlay,
+gradcam_<name>.png, for each. Grad-CAM is taken at the last BasicBlock of layer4 (a 4x4 map for 32x32 inputs, upsampled).
 train.py calls the same functions after training.
 """
 import argparse
@@ -18,19 +20,14 @@ import cv2
 import numpy as np
 import torch
 from metrics import new_figure, save_figure
-from model import CheckpointError, load_checkpoint, model_from_checkpoint
+from model import (CheckpointError, load_checkpoint, load_image, model_from_checkpoint,
+                   normalize)
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
 
 
 # -----------------------------------------------------------------------------
 # Grad-CAM
-
-def normalize(images, mean, std):
-    """uint8 (N, 32, 32, 3) -> float (N, 3, 32, 32), normalised as in training."""
-    x = torch.from_numpy(images).float().div(255).permute(0, 3, 1, 2)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-
 
 def gradcam_maps(model, x):
     """Heat maps in [0, 1], (N, H, W), for each image's predicted class; plus softmax probs.
@@ -134,9 +131,74 @@ def save_grid(samples, path, cols=3):
 # -----------------------------------------------------------------------------
 # Command line
 
+def explain_pictures(model, ckpt, sources, out_dir, k=3):
+    """Grad-CAM and top-k classes for the user's own pictures (paths, any size or format).
+
+    Returns (rows, errors): rows of (source, [(class, probability)...], overlay path), and
+    one line per picture that could not be read; the others are still explained.
+    """
+    images, kept, errors = [], [], []
+    for src in sources:
+        try:
+            images.append(load_image(src))
+            kept.append(src)
+        except (OSError, ValueError) as e:
+            errors.append(f"error: cannot read {src}: {getattr(e, 'strerror', None) or e}")
+    if not images:
+        return [], errors
+    device = next(model.parameters()).device
+    maps, probs = gradcam_maps(model, normalize(np.stack(images), ckpt["mean"], ckpt["std"]).to(device))
+    os.makedirs(out_dir, exist_ok=True)
+    rows, used = [], set()
+    for j, src in enumerate(kept):
+        top = probs[j].topk(min(k, probs.shape[1]))
+        guesses = [(ckpt["class_names"][i], float(p)) for p, i in zip(top.values, top.indices)]
+        stem = os.path.splitext(os.path.basename(str(src)))[0]
+        name = stem if stem not in used else f"{stem}_{j}"
+        used.add(name)
+        path = save_picture_overlay(images[j], maps[j], guesses, str(src),
+                                    os.path.join(out_dir, f"gradcam_{name}.png"))
+        rows.append((str(src), guesses, path))
+    return rows, errors
+
+
+def save_picture_overlay(image, cam, guesses, title, path):
+    fig = new_figure(figsize=(4.4, 3.0))
+    ax = fig.subplots(1, 2)
+    ax[0].imshow(cv2.resize(image, (DISPLAY, DISPLAY), interpolation=cv2.INTER_NEAREST))
+    ax[1].imshow(overlay(image, cam))
+    ax[0].set_title("\n".join(f"{n} {100 * p:.1f}%" for n, p in guesses), fontsize=8, loc="left")
+    ax[1].set_title(f"Grad-CAM: {guesses[0][0]}", fontsize=8)
+    for a in ax:
+        a.set_axis_off()
+    fig.suptitle(os.path.basename(title), fontsize=9)
+    save_figure(fig, path)
+    return path
+
+
+def print_table(rows):
+    for src, guesses, path in rows:
+        top = "  ".join(f"{n} {100 * p:5.1f}%" for n, p in guesses)
+        print(f"{src}: {top}  -> {path}")
+
+
+def defaults_from_data(ckpt, name, root):
+    """Seed-format checkpoints hold weights only: class names and statistics from the data."""
+    import data  # the data pipeline pulls in albumentations; only the CLI needs it
+    ckpt.setdefault("mean", data.DATASETS[name]["mean"])
+    ckpt.setdefault("std", data.DATASETS[name]["std"])
+    if "class_names" not in ckpt:
+        known = data.CIFAR100_CLASSES if name == "cifar100" else data.CIFAR10_CLASSES
+        ckpt["class_names"] = (data.read_class_names(root, name)
+                               if data.dataset_present(root, name) else known)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Grad-CAM pictures for a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="e.g. checkpoints/best_model.pt")
+    p.add_argument("--images", nargs="+", metavar="FILE",
+                   help="explain these pictures (any size; centre-cropped, resized to 32x32) "
+                        "instead of test images")
     p.add_argument("--num-images", type=int, default=6, help="how many test images (default 6)")
     p.add_argument("--out-dir", default="gradcam_outputs", help="default: gradcam_outputs")
     p.add_argument("--misclassified", action="store_true",
@@ -145,7 +207,7 @@ def main(argv=None):
                    help="data set folder (default: the one the checkpoint was trained from)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
     args = p.parse_args(argv)
-    import data  # the data pipeline pulls in albumentations; only the CLI needs it
+    import data
     try:
         if args.num_images < 1:
             raise ValueError(f"--num-images must be at least 1 (got {args.num_images})")
@@ -153,14 +215,17 @@ def main(argv=None):
         cfg = ckpt.get("config", {})
         name = cfg.get("dataset", "cifar100")
         root = args.data_dir or cfg.get("data_dir", "./data")
-        data.ensure_dataset(root, name)
-        x_test, y_test = data.read_split(root, name, "test")
-        # seed-format checkpoints hold weights only: take the rest from the data set
-        ckpt.setdefault("class_names", data.read_class_names(root, name))
-        ckpt.setdefault("mean", data.DATASETS[name]["mean"])
-        ckpt.setdefault("std", data.DATASETS[name]["std"])
+        defaults_from_data(ckpt, name, root)
         model, _ = model_from_checkpoint(ckpt, torch.device(args.device),
                                          expected={"num_classes": len(ckpt["class_names"])})
+        if args.images:
+            rows, errors = explain_pictures(model, ckpt, args.images, args.out_dir)
+            print_table(rows)
+            for line in errors:
+                print(line, file=sys.stderr)
+            return 1 if errors else 0
+        data.ensure_dataset(root, name)
+        x_test, y_test = data.read_split(root, name, "test")
         paths = explain_test_images(model, ckpt, x_test, y_test, args.out_dir,
                                     args.num_images, args.misclassified)
     except (CheckpointError, data.DataError, ValueError, RuntimeError) as e:

@@ -1,9 +1,10 @@
-"""Training metrics from a checkpoint's history: CSV and NPZ first, plots drawn from them.
+"""Metrics as data first (CSV/NPZ), then pictures drawn from the same numbers.
 
-    python train.py --metrics-from-ckpt checkpoints/last.pt    # rebuilds the folder below
-
-writes training_metrics_from_ckpt/{metrics_from_ckpt.csv, metrics_from_ckpt.npz,
-metrics_overview.png, train_loss.png, test_loss.png, train_acc.png, test_acc.png}.
+    python train.py --metrics-from-ckpt checkpoints/last.pt   # history: metrics_from_ckpt.*,
+                                                              # metrics_overview.png, 4 plots
+    python train.py --evaluate checkpoints/best_model.pt      # per_class_accuracy.csv,
+                                                              # confusion_matrix.png
+Both write into training_metrics_from_ckpt/.
 """
 import csv
 import os
@@ -72,3 +73,74 @@ def _plot(ax, x, y, title, ylabel):
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+
+
+# -----------------------------------------------------------------------------
+# Evaluation report (train.py --evaluate)
+
+def confusion_matrix(pred, labels, num_classes):
+    """counts[true, predicted], int64 (C, C)."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels, pred), 1)
+    return counts
+
+
+def write_evaluation_report(pred, labels, class_names, folder, groups=None, top=10):
+    """per_class_accuracy.csv and confusion_matrix.png; returns the figures to print.
+
+    pred, labels: int arrays (N,); groups: {superclass: [class names]} to order and
+    box the matrix by (CIFAR-100's 20 superclasses), or None.
+    """
+    os.makedirs(folder, exist_ok=True)
+    counts = confusion_matrix(pred, labels, len(class_names))
+    images = counts.sum(1)
+    acc = 100 * np.diag(counts) / np.maximum(images, 1)
+    group_of = {n: g for g, names in (groups or {}).items() for n in names}
+    with atomic_path(os.path.join(folder, "per_class_accuracy.csv")) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class", "superclass", "images", "correct", "accuracy"])
+            for i, name in enumerate(class_names):
+                w.writerow([name, group_of.get(name, ""), images[i], counts[i, i], f"{acc[i]:.2f}"])
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    worst_pairs = np.argsort(off, axis=None)[::-1][:top]
+    pairs = [(class_names[t], class_names[p], int(off[t, p]))
+             for t, p in zip(*np.unravel_index(worst_pairs, off.shape)) if off[t, p] > 0]
+    plot_confusion(counts, class_names, groups, os.path.join(folder, "confusion_matrix.png"))
+    ranked = sorted(zip(acc.tolist(), class_names), reverse=True)
+    return {"per_class": acc, "best": ranked[:top], "worst": ranked[::-1][:top], "pairs": pairs}
+
+
+def plot_confusion(counts, class_names, groups, path):
+    """Row-normalised matrix; with groups, classes are ordered by group and groups boxed."""
+    from matplotlib.colors import PowerNorm
+    n = len(class_names)
+    order, bounds, centres = list(range(n)), [], []
+    if groups and all(c in {m for g in groups.values() for m in g} for c in class_names):
+        index = {c: i for i, c in enumerate(class_names)}
+        order = [index[c] for g in sorted(groups) for c in groups[g]]
+        edges = np.cumsum([0] + [len(groups[g]) for g in sorted(groups)])
+        bounds, centres = edges[1:-1], (edges[:-1] + edges[1:]) / 2 - 0.5
+    rows = counts[order][:, order].astype(float)
+    rows /= np.maximum(rows.sum(1, keepdims=True), 1)
+    size = max(6.0, n * 0.15)
+    fig = new_figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    # a square-root colour scale, so the small confusions stay visible beside the diagonal
+    im = ax.imshow(rows, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
+    for b in bounds:
+        ax.axhline(b - 0.5, color="tab:red", lw=0.6)
+        ax.axvline(b - 0.5, color="tab:red", lw=0.6)
+    names = [class_names[i] for i in order]
+    font = 9 if n <= 20 else 5
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    if len(centres):
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(centres, sorted(groups), rotation=90, fontsize=6)
+    fig.colorbar(im, ax=ax, shrink=0.6, label="fraction of the true class's test images")
+    fig.suptitle("Confusion matrix (rows: true class)")
+    save_figure(fig, path)
+    return path

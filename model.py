@@ -14,16 +14,24 @@ Inference, as in the reference README:
 or, rebuilding whatever network a checkpoint holds from the file alone:
 
     model, ckpt = model_from_checkpoint("checkpoints/best_model.pt")
+
+or, for predictions on your own pictures (paths, PIL images or uint8 arrays, any size):
+
+    clf = load_classifier("checkpoints/best_model.pt")
+    predict(clf, ["cat.jpg"], k=3)   # [[("cat", 0.71), ("tiger", 0.08), ("fox", 0.05)]]
 """
 import contextlib
 import os
+from dataclasses import dataclass
 import pickle
 import re
 import zipfile
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 SEED_BLOCKS = (5, 5, 5, 5)
 SEED_WIDTH = 64
@@ -211,6 +219,66 @@ def model_from_checkpoint(ckpt, device="cpu", expected=None):
         raise CheckpointError(f"checkpoint weights do not fit the network: "
                               f"{str(e).splitlines()[0][:200]}") from None
     return model.to(device).eval(), ckpt
+
+
+# -----------------------------------------------------------------------------
+# Predictions on any picture
+
+def normalize(images, mean, std):
+    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W), normalised exactly as in training."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(255).permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def load_image(image, size=32):
+    """A file path, PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4), of any size ->
+    uint8 (size, size, 3) RGB: the largest centred square, resized with PIL's bicubic filter
+    (antialiased when shrinking), so the picture is not squashed."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"expected a uint8 (H, W[, C]) array, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    elif not isinstance(image, Image.Image):
+        with Image.open(image) as f:  # OSError for unreadable or non-image files
+            image = f.convert("RGB")
+    image = image.convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)
+
+
+@dataclass
+class Classifier:
+    """A trained network with what it takes to use it: class names and normalisation."""
+    model: nn.Module
+    class_names: list
+    mean: tuple
+    std: tuple
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def load_classifier(path, device="cpu"):
+    """One call from a checkpoint file to a ready model (eval mode) with its class names."""
+    model, ckpt = model_from_checkpoint(path, device)
+    missing = [k for k in ("class_names", "mean", "std") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} has no {missing[0]}: it is weights only; use "
+                              f"model_from_checkpoint and normalise the input yourself")
+    return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
+
+
+@torch.no_grad()
+def predict(clf, images, k=5):
+    """Top-k (class name, probability) for each image (see load_image for what an image is)."""
+    batch = np.stack([load_image(im) for im in images])
+    probs = clf.model(normalize(batch, clf.mean, clf.std).to(clf.device)).float().softmax(1)
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[(clf.class_names[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
+            for ps, idx in zip(top.values.cpu(), top.indices.cpu())]
 
 
 # -----------------------------------------------------------------------------

@@ -12,7 +12,6 @@ stopped early at its 75% target. Every setting is a flag: `python train.py --hel
 Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from_ckpt/,
 gradcam_outputs/.
 """
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -32,7 +31,8 @@ from tqdm import tqdm
 
 import data
 import gradcam_utils
-from metrics import write_metrics
+from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
+from metrics import write_evaluation_report, write_metrics
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
                    model_from_checkpoint, position_of, prune_periodic, save_checkpoint)
@@ -41,171 +41,7 @@ log = logging.getLogger("train")
 table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
 
 # -----------------------------------------------------------------------------
-# Config: every field is a flag (--batch-size ...), with the reference's value as default
-
-
-def _f(default, help, **kw):
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class Config:
-    # data
-    dataset: str = _f("cifar100", "cifar100 or cifar10", choices=sorted(data.DATASETS))
-    data_dir: str = _f("./data", "folder holding (or receiving) the extracted data set")
-    download: bool = _f(True, "download the data set when it is missing")
-    num_workers: int = _f(-1, "DataLoader workers; -1: one per CPU core this process may use, at most 8")
-    # model
-    blocks: list = _f((5, 5, 5, 5), "BasicBlocks per stage (4 numbers)", nargs=4)
-    width: int = _f(64, "channels of the first stage, doubled at each of the next three")
-    dropout: float = _f(0.3, "dropout before the classifier")
-    # recipe
-    epochs: int = _f(200, "epochs of the OneCycle schedule (training may stop earlier)")
-    batch_size: int = _f(128, "training batch size")
-    max_lr: float = _f(0.1, "OneCycleLR peak learning rate")
-    div_factor: float = _f(25.0, "initial LR = max_lr / div_factor")
-    final_div_factor: float = _f(1000.0, "final LR = initial LR / final_div_factor")
-    pct_start: float = _f(0.2, "fraction of the steps spent warming up")
-    momentum: float = _f(0.9, "SGD momentum, with Nesterov; 0 turns both off. OneCycleLR "
-                               "then cycles momentum between 0.95 and 0.85 inversely to the "
-                               "LR, as in the reference, so any positive value trains alike")
-    weight_decay: float = _f(5e-4, "SGD weight decay")
-    label_smoothing: float = _f(0.1, "label smoothing of the training loss")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
-    cutmix_prob: float = _f(0.3, "fraction of batches that get CutMix")
-    cutmix_alpha: float = _f(1.0, "CutMix Beta(alpha, alpha) parameter")
-    seed: int = _f(1, "random seed (weights, shuffling, augmentation, CutMix, dropout)")
-    # run
-    device: str = _f("auto", "auto (cuda > mps > cpu), cuda, cuda:N, mps or cpu")
-    amp: bool = _f(True, "fp16 mixed precision on CUDA (other devices always run fp32)")
-    channels_last: bool = _f(True, "channels_last memory format on CUDA")
-    eval_batch_size: int = _f(512, "evaluation batch size")
-    target_accuracy: float = _f(75.0, "stop once test accuracy (%%) reaches this; 0: never")
-    save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs")
-    keep_checkpoints: int = _f(3, "keep the newest K checkpoint_epoch_N.pt (0: all); "
-                                  "best_model.pt and last.pt are always kept")
-    gradcam_images: int = _f(6, "Grad-CAM pictures drawn after training (0: none)")
-    out_dir: str = _f(".", "where checkpoints/, metrics, Grad-CAM and training_logs.md go")
-    smoke: bool = _f(False, "offline demo: generated data, reduced network, 2 epochs")
-
-
-# Fields that decide the trajectory of a run: a resumed run must keep them. The network
-# and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
-# FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
-FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
-         "final_div_factor", "pct_start", "momentum", "smoke"}
-RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
-                  "cutmix_prob", "cutmix_alpha", "seed"}
-
-# --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
-SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,
-             num_workers=0, save_every=1)
-SMOKE_SIZES = dict(n_train=2000, n_test=500)
-
-
-class UserError(Exception):
-    """Bad flags or inputs: reported in one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of a screenful of usage
-        raise UserError(f"{message} (see python train.py --help)")
-
-
-def build_parser():
-    # SUPPRESS: only flags given on the command line appear in the result, so presets and
-    # a resumed run's config can tell what the user asked for explicitly.
-    p = Parser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = " ".join(map(str, f.default)) if f.type is list else f.default
-        kw = dict(help=f"{f.metadata['help']} (default: {default})")
-        if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif f.type is list:
-            kw.update(type=int, nargs=f.metadata["nargs"])
-        else:
-            kw["type"] = f.type
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        p.add_argument(flag, **kw)
-    p.add_argument("--resume", metavar="PATH", default=None,
-                   help="continue the run saved in this checkpoint (e.g. checkpoints/last.pt); "
-                        "'auto': the newest good one in <out-dir>/checkpoints, or a fresh "
-                        "run if there is none")
-    p.add_argument("--resume-force", action="store_true", default=False,
-                   help="allow recipe flags that differ from the resumed run's")
-    p.add_argument("--metrics-from-ckpt", metavar="PATH", default=None,
-                   help="only rebuild training_metrics_from_ckpt/ from this checkpoint")
-    return p
-
-
-def parse_args(argv=None):
-    """(flags given explicitly, as a dict of Config fields; the mode flags)"""
-    args = vars(build_parser().parse_args(argv))
-    modes = {k: args.pop(k) for k in ("resume", "resume_force", "metrics_from_ckpt")}
-    return args, modes
-
-
-def resolve_config(explicit, saved=None, force=False):
-    """Config = defaults <- smoke presets <- the resumed run's config <- explicit flags.
-
-    explicit: the flags given on the command line; saved: the config of the run resumed;
-    force: accept recipe flags that differ from the saved ones.
-    """
-    cfg = dataclasses.asdict(Config())
-    if explicit.get("smoke") or (saved or {}).get("smoke"):
-        cfg.update(SMOKE, smoke=True)
-    if saved:
-        changed = sorted(k for k in RECIPE & explicit.keys()
-                         if _norm(explicit[k]) != _norm(saved.get(k)))
-        blocked = [k for k in changed if k in FIXED or not force]
-        if blocked:
-            k = blocked[0]
-            why = ("the network and the schedule are fixed by the checkpoint" if k in FIXED
-                   else "a resumed run keeps its recipe (--resume-force to change it anyway)")
-            raise UserError(f"--{k.replace('_', '-')} {explicit[k]} differs from the resumed "
-                            f"run's {saved.get(k)}; {why}")
-        cfg.update({k: v for k, v in saved.items() if k in cfg})
-    cfg.update(explicit)
-    if cfg["smoke"] and "data_dir" not in explicit and not saved:
-        cfg["data_dir"] = os.path.join(cfg["out_dir"], "data", "smoke")
-    cfg["blocks"] = list(cfg["blocks"])
-    return validate(Config(**cfg))
-
-
-def _norm(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
-
-
-def validate(cfg):
-    checks = [
-        (cfg.epochs >= 1, "epochs", "at least 1"),
-        (cfg.batch_size >= 1, "batch_size", "at least 1"),
-        (cfg.eval_batch_size >= 1, "eval_batch_size", "at least 1"),
-        (min(cfg.blocks) >= 1, "blocks", "four numbers, each at least 1"),
-        (cfg.width >= 1, "width", "at least 1"),
-        (0 <= cfg.dropout < 1, "dropout", "in [0, 1)"),
-        (cfg.max_lr > 0, "max_lr", "positive"),
-        (cfg.div_factor > 0 and cfg.final_div_factor > 0, "div_factor", "positive (both factors)"),
-        (0 < cfg.pct_start < 1, "pct_start", "in (0, 1)"),
-        (0 <= cfg.momentum < 1, "momentum", "in [0, 1)"),
-        (cfg.weight_decay >= 0, "weight_decay", "0 or more"),
-        (0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
-        (cfg.grad_clip >= 0, "grad_clip", "0 or more"),
-        (0 <= cfg.cutmix_prob <= 1, "cutmix_prob", "in [0, 1]"),
-        (cfg.cutmix_alpha > 0, "cutmix_alpha", "positive"),
-        (0 <= cfg.target_accuracy <= 100, "target_accuracy", "in [0, 100]"),
-        (cfg.save_every >= 1, "save_every", "at least 1"),
-        (cfg.keep_checkpoints >= 0, "keep_checkpoints", "0 or more"),
-        (cfg.gradcam_images >= 0, "gradcam_images", "0 or more"),
-        (cfg.num_workers >= -1, "num_workers", "-1 (auto) or more"),
-    ]
-    for ok, name, need in checks:
-        if not ok:
-            raise UserError(f"--{name.replace('_', '-')} must be {need} "
-                            f"(got {getattr(cfg, name)})")
-    return cfg
+# Setup
 
 
 def pick_device(name):
@@ -300,6 +136,14 @@ class Runtime:
         return x, y.to(self.device, non_blocking=True)
 
 
+def make_runtime(device, amp, channels_last):
+    """AMP and channels_last are CUDA features here; elsewhere the run is plain fp32."""
+    on_cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = on_cuda
+    fmt = torch.channels_last if channels_last and on_cuda else torch.contiguous_format
+    return Runtime(device, amp and on_cuda, fmt)
+
+
 MAX_NONFINITE = 20  # consecutive steps with a non-finite loss before the run gives up
 
 
@@ -385,22 +229,36 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
 
 
 @torch.no_grad()
-def evaluate(model, loader, rt):
-    """Plain cross-entropy (no smoothing), top-1 and top-5 accuracy (%) on a whole loader."""
+def collect_logits(model, loader, rt, tta=False):
+    """fp32 logits (N, classes) and labels (N,) for a whole loader, kept on the device.
+
+    tta: average with the logits of the horizontally flipped images.
+    """
     model.eval()
-    sums = torch.zeros(3, device=rt.device)  # loss, top-1 hits, top-5 hits
-    n = 0
+    logits, labels = [], []
     for x, y in loader:
         x, y = rt.batch(x, y)
         with rt.autocast():
-            out = model(x)
-        out = out.float()
-        best = out.topk(min(5, out.shape[1]), dim=1).indices
-        sums += torch.stack([F.cross_entropy(out, y, reduction="sum"),
-                             (best[:, 0] == y).sum(), (best == y[:, None]).any(1).sum()])
-        n += len(y)
-    loss, top1, top5 = sums.tolist()
+            out = model(x).float()
+            if tta:
+                out = (out + model(x.flip(3)).float()) / 2
+        logits.append(out)
+        labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def score(logits, labels):
+    """Plain cross-entropy (no smoothing), top-1 and top-5 accuracy (%)."""
+    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    sums = torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
+                        (best[:, 0] == labels).sum(), (best == labels[:, None]).any(1).sum()])
+    loss, top1, top5 = sums.tolist()  # one wait for the device, not one per batch
+    n = len(labels)
     return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n, "n": n}
+
+
+def evaluate(model, loader, rt):
+    return score(*collect_logits(model, loader, rt))
 
 
 # -----------------------------------------------------------------------------
@@ -537,14 +395,11 @@ def build_run(cfg, device, arrays, names):
     """Data loaders, network, optimizer, schedule and scaler for a config."""
     x_train, y_train, x_test, y_test = arrays
     spec = data.DATASETS[cfg.dataset]
-    on_cuda = device.type == "cuda"
-    rt = Runtime(device, cfg.amp and on_cuda,
-                 torch.channels_last if cfg.channels_last and on_cuda else torch.contiguous_format)
-    torch.backends.cudnn.benchmark = on_cuda
+    rt = make_runtime(device, cfg.amp, cfg.channels_last)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, test_loader = data.make_loaders(
         x_train, y_train, x_test, y_test, spec["mean"], spec["std"], cfg.batch_size,
-        cfg.eval_batch_size, workers, cfg.seed, pin_memory=on_cuda)
+        cfg.eval_batch_size, workers, cfg.seed, pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.seed)
     model = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
     print_model_summary(model)
@@ -686,6 +541,49 @@ def finish(cfg, last, x_test, y_test, device):
                  f"{best['test_accuracy']:.2f}%): {out}")
 
 
+def evaluate_checkpoint(path, tta, explicit):
+    """--evaluate: a test-set report for a checkpoint, into training_metrics_from_ckpt/."""
+    ckpt = load_checkpoint(path)
+    saved = {**dataclasses.asdict(Config()), **(ckpt.get("config") or {}), **explicit}
+    name, root = saved["dataset"], saved["data_dir"]
+    data.ensure_dataset(root, name, saved["download"])
+    x_test, y_test = data.read_split(root, name, "test")
+    names = ckpt.get("class_names") or data.read_class_names(root, name)
+    spec = data.DATASETS[name]
+    mean, std = ckpt.get("mean", spec["mean"]), ckpt.get("std", spec["std"])
+    rt = make_runtime(pick_device(saved["device"]), saved["amp"], saved["channels_last"])
+    model, _ = model_from_checkpoint(ckpt, rt.device, expected={"num_classes": len(names)})
+    model = model.to(memory_format=rt.memory_format)
+    workers = default_workers() if saved["num_workers"] < 0 else saved["num_workers"]
+    loader = data.make_test_loader(x_test, y_test, mean, std, saved["eval_batch_size"], workers)
+    logits, labels = collect_logits(model, loader, rt)
+    print(f"{path} (epoch {ckpt.get('epoch', '?')}) on {len(labels):,} {name} test images")
+    print_scores("plain", score(logits, labels))
+    if tta:
+        logits, labels = collect_logits(model, loader, rt, tta=True)
+        print_scores("flip TTA", score(logits, labels))
+    folder = os.path.join(saved["out_dir"], "training_metrics_from_ckpt")
+    groups = data.CIFAR100_SUPERCLASSES if name == "cifar100" else None
+    report = write_evaluation_report(logits.argmax(1).cpu().numpy(), labels.cpu().numpy(),
+                                     names, folder, groups)
+    print_report(report, "flip TTA" if tta else "plain")
+    print(f"written: {folder}/per_class_accuracy.csv, {folder}/confusion_matrix.png")
+    return 0
+
+
+def print_scores(label, s):
+    print(f"  {label:>8}: top-1 {s['acc']:.2f}%  top-5 {s['top5']:.2f}%  loss {s['loss']:.4f}")
+
+
+def print_report(report, label):
+    print(f"per-class accuracy ({label} predictions):")
+    for title, rows in (("best", report["best"]), ("worst", report["worst"])):
+        print(f"  {len(rows)} {title}: " + ", ".join(f"{n} {a:.1f}%" for a, n in rows))
+    print("most confused (true -> predicted: images):")
+    for true, pred, count in report["pairs"]:
+        print(f"  {true} -> {pred}: {count}")
+
+
 def pick_resume(resume, out_dir):
     """(path, checkpoint) to continue from; 'auto' searches out_dir/checkpoints."""
     if resume != "auto":
@@ -700,6 +598,8 @@ def pick_resume(resume, out_dir):
 def run(argv=None):
     args, modes = parse_args(argv)
     out_dir = args.get("out_dir", ".")
+    if modes["evaluate"]:
+        return evaluate_checkpoint(modes["evaluate"], modes["tta"], args)
     if modes["metrics_from_ckpt"]:
         out = os.path.join(out_dir, "training_metrics_from_ckpt")
         print(f"metrics and plots: {write_metrics(load_checkpoint(modes['metrics_from_ckpt']), out)}")

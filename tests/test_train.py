@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+import config
 import train
 from model import ResNet34
 
 
 def test_onecycle_reproduces_the_reference_log_learning_rates():
-    cfg = train.Config()  # the reference recipe: 200 epochs, batch 128
+    cfg = config.Config()  # the reference recipe: 200 epochs, batch 128
     steps_per_epoch = -(-50_000 // cfg.batch_size)  # 391: the last partial batch is kept
     opt, sched = train.make_optimizer(torch.nn.Linear(1, 1), cfg, steps_per_epoch)
     lrs = {}
@@ -26,7 +27,7 @@ def test_onecycle_reproduces_the_reference_log_learning_rates():
 
 
 def test_config_defaults_are_the_reference_recipe():
-    cfg = train.Config()
+    cfg = config.Config()
     assert (cfg.epochs, cfg.batch_size, cfg.max_lr, cfg.div_factor, cfg.final_div_factor,
             cfg.pct_start) == (200, 128, 0.1, 25.0, 1000.0, 0.2)
     assert (cfg.cutmix_prob, cfg.cutmix_alpha, cfg.label_smoothing, cfg.grad_clip,
@@ -35,12 +36,12 @@ def test_config_defaults_are_the_reference_recipe():
 
 
 def test_every_config_field_is_a_flag_and_explicit_flags_beat_smoke_presets():
-    explicit, _ = train.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--no-amp"])
-    cfg = train.resolve_config(explicit)
+    explicit, _ = config.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--no-amp"])
+    cfg = config.resolve_config(explicit)
     assert cfg.smoke and cfg.epochs == 3 and cfg.batch_size == 16 and not cfg.amp
-    assert list(cfg.blocks) == train.SMOKE["blocks"] and cfg.width == train.SMOKE["width"]
-    help_text = train.build_parser().format_help()
-    for f in dataclasses.fields(train.Config):
+    assert list(cfg.blocks) == config.SMOKE["blocks"] and cfg.width == config.SMOKE["width"]
+    help_text = config.build_parser().format_help()
+    for f in dataclasses.fields(config.Config):
         assert "--" + f.name.replace("_", "-") in help_text
 
 
@@ -81,7 +82,7 @@ def test_one_real_training_step_of_the_full_seed_network():
     model = ResNet34(num_classes=100).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    cfg = train.Config(cutmix_prob=1.0)  # exercise the CutMix path too
+    cfg = config.Config(cutmix_prob=1.0)  # exercise the CutMix path too
     (loss_sum, correct, finite), sched = _step(model, cfg, x, y)
     assert finite and torch.isfinite(loss_sum) and 0 <= correct <= 4
     after = model.state_dict()
@@ -95,7 +96,7 @@ def test_gradients_are_clipped_to_the_configured_norm():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     x, y = torch.randn(8, 3, 32, 32) * 100, torch.randint(0, 10, (8,))
-    _step(model, train.Config(grad_clip=0.5, cutmix_prob=0.0, momentum=0.0,
+    _step(model, config.Config(grad_clip=0.5, cutmix_prob=0.0, momentum=0.0,
                               weight_decay=0.0), x, y)
     norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
     assert norm <= 0.5 + 1e-4

@@ -1,0 +1,183 @@
+"""The run's settings: one dataclass with the reference recipe as defaults, the command
+line generated from it, the --smoke presets, and the rules for resuming a run.
+
+    explicit, modes = parse_args(argv)   # flags given, and --resume/--evaluate/...
+    cfg = resolve_config(explicit)       # defaults <- presets <- resumed run <- flags
+"""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import data
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    """Every field is a flag (--batch-size ...) with the reference's value as default."""
+    # data
+    dataset: str = _f("cifar100", "cifar100 or cifar10", choices=sorted(data.DATASETS))
+    data_dir: str = _f("./data", "folder holding (or receiving) the extracted data set")
+    download: bool = _f(True, "download the data set when it is missing")
+    num_workers: int = _f(-1, "DataLoader workers; -1: one per CPU core this process may use, at most 8")
+    # model
+    blocks: list = _f((5, 5, 5, 5), "BasicBlocks per stage (4 numbers)", nargs=4)
+    width: int = _f(64, "channels of the first stage, doubled at each of the next three")
+    dropout: float = _f(0.3, "dropout before the classifier")
+    # recipe
+    epochs: int = _f(200, "epochs of the OneCycle schedule (training may stop earlier)")
+    batch_size: int = _f(128, "training batch size")
+    max_lr: float = _f(0.1, "OneCycleLR peak learning rate")
+    div_factor: float = _f(25.0, "initial LR = max_lr / div_factor")
+    final_div_factor: float = _f(1000.0, "final LR = initial LR / final_div_factor")
+    pct_start: float = _f(0.2, "fraction of the steps spent warming up")
+    momentum: float = _f(0.9, "SGD momentum, with Nesterov; 0 turns both off. OneCycleLR "
+                               "then cycles momentum between 0.95 and 0.85 inversely to the "
+                               "LR, as in the reference, so any positive value trains alike")
+    weight_decay: float = _f(5e-4, "SGD weight decay")
+    label_smoothing: float = _f(0.1, "label smoothing of the training loss")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
+    cutmix_prob: float = _f(0.3, "fraction of batches that get CutMix")
+    cutmix_alpha: float = _f(1.0, "CutMix Beta(alpha, alpha) parameter")
+    seed: int = _f(1, "random seed (weights, shuffling, augmentation, CutMix, dropout)")
+    # run
+    device: str = _f("auto", "auto (cuda > mps > cpu), cuda, cuda:N, mps or cpu")
+    amp: bool = _f(True, "fp16 mixed precision on CUDA (other devices always run fp32)")
+    channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    eval_batch_size: int = _f(512, "evaluation batch size")
+    target_accuracy: float = _f(75.0, "stop once test accuracy (%%) reaches this; 0: never")
+    save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs")
+    keep_checkpoints: int = _f(3, "keep the newest K checkpoint_epoch_N.pt (0: all); "
+                                  "best_model.pt and last.pt are always kept")
+    gradcam_images: int = _f(6, "Grad-CAM pictures drawn after training (0: none)")
+    out_dir: str = _f(".", "where checkpoints/, metrics, Grad-CAM and training_logs.md go")
+    smoke: bool = _f(False, "offline demo: generated data, reduced network, 2 epochs")
+
+
+# Fields that decide the trajectory of a run: a resumed run must keep them. The network
+# and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
+# FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
+FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
+         "final_div_factor", "pct_start", "momentum", "smoke"}
+RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
+                  "cutmix_prob", "cutmix_alpha", "seed"}
+
+# --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
+SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,
+             num_workers=0, save_every=1)
+SMOKE_SIZES = dict(n_train=2000, n_test=500)
+
+
+class UserError(Exception):
+    """Bad flags or inputs: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of a screenful of usage
+        raise UserError(f"{message} (see python train.py --help)")
+
+
+def build_parser():
+    # SUPPRESS: only flags given on the command line appear in the result, so presets and
+    # a resumed run's config can tell what the user asked for explicitly.
+    p = Parser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = " ".join(map(str, f.default)) if f.type is list else f.default
+        kw = dict(help=f"{f.metadata['help']} (default: {default})")
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.type is list:
+            kw.update(type=int, nargs=f.metadata["nargs"])
+        else:
+            kw["type"] = f.type
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        p.add_argument(flag, **kw)
+    p.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue the run saved in this checkpoint (e.g. checkpoints/last.pt); "
+                        "'auto': the newest good one in <out-dir>/checkpoints, or a fresh "
+                        "run if there is none")
+    p.add_argument("--resume-force", action="store_true", default=False,
+                   help="allow recipe flags that differ from the resumed run's")
+    p.add_argument("--metrics-from-ckpt", metavar="PATH", default=None,
+                   help="only rebuild training_metrics_from_ckpt/ from this checkpoint")
+    p.add_argument("--evaluate", metavar="PATH", default=None,
+                   help="only evaluate this checkpoint on the test set: accuracy, per-class "
+                        "accuracy, confusions, confusion_matrix.png")
+    p.add_argument("--tta", action="store_true", default=False,
+                   help="with --evaluate: also average each image's logits with its mirror's")
+    return p
+
+
+def parse_args(argv=None):
+    """(flags given explicitly, as a dict of Config fields; the mode flags)"""
+    args = vars(build_parser().parse_args(argv))
+    modes = {k: args.pop(k) for k in ("resume", "resume_force", "metrics_from_ckpt",
+                                      "evaluate", "tta")}
+    return args, modes
+
+
+def resolve_config(explicit, saved=None, force=False):
+    """Config = defaults <- smoke presets <- the resumed run's config <- explicit flags.
+
+    explicit: the flags given on the command line; saved: the config of the run resumed;
+    force: accept recipe flags that differ from the saved ones.
+    """
+    cfg = dataclasses.asdict(Config())
+    if explicit.get("smoke") or (saved or {}).get("smoke"):
+        cfg.update(SMOKE, smoke=True)
+    if saved:
+        changed = sorted(k for k in RECIPE & explicit.keys()
+                         if _norm(explicit[k]) != _norm(saved.get(k)))
+        blocked = [k for k in changed if k in FIXED or not force]
+        if blocked:
+            k = blocked[0]
+            why = ("the network and the schedule are fixed by the checkpoint" if k in FIXED
+                   else "a resumed run keeps its recipe (--resume-force to change it anyway)")
+            raise UserError(f"--{k.replace('_', '-')} {explicit[k]} differs from the resumed "
+                            f"run's {saved.get(k)}; {why}")
+        cfg.update({k: v for k, v in saved.items() if k in cfg})
+    cfg.update(explicit)
+    if cfg["smoke"] and "data_dir" not in explicit and not saved:
+        cfg["data_dir"] = os.path.join(cfg["out_dir"], "data", "smoke")
+    cfg["blocks"] = list(cfg["blocks"])
+    return validate(Config(**cfg))
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def validate(cfg):
+    checks = [
+        (cfg.epochs >= 1, "epochs", "at least 1"),
+        (cfg.batch_size >= 1, "batch_size", "at least 1"),
+        (cfg.eval_batch_size >= 1, "eval_batch_size", "at least 1"),
+        (min(cfg.blocks) >= 1, "blocks", "four numbers, each at least 1"),
+        (cfg.width >= 1, "width", "at least 1"),
+        (0 <= cfg.dropout < 1, "dropout", "in [0, 1)"),
+        (cfg.max_lr > 0, "max_lr", "positive"),
+        (cfg.div_factor > 0 and cfg.final_div_factor > 0, "div_factor", "positive (both factors)"),
+        (0 < cfg.pct_start < 1, "pct_start", "in (0, 1)"),
+        (0 <= cfg.momentum < 1, "momentum", "in [0, 1)"),
+        (cfg.weight_decay >= 0, "weight_decay", "0 or more"),
+        (0 <= cfg.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+        (cfg.grad_clip >= 0, "grad_clip", "0 or more"),
+        (0 <= cfg.cutmix_prob <= 1, "cutmix_prob", "in [0, 1]"),
+        (cfg.cutmix_alpha > 0, "cutmix_alpha", "positive"),
+        (0 <= cfg.target_accuracy <= 100, "target_accuracy", "in [0, 100]"),
+        (cfg.save_every >= 1, "save_every", "at least 1"),
+        (cfg.keep_checkpoints >= 0, "keep_checkpoints", "0 or more"),
+        (cfg.gradcam_images >= 0, "gradcam_images", "0 or more"),
+        (cfg.num_workers >= -1, "num_workers", "-1 (auto) or more"),
+    ]
+    for ok, name, need in checks:
+        if not ok:
+            raise UserError(f"--{name.replace('_', '-')} must be {need} "
+                            f"(got {getattr(cfg, name)})")
+    return cfg
