@@ -30,7 +30,8 @@ class Config:
     dropout: float = _f(0.3, "dropout before the classifier")
     # recipe
     epochs: int = _f(200, "epochs of the OneCycle schedule (training may stop earlier)")
-    batch_size: int = _f(128, "training batch size")
+    batch_size: int = _f(128, "training batch size; under torchrun the global batch, split "
+                              "evenly over the processes (so the schedule stays the same)")
     max_lr: float = _f(0.1, "OneCycleLR peak learning rate")
     div_factor: float = _f(25.0, "initial LR = max_lr / div_factor")
     final_div_factor: float = _f(1000.0, "final LR = initial LR / final_div_factor")
@@ -44,6 +45,7 @@ class Config:
     cutmix_prob: float = _f(0.3, "fraction of batches that get CutMix")
     cutmix_alpha: float = _f(1.0, "CutMix Beta(alpha, alpha) parameter")
     seed: int = _f(1, "random seed (weights, shuffling, augmentation, CutMix, dropout)")
+    sync_bn: bool = _f(False, "under torchrun on CUDA: BatchNorm statistics over all GPUs")
     # run
     device: str = _f("auto", "auto (cuda > mps > cpu), cuda, cuda:N, mps or cpu")
     amp: bool = _f(True, "fp16 mixed precision on CUDA (other devices always run fp32)")
@@ -64,7 +66,7 @@ class Config:
 FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
          "final_div_factor", "pct_start", "momentum", "smoke"}
 RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
-                  "cutmix_prob", "cutmix_alpha", "seed"}
+                  "cutmix_prob", "cutmix_alpha", "seed", "sync_bn"}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,

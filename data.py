@@ -273,23 +273,33 @@ class CIFARDataset(torch.utils.data.Dataset):
         return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in items]
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Shuffles with a permutation keyed by (seed, epoch) and yields (epoch, index) pairs,
-    so workers, even persistent ones, know the epoch without shared state."""
+class EpochBatches(torch.utils.data.Sampler):
+    """Training batches of (epoch, index) pairs, for one rank of `world` (1 without DDP).
 
-    def __init__(self, n, seed=0):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    The epoch's order is a permutation keyed by (seed, epoch); step s takes images
+    [s * batch_size, (s + 1) * batch_size) of it, the global batch, and this rank takes its
+    share of those, so every step sees the same images whatever the number of ranks. The
+    epoch travels with each index, so workers, even persistent ones, need no shared state.
+    A last batch too small to give every rank an image is dropped (never, without DDP).
+    """
 
-    def set_epoch(self, epoch, start=0):
-        """start: skip the first `start` images of the epoch's order (resuming mid-epoch)."""
-        self.epoch, self.start = epoch, start
+    def __init__(self, n, batch_size, seed=0, rank=0, world=1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.steps = n // batch_size + (n % batch_size >= world)  # steps in a whole epoch
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch, start_step=0):
+        """start_step: skip the epoch's first steps (resuming mid-epoch)."""
+        self.epoch, self.start = epoch, start_step
 
     def __len__(self):
-        return self.n - self.start
+        return self.steps - self.start
 
     def __iter__(self):
         perm = np.random.default_rng([self.seed, SHUFFLE_STREAM, self.epoch]).permutation(self.n)
-        return iter([(self.epoch, int(i)) for i in perm[self.start:]])
+        for step in range(self.start, self.steps):
+            batch = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            yield [(self.epoch, int(i)) for i in np.array_split(batch, self.world)[self.rank]]
 
 
 def _ignore_stop_signals(worker_id):
@@ -300,14 +310,17 @@ def _ignore_stop_signals(worker_id):
 
 
 def make_loaders(x_train, y_train, x_test, y_test, mean, std, batch_size, eval_batch_size,
-                 num_workers=0, seed=0, pin_memory=False):
-    """(train loader, test loader). The train sampler's set_epoch selects the epoch."""
+                 num_workers=0, seed=0, pin_memory=False, rank=0, world=1):
+    """(train loader, test loader) for one rank. batch_size is the global batch; the train
+    loader's batch_sampler.set_epoch selects the epoch; each rank tests a disjoint share."""
     train_ds = CIFARDataset(x_train, y_train, train_transform(mean, std), augment=True, seed=seed)
-    train = torch.utils.data.DataLoader(train_ds, batch_size=batch_size,
-                                        sampler=EpochSampler(len(train_ds), seed),
+    batches = EpochBatches(len(train_ds), batch_size, seed, rank, world)
+    train = torch.utils.data.DataLoader(train_ds, batch_sampler=batches,
                                         **_loader_options(num_workers, pin_memory))
-    return train, make_test_loader(x_test, y_test, mean, std, eval_batch_size, num_workers,
-                                   pin_memory)
+    # every world-th test image: each counted exactly once, no padding
+    test = make_test_loader(x_test[rank::world], y_test[rank::world], mean, std,
+                            eval_batch_size // world or 1, num_workers, pin_memory)
+    return train, test
 
 
 def make_test_loader(x, y, mean, std, batch_size, num_workers=0, pin_memory=False):

@@ -2,7 +2,9 @@
 
     python train.py            # full run: downloads CIFAR-100 into ./data, up to 200 epochs
     python train.py --smoke    # offline demo: generated data, tiny network, 2 epochs, < 1 min
-    python train.py --resume checkpoints/last.pt     # continue an interrupted run
+    python train.py --resume auto   # continue an interrupted run (or start one)
+    python train.py --evaluate checkpoints/best_model.pt --tta   # test-set report only
+    torchrun --standalone --nproc_per_node=4 train.py            # 4 GPUs, same recipe
 
 Reproduces the reference: 30,032,292 parameters, SGD+Nesterov with OneCycleLR (max 0.1),
 CutMix on 30% of batches, label smoothing 0.1, AMP fp16 + channels_last on CUDA; the
@@ -12,7 +14,6 @@ stopped early at its 75% target. Every setting is a flag: `python train.py --hel
 Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from_ckpt/,
 gradcam_outputs/.
 """
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -32,6 +33,8 @@ from tqdm import tqdm
 import data
 import gradcam_utils
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
+from runtime import (Runtime, collect_logits, default_workers, evaluate, init_distributed,
+                     make_runtime, pick_device, score)
 from metrics import write_evaluation_report, write_metrics
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
@@ -39,31 +42,6 @@ from model import (CheckpointError, ResNet, check_model_args, count_parameters,
 
 log = logging.getLogger("train")
 table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
-
-# -----------------------------------------------------------------------------
-# Setup
-
-
-def pick_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name} is not a device name (auto, cuda, cuda:N, mps, cpu)") from None
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
-                 "cpu": True}
-    if not available.get(device.type, False):
-        raise UserError(f"--device {name} is not available on this machine")
-    return device
-
-
-def default_workers():
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(8, cores or 1)
-
 
 # -----------------------------------------------------------------------------
 # CutMix
@@ -114,34 +92,7 @@ def make_optimizer(model, cfg, steps_per_epoch):
 
 
 # -----------------------------------------------------------------------------
-# Train and evaluate
-
-
-@dataclass
-class Runtime:
-    """What every step needs besides the model: device, precision and memory format."""
-    device: torch.device
-    amp: bool
-    memory_format: torch.memory_format
-
-    def autocast(self):
-        # a no-op context when amp is off, so CPU and GPU share one code path (and devices
-        # whose autocast support varies across torch versions, like MPS, never touch it)
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.float16)
-
-    def batch(self, x, y):
-        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return x, y.to(self.device, non_blocking=True)
-
-
-def make_runtime(device, amp, channels_last):
-    """AMP and channels_last are CUDA features here; elsewhere the run is plain fp32."""
-    on_cuda = device.type == "cuda"
-    torch.backends.cudnn.benchmark = on_cuda
-    fmt = torch.channels_last if channels_last and on_cuda else torch.contiguous_format
-    return Runtime(device, amp and on_cuda, fmt)
+# Train
 
 
 MAX_NONFINITE = 20  # consecutive steps with a non-finite loss before the run gives up
@@ -164,7 +115,8 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
         # label smoothing applies to both CutMix terms
         loss = (lam * F.cross_entropy(out, ya, label_smoothing=cfg.label_smoothing)
                 + (1 - lam) * F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
-    finite = bool(torch.isfinite(loss))  # GradScaler.step waits for the GPU anyway
+    # GradScaler.step waits for the GPU anyway, so this costs no extra stall
+    finite = rt.dist.all_true(torch.isfinite(loss), rt.device)
     opt.zero_grad(set_to_none=True)
     if finite or scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -181,8 +133,8 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
 
 
 def steps_per_epoch(loader):
-    """Batches in a whole epoch (len(loader) shrinks while an epoch is resumed part-way)."""
-    return math.ceil(loader.sampler.n / loader.batch_size)
+    """Steps in a whole epoch (len(loader) shrinks while an epoch is resumed part-way)."""
+    return loader.batch_sampler.steps
 
 
 def new_progress():
@@ -199,66 +151,38 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     """
     model.train()
     p = dict(progress)
-    loader.sampler.set_epoch(epoch, start=p["step"] * cfg.batch_size)
-    loss_sum = torch.tensor(p["loss_sum"], dtype=torch.float32, device=rt.device)
-    correct = torch.tensor(p["correct"], dtype=torch.float32, device=rt.device)
+    loader.batch_sampler.set_epoch(epoch, start_step=p["step"])
+    # running sums: rank 0 carries what the saved progress holds (already summed over ranks)
+    own = rt.dist.main
+    sums = torch.tensor([p["loss_sum"], p["correct"]] if own else [0.0, 0.0],
+                        dtype=torch.float64, device=rt.device)
+    seen = p["seen"] if own else 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
-               total=steps_per_epoch(loader), leave=False, dynamic_ncols=True)
+               total=steps_per_epoch(loader), leave=False, dynamic_ncols=True, disable=not own)
     for step, (x, y) in enumerate(bar, start=p["step"]):
         x, y = rt.batch(x, y)
-        torch.manual_seed(data.stream_seed(cfg.seed, data.TORCH_STREAM, epoch, step))  # dropout
-        rng = np.random.default_rng([cfg.seed, data.CUTMIX_STREAM, epoch, step])
+        key = (cfg.seed, epoch, step, rt.dist.rank)  # each rank its own, reproducible stream
+        torch.manual_seed(data.stream_seed(key[0], data.TORCH_STREAM, *key[1:]))  # dropout
+        rng = np.random.default_rng([key[0], data.CUTMIX_STREAM, *key[1:]])
         l, c, finite = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
         p["nonfinite"] = 0 if finite else p["nonfinite"] + 1
         if p["nonfinite"] >= MAX_NONFINITE:
             raise Diverged(f"the loss was not finite for {MAX_NONFINITE} steps in a row "
                            f"(epoch {epoch}, step {step}); lower --max-lr or check the data")
-        loss_sum += l
-        correct += c
-        p["seen"] += len(x)
+        sums += torch.stack([l.double(), c.double()])
+        seen += len(x)
         p["step"] = step + 1
-        if step % 20 == 0:  # reading the sums waits for the GPU, so not every step
-            bar.set_postfix(loss=f"{loss_sum.item() / p['seen']:.3f}",
-                            acc=f"{100 * correct.item() / p['seen']:.1f}%",
+        if own and step % 20 == 0:  # reading the sums waits for the GPU, so not every step
+            loss, acc = sums.tolist()  # this rank's share: close enough for a progress bar
+            bar.set_postfix(loss=f"{loss / seen:.3f}", acc=f"{100 * acc / seen:.1f}%",
                             lr=f"{sched.get_last_lr()[0]:.5f}")
-        if stop is not None and stop.signum is not None:
-            break
+        if not rt.dist.all_true(stop is None or stop.signum is None, rt.device):
+            break  # a signal reached some rank: all stop after the same step
     bar.close()
-    p.update(loss_sum=loss_sum.item(), correct=correct.item())
+    seen = torch.tensor([seen], dtype=torch.float64, device=rt.device)
+    loss, acc, seen = rt.dist.all_sum(torch.cat([sums, seen])).tolist()
+    p.update(loss_sum=loss, correct=acc, seen=int(seen))
     return p
-
-
-@torch.no_grad()
-def collect_logits(model, loader, rt, tta=False):
-    """fp32 logits (N, classes) and labels (N,) for a whole loader, kept on the device.
-
-    tta: average with the logits of the horizontally flipped images.
-    """
-    model.eval()
-    logits, labels = [], []
-    for x, y in loader:
-        x, y = rt.batch(x, y)
-        with rt.autocast():
-            out = model(x).float()
-            if tta:
-                out = (out + model(x.flip(3)).float()) / 2
-        logits.append(out)
-        labels.append(y)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def score(logits, labels):
-    """Plain cross-entropy (no smoothing), top-1 and top-5 accuracy (%)."""
-    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    sums = torch.stack([F.cross_entropy(logits, labels, reduction="sum"),
-                        (best[:, 0] == labels).sum(), (best == labels[:, None]).any(1).sum()])
-    loss, top1, top5 = sums.tolist()  # one wait for the device, not one per batch
-    n = len(labels)
-    return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n, "n": n}
-
-
-def evaluate(model, loader, rt):
-    return score(*collect_logits(model, loader, rt))
 
 
 # -----------------------------------------------------------------------------
@@ -331,14 +255,18 @@ def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
 # Logging
 
 
-def setup_logging(out_dir, resumed_from=None):
+def setup_logging(out_dir, resumed_from=None, enabled=True):
+    """Console summary lines and the training_logs.md table; silent on ranks other than 0."""
     for logger in (log, table):
         for h in list(logger.handlers):
             h.close()
             logger.removeHandler(h)
+        logger.propagate = False
+        logger.addHandler(logging.NullHandler())
+    if not enabled:
+        return
     log.setLevel(logging.INFO)
     table.setLevel(logging.INFO)
-    log.propagate = table.propagate = False
     log.addHandler(logging.StreamHandler(sys.stdout))
     table.addHandler(logging.FileHandler(os.path.join(out_dir, "training_logs.md")))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -365,11 +293,15 @@ def print_model_summary(model):
 # Main
 
 
-def prepare_data(cfg):
-    if cfg.smoke and not data.dataset_present(cfg.data_dir, cfg.dataset):
-        log.info(f"smoke run: writing generated {cfg.dataset}-format data to {cfg.data_dir}")
-        data.write_synthetic_dataset(cfg.data_dir, cfg.dataset, seed=cfg.seed, **SMOKE_SIZES)
-    return data.load_dataset(cfg.data_dir, cfg.dataset, cfg.download)
+def prepare_data(cfg, dist):
+    """The data set's arrays; rank 0 generates (--smoke) or downloads, the others wait."""
+    if dist.main:
+        if cfg.smoke and not data.dataset_present(cfg.data_dir, cfg.dataset):
+            log.info(f"smoke run: writing generated {cfg.dataset}-format data to {cfg.data_dir}")
+            data.write_synthetic_dataset(cfg.data_dir, cfg.dataset, seed=cfg.seed, **SMOKE_SIZES)
+        data.ensure_dataset(cfg.data_dir, cfg.dataset, cfg.download)
+    dist.barrier()
+    return data.load_dataset(cfg.data_dir, cfg.dataset, download=False)
 
 
 @dataclass
@@ -377,7 +309,8 @@ class Run:
     """The objects a training run is made of, built once and passed around together."""
     cfg: Config
     rt: Runtime
-    model: torch.nn.Module
+    net: torch.nn.Module    # the network itself: what checkpoints hold, what evaluates
+    model: torch.nn.Module  # what trains: `net`, or `net` wrapped in DDP under torchrun
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -387,30 +320,38 @@ class Run:
     hist: dict = field(default_factory=lambda: {k: [] for k in HISTORY})
 
     def checkpoint(self, position, progress=None):
-        return make_checkpoint(self.model, self.opt, self.sched, self.scaler, self.cfg,
+        return make_checkpoint(self.net, self.opt, self.sched, self.scaler, self.cfg,
                                self.hist, self.extra, position, progress)
 
 
-def build_run(cfg, device, arrays, names):
-    """Data loaders, network, optimizer, schedule and scaler for a config."""
+def build_run(cfg, device, dist, arrays, names):
+    """Data loaders, network, optimizer, schedule and scaler for a config, on this rank."""
     x_train, y_train, x_test, y_test = arrays
     spec = data.DATASETS[cfg.dataset]
-    rt = make_runtime(device, cfg.amp, cfg.channels_last)
+    rt = make_runtime(device, cfg.amp, cfg.channels_last, dist)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, test_loader = data.make_loaders(
         x_train, y_train, x_test, y_test, spec["mean"], spec["std"], cfg.batch_size,
-        cfg.eval_batch_size, workers, cfg.seed, pin_memory=device.type == "cuda")
-    torch.manual_seed(cfg.seed)
-    model = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
-    print_model_summary(model)
-    log.info(f"{count_parameters(model):,} parameters | {len(x_train):,} train / "
-             f"{len(x_test):,} test images | device {device} | amp {rt.amp} | workers {workers}")
-    model = model.to(device, memory_format=rt.memory_format)
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch(train_loader))
+        cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
+    if dist.main:
+        print_model_summary(net)
+    log.info(f"{count_parameters(net):,} parameters | {len(x_train):,} train / "
+             f"{len(x_test):,} test images | device {device} | amp {rt.amp} | "
+             f"workers {workers} | processes {dist.world} (batch {cfg.batch_size // dist.world} each)")
+    if cfg.sync_bn:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(device, memory_format=rt.memory_format)
+    model = net
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)  # AMP runs only on CUDA
     extra = {"model_args": model_args_of(cfg, len(names)), "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
-    return Run(cfg, rt, model, opt, sched, scaler, train_loader, test_loader, extra)
+    return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, test_loader, extra)
 
 
 class Stopped(Exception):
@@ -449,26 +390,39 @@ class GracefulStop:
 
 def train(cfg, resume_ckpt=None, resume_path=None):
     """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
-    setup_logging(cfg.out_dir, resume_path)
-    device = pick_device(cfg.device)
+    dist, device = init_distributed(cfg.device)
+    check_distributed(cfg, dist, device)
+    setup_logging(cfg.out_dir, resume_path, enabled=dist.main)
     log.info(f"config: {dataclasses.asdict(cfg)}")
-    x_train, y_train, x_test, y_test, names = prepare_data(cfg)
-    run = build_run(cfg, device, (x_train, y_train, x_test, y_test), names)
+    x_train, y_train, x_test, y_test, names = prepare_data(cfg, dist)
+    run = build_run(cfg, device, dist, (x_train, y_train, x_test, y_test), names)
     epoch, progress = 0, new_progress()
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
-            resume_ckpt, run.model, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"])
+            resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"])
         log.info(f"resumed from {resume_path} at epoch {epoch}, step {step}")
     try:
         with GracefulStop() as stop:
             last = train_loop(run, epoch, progress, stop) or resume_ckpt
     except KeyboardInterrupt:
-        print(f"\nstopped at once; continue with: python train.py --resume auto "
-              f"--out-dir {cfg.out_dir}", file=sys.stderr)
+        if dist.main:
+            print(f"\nstopped at once; continue with: python train.py --resume auto "
+                  f"--out-dir {cfg.out_dir}", file=sys.stderr)
         raise
     if last is None or not run.hist["test_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
-    finish(cfg, last, x_test, y_test, device)
+    if dist.main:
+        finish(cfg, last, x_test, y_test, device)
+    dist.barrier()  # ranks leave together: one tearing down early can abort the others
+
+
+def check_distributed(cfg, dist, device):
+    if cfg.batch_size % dist.world:
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
+                        f"the {dist.world} processes")
+    if cfg.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on "
+                        f"{device.type}")
 
 
 def train_loop(run, epoch, progress, stop):
@@ -483,7 +437,8 @@ def train_loop(run, epoch, progress, stop):
         progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
                                run.rt, cfg, epoch, progress, stop)
         if progress["step"] < steps:  # a signal stopped the epoch part-way
-            raise Stopped(stop.signum, save_partial_epoch(run, epoch, progress, steps))
+            raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
+                          save_partial_epoch(run, epoch, progress, steps))
         last = end_epoch(run, epoch, progress, time.time() - t0)
         # a streak of non-finite losses carries over into the next epoch
         epoch, progress = epoch + 1, dict(new_progress(), nonfinite=progress["nonfinite"])
@@ -495,7 +450,8 @@ def save_partial_epoch(run, epoch, progress, steps):
     path = os.path.join(run.cfg.out_dir, "checkpoints", "last.pt")
     if progress["nonfinite"]:
         return f"not saved (the loss was not finite); the last good checkpoint is {path}"
-    save_checkpoint(run.checkpoint({"epoch": epoch, "step": progress["step"]}, progress), path)
+    if run.rt.dist.main:
+        save_checkpoint(run.checkpoint({"epoch": epoch, "step": progress["step"]}, progress), path)
     return (f"saved epoch {epoch} at step {progress['step']}/{steps}; "
             f"continue with: python train.py --resume {path}")
 
@@ -507,7 +463,8 @@ def target_reached(hist, cfg):
 
 def end_epoch(run, epoch, progress, seconds):
     """Evaluate, record, save and log a completed epoch. Returns its checkpoint."""
-    ev = evaluate(run.model, run.test_loader, run.rt)
+    run.rt.dist.share_buffers(run.net)
+    ev = evaluate(run.net, run.test_loader, run.rt)
     hist = run.hist
     is_best = not hist["test_acc"] or ev["acc"] > max(hist["test_acc"])
     tr_loss = progress["loss_sum"] / progress["seen"]
@@ -516,10 +473,11 @@ def end_epoch(run, epoch, progress, seconds):
                               run.sched.get_last_lr()[0])):
         hist[k].append(v)
     ckpt = run.checkpoint({"epoch": epoch + 1, "step": 0})
+    ckpt["test_images"] = ev["n"]  # every test image once, whatever the number of ranks
     if progress["nonfinite"]:  # the model may be ruined: keep the last good files instead
         log.warning(f"epoch {epoch}: loss not finite for the last {progress['nonfinite']} "
                     f"steps; checkpoints not updated")
-    else:
+    elif run.rt.dist.main:
         save_epoch_checkpoints(ckpt, os.path.join(run.cfg.out_dir, "checkpoints"), run.cfg, is_best)
     log_epoch(epoch, run.cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds)
     if target_reached(hist, run.cfg):
@@ -589,9 +547,10 @@ def pick_resume(resume, out_dir):
     if resume != "auto":
         return resume, load_checkpoint(resume) if resume else None
     path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"), RESUME_KEYS)
-    for reason in skipped:
-        print(f"skipping {reason}", file=sys.stderr)
-    print(f"--resume auto: {'continuing ' + path if path else 'no checkpoint yet, starting fresh'}")
+    if env_rank() == 0:
+        for reason in skipped:
+            print(f"skipping {reason}", file=sys.stderr)
+        print(f"--resume auto: {'continuing ' + path if path else 'no checkpoint yet, starting fresh'}")
     return path, ckpt
 
 
@@ -617,23 +576,34 @@ def run(argv=None):
     return 0
 
 
+def env_rank():
+    """This process's rank as torchrun sets it (0 without torchrun), before any set-up."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def main(argv=None):
+    # under torchrun every rank reports its own failure (torchrun then ends the others)
+    error = "error:" if int(os.environ.get("WORLD_SIZE", "1")) == 1 else f"error (rank {env_rank()}):"
     try:
         return run(argv)
     except (UserError, data.DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{error} {e}", file=sys.stderr)
         return 2
     except Diverged as e:
-        print(f"error: {e}; the checkpoints saved before are kept", file=sys.stderr)
+        print(f"{error} {e}; the checkpoints saved before are kept", file=sys.stderr)
         return 1
     except OSError as e:  # disk full, unwritable folder, ...: files already saved stay intact
-        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        print(f"{error} {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 1
     except Stopped as e:
-        print(f"stopped by {signal.Signals(e.signum).name}: {e}", file=sys.stderr)
+        if env_rank() == 0:
+            print(f"stopped by {signal.Signals(e.signum).name}: {e}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         return 130
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_misspelt_augmentation_argument_raises_instead_of_being_ignored():
 def _augment_all(images, labels, workers, epoch=0, batch=8):
     train, _ = data.make_loaders(images, labels, images[:1], labels[:1], SPEC["mean"],
                                  SPEC["std"], batch, 8, num_workers=workers, seed=1)
-    train.sampler.set_epoch(epoch)
+    train.batch_sampler.set_epoch(epoch)
     return [xb for xb, _ in train]
 
 
@@ -132,10 +132,24 @@ def test_each_worker_gets_its_own_augmentation_stream_and_results_do_not_depend_
     assert not torch.equal(zero[0], other_epoch[0])
 
 
-def test_epoch_sampler_covers_every_index_once_with_a_new_order_each_epoch():
-    s = data.EpochSampler(100, seed=1)
-    first = [i for _, i in s]
+def test_epoch_batches_cover_every_index_once_with_a_new_order_each_epoch():
+    s = data.EpochBatches(100, batch_size=32, seed=1)
+    first = [i for batch in s for _, i in batch]
+    assert len(s) == 4 and [len(b) for b in s] == [32, 32, 32, 4]
     s.set_epoch(1)
-    second = list(s)
+    second = [pair for batch in s for pair in batch]
     assert sorted(first) == list(range(100)) and all(e == 1 for e, _ in second)
     assert first != [i for _, i in second]
+    s.set_epoch(1, start_step=2)
+    assert [pair for batch in s for pair in batch] == second[64:]
+
+
+def test_ranks_split_each_global_batch_and_together_see_the_single_process_batches():
+    one = list(data.EpochBatches(100, 32, seed=1))
+    ranks = [list(data.EpochBatches(100, 32, seed=1, rank=r, world=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one)  # same steps per epoch
+    for step, batch in enumerate(one):
+        assert ranks[0][step] + ranks[1][step] == batch
+        assert abs(len(ranks[0][step]) - len(ranks[1][step])) <= 1
+    # a last global batch of one image cannot feed two ranks: that step is dropped
+    assert len(data.EpochBatches(65, 32, world=2)) == 2 and len(data.EpochBatches(65, 32)) == 3

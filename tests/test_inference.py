@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import runtime
 import train
 from conftest import run_script
 from metrics import write_evaluation_report
@@ -55,11 +56,11 @@ def test_tta_changes_nothing_for_a_flip_invariant_model(tiny_data):
     x, y = data.read_split(tiny_data, "cifar100", "test")
     spec = data.DATASETS["cifar100"]
     loader = data.make_test_loader(x, y, spec["mean"], spec["std"], batch_size=64)
-    rt = train.make_runtime(torch.device("cpu"), amp=False, channels_last=False)
-    plain = train.collect_logits(model, loader, rt)
-    tta = train.collect_logits(model, loader, rt, tta=True)
+    rt = runtime.make_runtime(torch.device("cpu"), amp=False, channels_last=False)
+    plain = runtime.collect_logits(model, loader, rt)
+    tta = runtime.collect_logits(model, loader, rt, tta=True)
     assert torch.allclose(plain[0], tta[0], atol=1e-5)
-    assert train.score(*plain)["acc"] == train.score(*tta)["acc"]
+    assert runtime.score(*plain)["acc"] == runtime.score(*tta)["acc"]
 
 
 def test_tta_differs_for_an_ordinary_model(tiny_data):
@@ -68,9 +69,9 @@ def test_tta_differs_for_an_ordinary_model(tiny_data):
     x, y = data.read_split(tiny_data, "cifar100", "test")
     spec = data.DATASETS["cifar100"]
     loader = data.make_test_loader(x, y, spec["mean"], spec["std"], batch_size=64)
-    rt = train.make_runtime(torch.device("cpu"), amp=False, channels_last=False)
-    assert not torch.allclose(train.collect_logits(model, loader, rt)[0],
-                              train.collect_logits(model, loader, rt, tta=True)[0])
+    rt = runtime.make_runtime(torch.device("cpu"), amp=False, channels_last=False)
+    assert not torch.allclose(runtime.collect_logits(model, loader, rt)[0],
+                              runtime.collect_logits(model, loader, rt, tta=True)[0])
 
 
 @pytest.fixture(scope="module")

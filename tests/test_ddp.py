@@ -1,0 +1,81 @@
+"""torchrun on the CPU (gloo), two processes: the same recipe and outputs as one process."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+
+
+def torchrun(*args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    proc = torchrun("--smoke", "--out-dir", out, "--num-workers", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_two_processes_write_every_output_once(ddp_run):
+    out, proc = ddp_run
+    assert "processes 2 (batch 32 each)" in proc.stdout
+    assert proc.stdout.count("Total params") == 1  # only rank 0 prints and writes
+    log = (out / "training_logs.md").read_text()
+    assert log.count("### Run started") == 1 and log.count("| 0 |") == 1 and log.count("| 1 |") == 1
+    ck = out / "checkpoints"
+    assert sorted(os.listdir(ck)) == ["best_model.pt", "checkpoint_epoch_0.pt",
+                                      "checkpoint_epoch_1.pt", "last.pt"]
+    assert (out / "gradcam_outputs" / "gradcam_grid.png").is_file()
+    assert (out / "training_metrics_from_ckpt" / "metrics_overview.png").is_file()
+
+
+def test_checkpoint_is_the_plain_network_and_counts_every_test_image_once(ddp_run):
+    out, _ = ddp_run
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in ckpt["model_state_dict"])
+    assert ckpt["test_images"] == 500  # the generated test set's size: no padding, no gaps
+    assert ckpt["config"]["batch_size"] == 64  # the global batch, as in one process
+
+
+def test_logged_accuracy_equals_a_single_process_evaluation_of_the_checkpoint(ddp_run, tmp_path):
+    out, _ = ddp_run
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    proc = run_script("train.py", "--evaluate", out / "checkpoints" / "last.pt",
+                      "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = float(re.search(r"plain: top-1 ([0-9.]+)%", proc.stdout).group(1))
+    assert single == round(ckpt["test_acc"][-1], 2)
+    assert "on 500 cifar100 test images" in proc.stdout
+
+
+def test_a_resumed_two_process_run_continues_from_the_saved_epoch(ddp_run, tmp_path):
+    out, _ = ddp_run
+    proc = torchrun("--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
+                    "--out-dir", tmp_path, "--gradcam-images", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at epoch 1, step 0" in proc.stdout and "epoch   0/1" not in proc.stdout
+    straight = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert straight["test_acc"] == resumed["test_acc"]
+    for k, v in straight["model_state_dict"].items():
+        assert torch.equal(v, resumed["model_state_dict"][k]), k
+
+
+def test_a_batch_that_does_not_split_evenly_ends_the_job_with_a_clear_message(tmp_path):
+    proc = torchrun("--smoke", "--out-dir", tmp_path, "--batch-size", "63", timeout=120)
+    assert proc.returncode != 0
+    assert "error (rank 0): --batch-size 63 is the global batch and must divide by the 2 " \
+           "processes" in proc.stderr
+
+
+def test_sync_bn_is_refused_on_the_cpu(tmp_path):
+    proc = torchrun("--smoke", "--out-dir", tmp_path, "--sync-bn", timeout=120)
+    assert proc.returncode != 0 and "--sync-bn needs CUDA" in proc.stderr
