@@ -172,3 +172,16 @@ def test_unwritable_out_dir_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     assert "--out-dir" in _one_line_error(run_script("train.py", "--smoke", "--out-dir", blocker / "x"))
+
+
+def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
+    import json
+    proc = run_script("benchmarks/throughput.py", "--quick", "--json", tmp_path / "t.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "t.json").read_text())
+    names = [r["name"] for r in res["rows"]]
+    assert any(n.startswith("augmentation, albumentations") for n in names)
+    assert any(n.startswith("real training loop") for n in names)
+    assert all(r["images_per_s"] > 0 for r in res["rows"])
+    assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
+    assert "| stage" in proc.stdout

@@ -1,0 +1,258 @@
+"""Throughput of every stage of training, measured side by side in one run.
+
+    python benchmarks/throughput.py                  # full seed network, ~5 min on 2 cores
+    python benchmarks/throughput.py --json out.json  # also write the figures as JSON
+    python benchmarks/throughput.py --quick          # reduced network and sizes: a check
+    python benchmarks/throughput.py --device cuda    # GPU rows: AMP + channels_last, compile
+
+Each figure is the median of --repeats timed repeats after a warm-up. Rows:
+augmentation (albumentations per image in one process = per core; through the DataLoader
+with the default worker count), the network's raw training step and evaluation at batch
+128, the real training loop end to end (DataLoader, CutMix, clipping, schedule, progress
+bar, metrics) as a fraction of the raw step, the machine's fp32 matmul rate and the
+network's FLOPs per image (so the step's share of the arithmetic limit), and peak memory.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import data  # noqa: E402
+import train  # noqa: E402
+from config import Config  # noqa: E402
+from model import ResNet  # noqa: E402
+from runtime import default_workers, make_runtime, pick_device  # noqa: E402
+
+SPEC = data.DATASETS["cifar100"]
+
+
+def median_time(fn, repeats, warmup=1):
+    """Median wall seconds of fn() over `repeats` runs after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# -----------------------------------------------------------------------------
+# Augmentation
+
+def aug_per_core(images, repeats):
+    """The training pipeline as train.py runs it (albumentations per image, Normalize and
+    ToTensorV2 included: the reference's way), in this one process."""
+    ds = data.CIFARDataset(images, np.zeros(len(images), np.int64),
+                           data.train_transform(SPEC["mean"], SPEC["std"]), augment=True)
+    items = [(0, i) for i in range(len(images))]
+    return len(images) / median_time(lambda: ds.__getitems__(items), repeats)
+
+
+def aug_loader(images, batch, workers, repeats):
+    """The same pipeline through the training DataLoader (workers, batching, collation)."""
+    loader, _ = data.make_loaders(images, np.zeros(len(images), np.int64), images[:1],
+                                  np.zeros(1, np.int64), SPEC["mean"], SPEC["std"], batch, batch,
+                                  num_workers=workers)
+    epoch = iter(range(10**6))
+
+    def one_epoch():
+        loader.batch_sampler.set_epoch(next(epoch))
+        for _ in loader:
+            pass
+    return len(images) / median_time(one_epoch, repeats)
+
+
+# -----------------------------------------------------------------------------
+# Network
+
+def make_net(args, device, channels_last, compile_=False):
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = ResNet(tuple(args.blocks), args.width, 100).to(device, memory_format=fmt)
+    return (torch.compile(net) if compile_ else net), fmt
+
+
+def raw_step(args, device, channels_last, amp, compile_=False):
+    """Forward + backward + clipping + SGD step on random tensors, images/s."""
+    net, fmt = make_net(args, device, channels_last, compile_)
+    cfg = Config(cutmix_prob=0.0)
+    opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=10**6)
+    rt = make_runtime(device, amp, channels_last)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)
+    x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=fmt)
+    y = torch.randint(0, 100, (args.batch,), device=device)
+    rng = np.random.default_rng(0)
+    step = lambda: train.train_step(net, x, y, opt, sched, scaler, rt, cfg, rng)  # noqa: E731
+    return args.batch / median_time(step, args.repeats, warmup=2 if compile_ else 1)
+
+
+@torch.no_grad()
+def eval_rate(args, device, channels_last, amp):
+    net, fmt = make_net(args, device, channels_last)
+    net.eval()
+    rt = make_runtime(device, amp, channels_last)
+    x = torch.randn(args.eval_batch, 3, 32, 32, device=device).to(memory_format=fmt)
+
+    def forward():
+        with rt.autocast():
+            net(x)
+    return args.eval_batch / median_time(forward, args.repeats)
+
+
+def loop_rate(args, device, workers):
+    """train.train_epoch, unchanged, over generated data: images/s of the whole loop."""
+    n = args.batch * args.loop_steps
+    with tempfile.TemporaryDirectory() as root:
+        data.write_synthetic_dataset(root, "cifar100", n_train=n, n_test=10)
+        x, y, xt, yt, _ = data.load_dataset(root, "cifar100", download=False)
+    cfg = Config(batch_size=args.batch, blocks=list(args.blocks), width=args.width)
+    rt = make_runtime(device, cfg.amp, cfg.channels_last)
+    loader, _ = data.make_loaders(x, y, xt, yt, SPEC["mean"], SPEC["std"], args.batch, 10,
+                                  workers, pin_memory=device.type == "cuda")
+    net, _ = make_net(args, device, rt.memory_format == torch.channels_last)
+    opt, sched = train.make_optimizer(net, cfg, train.steps_per_epoch(loader) * 50)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)
+    epoch = iter(range(10**6))
+
+    def one_epoch():
+        train.train_epoch(net, loader, opt, sched, scaler, rt, cfg, next(epoch),
+                          train.new_progress())
+    return n / median_time(one_epoch, max(1, args.repeats // 2))
+
+
+# -----------------------------------------------------------------------------
+# Arithmetic limit and memory
+
+def matmul_gflops(device, repeats, size=2048):
+    """fp32 matrix multiply rate, measured first, before anything else loads the machine."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return 2 * size**3 / median_time(lambda: a @ b, max(repeats, 7), warmup=2) / 1e9
+
+
+def flops_per_image(args):
+    """Forward FLOPs of one 32x32 image (multiply and add counted as 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    net = ResNet(tuple(args.blocks), args.width, 100).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    return counter.get_total_flops()
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+# -----------------------------------------------------------------------------
+# Main
+
+def measure(args):
+    device = pick_device(args.device)
+    limit = matmul_gflops(device, args.repeats) * 1e9
+    workers = default_workers()
+    images = np.random.default_rng(0).integers(0, 256, (args.aug_images, 32, 32, 3), np.uint8)
+    rows = []  # (name, images/s, note)
+    per_core = aug_per_core(images, args.repeats)
+    rows.append(("augmentation, albumentations per image, 1 core (as train.py)", per_core, ""))
+    loader = aug_loader(images, args.batch, workers, args.repeats)
+    rows.append((f"augmentation through the DataLoader, {workers} workers", loader,
+                 f"{loader / per_core:.2f}x one core"))
+    fwd = flops_per_image(args)
+    train_flops = 3 * fwd  # backward costs about twice the forward pass
+    cuda = device.type == "cuda"
+    variants = [("fp32", False, False), ("fp32 channels_last", True, False)]
+    if cuda:
+        variants = [("AMP", False, True), ("AMP channels_last", True, True)]
+    step = {}
+    for label, cl, amp in variants:
+        step[label] = raw_step(args, device, cl, amp)
+        rows.append((f"raw train step, batch {args.batch}, {label}", step[label],
+                     f"{step[label] * train_flops / limit:.2f} of the fp32 matmul rate"))
+    if cuda and args.compile:
+        rate = raw_step(args, device, True, True, compile_=True)
+        rows.append(("raw train step, AMP channels_last, torch.compile", rate, ""))
+    best_label = max(step, key=step.get)
+    cl_best = "channels_last" in best_label
+    ev = eval_rate(args, device, cl_best, cuda)
+    rows.append((f"evaluation, batch {args.eval_batch}, {best_label}", ev,
+                 f"{ev / step[best_label]:.2f}x the train step"))
+    loop = loop_rate(args, device, workers if cuda else 0)
+    same = "AMP channels_last" if cuda else "fp32"  # what train.py runs on this device
+    rows.append((f"real training loop ({args.loop_steps} steps, CutMix, clip, schedule, bar)",
+                 loop, f"{loop / step[same]:.2f} of the raw {same} step"))
+    return {
+        "device": str(device), "cpu": cpu_name(), "cores": workers, "torch": torch.__version__,
+        "network": {"blocks": list(args.blocks), "width": args.width,
+                    "forward_gflops_per_image": fwd / 1e9},
+        "matmul_fp32_gflops": limit / 1e9, "peak_memory_mb": peak_memory_mb(device),
+        "rows": [{"name": n, "images_per_s": r, "note": note} for n, r, note in rows],
+    }
+
+
+def print_table(res):
+    print(f"\n{res['cpu']} | {res['cores']} usable cores | device {res['device']} | "
+          f"torch {res['torch']}")
+    net = res["network"]
+    print(f"network blocks {net['blocks']} width {net['width']}: "
+          f"{net['forward_gflops_per_image']:.3f} GFLOP forward per image; "
+          f"fp32 matmul {res['matmul_fp32_gflops']:.1f} GFLOP/s; "
+          f"peak memory {res['peak_memory_mb']:.0f} MB\n")
+    width = max(len(r["name"]) for r in res["rows"])
+    print(f"| {'stage':<{width}} | images/s | note |")
+    print(f"|{'-' * (width + 2)}|---------:|------|")
+    for r in res["rows"]:
+        print(f"| {r['name']:<{width}} | {r['images_per_s']:8.1f} | {r['note']} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced network and sizes: checks the script, not the machine")
+    p.add_argument("--compile", action="store_true", help="on CUDA: also time torch.compile")
+    args = p.parse_args(argv)
+    args.blocks, args.width, args.batch = (5, 5, 5, 5), 64, 128
+    args.eval_batch, args.aug_images, args.loop_steps = 512, 2048, 4
+    if args.quick:
+        args.blocks, args.width, args.batch = (1, 1, 1, 1), 8, 32
+        args.eval_batch, args.aug_images, args.loop_steps, args.repeats = 64, 256, 2, 1
+    res = measure(args)
+    print_table(res)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
