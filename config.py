@@ -44,6 +44,8 @@ class Config:
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
     cutmix_prob: float = _f(0.3, "fraction of batches that get CutMix")
     cutmix_alpha: float = _f(1.0, "CutMix Beta(alpha, alpha) parameter")
+    aug_on_device: bool = _f(False, "augment whole batches with torch ops on the training "
+                                    "device (same distribution): for GPUs the CPU cannot feed")
     seed: int = _f(1, "random seed (weights, shuffling, augmentation, CutMix, dropout)")
     sync_bn: bool = _f(False, "under torchrun on CUDA: BatchNorm statistics over all GPUs")
     # run
@@ -66,7 +68,7 @@ class Config:
 FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
          "final_div_factor", "pct_start", "momentum", "smoke"}
 RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
-                  "cutmix_prob", "cutmix_alpha", "seed", "sync_bn"}
+                  "cutmix_prob", "cutmix_alpha", "seed", "sync_bn", "aug_on_device"}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,

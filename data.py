@@ -264,11 +264,14 @@ class CIFARDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, items):
         """A whole batch at once (the DataLoader calls this when it exists)."""
-        if self.augment:
-            epoch, first = items[0]
-            rng = np.random.default_rng([self.seed, AUG_STREAM, epoch, first])
-            self.transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
+        if items and isinstance(items[0], tuple):  # (epoch, index) pairs from EpochBatches
+            if self.augment:
+                epoch, first = items[0]
+                rng = np.random.default_rng([self.seed, AUG_STREAM, epoch, first])
+                self.transform.set_random_state(rng, random.Random(int(rng.integers(2**62))))
             items = [index for _, index in items]
+        if self.transform is None:  # uint8 (32, 32, 3): augment_batch does the rest
+            return [(torch.from_numpy(self.images[i]), int(self.labels[i])) for i in items]
         # each image: (3, 32, 32) float32, normalised
         return [(self.transform(image=self.images[i])["image"], int(self.labels[i])) for i in items]
 
@@ -310,10 +313,12 @@ def _ignore_stop_signals(worker_id):
 
 
 def make_loaders(x_train, y_train, x_test, y_test, mean, std, batch_size, eval_batch_size,
-                 num_workers=0, seed=0, pin_memory=False, rank=0, world=1):
+                 num_workers=0, seed=0, pin_memory=False, rank=0, world=1, raw=False):
     """(train loader, test loader) for one rank. batch_size is the global batch; the train
-    loader's batch_sampler.set_epoch selects the epoch; each rank tests a disjoint share."""
-    train_ds = CIFARDataset(x_train, y_train, train_transform(mean, std), augment=True, seed=seed)
+    loader's batch_sampler.set_epoch selects the epoch; each rank tests a disjoint share.
+    raw: the train loader hands over uint8 images, for augment_batch on the device."""
+    train_ds = CIFARDataset(x_train, y_train, None if raw else train_transform(mean, std),
+                            augment=not raw, seed=seed)
     batches = EpochBatches(len(train_ds), batch_size, seed, rank, world)
     train = torch.utils.data.DataLoader(train_ds, batch_sampler=batches,
                                         **_loader_options(num_workers, pin_memory))
@@ -333,3 +338,98 @@ def make_test_loader(x, y, mean, std, batch_size, num_workers=0, pin_memory=Fals
 def _loader_options(num_workers, pin_memory):
     return dict(num_workers=num_workers, pin_memory=pin_memory,
                 persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals)
+
+
+# -----------------------------------------------------------------------------
+# The same augmentation on whole batches, on the training device (--aug-on-device)
+
+def _uniform(gen, n, lo, hi, device):
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+
+
+def augment_batch(images, gen, mean, std):
+    """train_transform's distribution for a whole batch with torch ops, on images' device.
+
+    images: uint8 (N, H, W, 3); gen: a torch.Generator on the same device. Pad+crop, flip
+    and the random affine are composed into one matrix per image and applied by a single
+    grid_sample; cut-out and noise are batched masks. Returns (normalised float
+    (N, 3, H, W), the per-image draws as a dict of tensors).
+    """
+    n, h, w, _ = images.shape
+    dev = images.device
+    x = images.permute(0, 3, 1, 2).float()  # 0..255
+    p = {
+        # PadIfNeeded(40) + RandomCrop(32): a crop offset 0..8 in the padded image
+        "crop_y": torch.randint(0, 9, (n,), generator=gen, device=dev),
+        "crop_x": torch.randint(0, 9, (n,), generator=gen, device=dev),
+        "flip": torch.rand(n, generator=gen, device=dev) < 0.5,
+        "affine": torch.rand(n, generator=gen, device=dev) < 0.5,
+        "angle": _uniform(gen, n, -15.0, 15.0, dev),
+        "scale_x": _uniform(gen, n, 0.85, 1.15, dev),  # each axis on its own, as
+        "scale_y": _uniform(gen, n, 0.85, 1.15, dev),  # albumentations samples them
+        "shift_x": _uniform(gen, n, -0.1, 0.1, dev) * w,
+        "shift_y": _uniform(gen, n, -0.1, 0.1, dev) * h,
+        "one_of": torch.rand(n, generator=gen, device=dev) < 0.3,
+        "hole_not_noise": torch.rand(n, generator=gen, device=dev) < 0.5,
+    }
+    src, inside = _source_coords(p, h, w)  # (N, H, W, 2) pixel coordinates in the image
+    grid = torch.stack([(2 * src[..., 0] + 1) / w - 1, (2 * src[..., 1] + 1) / h - 1], -1)
+    x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                        align_corners=False) * inside[:, None]
+    x = _cutout(x, p, gen, mean)
+    x = _noise(x, p, gen)
+    mean_t = torch.tensor(mean, device=dev)[:, None, None] * 255
+    std_t = torch.tensor(std, device=dev)[:, None, None] * 255
+    return (x - mean_t) / std_t, p
+
+
+def _source_coords(p, h, w):
+    """For every output pixel, where it comes from in the original image (crop, flip and
+    affine undone in reverse order), and whether it lies inside the cropped image."""
+    dev = p["flip"].device
+    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
+                            torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # affine: out = R S (in - c) + c + t, so in = S^-1 R^-1 (out - c - t) + c
+    dx = xs[None] - cx - p["shift_x"][:, None, None]
+    dy = ys[None] - cy - p["shift_y"][:, None, None]
+    a = torch.deg2rad(p["angle"])[:, None, None]
+    rx = (torch.cos(a) * dx + torch.sin(a) * dy) / p["scale_x"][:, None, None] + cx
+    ry = (-torch.sin(a) * dx + torch.cos(a) * dy) / p["scale_y"][:, None, None] + cy
+    on = p["affine"][:, None, None]
+    ax, ay = torch.where(on, rx, xs[None]), torch.where(on, ry, ys[None])
+    ax = torch.where(p["flip"][:, None, None], (w - 1) - ax, ax)
+    # pixels the affine pulls from outside the cropped image are the fill colour (0)
+    inside = (ax > -0.5) & (ax < w - 0.5) & (ay > -0.5) & (ay < h - 0.5)
+    sx = ax + (p["crop_x"] - 4)[:, None, None]
+    sy = ay + (p["crop_y"] - 4)[:, None, None]
+    return torch.stack([sx, sy], -1), inside
+
+
+def _cutout(x, p, gen, mean):
+    """One hole of 8-16 x 8-16 pixels filled with the mean colour, where chosen."""
+    n, _, h, w = x.shape
+    dev = x.device
+    hh = torch.randint(8, 17, (n,), generator=gen, device=dev)
+    hw = torch.randint(8, 17, (n,), generator=gen, device=dev)
+    y0 = (torch.rand(n, generator=gen, device=dev) * (h - hh + 1)).long()
+    x0 = (torch.rand(n, generator=gen, device=dev) * (w - hw + 1)).long()
+    rows = torch.arange(h, device=dev)[None, :, None]
+    cols = torch.arange(w, device=dev)[None, None, :]
+    hole = ((rows >= y0[:, None, None]) & (rows < (y0 + hh)[:, None, None])
+            & (cols >= x0[:, None, None]) & (cols < (x0 + hw)[:, None, None]))
+    hole &= (p["one_of"] & p["hole_not_noise"])[:, None, None]
+    p.update(hole_h=hh, hole_w=hw)
+    fill = torch.tensor([round(255 * m) for m in mean], device=dev, dtype=x.dtype)
+    return torch.where(hole[:, None], fill[None, :, None, None], x)
+
+
+def _noise(x, p, gen):
+    """Gaussian noise, std 0.0125-0.0278 of 255 per image, per pixel and channel, where
+    chosen; rounded and clipped like the uint8 image albumentations works on."""
+    n = x.shape[0]
+    sd = _uniform(gen, n, 0.0125, 0.0278, x.device) * 255
+    noisy = (x + torch.randn(x.shape, generator=gen, device=x.device) * sd[:, None, None, None])
+    noisy = noisy.round().clamp(0, 255)
+    on = (p["one_of"] & ~p["hole_not_noise"])[:, None, None, None]
+    return torch.where(on, noisy, x)

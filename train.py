@@ -132,6 +132,15 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     return summed, correct, finite
 
 
+def augment_on_device(x, y, rt, cfg, key):
+    """--aug-on-device: uint8 batch -> augmented, normalised batch, computed on the device."""
+    gen = torch.Generator(device=rt.device)
+    gen.manual_seed(data.stream_seed(key[0], data.AUG_STREAM, *key[1:]))
+    spec = data.DATASETS[cfg.dataset]
+    x, _ = data.augment_batch(x.to(rt.device, non_blocking=True), gen, spec["mean"], spec["std"])
+    return x.contiguous(memory_format=rt.memory_format), y.to(rt.device, non_blocking=True)
+
+
 def steps_per_epoch(loader):
     """Steps in a whole epoch (len(loader) shrinks while an epoch is resumed part-way)."""
     return loader.batch_sampler.steps
@@ -160,8 +169,8 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
                total=steps_per_epoch(loader), leave=False, dynamic_ncols=True, disable=not own)
     for step, (x, y) in enumerate(bar, start=p["step"]):
-        x, y = rt.batch(x, y)
         key = (cfg.seed, epoch, step, rt.dist.rank)  # each rank its own, reproducible stream
+        x, y = augment_on_device(x, y, rt, cfg, key) if cfg.aug_on_device else rt.batch(x, y)
         torch.manual_seed(data.stream_seed(key[0], data.TORCH_STREAM, *key[1:]))  # dropout
         rng = np.random.default_rng([key[0], data.CUTMIX_STREAM, *key[1:]])
         l, c, finite = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
@@ -332,7 +341,8 @@ def build_run(cfg, device, dist, arrays, names):
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, test_loader = data.make_loaders(
         x_train, y_train, x_test, y_test, spec["mean"], spec["std"], cfg.batch_size,
-        cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world)
+        cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world,
+        raw=cfg.aug_on_device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
     if dist.main:

@@ -80,6 +80,17 @@ def aug_loader(images, batch, workers, repeats):
     return len(images) / median_time(one_epoch, repeats)
 
 
+def aug_batched(images, device, batch, repeats):
+    """data.augment_batch (--aug-on-device): the same distribution, whole batches, torch ops."""
+    x = torch.from_numpy(images).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def run():
+        for i in range(0, len(x), batch):
+            data.augment_batch(x[i:i + batch], gen, SPEC["mean"], SPEC["std"])
+    return len(images) / median_time(run, repeats)
+
+
 # -----------------------------------------------------------------------------
 # Network
 
@@ -185,6 +196,9 @@ def measure(args):
     loader = aug_loader(images, args.batch, workers, args.repeats)
     rows.append((f"augmentation through the DataLoader, {workers} workers", loader,
                  f"{loader / per_core:.2f}x one core"))
+    batched = aug_batched(images, device, args.batch, args.repeats)
+    rows.append((f"augmentation batched on {device.type} (--aug-on-device), batch {args.batch}",
+                 batched, f"{batched / per_core:.2f}x one albumentations core"))
     fwd = flops_per_image(args)
     train_flops = 3 * fwd  # backward costs about twice the forward pass
     cuda = device.type == "cuda"

@@ -181,6 +181,7 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     res = json.loads((tmp_path / "t.json").read_text())
     names = [r["name"] for r in res["rows"]]
     assert any(n.startswith("augmentation, albumentations") for n in names)
+    assert any(n.startswith("augmentation batched") for n in names)
     assert any(n.startswith("real training loop") for n in names)
     assert all(r["images_per_s"] > 0 for r in res["rows"])
     assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
