@@ -219,7 +219,7 @@ def measure(args):
     rows.append((f"evaluation, batch {args.eval_batch}, {best_label}", ev,
                  f"{ev / step[best_label]:.2f}x the train step"))
     loop = loop_rate(args, device, workers if cuda else 0)
-    same = "AMP channels_last" if cuda else "fp32"  # what train.py runs on this device
+    same = "AMP channels_last" if cuda else "fp32 channels_last"  # what train.py runs
     rows.append((f"real training loop ({args.loop_steps} steps, CutMix, clip, schedule, bar)",
                  loop, f"{loop / step[same]:.2f} of the raw {same} step"))
     return {
