@@ -53,6 +53,8 @@ class Config:
     amp: bool = _f(True, "fp16 mixed precision on CUDA (other devices always run fp32)")
     channels_last: bool = _f(True, "channels_last memory format on CUDA and the CPU (faster "
                                     "for this network on both, see benchmarks/throughput.py)")
+    compile: bool = _f(False, "torch.compile the training network: faster steps on CUDA after "
+                              "a minute or two of compiling (on the CPU it needs a C++ compiler)")
     eval_batch_size: int = _f(512, "evaluation batch size")
     target_accuracy: float = _f(75.0, "stop once test accuracy (%%) reaches this; 0: never")
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs")

@@ -225,9 +225,24 @@ def model_from_checkpoint(ckpt, device="cpu", expected=None):
 # Predictions on any picture
 
 def normalize(images, mean, std):
-    """uint8 (N, H, W, 3) RGB -> float (N, 3, H, W), normalised exactly as in training."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(255).permute(0, 3, 1, 2)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    """uint8 (N, H, W, 3) RGB images, a numpy array or a tensor on any device -> float
+    (N, 3, H, W) normalised exactly as in training, computed where the images are.
+
+    Training, evaluation and inference all go through this one function: loaders hand
+    over uint8 (a quarter of the bytes of float32) and the conversion runs on the device
+    as one batched op. The result is an NCHW view of NHWC memory, i.e. channels_last.
+    """
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
+    return standardize(x.permute(0, 3, 1, 2).float(), mean, std)
+
+
+def standardize(x, mean, std):
+    """float (N, 3, H, W) pixel values 0..255 -> (x / 255 - mean) / std per channel.
+    mean/std: sequences, or tensors already on x's device (a host list would be copied to
+    the device on every call, and on CUDA that copy waits for the GPU)."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x / 255 - mean) / std
 
 
 def load_image(image, size=32):

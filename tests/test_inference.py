@@ -55,8 +55,8 @@ def test_tta_changes_nothing_for_a_flip_invariant_model(tiny_data):
                                 torch.nn.Linear(3, 100))
     x, y = data.read_split(tiny_data, "cifar100", "test")
     spec = data.DATASETS["cifar100"]
-    loader = data.make_test_loader(x, y, spec["mean"], spec["std"], batch_size=64)
-    rt = runtime.make_runtime(torch.device("cpu"), amp=False, channels_last=False)
+    loader = data.make_test_loader(x, y, batch_size=64)
+    rt = runtime.make_runtime(torch.device("cpu"), False, False, spec["mean"], spec["std"])
     plain = runtime.collect_logits(model, loader, rt)
     tta = runtime.collect_logits(model, loader, rt, tta=True)
     assert torch.allclose(plain[0], tta[0], atol=1e-5)
@@ -68,8 +68,8 @@ def test_tta_differs_for_an_ordinary_model(tiny_data):
     model = train.ResNet((1, 1, 1, 1), 8, 100).eval()
     x, y = data.read_split(tiny_data, "cifar100", "test")
     spec = data.DATASETS["cifar100"]
-    loader = data.make_test_loader(x, y, spec["mean"], spec["std"], batch_size=64)
-    rt = runtime.make_runtime(torch.device("cpu"), amp=False, channels_last=False)
+    loader = data.make_test_loader(x, y, batch_size=64)
+    rt = runtime.make_runtime(torch.device("cpu"), False, False, spec["mean"], spec["std"])
     assert not torch.allclose(runtime.collect_logits(model, loader, rt)[0],
                               runtime.collect_logits(model, loader, rt, tta=True)[0])
 

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import config
+import data
 import train
 from model import ResNet34
+from runtime import make_runtime
 
 
 def test_onecycle_reproduces_the_reference_log_learning_rates():
@@ -69,12 +71,17 @@ def test_cutmix_fires_on_the_configured_fraction_of_batches():
     assert 0.25 < fired / 2000 < 0.35
 
 
-def _step(model, cfg, x, y):
-    opt, sched = train.make_optimizer(model, cfg, steps_per_epoch=10)
-    rt = train.Runtime(torch.device("cpu"), False, torch.contiguous_format)
+def _runtime():
+    spec = data.DATASETS["cifar100"]
+    return make_runtime(torch.device("cpu"), False, False, spec["mean"], spec["std"])
+
+
+def _step(model, cfg, x, y, opt=None, sched=None):
+    if opt is None:
+        opt, sched = train.make_optimizer(model, cfg, steps_per_epoch=10)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rng = np.random.default_rng(0)
-    return train.train_step(model, x, y, opt, sched, scaler, rt, cfg, rng), sched
+    return train.train_step(model, x, y, opt, sched, scaler, _runtime(), cfg, rng), sched
 
 
 def test_one_real_training_step_of_the_full_seed_network():
@@ -83,13 +90,85 @@ def test_one_real_training_step_of_the_full_seed_network():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     cfg = config.Config(cutmix_prob=1.0)  # exercise the CutMix path too
-    (loss_sum, correct, finite), sched = _step(model, cfg, x, y)
-    assert finite and torch.isfinite(loss_sum) and 0 <= correct <= 4
+    (loss_sum, correct, bad), sched = _step(model, cfg, x, y)
+    assert not bad and torch.isfinite(loss_sum) and 0 <= correct <= 4
     after = model.state_dict()
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
     assert not torch.equal(before["conv1.weight"], after["conv1.weight"])
     assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
     assert sched.last_epoch == 1
+
+
+def _small_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+
+def _params_and_momentum(model, opt):
+    return [t.clone() for p in model.parameters() for t in (p, opt.state[p]["momentum_buffer"])]
+
+
+def test_a_non_finite_step_changes_neither_weights_nor_momentum_but_advances_the_schedule():
+    model, cfg = _small_net(), config.Config(cutmix_prob=0.0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    opt, sched = train.make_optimizer(model, cfg, steps_per_epoch=10)
+    _step(model, cfg, x, y, opt, sched)
+    before = _params_and_momentum(model, opt)
+    (loss_sum, _, bad), _ = _step(model, cfg, x * float("nan"), y, opt, sched)
+    assert bad and loss_sum == 0  # a lost step adds nothing to the epoch's loss
+    assert all(torch.equal(a, b) for a, b in zip(before, _params_and_momentum(model, opt)))
+    assert sched.last_epoch == 2
+    _step(model, cfg, x, y, opt, sched)  # and training goes on from there
+    assert not torch.equal(before[0], next(model.parameters()))
+
+
+def test_a_skipped_first_step_leaves_the_momentum_as_if_it_never_happened():
+    cfg = config.Config(cutmix_prob=0.0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    skipped = _small_net()
+    opt, sched = train.make_optimizer(skipped, cfg, steps_per_epoch=10)
+    _step(skipped, cfg, x * float("nan"), y, opt, sched)
+    opt.param_groups[0].update(lr=0.05, momentum=0.9)  # same LR for both second steps
+    _step(skipped, cfg, x, y, opt, sched)
+    plain = _small_net()
+    opt2, sched2 = train.make_optimizer(plain, cfg, steps_per_epoch=10)
+    opt2.param_groups[0].update(lr=0.05, momentum=0.9)
+    _step(plain, cfg, x, y, opt2, sched2)
+    for a, b in zip(_params_and_momentum(skipped, opt), _params_and_momentum(plain, opt2)):
+        assert torch.allclose(a, b, atol=1e-7)  # fused SGD's fresh buffers would be garbage
+
+
+def test_no_step_waits_for_the_device(tiny_data, monkeypatch):
+    """Values go from device to host only every SYNC_EVERY steps and at the epoch's end."""
+    x, y = data.read_split(tiny_data, "cifar100", "train")
+    cfg = config.Config(blocks=[1, 1, 1, 1], width=8, batch_size=4, num_workers=0)
+    loader, _ = data.make_loaders(x, y, x[:1], y[:1], data.DATASETS["cifar100"]["mean"], 4, 4)
+    model = train.ResNet((1, 1, 1, 1), 8, 100)
+    opt, sched = train.make_optimizer(model, cfg, train.steps_per_epoch(loader))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    reads, inside = [], [False]
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *a, _real=real, _name=name, **kw):
+            reads.append((_name, inside[0]))
+            return _real(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    real_step = train.train_step
+
+    def step(*args):
+        inside[0] = True
+        try:
+            return real_step(*args)
+        finally:
+            inside[0] = False
+    monkeypatch.setattr(train, "train_step", step)
+    steps = train.steps_per_epoch(loader)
+    assert steps > 2 * train.SYNC_EVERY
+    train.train_epoch(model, loader, opt, sched, scaler, _runtime(), cfg, 0, train.new_progress())
+    assert not [name for name, during_step in reads if during_step]
+    # two reads per SYNC_EVERY steps, two at the end, one by the DataLoader (its seed)
+    assert len(reads) <= 2 * (steps // train.SYNC_EVERY) + 3
 
 
 def test_gradients_are_clipped_to_the_configured_norm():
