@@ -349,38 +349,29 @@ def _loader_options(num_workers, pin_memory):
 # -----------------------------------------------------------------------------
 # The same augmentation on whole batches, on the training device (--aug-on-device)
 
-def _uniform(gen, n, lo, hi):
-    return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-
-def draw_augmentations(n, gen, h=32, w=32):
+def draw_augmentations(n, rng, h=32, w=32):
     """Every per-image random choice of train_transform for n images, on the host.
 
-    gen: a CPU torch.Generator. Returns a dict of (n,) CPU tensors. Drawing these few
-    numbers on the host means the device never has to tell the host what was chosen (on a
-    GPU asking would wait for it), and lets the noise be drawn only for the images that
-    get noise.
+    rng: a numpy Generator. Returns a dict of (n,) arrays. Drawing these few numbers on
+    the host means the device never has to tell the host what was chosen (on a GPU that
+    would wait for it), and lets the noise be drawn only for the images that get noise.
     """
+    u = rng.uniform
     p = {
         # PadIfNeeded(40) + RandomCrop(32): a crop offset 0..8 in the padded image
-        "crop_y": torch.randint(0, 9, (n,), generator=gen),
-        "crop_x": torch.randint(0, 9, (n,), generator=gen),
-        "flip": torch.rand(n, generator=gen) < 0.5,
-        "affine": torch.rand(n, generator=gen) < 0.5,
-        "angle": _uniform(gen, n, -15.0, 15.0),
-        "scale_x": _uniform(gen, n, 0.85, 1.15),  # each axis on its own, as
-        "scale_y": _uniform(gen, n, 0.85, 1.15),  # albumentations samples them
-        "shift_x": _uniform(gen, n, -0.1, 0.1) * w,
-        "shift_y": _uniform(gen, n, -0.1, 0.1) * h,
-        "hole_h": torch.randint(8, 17, (n,), generator=gen),
-        "hole_w": torch.randint(8, 17, (n,), generator=gen),
-        "noise_std": _uniform(gen, n, 0.0125, 0.0278) * 255,  # of 255: the image is uint8
+        "crop_y": rng.integers(0, 9, n), "crop_x": rng.integers(0, 9, n),
+        "flip": rng.random(n) < 0.5,
+        "affine": rng.random(n) < 0.5,
+        "angle": u(-15, 15, n),
+        "scale_x": u(0.85, 1.15, n), "scale_y": u(0.85, 1.15, n),  # each axis on its own,
+        "shift_x": u(-0.1, 0.1, n) * w, "shift_y": u(-0.1, 0.1, n) * h,  # as albumentations
+        "hole_h": rng.integers(8, 17, n), "hole_w": rng.integers(8, 17, n),
+        "noise_std": u(0.0125, 0.0278, n) * 255,  # of 255: the image is still uint8
     }
     # where the hole goes, given its size; then OneOf(hole, noise) on 30% of the images
-    p["hole_y"] = (torch.rand(n, generator=gen) * (h - p["hole_h"] + 1)).long()
-    p["hole_x"] = (torch.rand(n, generator=gen) * (w - p["hole_w"] + 1)).long()
-    one_of = torch.rand(n, generator=gen) < 0.3
-    hole_not_noise = torch.rand(n, generator=gen) < 0.5
+    p["hole_y"] = (rng.random(n) * (h - p["hole_h"] + 1)).astype(np.int64)
+    p["hole_x"] = (rng.random(n) * (w - p["hole_w"] + 1)).astype(np.int64)
+    one_of, hole_not_noise = rng.random(n) < 0.3, rng.random(n) < 0.5
     p["hole"], p["noise"] = one_of & hole_not_noise, one_of & ~hole_not_noise
     return p
 
@@ -389,71 +380,106 @@ def augment_batch(images, seed, mean, std):
     """train_transform's distribution for a whole batch with torch ops, on images' device.
 
     images: uint8 (N, H, W, 3); seed: keys every random choice; mean, std: per channel,
-    as sequences or tensors on the device. Pad+crop, flip and the random affine are
-    composed into one matrix per image and applied by a single grid_sample; the cut-out
-    is a batched mask; noise is drawn only for the images that get it. Returns
-    (normalised float (N, 3, H, W), the per-image draws as a dict of CPU tensors).
+    as sequences or tensors on the device. Pad+crop is one gather of the uint8 images;
+    flip and the random affine are composed into one matrix per image and applied by a
+    single grid_sample; cut-out and noise touch only the images that get them. Returns
+    (normalised float (N, 3, H, W), the per-image draws as a dict of arrays).
     """
     n, h, w, _ = images.shape
     dev = images.device
-    gen = torch.Generator().manual_seed(seed)
-    p = draw_augmentations(n, gen, h, w)
-    # the per-image numbers travel to the device in one copy
-    d = dict(zip(p, torch.stack([v.float() for v in p.values()]).to(dev, non_blocking=True)))
-    src, inside = _source_coords(d, h, w)  # (N, H, W, 2) pixel coordinates in the image
-    grid = torch.stack([(2 * src[..., 0] + 1) / w - 1, (2 * src[..., 1] + 1) / h - 1], -1)
-    x = torch.nn.functional.grid_sample(images.permute(0, 3, 1, 2).float(), grid,
-                                        mode="bilinear", padding_mode="zeros",
-                                        align_corners=False) * inside[:, None]
-    x = _cutout(x, d, mean)
-    x = _noise(x, p, d, torch.Generator(dev).manual_seed(seed))
+    p = draw_augmentations(n, np.random.default_rng(seed), h, w)
+    x = _crop(images, p).permute(0, 3, 1, 2).float()
+    # pixels the affine pulls from outside the crop take the fill colour 0: zero padding
+    x = torch.nn.functional.grid_sample(x, _sampling_grid(p, h, w, dev), mode="bilinear",
+                                        padding_mode="zeros", align_corners=False)
+    x = _cutout(x, p, mean)
+    x = _noise(x, p, torch.Generator(dev).manual_seed(seed))
     return standardize(x, mean, std), p
 
 
-def _source_coords(p, h, w):
-    """For every output pixel, where it comes from in the original image (crop, flip and
-    affine undone in reverse order), and whether it lies inside the cropped image."""
-    dev = p["flip"].device
-    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
-                            torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
+def _to_device(array, device, dtype=np.float32):
+    """A small host array -> tensor on the device, without waiting for the device."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device, non_blocking=True)
+
+
+def _crop(images, p):
+    """PadIfNeeded(40) with black + RandomCrop(32) of uint8 (N, H, W, 3): each image's
+    window picked from a strided view of all 9 x 9 windows, copied in one gather."""
+    n, h, w, c = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4))
+    s = padded.stride()
+    windows = padded.as_strided((n, 9, 9, h, w, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
+    cy, cx = (_to_device(p[k], images.device, np.int64) for k in ("crop_y", "crop_x"))
+    return windows[torch.arange(n, device=images.device), cy, cx]
+
+
+def sampling_matrices(p, h, w):
+    """(N, 2, 3): for each image, the affine map from an output pixel's grid_sample
+    coordinates (-1..1, align_corners=False) to where it comes from in the cropped image,
+    with the affine and then the flip undone. Computed on the host (tiny)."""
+    n = len(p["flip"])
+    on = p["affine"]
+    a = np.deg2rad(p["angle"]) * on
+    cos, sin = np.cos(a), np.sin(a)
+    sx, sy = np.where(on, p["scale_x"], 1.0), np.where(on, p["scale_y"], 1.0)
+    tx, ty = p["shift_x"] * on, p["shift_y"] * on
     cx, cy = (w - 1) / 2, (h - 1) / 2
+    one, zero = np.ones(n), np.zeros(n)
+
+    def mat(r0, r1):  # (N, 3, 3) from two rows of per-image values, third row 0 0 1
+        return np.stack([np.stack(r0, -1), np.stack(r1, -1), np.stack([zero, zero, one], -1)], 1)
+
     # affine: out = R S (in - c) + c + t, so in = S^-1 R^-1 (out - c - t) + c
-    dx = xs[None] - cx - p["shift_x"][:, None, None]
-    dy = ys[None] - cy - p["shift_y"][:, None, None]
-    a = torch.deg2rad(p["angle"])[:, None, None]
-    rx = (torch.cos(a) * dx + torch.sin(a) * dy) / p["scale_x"][:, None, None] + cx
-    ry = (-torch.sin(a) * dx + torch.cos(a) * dy) / p["scale_y"][:, None, None] + cy
-    on = p["affine"].bool()[:, None, None]
-    ax, ay = torch.where(on, rx, xs[None]), torch.where(on, ry, ys[None])
-    ax = torch.where(p["flip"].bool()[:, None, None], (w - 1) - ax, ax)
-    # pixels the affine pulls from outside the cropped image are the fill colour (0)
-    inside = (ax > -0.5) & (ax < w - 0.5) & (ay > -0.5) & (ay < h - 0.5)
-    sx = ax + (p["crop_x"] - 4)[:, None, None]
-    sy = ay + (p["crop_y"] - 4)[:, None, None]
-    return torch.stack([sx, sy], -1), inside
+    ux, uy = -cx - tx, -cy - ty
+    affine = mat((cos / sx, sin / sx, (cos * ux + sin * uy) / sx + cx),
+                 (-sin / sy, cos / sy, (-sin * ux + cos * uy) / sy + cy))
+    f = p["flip"]
+    flip = mat((1 - 2 * f, zero, f * (w - 1)), (zero, one, zero))
+    to_pixels = np.array([[w / 2, 0, cx], [0, h / 2, cy], [0, 0, 1]])  # from -1..1
+    return (np.linalg.inv(to_pixels) @ flip @ affine @ to_pixels)[:, :2]
 
 
-def _cutout(x, d, mean):
-    """One hole of 8-16 x 8-16 pixels filled with the mean colour, where chosen."""
-    h, w = x.shape[-2:]
-    rows = torch.arange(h, device=x.device)[None, :, None]
-    cols = torch.arange(w, device=x.device)[None, None, :]
-    y0, x0 = d["hole_y"][:, None, None], d["hole_x"][:, None, None]
-    hole = ((rows >= y0) & (rows < y0 + d["hole_h"][:, None, None])
-            & (cols >= x0) & (cols < x0 + d["hole_w"][:, None, None]))
-    hole &= d["hole"].bool()[:, None, None]
-    fill = (torch.as_tensor(mean, dtype=x.dtype, device=x.device) * 255).round()
-    return torch.where(hole[:, None], fill[None, :, None, None], x)
+def _sampling_grid(p, h, w, device):
+    """grid_sample's grid (N, H, W, 2) for the flip + affine matrices, on the device."""
+    theta = _to_device(sampling_matrices(p, h, w).reshape(-1, 6), device)[:, :, None, None]
+    xs = (2 * torch.arange(w, device=device) + 1) / w - 1  # pixel centres in -1..1
+    ys = ((2 * torch.arange(h, device=device) + 1) / h - 1)[:, None]
+    grid = torch.empty((len(theta), h, w, 2), device=device)
+    torch.addcmul(theta[:, 1] * ys + theta[:, 2], theta[:, 0], xs, out=grid[..., 0])
+    torch.addcmul(theta[:, 4] * ys + theta[:, 5], theta[:, 3], xs, out=grid[..., 1])
+    return grid
 
 
-def _noise(x, p, d, gen):
-    """Gaussian noise, std 0.0125-0.0278 of 255 per image, per pixel and channel, on the
-    chosen images only; rounded and clipped like the uint8 image albumentations works on."""
-    chosen = p["noise"].nonzero()[:, 0]  # on the host: no wait for the device
+def _chosen(p, key, device):
+    """Indices of the images drawn for `key`, on the host and on the device."""
+    chosen = np.flatnonzero(p[key])
+    return chosen, torch.from_numpy(chosen).to(device, non_blocking=True)
+
+
+def _cutout(x, p, mean):
+    """One hole of 8-16 x 8-16 pixels filled with the mean colour, on the chosen images."""
+    chosen, idx = _chosen(p, "hole", x.device)
     if not len(chosen):
         return x
-    idx = chosen.to(x.device, non_blocking=True)
-    sd = d["noise_std"][idx][:, None, None, None]
+    h, w = x.shape[-2:]
+    y0, x0 = p["hole_y"][chosen], p["hole_x"][chosen]
+    box = _to_device(np.stack([y0, y0 + p["hole_h"][chosen], x0, x0 + p["hole_w"][chosen]], 1),
+                     x.device)[:, :, None, None]
+    rows = torch.arange(h, device=x.device)[:, None]
+    cols = torch.arange(w, device=x.device)
+    hole = (rows >= box[:, 0]) & (rows < box[:, 1]) & (cols >= box[:, 2]) & (cols < box[:, 3])
+    fill = (torch.as_tensor(mean, dtype=x.dtype, device=x.device) * 255).round()
+    x[idx] = torch.where(hole[:, None], fill[None, :, None, None], x[idx])
+    return x
+
+
+def _noise(x, p, gen):
+    """Gaussian noise, std 0.0125-0.0278 of 255 per image, per pixel and channel, on the
+    chosen images; rounded and clipped like the uint8 image albumentations works on."""
+    chosen, idx = _chosen(p, "noise", x.device)
+    if not len(chosen):
+        return x
+    sd = _to_device(p["noise_std"][chosen], x.device)[:, None, None, None]
     noise = torch.randn((len(chosen), *x.shape[1:]), generator=gen, device=x.device)
     x[idx] = (x[idx] + noise * sd).round().clamp(0, 255)
     return x

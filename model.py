@@ -237,12 +237,12 @@ def normalize(images, mean, std):
 
 
 def standardize(x, mean, std):
-    """float (N, 3, H, W) pixel values 0..255 -> (x / 255 - mean) / std per channel.
-    mean/std: sequences, or tensors already on x's device (a host list would be copied to
-    the device on every call, and on CUDA that copy waits for the GPU)."""
+    """float (N, 3, H, W) pixel values 0..255 -> (x / 255 - mean) / std per channel, as one
+    multiply-add. mean/std: sequences, or tensors already on x's device (a host list would
+    be copied to the device on every call, and on CUDA that copy waits for the GPU)."""
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    return (x / 255 - mean) / std
+    return torch.addcmul(-mean / std, x, 1 / (255 * std))
 
 
 def load_image(image, size=32):

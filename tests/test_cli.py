@@ -3,6 +3,7 @@ import csv
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import run_script
@@ -180,9 +181,12 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "t.json").read_text())
     names = [r["name"] for r in res["rows"]]
-    assert any(n.startswith("augmentation, albumentations") for n in names)
+    assert any(n.startswith("augmentation, the reference's way") for n in names)
+    assert any(n.startswith("augmentation, uint8") for n in names)
     assert any(n.startswith("augmentation batched") for n in names)
-    assert any(n.startswith("real training loop") for n in names)
+    assert sum(n.startswith("real training loop") for n in names) == 2  # both augmentations
+    assert sum(res["step_breakdown"].values()) == pytest.approx(1.0)
+    assert res["step_breakdown"]["convolutions"] > 0
     assert all(r["images_per_s"] > 0 for r in res["rows"])
     assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
     assert "| stage" in proc.stdout
