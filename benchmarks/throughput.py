@@ -156,7 +156,7 @@ def loop_rate(args, device, workers, aug_on_device=False):
     def one_epoch():
         train.train_epoch(net, loader, opt, sched, scaler, rt, cfg, next(epoch),
                           train.new_progress())
-    return n / median_time(one_epoch, max(1, args.repeats // 2))
+    return n / median_time(one_epoch, args.repeats)
 
 
 STEP_PARTS = (  # where a training step's time goes, by operator name

@@ -102,6 +102,19 @@ def test_two_epoch_run_equals_one_epoch_resumed_for_one_more(smoke_run, tmp_path
     assert straight["scheduler_state_dict"]["last_epoch"] == resumed["scheduler_state_dict"]["last_epoch"]
 
 
+def test_compile_continues_a_run_and_saves_the_plain_network(smoke_run, tmp_path):
+    out, _ = smoke_run
+    proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
+                      "--compile", "--out-dir", tmp_path, "--gradcam-images", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    start = torch.load(out / "checkpoints" / "checkpoint_epoch_0.pt", weights_only=True)
+    end = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert end["model_state_dict"].keys() == start["model_state_dict"].keys()  # no _orig_mod.
+    assert end["epoch"] == 1 and end["config"]["compile"] is True
+    assert not torch.equal(end["model_state_dict"]["fc.weight"], start["model_state_dict"]["fc.weight"])
+    assert all(torch.isfinite(v.float()).all() for v in end["model_state_dict"].values())
+
+
 def test_resume_refuses_a_changed_recipe_flag(smoke_run, tmp_path):
     out, _ = smoke_run
     proc = run_script("train.py", "--resume", out / "checkpoints" / "last.pt",
