@@ -168,6 +168,7 @@ STEP_PARTS = (  # where a training step's time goes, by operator name
 
 def step_breakdown(args, device):
     """Share of one raw training step's operator time per kind of operator (profiler)."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's CPU-only ERROR line quiet
     from torch.profiler import ProfilerActivity, profile
     net, fmt = make_net(args, device, True)
     cfg = Config(cutmix_prob=0.0)
