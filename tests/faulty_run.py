@@ -4,6 +4,7 @@
 
 FAULT is one of
     step:N:SIG     send SIG (KILL, INT, TERM) to this process after the N-th training step
+    step:N:SIG:R   the same, under torchrun in the process of rank R only
     write:N        die (SIGKILL) half-way through writing the N-th checkpoint file
     rename:N       die (SIGKILL) after writing the N-th checkpoint file, before renaming it
     full:N         the N-th checkpoint write fails half-way: no space left on the device
@@ -31,6 +32,8 @@ def die():
 def inject(fault):
     kind, *args = fault.split(":")
     calls = {"n": 0}
+    if kind == "step" and len(args) > 2 and os.environ.get("RANK", "0") != args[2]:
+        return  # another rank's fault
     if kind in ("step", "nan"):
         real_step = train.train_step
 

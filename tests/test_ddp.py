@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
+from train import SYNC_EVERY
 
 
-def torchrun(*args, timeout=300):
+def torchrun(*args, timeout=300, script="train.py"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "train.py"), *map(str, args)]
+           os.path.join(ROOT, script), *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -62,6 +63,23 @@ def test_a_resumed_two_process_run_continues_from_the_saved_epoch(ddp_run, tmp_p
                     "--out-dir", tmp_path, "--gradcam-images", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "at epoch 1, step 0" in proc.stdout and "epoch   0/1" not in proc.stdout
+    straight = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert straight["test_acc"] == resumed["test_acc"]
+    for k, v in straight["model_state_dict"].items():
+        assert torch.equal(v, resumed["model_state_dict"][k]), k
+
+
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(ddp_run, tmp_path):
+    out, _ = ddp_run
+    flags = ["--smoke", "--out-dir", tmp_path, "--num-workers", "0", "--gradcam-images", "0"]
+    proc = torchrun("step:3:TERM:1", *flags, script="tests/faulty_run.py")  # rank 1 only
+    assert proc.returncode != 0
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    # the ranks agree every SYNC_EVERY steps, so both stopped after step 20, not 3
+    assert saved["position"] == {"epoch": 0, "step": SYNC_EVERY}
+    proc = torchrun("--resume", "auto", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     straight = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert straight["test_acc"] == resumed["test_acc"]
