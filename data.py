@@ -242,6 +242,15 @@ def train_transform(mean):
     ], strict=True)
 
 
+def reference_transform(mean, std):
+    """The reference's own pipeline: the same augmentation, then Normalize + ToTensorV2 in
+    every worker (float32 out). Not used for training: the benchmark's baseline and the
+    yardstick the uint8 hand-over is tested against."""
+    from albumentations.pytorch import ToTensorV2
+    return A.Compose([*train_transform(mean).transforms, A.Normalize(mean=mean, std=std),
+                      ToTensorV2()], strict=True)
+
+
 class CIFARDataset(torch.utils.data.Dataset):
     """uint8 images + labels; items are uint8 (32, 32, 3) tensors, normalised later on the
     device. With augment=True an item is (epoch, index), and the random state of the
@@ -413,7 +422,7 @@ def _crop(images, p):
     return windows[torch.arange(n, device=images.device), cy, cx]
 
 
-def sampling_matrices(p, h, w):
+def _sampling_matrices(p, h, w):
     """(N, 2, 3): for each image, the affine map from an output pixel's grid_sample
     coordinates (-1..1, align_corners=False) to where it comes from in the cropped image,
     with the affine and then the flip undone. Computed on the host (tiny)."""
@@ -441,7 +450,7 @@ def sampling_matrices(p, h, w):
 
 def _sampling_grid(p, h, w, device):
     """grid_sample's grid (N, H, W, 2) for the flip + affine matrices, on the device."""
-    theta = _to_device(sampling_matrices(p, h, w).reshape(-1, 6), device)[:, :, None, None]
+    theta = _to_device(_sampling_matrices(p, h, w).reshape(-1, 6), device)[:, :, None, None]
     xs = (2 * torch.arange(w, device=device) + 1) / w - 1  # pixel centres in -1..1
     ys = ((2 * torch.arange(h, device=device) + 1) / h - 1)[:, None]
     grid = torch.empty((len(theta), h, w, 2), device=device)

@@ -67,14 +67,6 @@ def aug_per_core(images, transform, repeats):
     return len(images) / median_time(lambda: ds.__getitems__(items), repeats)
 
 
-def reference_transform():
-    """The reference's way: the augmentation, then Normalize + ToTensorV2 in the worker."""
-    import albumentations as A
-    from albumentations.pytorch import ToTensorV2
-    return A.Compose([*data.train_transform(SPEC["mean"]).transforms,
-                      A.Normalize(mean=SPEC["mean"], std=SPEC["std"]), ToTensorV2()])
-
-
 def aug_loader(images, batch, workers, repeats):
     """The same pipeline through the training DataLoader (workers, batching, collation)."""
     loader, _ = data.make_loaders(images, np.zeros(len(images), np.int64), images[:1],
@@ -240,7 +232,8 @@ def measure(args):
     workers = default_workers()
     images = np.random.default_rng(0).integers(0, 256, (args.aug_images, 32, 32, 3), np.uint8)
     rows = []  # (name, images/s, note)
-    seed_way = aug_per_core(images, reference_transform(), args.repeats)
+    reference = data.reference_transform(SPEC["mean"], SPEC["std"])
+    seed_way = aug_per_core(images, reference, args.repeats)
     rows.append(("augmentation, the reference's way (+ Normalize, ToTensorV2), 1 core",
                  seed_way, "baseline"))
     per_core = aug_per_core(images, data.train_transform(SPEC["mean"]), args.repeats)

@@ -73,17 +73,11 @@ def test_corrupt_data_file_is_reported(tmp_path):
 SPEC = data.DATASETS["cifar100"]
 
 
-def _reference_pipeline():
-    """The reference's way: the same augmentation, then Normalize + ToTensorV2 per image."""
-    from albumentations.pytorch import ToTensorV2
-    return A.Compose([*data.train_transform(SPEC["mean"]).transforms,
-                      A.Normalize(mean=SPEC["mean"], std=SPEC["std"]), ToTensorV2()])
-
-
 def test_uint8_hand_over_normalised_on_the_device_equals_the_reference_pipeline(tiny_data):
     x, y = data.read_split(tiny_data, "cifar100", "train")
     ours = data.CIFARDataset(x, y, data.train_transform(SPEC["mean"]), augment=True, seed=3)
-    reference = data.CIFARDataset(x, y, _reference_pipeline(), augment=True, seed=3)
+    reference = data.CIFARDataset(x, y, data.reference_transform(SPEC["mean"], SPEC["std"]),
+                                   augment=True, seed=3)
     items = [(2, i) for i in range(len(x))]  # one batch: the same keyed random state
     got = ours.__getitems__(items)
     assert got[0][0].dtype == torch.uint8 and got[0][0].shape == (32, 32, 3)
