@@ -118,6 +118,9 @@ def build_parser():
                         "accuracy, confusions, confusion_matrix.png")
     p.add_argument("--tta", action="store_true", default=False,
                    help="with --evaluate: also average each image's logits with its mirror's")
+    p.add_argument("--debug", action="store_true", default=False,
+                   help="on a crash, print the full traceback too (it always goes to "
+                        "<out-dir>/crash.log)")
     return p
 
 
@@ -125,7 +128,7 @@ def parse_args(argv=None):
     """(flags given explicitly, as a dict of Config fields; the mode flags)"""
     args = vars(build_parser().parse_args(argv))
     modes = {k: args.pop(k) for k in ("resume", "resume_force", "metrics_from_ckpt",
-                                      "evaluate", "tta")}
+                                      "evaluate", "tta", "debug")}
     return args, modes
 
 

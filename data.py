@@ -105,12 +105,39 @@ def ensure_dataset(root, name, download=True):
                         f"'{DATASETS[name]['folder']}' folder in {os.path.abspath(root)}")
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR files hold (dicts, lists, strings, numbers, numpy arrays) and
+    refuses every other global, so a file crafted to run code when loaded runs nothing.
+
+    Arrays pickled by numpy 1 (the real files) name numpy.core, by numpy 2 numpy._core;
+    bytes pickled by Python 3 at protocol 2 come through _codecs.encode.
+    """
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                 for name in ("_reconstruct", "scalar"))}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks to run {module}.{name}")
+        if module.startswith("numpy.core."):  # numpy 2 warns on the old name
+            module = "numpy._core." + module.split(".", 2)[2]
+        return super().find_class(module, name)
+
+
 def _unpickle(path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # the files were written by Python 2
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {type(e).__name__}") from None
+            # encoding: the real files were written by Python 2
+            return _DataUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        if str(e).startswith("it asks to run"):
+            raise DataError(f"refusing to read {path}: {e}, and a data set file holds only "
+                            f"lists, strings, numbers and numpy arrays") from None
+        raise DataError(f"cannot read {path}: corrupt file ({e})") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    except Exception as e:  # a truncated or garbled pickle fails in many ways; all mean one thing
+        raise DataError(f"cannot read {path}: corrupt or truncated file ({type(e).__name__})") from None
 
 
 def read_split(root, name, split):
@@ -348,6 +375,29 @@ def make_test_loader(x, y, batch_size, num_workers=0, pin_memory=False):
     """uint8 images in file order, no augmentation."""
     return torch.utils.data.DataLoader(CIFARDataset(x, y), batch_size=batch_size, shuffle=False,
                                        **_loader_options(num_workers, pin_memory))
+
+
+def shutdown_workers(*loaders):
+    """End the loaders' worker processes now, whatever state they are in.
+
+    Persistent workers otherwise live until the interpreter exits, and after a failure
+    that exit can wait forever: multiprocessing stops its children with SIGTERM, which
+    the workers ignore (see _ignore_stop_signals), then waits for them. Safe to call on
+    loaders without workers, and more than once.
+    """
+    for loader in loaders:
+        it = getattr(loader, "_iterator", None)
+        if it is None or not hasattr(it, "_shutdown_workers"):
+            continue
+        try:
+            it._shutdown_workers()  # asks each worker to stop, waits 5 s at most
+        except RuntimeError:  # another worker's death, reported again on the way out
+            pass
+        for w in getattr(it, "_workers", []):
+            if w.is_alive():
+                w.kill()  # SIGKILL: the one a worker cannot ignore
+                w.join(timeout=5)
+        loader._iterator = None
 
 
 def _loader_options(num_workers, pin_memory):

@@ -19,6 +19,7 @@ import sys
 import cv2
 import numpy as np
 import torch
+from failures import one_line, report
 from metrics import new_figure, save_figure
 from model import (CheckpointError, load_checkpoint, load_image, model_from_checkpoint,
                    normalize)
@@ -206,17 +207,23 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None,
                    help="data set folder (default: the one the checkpoint was trained from)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    p.add_argument("--debug", action="store_true",
+                   help="on a crash, print the full traceback too (it always goes to "
+                        "<out-dir>/crash.log)")
     args = p.parse_args(argv)
     import data
+    from config import UserError
+    from runtime import pick_device
     try:
         if args.num_images < 1:
             raise ValueError(f"--num-images must be at least 1 (got {args.num_images})")
+        device = pick_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt.get("config", {})
         name = cfg.get("dataset", "cifar100")
         root = args.data_dir or cfg.get("data_dir", "./data")
         defaults_from_data(ckpt, name, root)
-        model, _ = model_from_checkpoint(ckpt, torch.device(args.device),
+        model, _ = model_from_checkpoint(ckpt, device,
                                          expected={"num_classes": len(ckpt["class_names"])})
         if args.images:
             rows, errors = explain_pictures(model, ckpt, args.images, args.out_dir)
@@ -228,9 +235,11 @@ def main(argv=None):
         x_test, y_test = data.read_split(root, name, "test")
         paths = explain_test_images(model, ckpt, x_test, y_test, args.out_dir,
                                     args.num_images, args.misclassified)
-    except (CheckpointError, data.DataError, ValueError, RuntimeError) as e:
+    except (CheckpointError, data.DataError, UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # not the user's fault (out of memory, a bug): one line all the same
+        return report(e, one_line(e, device=args.device), args.out_dir, debug=args.debug)
     for path in paths:
         print(path)
     return 0

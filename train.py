@@ -21,7 +21,6 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +32,8 @@ from tqdm import tqdm
 import data
 import gradcam_utils
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
+from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
+                      describe, one_line, report)
 from runtime import (Runtime, collect_logits, default_workers, evaluate, init_distributed,
                      make_runtime, pick_device, score)
 from metrics import write_evaluation_report, write_metrics
@@ -144,12 +145,13 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     # the gradient, already summed over all ranks, is finite, so every rank skips together.
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                           cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    if scaler.is_enabled():
-        scaler.step(opt)  # skips non-finite gradients itself (and lowers the loss scale)
-        scaler.update()
-    else:
-        step_unless(opt, ~torch.isfinite(norm))
-    sched.step()
+    with changing_state():  # weights, momentum, loss scale, schedule: a failure here is fatal
+        if scaler.is_enabled():
+            scaler.step(opt)  # skips non-finite gradients itself (and lowers the loss scale)
+            scaler.update()
+        else:
+            step_unless(opt, ~torch.isfinite(norm))
+        sched.step()
     loss = loss.detach().float()
     bad = ~torch.isfinite(loss)
     pred = out.detach().argmax(1)
@@ -174,58 +176,112 @@ def new_progress():
     return {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0, "nonfinite": 0}
 
 
+class Tally:
+    """An epoch's running sums, kept on the device so that no step waits for it: summed
+    loss, lambda-weighted correct count, and the run of non-finite steps (current,
+    longest); the image count is known on the host. Rank 0 carries the sums of a resumed
+    epoch (saved already summed over ranks); the streak is every rank's."""
+
+    def __init__(self, p, dist, device):
+        self.sums = torch.tensor([p["loss_sum"], p["correct"]] if dist.main else [0.0, 0.0],
+                                 dtype=torch.float64, device=device)
+        self.streak = torch.full((2,), float(p["nonfinite"]), device=device)
+        self.seen = p["seen"] if dist.main else 0
+
+    def add(self, loss_sum, correct, bad, n):
+        self.sums += torch.stack([loss_sum, correct]).double()
+        current = (self.streak[0] + 1) * bad
+        self.streak = torch.stack([current, torch.maximum(self.streak[1], current)])
+        self.seen += n
+
+    def settle(self, p, dist):
+        """(progress with the sums over all ranks, longest streak on any rank): two reads."""
+        current, longest = dist.all_max(self.streak).tolist()
+        seen = torch.tensor([self.seen], dtype=torch.float64, device=self.sums.device)
+        loss, acc, seen = dist.all_sum(torch.cat([self.sums, seen])).tolist()
+        return dict(p, loss_sum=loss, correct=acc, seen=int(seen), nonfinite=int(current)), longest
+
+
+class BufferSnapshot:
+    """The network's buffers (BatchNorm running statistics) as of the last completed step.
+    A training forward pass updates them before the step may still fail (out of memory in
+    the backward pass, say); copying these back undoes that. One fused copy per step."""
+
+    def __init__(self, model):
+        self.live = list(model.buffers())
+        self.kept = [b.clone() for b in self.live]
+
+    def take(self):
+        if self.live:
+            torch._foreach_copy_(self.kept, self.live)
+
+    def restore(self):
+        if self.live:
+            torch._foreach_copy_(self.live, self.kept)
+
+
 def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, stop=None):
     """Train from progress["step"] to the end of the epoch, or until `stop` is set.
 
     Every random choice is keyed by (seed, epoch, step), so starting at step k gives
     exactly the steps an uninterrupted epoch would have run from k on. No step waits for
-    the device: loss and accuracy sums and the run of non-finite steps accumulate there
-    and are read every SYNC_EVERY steps and at the end. Returns the updated progress;
-    progress["step"] == steps_per_epoch(loader) once the epoch is complete.
+    the device: the Tally's sums are read every SYNC_EVERY steps and at the end. Returns
+    the updated progress; progress["step"] == steps_per_epoch(loader) once the epoch is
+    complete. A failure raises StepFailed (see failed_step).
     """
     model.train()
     p, dist = dict(progress), rt.dist
     loader.batch_sampler.set_epoch(epoch, start_step=p["step"])
-    # rank 0 carries the saved sums (already summed over ranks); the streak is every rank's
-    sums = torch.tensor([p["loss_sum"], p["correct"]] if dist.main else [0.0, 0.0],
-                        dtype=torch.float64, device=rt.device)
-    streak = torch.full((2,), float(p["nonfinite"]), device=rt.device)  # current, longest
-    seen = p["seen"] if dist.main else 0
+    tally, kept = Tally(p, dist, rt.device), BufferSnapshot(model)
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
                total=steps_per_epoch(loader), leave=False, dynamic_ncols=True,
                disable=not dist.main)
-    for step, (x, y) in enumerate(bar, start=p["step"]):
-        key = (cfg.seed, epoch, step, dist.rank)  # each rank its own, reproducible stream
-        x, y = augment_on_device(x, y, rt, cfg, key) if cfg.aug_on_device else rt.batch(x, y)
-        torch.manual_seed(data.stream_seed(key[0], data.TORCH_STREAM, *key[1:]))  # dropout
-        rng = np.random.default_rng([key[0], data.CUTMIX_STREAM, *key[1:]])
-        loss_sum, correct, bad = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
-        sums += torch.stack([loss_sum, correct]).double()
-        current = (streak[0] + 1) * bad
-        streak = torch.stack([current, torch.maximum(streak[1], current)])
-        seen += len(x)
-        p["step"] = step + 1
-        signalled = stop is not None and stop.signum is not None
-        if dist.world == 1 and signalled:
-            break  # one process: stop right after this step
-        if (step + 1) % SYNC_EVERY == 0:
-            # under torchrun a signal may reach one rank only: all stop after the same step
-            longest, signalled = dist.all_max(torch.stack(
-                [streak[1], torch.tensor(float(signalled), device=rt.device)])).tolist()
-            check_finite(longest, epoch, step)
-            if dist.main:
-                loss, acc = sums.tolist()  # this rank's share: close enough for a progress bar
-                bar.set_postfix(loss=f"{loss / seen:.3f}", acc=f"{100 * acc / seen:.1f}%",
-                                lr=f"{sched.get_last_lr()[0]:.5f}")
-            if signalled:
-                break
-    bar.close()
-    current, longest = dist.all_max(streak).tolist()
+    try:
+        for step, (x, y) in enumerate(bar, start=p["step"]):
+            key = (cfg.seed, epoch, step, dist.rank)  # each rank its own, reproducible stream
+            x, y = augment_on_device(x, y, rt, cfg, key) if cfg.aug_on_device else rt.batch(x, y)
+            torch.manual_seed(data.stream_seed(key[0], data.TORCH_STREAM, *key[1:]))  # dropout
+            rng = np.random.default_rng([key[0], data.CUTMIX_STREAM, *key[1:]])
+            loss_sum, correct, bad = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
+            with changing_state():  # the step is counted together with its update
+                tally.add(loss_sum, correct, bad, len(x))
+                p["step"] = step + 1
+                kept.take()
+            signalled = stop is not None and stop.signum is not None
+            if dist.world == 1 and signalled:
+                break  # one process: stop right after this step
+            if (step + 1) % SYNC_EVERY == 0:
+                # under torchrun a signal may reach one rank only: all stop after the same step
+                longest, signalled = dist.all_max(torch.stack(
+                    [tally.streak[1], torch.tensor(float(signalled), device=rt.device)])).tolist()
+                check_finite(longest, epoch, step)
+                if dist.main:
+                    loss, acc = tally.sums.tolist()  # this rank's share: enough for a progress bar
+                    bar.set_postfix(loss=f"{loss / tally.seen:.3f}", lr=f"{sched.get_last_lr()[0]:.5f}",
+                                    acc=f"{100 * acc / tally.seen:.1f}%")
+                if signalled:
+                    break
+    except Diverged:
+        raise
+    except Exception as e:
+        raise failed_step(e, p, tally, kept, dist) from e
+    finally:
+        bar.close()
+    p, longest = tally.settle(p, dist)
     check_finite(longest, epoch, p["step"] - 1)
-    seen = torch.tensor([seen], dtype=torch.float64, device=rt.device)
-    loss, acc, seen = dist.all_sum(torch.cat([sums, seen])).tolist()
-    p.update(loss_sum=loss, correct=acc, seen=int(seen), nonfinite=int(current))
     return p
+
+
+def failed_step(e, p, tally, kept, dist):
+    """StepFailed for a failure inside the epoch. Fetching a batch, the forward and the
+    backward pass change nothing that is saved except the BatchNorm statistics, which are
+    restored: the state is then exactly that of the last completed step, p["step"]. A
+    failure while updating (StateLost) has no such state; neither has a torchrun job,
+    whose ranks can no longer agree on one once one of them failed."""
+    if isinstance(e, StateLost) or dist.world > 1:
+        return StepFailed(e.__cause__ or e, None)
+    kept.restore()
+    return StepFailed(e, tally.settle(p, dist)[0])
 
 
 def check_finite(longest, epoch, step):
@@ -407,40 +463,6 @@ def build_run(cfg, device, dist, arrays, names):
     return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, test_loader, extra)
 
 
-class Stopped(Exception):
-    """SIGINT/SIGTERM: the run saved where it stood and exits with 128 + signal number."""
-
-    def __init__(self, signum, message):
-        super().__init__(message)
-        self.signum = signum
-
-
-class GracefulStop:
-    """First SIGINT/SIGTERM: finish the current step, save, exit. A second one: exit now
-    (every file is written atomically, so stopping anywhere corrupts nothing)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum, self.previous = None, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signals need it
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: saving after this step "
-              f"(send it again to stop at once)", file=sys.stderr, flush=True)
-
-
 def train(cfg, resume_ckpt=None, resume_path=None):
     """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
     dist, device = init_distributed(cfg.device)
@@ -459,9 +481,10 @@ def train(cfg, resume_ckpt=None, resume_path=None):
             last = train_loop(run, epoch, progress, stop) or resume_ckpt
     except KeyboardInterrupt:
         if dist.main:
-            print(f"\nstopped at once; continue with: python train.py --resume auto "
-                  f"--out-dir {cfg.out_dir}", file=sys.stderr)
+            print(f"\nstopped at once; continue with: {resume_command(cfg)}", file=sys.stderr)
         raise
+    finally:  # persistent workers would otherwise outlive a failure, and exit could wait on them
+        data.shutdown_workers(run.train_loader, run.test_loader)
     if last is None or not run.hist["test_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
     if dist.main:
@@ -487,12 +510,15 @@ def train_loop(run, epoch, progress, stop):
             raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
                           f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
         t0 = time.time()
-        progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
-                               run.rt, cfg, epoch, progress, stop)
-        if progress["step"] < steps:  # a signal stopped the epoch part-way
-            raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
-                          save_partial_epoch(run, epoch, progress, steps))
-        last = end_epoch(run, epoch, progress, time.time() - t0)
+        try:
+            progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
+                                   run.rt, cfg, epoch, progress, stop)
+            if progress["step"] < steps:  # a signal stopped the epoch part-way
+                raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
+                              save_partial_epoch(run, epoch, progress, steps))
+            last = end_epoch(run, epoch, progress, time.time() - t0)
+        except StepFailed as e:
+            raise Crashed(e.cause, crash_message(run, epoch, e, steps), cfg.out_dir) from e.cause
         # a streak of non-finite losses carries over into the next epoch
         epoch, progress = epoch + 1, dict(new_progress(), nonfinite=progress["nonfinite"])
     return last
@@ -509,6 +535,28 @@ def save_partial_epoch(run, epoch, progress, steps):
             f"continue with: python train.py --resume {path}")
 
 
+def crash_message(run, epoch, failure, steps):
+    """The user's line for a failed step: what happened, what was kept, what to do."""
+    cfg = run.cfg
+    what, hint = describe(failure.cause, run.rt.device, cfg.batch_size, cfg.eval_batch_size,
+                          failure.phase)
+    if failure.progress is None:
+        why = ("under torchrun only the last checkpoint is consistent" if run.rt.dist.world > 1
+               else "it failed while updating the weights")
+        kept = f"not saved ({why}); the last checkpoint is kept; continue with: {resume_command(cfg)}"
+    else:
+        try:
+            kept = save_partial_epoch(run, epoch, failure.progress, steps)
+        except Exception as e:  # the disk or the device may be what failed
+            kept = (f"could not save ({type(e).__name__}: {str(e)[:100]}); the last checkpoint "
+                    f"is kept; continue with: {resume_command(cfg)}")
+    return f"{what}; {kept}" + (f" ({hint})" if hint else "")
+
+
+def resume_command(cfg):
+    return "python train.py --resume auto" + (f" --out-dir {cfg.out_dir}" if cfg.out_dir != "." else "")
+
+
 def target_reached(hist, cfg):
     return bool(cfg.target_accuracy and hist["test_acc"]
                 and max(hist["test_acc"]) >= cfg.target_accuracy)
@@ -517,7 +565,10 @@ def target_reached(hist, cfg):
 def end_epoch(run, epoch, progress, seconds):
     """Evaluate, record, save and log a completed epoch. Returns its checkpoint."""
     run.rt.dist.share_buffers(run.net)
-    ev = evaluate(run.net, run.test_loader, run.rt)
+    try:
+        ev = evaluate(run.net, run.test_loader, run.rt)
+    except Exception as e:  # the epoch's training is complete: that state can be saved as is
+        raise StepFailed(e, progress if run.rt.dist.world == 1 else None, "evaluation") from e
     hist = run.hist
     is_best = not hist["test_acc"] or ev["acc"] > max(hist["test_acc"])
     tr_loss = progress["loss_sum"] / progress["seen"]
@@ -567,12 +618,18 @@ def evaluate_checkpoint(path, tta, explicit):
     model = model.to(memory_format=rt.memory_format)
     workers = default_workers() if saved["num_workers"] < 0 else saved["num_workers"]
     loader = data.make_test_loader(x_test, y_test, saved["eval_batch_size"], workers)
-    logits, labels = collect_logits(model, loader, rt)
-    print(f"{path} (epoch {ckpt.get('epoch', '?')}) on {len(labels):,} {name} test images")
-    print_scores("plain", score(logits, labels))
-    if tta:
-        logits, labels = collect_logits(model, loader, rt, tta=True)
-        print_scores("flip TTA", score(logits, labels))
+    try:
+        logits, labels = collect_logits(model, loader, rt)
+        print(f"{path} (epoch {ckpt.get('epoch', '?')}) on {len(labels):,} {name} test images")
+        print_scores("plain", score(logits, labels))
+        if tta:
+            logits, labels = collect_logits(model, loader, rt, tta=True)
+            print_scores("flip TTA", score(logits, labels))
+    except Exception as e:  # out of memory, a worker killed, ...: nothing to save, one line
+        raise Crashed(e, one_line(e, device=rt.device, eval_batch_size=saved["eval_batch_size"],
+                                  phase="evaluation"), saved["out_dir"]) from e
+    finally:
+        data.shutdown_workers(loader)
     folder = os.path.join(saved["out_dir"], "training_metrics_from_ckpt")
     groups = data.CIFAR100_SUPERCLASSES if name == "cifar100" else None
     report = write_evaluation_report(logits.argmax(1).cpu().numpy(), labels.cpu().numpy(),
@@ -607,8 +664,7 @@ def pick_resume(resume, out_dir):
     return path, ckpt
 
 
-def run(argv=None):
-    args, modes = parse_args(argv)
+def run(args, modes):
     out_dir = args.get("out_dir", ".")
     if modes["evaluate"]:
         return evaluate_checkpoint(modes["evaluate"], modes["tta"], args)
@@ -637,8 +693,11 @@ def env_rank():
 def main(argv=None):
     # under torchrun every rank reports its own failure (torchrun then ends the others)
     error = "error:" if int(os.environ.get("WORLD_SIZE", "1")) == 1 else f"error (rank {env_rank()}):"
+    out_dir, debug = ".", False
     try:
-        return run(argv)
+        args, modes = parse_args(argv)
+        out_dir, debug = args.get("out_dir", "."), modes["debug"]
+        return run(args, modes)
     except (UserError, data.DataError, CheckpointError) as e:
         print(f"{error} {e}", file=sys.stderr)
         return 2
@@ -654,6 +713,10 @@ def main(argv=None):
         return 128 + e.signum
     except KeyboardInterrupt:
         return 130
+    except Crashed as e:  # what could be kept is saved; the message says what and where
+        return report(e.cause, str(e), e.out_dir, error, debug)
+    except Exception as e:  # not the user's fault, and nothing to save: one line all the same
+        return report(e, one_line(e), out_dir, error, debug)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

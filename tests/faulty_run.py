@@ -9,6 +9,13 @@ FAULT is one of
     rename:N       die (SIGKILL) after writing the N-th checkpoint file, before renaming it
     full:N         the N-th checkpoint write fails half-way: no space left on the device
     nan:N          from the N-th training step on, feed NaN images (the loss goes non-finite)
+    worker:N[:R]   SIGKILL a training DataLoader worker before the N-th step (rank R only),
+                   as the out-of-memory killer would
+    image:I        the data set raises on training image I (in the worker that loads it)
+    oom:PLACE:N    torch.OutOfMemoryError in the N-th call of PLACE: forward or backward
+                   (training steps, inside the network), eval (an evaluation batch)
+    raise:N        a RuntimeError inside the network's forward pass of the N-th step
+    update:N       a RuntimeError in the N-th step after the optimizer changed the weights
     none           no fault
 Steps and checkpoint writes are counted from this process's start.
 """
@@ -16,11 +23,13 @@ import errno
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import data  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 
@@ -29,11 +38,93 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def raiser(error):
+    def fail(*_):
+        raise error
+    return fail
+
+
+def inject_in_network(place, n, error):
+    """Raise `error` in the n-th training forward (or backward) pass or evaluation batch,
+    half-way through the network: the BatchNorm layers before it have run already."""
+    real_build = train.build_run
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if module.training == (place == "eval"):
+            return
+        calls["n"] += 1
+        if calls["n"] != n:
+            return
+        if place == "backward":
+            output.register_hook(raiser(error))
+        else:
+            raise error
+
+    def build_run(*a, **kw):
+        run = real_build(*a, **kw)
+        run.net.layer2.register_forward_hook(hook)
+        return run
+    train.build_run = build_run
+
+
+def kill_a_worker_before_step(n):
+    """SIGKILL one training worker before the n-th step; the DataLoader reports it (its
+    SIGCHLD handler raises) while this waits, before the step starts."""
+    real_make, real_step = data.make_loaders, train.train_step
+    loaders, calls = [], {"n": 0}
+
+    def make_loaders(*a, **kw):
+        loaders[:] = real_make(*a, **kw)
+        return loaders
+
+    def step(*a):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(loaders[0]._iterator._workers[0].pid, signal.SIGKILL)
+            time.sleep(10)
+        return real_step(*a)
+    data.make_loaders, train.train_step = make_loaders, step
+
+
+def fail_on_image(index):
+    real = data.CIFARDataset.__getitems__
+
+    def getitems(self, items):
+        if self.augment and any(i == index for _, i in items):  # (epoch, index) pairs
+            raise ValueError(f"image {index} cannot be decoded (injected)")
+        return real(self, items)
+    data.CIFARDataset.__getitems__ = getitems
+
+
+def fail_after_update(n):
+    real, calls = train.step_unless, {"n": 0}
+
+    def step_unless(*a):
+        real(*a)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("failure after the weights changed (injected)")
+    train.step_unless = step_unless
+
+
 def inject(fault):
     kind, *args = fault.split(":")
     calls = {"n": 0}
-    if kind == "step" and len(args) > 2 and os.environ.get("RANK", "0") != args[2]:
+    rank_arg = {"step": 2, "worker": 1}.get(kind)
+    if rank_arg is not None and len(args) > rank_arg and os.environ.get("RANK", "0") != args[rank_arg]:
         return  # another rank's fault
+    if kind == "worker":
+        return kill_a_worker_before_step(int(args[0]))
+    if kind == "image":
+        return fail_on_image(int(args[0]))
+    if kind == "oom":
+        return inject_in_network(args[0], int(args[1]), torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"))
+    if kind == "raise":
+        return inject_in_network("forward", int(args[0]), RuntimeError("a bug (injected)"))
+    if kind == "update":
+        return fail_after_update(int(args[0]))
     if kind in ("step", "nan"):
         real_step = train.train_step
 
