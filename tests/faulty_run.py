@@ -13,7 +13,8 @@ FAULT is one of
                    as the out-of-memory killer would
     image:I        the data set raises on training image I (in the worker that loads it)
     oom:PLACE:N    torch.OutOfMemoryError in the N-th call of PLACE: forward or backward
-                   (training steps, inside the network), eval (an evaluation batch)
+                   (training steps, inside the network), eval (an evaluation batch),
+                   collect (train.collect_logits, as --evaluate calls it)
     raise:N        a RuntimeError inside the network's forward pass of the N-th step
     update:N       a RuntimeError in the N-th step after the optimizer changed the weights
     none           no fault
@@ -36,6 +37,9 @@ import train  # noqa: E402
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+OOM = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
 
 def raiser(error):
@@ -118,9 +122,11 @@ def inject(fault):
         return kill_a_worker_before_step(int(args[0]))
     if kind == "image":
         return fail_on_image(int(args[0]))
+    if kind == "oom" and args[0] == "collect":
+        train.collect_logits = raiser(OOM)
+        return
     if kind == "oom":
-        return inject_in_network(args[0], int(args[1]), torch.OutOfMemoryError(
-            "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"))
+        return inject_in_network(args[0], int(args[1]), OOM)
     if kind == "raise":
         return inject_in_network("forward", int(args[0]), RuntimeError("a bug (injected)"))
     if kind == "update":

@@ -203,3 +203,51 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert all(r["images_per_s"] > 0 for r in res["rows"])
     assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
     assert "| stage" in proc.stdout
+
+
+def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_path):
+    from test_data import poison
+    import data
+    out, _ = smoke_run
+    root, marker = tmp_path / "data", tmp_path / "payload_ran"
+    data.write_synthetic_dataset(str(root), "cifar100", n_train=100, n_test=100)
+    poison(str(root), ["train", "test"], marker)
+    best = out / "checkpoints" / "best_model.pt"
+    folder = root / "cifar-100-python"
+    runs = [("train", run_script("train.py", "--smoke", "--data-dir", root, "--out-dir", tmp_path)),
+            ("test", run_script("train.py", "--evaluate", best, "--data-dir", root,
+                                "--out-dir", tmp_path)),
+            ("test", run_script("gradcam_utils.py", "--checkpoint", best, "--data-dir", root,
+                                "--out-dir", tmp_path / "cam"))]
+    for name, proc in runs:
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines() == [
+            f"error: refusing to read {folder / name}: it asks to run posix.system, and a data "
+            f"set file holds only lists, strings, numbers and numpy arrays"]
+    assert not marker.exists()
+
+
+def test_inference_tools_end_in_one_line_on_an_unexpected_failure(smoke_run, tmp_path,
+                                                                   monkeypatch, capsys):
+    import gradcam_utils
+    import train
+    out, _ = smoke_run
+    best = out / "checkpoints" / "best_model.pt"
+
+    def out_of_memory(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    monkeypatch.setattr(gradcam_utils, "gradcam_maps", out_of_memory)
+    code = gradcam_utils.main(["--checkpoint", str(best), "--out-dir", str(tmp_path / "cam")])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory on cpu (")
+    assert err[0].endswith(f"traceback in {tmp_path / 'cam' / 'crash.log'}")
+
+    def broken(*_):
+        raise ValueError("a bug (injected)")
+    monkeypatch.setattr(train, "write_metrics", broken)
+    code = train.main(["--metrics-from-ckpt", str(best), "--out-dir", str(tmp_path)])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: ValueError: a bug (injected); traceback in {tmp_path / 'crash.log'}"]
+    assert "ValueError: a bug (injected)" in (tmp_path / "crash.log").read_text()

@@ -70,6 +70,53 @@ def test_corrupt_data_file_is_reported(tmp_path):
         data.load_dataset(root, "cifar100", download=False)
 
 
+def test_files_pickled_by_numpy_1_and_python_2_still_read(tmp_path):
+    # The real CIFAR files name numpy.core.multiarray (numpy 1); numpy 2 writes numpy._core.
+    root = str(tmp_path)
+    data.write_synthetic_dataset(root, "cifar100", n_train=20, n_test=10)
+    path = os.path.join(root, "cifar-100-python", "test")
+    x, y = data.read_split(root, "cifar100", "test")
+    with open(path, "rb") as f:
+        blob = f.read()
+    assert b"numpy._core.multiarray" in blob
+    with open(path, "wb") as f:
+        f.write(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    x2, y2 = data.read_split(root, "cifar100", "test")
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+
+
+class Payload:
+    """Unpickling this runs a shell command, as a crafted data file could."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def poison(root, names, marker):
+    """Replace data set files with pickles that would create `marker` when loaded."""
+    for name in names:
+        with open(os.path.join(root, "cifar-100-python", name), "wb") as f:
+            pickle.dump({"data": Payload(marker), "fine_labels": [0]}, f, protocol=2)
+
+
+def test_a_data_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    root, marker = str(tmp_path / "data"), tmp_path / "payload_ran"
+    data.write_synthetic_dataset(root, "cifar100", n_train=20, n_test=10)
+    poison(root, ["train"], marker)
+    path = os.path.join(root, "cifar-100-python", "train")
+    with pytest.raises(data.DataError) as err:
+        data.load_dataset(root, "cifar100", download=False)
+    assert str(err.value) == (f"refusing to read {path}: it asks to run posix.system, and a data "
+                              f"set file holds only lists, strings, numbers and numpy arrays")
+    assert not marker.exists()
+    with open(path, "rb") as f:  # the payload is real: an ordinary unpickler runs it
+        pickle.load(f)
+    assert marker.exists()
+
+
 SPEC = data.DATASETS["cifar100"]
 
 

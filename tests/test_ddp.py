@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -97,3 +98,15 @@ def test_a_batch_that_does_not_split_evenly_ends_the_job_with_a_clear_message(tm
 def test_sync_bn_is_refused_on_the_cpu(tmp_path):
     proc = torchrun("--smoke", "--out-dir", tmp_path, "--sync-bn", timeout=120)
     assert proc.returncode != 0 and "--sync-bn needs CUDA" in proc.stderr
+
+
+def test_a_worker_killed_in_one_rank_ends_both_ranks_promptly(tmp_path):
+    flags = ["--smoke", "--out-dir", tmp_path, "--num-workers", "2", "--gradcam-images", "0"]
+    t0 = time.monotonic()
+    proc = torchrun("worker:5:1", *flags, script="tests/faulty_run.py", timeout=120)
+    assert time.monotonic() - t0 < 60  # about 8 s here, start-up included
+    assert proc.returncode != 0
+    assert ("error (rank 1): a data-loading worker was killed (out of memory?); not saved "
+            "(under torchrun only the last checkpoint is consistent)") in proc.stderr
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # no epoch was completed
+    assert "Traceback" in (tmp_path / "crash_rank1.log").read_text()

@@ -1,6 +1,7 @@
 """A run must survive being killed anywhere and come back bit-identical (issue: resilience)."""
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -160,3 +161,78 @@ def test_resuming_a_checkpoint_whose_weights_are_another_network_names_the_diffe
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: the checkpoint holds weights of another network (width is 16 there, expected 8)"]
+
+
+# Crashes that are not the user's fault (issue: crashes). Faults are counted per process:
+# step 12 is epoch 1, step 3 (8 steps per epoch); the single test batch of 64 images
+# makes evaluation call 2 the one after epoch 1.
+CRASHES = [
+    # fault, workers, the line begins with, position saved in last.pt
+    ("worker:12", 2, "error: a data-loading worker was killed (out of memory?); saved epoch 1 "
+                     "at step 3/8", {"epoch": 1, "step": 3}),
+    ("image:100", 2, "error: a data-loading worker failed: ValueError: image 100 cannot be "
+                     "decoded (injected); saved epoch 0 at step", None),
+    ("oom:forward:12", 0, "error: out of memory on cpu (", {"epoch": 1, "step": 3}),
+    ("oom:backward:12", 0, "error: out of memory on cpu (", {"epoch": 1, "step": 3}),
+    ("oom:eval:2", 0, "error: out of memory on cpu (", {"epoch": 1, "step": 8}),
+    ("raise:12", 0, "error: RuntimeError: a bug (injected); saved epoch 1 at step 3/8",
+     {"epoch": 1, "step": 3}),
+]
+
+
+def crash_lines(proc):
+    """stderr's lines less the progress bars (tqdm redraws them with carriage returns)."""
+    lines = proc.stderr.replace("\r", "\n").splitlines()
+    return [ln for ln in lines if ln.strip() and not ln.startswith("epoch ")]
+
+
+@pytest.mark.parametrize("fault, workers, begins, position", CRASHES,
+                         ids=[c[0] for c in CRASHES])
+def test_a_crash_exits_in_one_line_keeps_the_last_step_and_resumes_bit_identical(
+        small_data, reference, tmp_path, fault, workers, begins, position):
+    t0 = time.monotonic()
+    proc = faulty(fault, *flags(small_data, tmp_path, "--num-workers", workers))
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert took < 30  # generous: about 5 s here, most of it start-up
+    assert crash_lines(proc) == [crash_lines(proc)[-1]], "more than the one error line"
+    line = crash_lines(proc)[-1]
+    assert line.startswith(begins), line
+    assert line.endswith(f"traceback in {tmp_path / 'crash.log'}")
+    assert "Traceback (most recent call last)" in (tmp_path / "crash.log").read_text()
+    saved = load(tmp_path)["position"]
+    if position:
+        assert saved == position
+    assert f"saved epoch {saved['epoch']} at step {saved['step']}/{STEPS}" in line
+    proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_run(load(reference), load(tmp_path))
+
+
+def test_a_failure_while_updating_keeps_the_previous_checkpoint(small_data, reference, tmp_path):
+    proc = faulty("update:12", *flags(small_data, tmp_path))  # epoch 1, after step 3's update
+    assert proc.returncode == 1
+    line = crash_lines(proc)[-1]
+    assert line.startswith("error: RuntimeError: failure after the weights changed (injected); "
+                           "not saved (it failed while updating the weights)"), line
+    assert load(tmp_path)["position"] == {"epoch": 1, "step": 0}  # epoch 0's, untouched
+    proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_run(load(reference), load(tmp_path))
+
+
+def test_debug_prints_the_traceback_as_well(small_data, tmp_path):
+    proc = faulty("raise:3", *flags(small_data, tmp_path, "--epochs", "1", "--debug"))
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: RuntimeError: a bug (injected)")
+
+
+def test_evaluate_ends_in_one_line_when_evaluation_runs_out_of_memory(reference, tmp_path):
+    proc = faulty("oom:collect:1", "--evaluate", reference / "checkpoints" / "last.pt",
+                  "--out-dir", tmp_path, "--num-workers", "2")
+    assert proc.returncode == 1
+    [line] = crash_lines(proc)
+    assert line.startswith("error: out of memory on cpu (") and line.endswith(
+        f"while evaluating batches of 512 (add --eval-batch-size 256); traceback in "
+        f"{tmp_path / 'crash.log'}")
