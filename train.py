@@ -32,11 +32,11 @@ from tqdm import tqdm
 import data
 import gradcam_utils
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
+from evaluation import evaluate_checkpoint
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
                       describe, one_line, report)
-from runtime import (Runtime, collect_logits, default_workers, evaluate, init_distributed,
-                     make_runtime, pick_device, score)
-from metrics import write_evaluation_report, write_metrics
+from metrics import write_metrics
+from runtime import Runtime, default_workers, evaluate, init_distributed, make_runtime
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
                    model_from_checkpoint, position_of, prune_periodic, save_checkpoint)
@@ -488,7 +488,13 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     if last is None or not run.hist["test_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
     if dist.main:
-        finish(cfg, last, x_test, y_test, device)
+        try:
+            finish(cfg, last, x_test, y_test, device)
+        except Exception as e:  # out of memory in Grad-CAM, say: the training itself is safe
+            ckpt = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
+            raise Crashed(e, f"{one_line(e, device=device)}; training finished and its "
+                             f"checkpoints are saved; draw the pictures with: python "
+                             f"gradcam_utils.py --checkpoint {ckpt}", cfg.out_dir) from e
     dist.barrier()  # ranks leave together: one tearing down early can abort the others
 
 
@@ -601,55 +607,6 @@ def finish(cfg, last, x_test, y_test, device):
         gradcam_utils.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
         log.info(f"Grad-CAM of the best model (epoch {best['epoch']}, "
                  f"{best['test_accuracy']:.2f}%): {out}")
-
-
-def evaluate_checkpoint(path, tta, explicit):
-    """--evaluate: a test-set report for a checkpoint, into training_metrics_from_ckpt/."""
-    ckpt = load_checkpoint(path)
-    saved = {**dataclasses.asdict(Config()), **(ckpt.get("config") or {}), **explicit}
-    name, root = saved["dataset"], saved["data_dir"]
-    data.ensure_dataset(root, name, saved["download"])
-    x_test, y_test = data.read_split(root, name, "test")
-    names = ckpt.get("class_names") or data.read_class_names(root, name)
-    spec = data.DATASETS[name]
-    mean, std = ckpt.get("mean", spec["mean"]), ckpt.get("std", spec["std"])
-    rt = make_runtime(pick_device(saved["device"]), saved["amp"], saved["channels_last"], mean, std)
-    model, _ = model_from_checkpoint(ckpt, rt.device, expected={"num_classes": len(names)})
-    model = model.to(memory_format=rt.memory_format)
-    workers = default_workers() if saved["num_workers"] < 0 else saved["num_workers"]
-    loader = data.make_test_loader(x_test, y_test, saved["eval_batch_size"], workers)
-    try:
-        logits, labels = collect_logits(model, loader, rt)
-        print(f"{path} (epoch {ckpt.get('epoch', '?')}) on {len(labels):,} {name} test images")
-        print_scores("plain", score(logits, labels))
-        if tta:
-            logits, labels = collect_logits(model, loader, rt, tta=True)
-            print_scores("flip TTA", score(logits, labels))
-    except Exception as e:  # out of memory, a worker killed, ...: nothing to save, one line
-        raise Crashed(e, one_line(e, device=rt.device, eval_batch_size=saved["eval_batch_size"],
-                                  phase="evaluation"), saved["out_dir"]) from e
-    finally:
-        data.shutdown_workers(loader)
-    folder = os.path.join(saved["out_dir"], "training_metrics_from_ckpt")
-    groups = data.CIFAR100_SUPERCLASSES if name == "cifar100" else None
-    report = write_evaluation_report(logits.argmax(1).cpu().numpy(), labels.cpu().numpy(),
-                                     names, folder, groups)
-    print_report(report, "flip TTA" if tta else "plain")
-    print(f"written: {folder}/per_class_accuracy.csv, {folder}/confusion_matrix.png")
-    return 0
-
-
-def print_scores(label, s):
-    print(f"  {label:>8}: top-1 {s['acc']:.2f}%  top-5 {s['top5']:.2f}%  loss {s['loss']:.4f}")
-
-
-def print_report(report, label):
-    print(f"per-class accuracy ({label} predictions):")
-    for title, rows in (("best", report["best"]), ("worst", report["worst"])):
-        print(f"  {len(rows)} {title}: " + ", ".join(f"{n} {a:.1f}%" for a, n in rows))
-    print("most confused (true -> predicted: images):")
-    for true, pred, count in report["pairs"]:
-        print(f"  {true} -> {pred}: {count}")
 
 
 def pick_resume(resume, out_dir):

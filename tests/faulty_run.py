@@ -14,7 +14,7 @@ FAULT is one of
     image:I        the data set raises on training image I (in the worker that loads it)
     oom:PLACE:N    torch.OutOfMemoryError in the N-th call of PLACE: forward or backward
                    (training steps, inside the network), eval (an evaluation batch),
-                   collect (train.collect_logits, as --evaluate calls it)
+                   collect (a whole evaluation, as --evaluate runs it)
     raise:N        a RuntimeError inside the network's forward pass of the N-th step
     update:N       a RuntimeError in the N-th step after the optimizer changed the weights
     none           no fault
@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import data  # noqa: E402
+import evaluation  # noqa: E402
 import model  # noqa: E402
 import train  # noqa: E402
 
@@ -123,7 +124,7 @@ def inject(fault):
     if kind == "image":
         return fail_on_image(int(args[0]))
     if kind == "oom" and args[0] == "collect":
-        train.collect_logits = raiser(OOM)
+        evaluation.collect_logits = raiser(OOM)
         return
     if kind == "oom":
         return inject_in_network(args[0], int(args[1]), OOM)
