@@ -46,6 +46,10 @@ class Config:
     cutmix_alpha: float = _f(1.0, "CutMix Beta(alpha, alpha) parameter")
     aug_on_device: bool = _f(False, "augment whole batches with torch ops on the training "
                                     "device (same distribution): for GPUs the CPU cannot feed")
+    val_split: int = _f(0, "hold out this many training images (the same number per class, "
+                           "chosen by --seed) to pick the best model and stop early on; the "
+                           "test set is then evaluated once, at the end. 0: the reference's "
+                           "protocol, which evaluates the test set after every epoch")
     seed: int = _f(1, "random seed (weights, shuffling, augmentation, CutMix, dropout)")
     sync_bn: bool = _f(False, "under torchrun on CUDA: BatchNorm statistics over all GPUs")
     # run
@@ -69,7 +73,7 @@ class Config:
 # and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
 # FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
 FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
-         "final_div_factor", "pct_start", "momentum", "smoke"}
+         "final_div_factor", "pct_start", "momentum", "smoke", "val_split"}
 RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
                   "cutmix_prob", "cutmix_alpha", "seed", "sync_bn", "aug_on_device"}
 
@@ -185,6 +189,7 @@ def validate(cfg):
         (cfg.keep_checkpoints >= 0, "keep_checkpoints", "0 or more"),
         (cfg.gradcam_images >= 0, "gradcam_images", "0 or more"),
         (cfg.num_workers >= -1, "num_workers", "-1 (auto) or more"),
+        (cfg.val_split >= 0, "val_split", "0 (off) or more"),
     ]
     for ok, name, need in checks:
         if not ok:

@@ -14,12 +14,15 @@ import pickle
 import random
 import signal
 
-import albumentations as A
-import cv2
-import numpy as np
-import torch
+# albumentations asks PyPI for a newer version at import: a network call that delays the
+# start on Colab and prints a warning on offline machines. The user can still opt in.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from model import standardize
+from model import standardize  # noqa: E402
 
 CIFAR100_SUPERCLASSES = {
     "aquatic_mammals": ["beaver", "dolphin", "otter", "seal", "whale"],
@@ -60,7 +63,7 @@ DATASETS = {
 }
 
 # Independent random streams, each keyed by (seed, stream, ...) instead of shared state.
-AUG_STREAM, SHUFFLE_STREAM, CUTMIX_STREAM, TORCH_STREAM = range(4)
+AUG_STREAM, SHUFFLE_STREAM, CUTMIX_STREAM, TORCH_STREAM, VAL_STREAM = range(5)
 
 
 class DataError(Exception):
@@ -180,6 +183,23 @@ def load_dataset(root, name, download=True):
     if min(y_train.min(), y_test.min()) < 0 or top >= len(names):
         raise DataError(f"{name} labels run to {top} but the meta file names {len(names)} classes")
     return x_train, y_train, x_test, y_test, names
+
+
+def split_validation(labels, n, seed, num_classes):
+    """(indices kept for training, indices held out), both sorted: n images held out, the
+    same number from every class, chosen by the seed alone (so a resumed run, every rank
+    and a rerun hold out the same images)."""
+    per, counts = n // num_classes, np.bincount(labels, minlength=num_classes)
+    if n % num_classes or n <= 0:
+        raise DataError(f"--val-split {n} must be a positive multiple of the {num_classes} "
+                        f"classes (the same number of images from each)")
+    if per >= counts.min():
+        raise DataError(f"--val-split {n} would hold out {per} images per class, but a class "
+                        f"has only {counts.min()} training images")
+    rng = np.random.default_rng([seed, VAL_STREAM])
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per]
+                                   for c in range(num_classes)]))
+    return np.setdiff1d(np.arange(len(labels)), held), held
 
 
 # -----------------------------------------------------------------------------
@@ -365,10 +385,15 @@ def make_loaders(x_train, y_train, x_test, y_test, mean, batch_size, eval_batch_
     batches = EpochBatches(len(train_ds), batch_size, seed, rank, world)
     train = torch.utils.data.DataLoader(train_ds, batch_sampler=batches,
                                         **_loader_options(num_workers, pin_memory))
-    # every world-th test image: each counted exactly once, no padding
-    test = make_test_loader(x_test[rank::world], y_test[rank::world],
-                            eval_batch_size // world or 1, num_workers, pin_memory)
-    return train, test
+    return train, make_eval_loader(x_test, y_test, eval_batch_size, num_workers, pin_memory,
+                                   rank, world)
+
+
+def make_eval_loader(x, y, batch_size, num_workers=0, pin_memory=False, rank=0, world=1):
+    """Every world-th image for this rank: each counted exactly once, no padding;
+    batch_size is the global batch."""
+    return make_test_loader(x[rank::world], y[rank::world], batch_size // world or 1,
+                            num_workers, pin_memory)
 
 
 def make_test_loader(x, y, batch_size, num_workers=0, pin_memory=False):

@@ -8,6 +8,7 @@ Both write into training_metrics_from_ckpt/.
 """
 import csv
 import os
+import time
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -26,24 +27,36 @@ def save_figure(fig, path, dpi=110):
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-PANELS = [("train_loss", "train_losses", "Training loss", "loss"),
-          ("test_loss", "test_losses", "Test loss", "loss"),
-          ("train_acc", "train_acc", "Training accuracy", "accuracy (%)"),
-          ("test_acc", "test_acc", "Test accuracy", "accuracy (%)")]
+def panels(ckpt):
+    """(column, history key, title, y label) per plot. With --val-split the per-epoch
+    evaluation is of the held-out validation images, and is named so everywhere."""
+    split, name = ("val", "Validation") if "val_acc" in ckpt else ("test", "Test")
+    return [("train_loss", "train_losses", "Training loss", "loss"),
+            (f"{split}_loss", f"{split}_losses", f"{name} loss", "loss"),
+            ("train_acc", "train_acc", "Training accuracy", "accuracy (%)"),
+            (f"{split}_acc", f"{split}_acc", f"{name} accuracy", "accuracy (%)")]
 
 
-def write_metrics(ckpt, folder):
-    """metrics_from_ckpt.csv/.npz and the five plots, all from a checkpoint's history."""
-    missing = [key for _, key, _, _ in PANELS if key not in ckpt]
+def metric_columns(ckpt):
+    """{column: per-epoch values} from a checkpoint's history, checked."""
+    keys = panels(ckpt)
+    missing = [key for _, key, _, _ in keys if key not in ckpt]
     if missing:
         raise CheckpointError(f"the checkpoint has no training history ({missing[0]})")
-    if not ckpt["test_acc"]:
+    if not ckpt[keys[3][1]]:
         raise CheckpointError("the checkpoint was saved before its first epoch ended: "
                               "no metrics to draw yet")
-    os.makedirs(folder, exist_ok=True)
-    cols = {"epoch": list(range(len(ckpt["test_acc"])))}
-    cols.update({name: list(ckpt[key]) for name, key, _, _ in PANELS})
+    cols = {"epoch": list(range(len(ckpt[keys[3][1]])))}
+    cols.update({name: list(ckpt[key]) for name, key, _, _ in keys})
     cols["lr"] = list(ckpt.get("lrs") or [float("nan")] * len(cols["epoch"]))
+    return cols
+
+
+def write_metrics(ckpt, folder, plots=True):
+    """metrics_from_ckpt.csv/.npz and (plots=True) the six plots, all from a checkpoint's
+    history. Every file is replaced atomically: a reader never sees half of one."""
+    cols = metric_columns(ckpt)
+    os.makedirs(folder, exist_ok=True)
     with atomic_path(os.path.join(folder, "metrics_from_ckpt.csv")) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
@@ -52,21 +65,52 @@ def write_metrics(ckpt, folder):
     with atomic_path(os.path.join(folder, "metrics_from_ckpt.npz")) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in cols.items()})
+    if plots:
+        draw_metrics(ckpt, cols, folder)
+    return folder
+
+
+def draw_metrics(ckpt, cols, folder):
     note = " (smoke run on generated data)" if ckpt.get("config", {}).get("smoke") else ""
     overview = new_figure(figsize=(12, 8))
-    for i, (name, _, title, ylabel) in enumerate(PANELS):
+    for i, (name, _, title, ylabel) in enumerate(panels(ckpt)):
         _plot(overview.add_subplot(2, 2, i + 1), cols["epoch"], cols[name], title, ylabel)
         single = new_figure(figsize=(6, 4))
         _plot(single.add_subplot(), cols["epoch"], cols[name], title + note, ylabel)
         save_figure(single, os.path.join(folder, f"{name}.png"))
     overview.suptitle(f"Training metrics{note}")
     save_figure(overview, os.path.join(folder, "metrics_overview.png"))
-    return folder
+    lr = new_figure(figsize=(6, 4))
+    _plot(lr.add_subplot(), cols["epoch"], cols["lr"], "Learning rate (OneCycle), after each epoch"
+          + note, "learning rate")
+    save_figure(lr, os.path.join(folder, "learning_rate.png"))
+
+
+class LiveMetrics:
+    """training_metrics_from_ckpt/ brought up to date after every epoch, so the curves
+    grow while a run trains. The tables cost milliseconds and are written every time;
+    the plots are redrawn only when the last redraw took at most `share` of the time
+    since the one before, so matplotlib never costs a fast GPU's short epochs more than
+    that (the end of the run draws them once more in any case)."""
+
+    def __init__(self, folder, share=0.02):
+        self.folder, self.share = folder, share
+        self.cost, self.last = 0.0, time.monotonic()
+
+    def update(self, ckpt):
+        """Returns whether the plots were redrawn."""
+        t0 = time.monotonic()
+        plots = self.cost <= self.share * (t0 - self.last)
+        write_metrics(ckpt, self.folder, plots)
+        if plots:
+            self.last = time.monotonic()
+            self.cost = self.last - t0
+        return plots
 
 
 def _plot(ax, x, y, title, ylabel):
     ax.plot(x, y, marker="o" if len(x) < 30 else None)
-    if "acc" in ylabel:
+    if "accuracy" in ylabel:
         i = int(np.argmax(y))
         ax.annotate(f"best {y[i]:.2f}%", (x[i], y[i]), textcoords="offset points",
                     xytext=(-40, -15))

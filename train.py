@@ -14,15 +14,17 @@ stopped early at its 75% target. Every setting is a flag: `python train.py --hel
 Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from_ckpt/,
 gradcam_outputs/.
 """
+import contextlib
 import copy
 import dataclasses
+import io
 import logging
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from evaluation import evaluate_checkpoint
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
                       describe, one_line, report)
-from metrics import write_metrics
+from metrics import LiveMetrics, write_metrics
 from runtime import Runtime, default_workers, evaluate, init_distributed, make_runtime
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
@@ -293,7 +295,16 @@ def check_finite(longest, epoch, step):
 # -----------------------------------------------------------------------------
 # Checkpoints
 
-HISTORY = ("train_losses", "test_losses", "train_acc", "test_acc", "test_top5", "lrs")
+def split_of(cfg):
+    """The images evaluated after each epoch: "test" as in the reference, "val" with --val-split."""
+    return "val" if cfg.val_split else "test"
+
+
+def history_keys(cfg):
+    """The per-epoch history a checkpoint holds, its evaluation columns named after the
+    images they measure: test_* as in the reference, val_* with --val-split."""
+    s = split_of(cfg)
+    return ("train_losses", f"{s}_losses", "train_acc", f"{s}_acc", f"{s}_top5", "lrs")
 
 
 def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progress=None):
@@ -302,18 +313,18 @@ def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progr
     position: {"epoch", "step"} where training continues; progress: the running sums of
     an epoch interrupted part-way (None at an epoch's end).
     """
-    done = bool(hist["test_acc"])
+    done, s = bool(hist["train_acc"]), split_of(cfg)
     return {
-        "epoch": len(hist["test_acc"]) - 1,  # the last completed epoch (-1: none yet)
+        "epoch": len(hist["train_acc"]) - 1,  # the last completed epoch (-1: none yet)
         "position": dict(position),
         "progress": dict(progress) if progress else None,
         "model_state_dict": model.state_dict(),
         "optimizer_state_dict": opt.state_dict(),
         "scheduler_state_dict": sched.state_dict(),
         "scaler_state_dict": scaler.state_dict(),
-        "test_loss": hist["test_losses"][-1] if done else None,
-        "test_accuracy": hist["test_acc"][-1] if done else None,
-        "best_accuracy": max(hist["test_acc"]) if done else None,
+        f"{s}_loss": hist[f"{s}_losses"][-1] if done else None,
+        f"{s}_accuracy": hist[f"{s}_acc"][-1] if done else None,
+        "best_accuracy": max(hist[f"{s}_acc"]) if done else None,
         **{k: list(v) for k, v in hist.items()},
         "config": dataclasses.asdict(cfg),
         **extra,  # model_args, class_names, mean, std
@@ -332,7 +343,7 @@ def save_epoch_checkpoints(ckpt, folder, cfg, is_best):
 
 
 RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
-               "scaler_state_dict", "config", *HISTORY}
+               "scaler_state_dict", "config", "train_losses", "train_acc", "lrs"}
 
 
 def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
@@ -350,7 +361,7 @@ def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
         for group in opt.param_groups:  # loading restored the saved values: keep what
             # --resume-force may change, and the fused kernel (older checkpoints had none)
             group.update(weight_decay=cfg.weight_decay, fused=True, foreach=None)
-        hist = {k: list(ckpt[k]) for k in HISTORY}
+        hist = {k: list(ckpt[k]) for k in history_keys(cfg)}
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot resume from this checkpoint: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:150]}") from None
@@ -361,7 +372,7 @@ def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
 # Logging
 
 
-def setup_logging(out_dir, resumed_from=None, enabled=True):
+def setup_logging(cfg, resumed_from=None, enabled=True):
     """Console summary lines and the training_logs.md table; silent on ranks other than 0."""
     for logger in (log, table):
         for h in list(logger.handlers):
@@ -374,25 +385,55 @@ def setup_logging(out_dir, resumed_from=None, enabled=True):
     log.setLevel(logging.INFO)
     table.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler(sys.stdout))
-    table.addHandler(logging.FileHandler(os.path.join(out_dir, "training_logs.md")))
+    table.addHandler(logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md")))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     table.info(f"\n### Run started {started}" + (f", resumed from {resumed_from}" if resumed_from else ""))
-    table.info("\n| Epoch | Train Acc | Test Acc | Test Loss | LR | Status |")
+
+
+def start_epoch_table(cfg):
+    name = "Val" if cfg.val_split else "Test"
+    table.info(f"\n| Epoch | Train Acc | {name} Acc | {name} Loss | LR | Status |")
     table.info("|-------|-----------|----------|-----------|----|--------|")
 
 
-def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds):
+def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds, left):
+    """One row of the training_logs.md table, one summary line with the time left."""
     status = "**BEST**" if best else ""
     table.info(f"| {epoch} | {tr_acc:.2f}% | {ev['acc']:.2f}% | {ev['loss']:.4f} | {lr:.6f} | {status} |")
+    eta = f" | ~{duration(left)} left to epoch {cfg.epochs - 1}" if epoch < cfg.epochs - 1 else ""
     log.info(f"epoch {epoch:>3}/{cfg.epochs - 1} | train loss {tr_loss:.4f} acc {tr_acc:6.2f}% | "
-             f"test loss {ev['loss']:.4f} acc {ev['acc']:6.2f}% top5 {ev['top5']:6.2f}% | "
-             f"lr {lr:.6f} | {seconds:.1f}s{'  BEST' if best else ''}")
+             f"{split_of(cfg)} loss {ev['loss']:.4f} acc {ev['acc']:6.2f}% top5 {ev['top5']:6.2f}% | "
+             f"lr {lr:.6f} | {seconds:.1f}s{eta}{'  BEST' if best else ''}")
 
 
-def print_model_summary(model):
-    """torchsummary on a CPU copy in eval mode: the real model's BatchNorm stats stay put."""
+def duration(seconds):
+    """'1h05m', '12m30s' or '42s'."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def log_model_summary(model):
+    """torchsummary's layer table into training_logs.md (the console gets one line), run
+    on a CPU copy in eval mode so the real model's BatchNorm statistics stay put."""
     from torchsummary import summary
-    summary(copy.deepcopy(model).eval(), (3, 32, 32), device="cpu")
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        summary(copy.deepcopy(model).eval(), (3, 32, 32), device="cpu")
+    table.info(f"\n<details><summary>Network (torchsummary)</summary>\n\n```\n"
+               f"{text.getvalue().strip()}\n```\n</details>")
+
+
+def changed_settings(cfg):
+    """The flags that differ from the reference's defaults, as one would type them."""
+    default = dataclasses.asdict(Config())
+    flags = []
+    for k, v in dataclasses.asdict(cfg).items():
+        if v != default[k] and not (isinstance(v, list) and tuple(v) == tuple(default[k])):
+            value = " ".join(map(str, v)) if isinstance(v, list) else v
+            flag = "--" + k.replace("_", "-")
+            flags.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {value}")
+    return " ".join(flags) or "none (the reference recipe)"
 
 
 # -----------------------------------------------------------------------------
@@ -400,14 +441,21 @@ def print_model_summary(model):
 
 
 def prepare_data(cfg, dist):
-    """The data set's arrays; rank 0 generates (--smoke) or downloads, the others wait."""
+    """((x, y) to train on, (x, y) evaluated after each epoch, (x, y) of the test set,
+    class names). The evaluated images are the test set (the reference's protocol) or,
+    with --val-split, training images held out. Rank 0 generates (--smoke) or downloads
+    the files, the others wait."""
     if dist.main:
         if cfg.smoke and not data.dataset_present(cfg.data_dir, cfg.dataset):
             log.info(f"smoke run: writing generated {cfg.dataset}-format data to {cfg.data_dir}")
             data.write_synthetic_dataset(cfg.data_dir, cfg.dataset, seed=cfg.seed, **SMOKE_SIZES)
         data.ensure_dataset(cfg.data_dir, cfg.dataset, cfg.download)
     dist.barrier()
-    return data.load_dataset(cfg.data_dir, cfg.dataset, download=False)
+    x_train, y_train, x_test, y_test, names = data.load_dataset(cfg.data_dir, cfg.dataset, download=False)
+    if not cfg.val_split:
+        return (x_train, y_train), (x_test, y_test), (x_test, y_test), names
+    kept, held = data.split_validation(y_train, cfg.val_split, cfg.seed, len(names))
+    return (x_train[kept], y_train[kept]), (x_train[held], y_train[held]), (x_test, y_test), names
 
 
 @dataclass
@@ -421,9 +469,10 @@ class Run:
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     train_loader: torch.utils.data.DataLoader
-    test_loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader  # after each epoch: test or validation images
     extra: dict  # stored in every checkpoint: model_args, class_names, mean, std
-    hist: dict = field(default_factory=lambda: {k: [] for k in HISTORY})
+    hist: dict  # the per-epoch history (history_keys)
+    live: LiveMetrics  # training_metrics_from_ckpt/, brought up to date after each epoch
 
     def checkpoint(self, position, progress=None):
         return make_checkpoint(self.net, self.opt, self.sched, self.scaler, self.cfg,
@@ -432,21 +481,24 @@ class Run:
 
 def build_run(cfg, device, dist, arrays, names):
     """Data loaders, network, optimizer, schedule and scaler for a config, on this rank."""
-    x_train, y_train, x_test, y_test = arrays
+    (x_train, y_train), (x_eval, y_eval) = arrays
     spec = data.DATASETS[cfg.dataset]
     rt = make_runtime(device, cfg.amp, cfg.channels_last, spec["mean"], spec["std"], dist)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
-    train_loader, test_loader = data.make_loaders(
-        x_train, y_train, x_test, y_test, spec["mean"], cfg.batch_size,
+    train_loader, eval_loader = data.make_loaders(
+        x_train, y_train, x_eval, y_eval, spec["mean"], cfg.batch_size,
         cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world,
         raw=cfg.aug_on_device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
     if dist.main:
-        print_model_summary(net)
-    log.info(f"{count_parameters(net):,} parameters | {len(x_train):,} train / "
-             f"{len(x_test):,} test images | device {device} | amp {rt.amp} | "
-             f"workers {workers} | processes {dist.world} (batch {cfg.batch_size // dist.world} each)")
+        log_model_summary(net)
+    evaluated = f"{len(x_eval):,} validation (held out)" if cfg.val_split else f"{len(x_eval):,} test"
+    log.info(f"data: {cfg.dataset} in {cfg.data_dir}, {len(x_train):,} train / {evaluated} images"
+             f" | network: {count_parameters(net):,} parameters | device {device}, "
+             f"{'fp16 mixed precision' if rt.amp else 'fp32'} | workers {workers} | "
+             f"processes {dist.world} (batch {cfg.batch_size // dist.world} each)")
+    log.info(f"settings that differ from the reference: {changed_settings(cfg)}")
     if cfg.sync_bn:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(device, memory_format=rt.memory_format)
@@ -460,17 +512,19 @@ def build_run(cfg, device, dist, arrays, names):
     scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)  # AMP runs only on CUDA
     extra = {"model_args": model_args_of(cfg, len(names)), "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
-    return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, test_loader, extra)
+    return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, eval_loader, extra,
+               {k: [] for k in history_keys(cfg)},
+               LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")))
 
 
 def train(cfg, resume_ckpt=None, resume_path=None):
     """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
     dist, device = init_distributed(cfg.device)
     check_distributed(cfg, dist, device)
-    setup_logging(cfg.out_dir, resume_path, enabled=dist.main)
-    log.info(f"config: {dataclasses.asdict(cfg)}")
-    x_train, y_train, x_test, y_test, names = prepare_data(cfg, dist)
-    run = build_run(cfg, device, dist, (x_train, y_train, x_test, y_test), names)
+    setup_logging(cfg, resume_path, enabled=dist.main)
+    trained, evaluated, test, names = prepare_data(cfg, dist)
+    run = build_run(cfg, device, dist, (trained, evaluated), names)
+    start_epoch_table(cfg)
     epoch, progress = 0, new_progress()
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
@@ -484,17 +538,18 @@ def train(cfg, resume_ckpt=None, resume_path=None):
             print(f"\nstopped at once; continue with: {resume_command(cfg)}", file=sys.stderr)
         raise
     finally:  # persistent workers would otherwise outlive a failure, and exit could wait on them
-        data.shutdown_workers(run.train_loader, run.test_loader)
-    if last is None or not run.hist["test_acc"]:
+        data.shutdown_workers(run.train_loader, run.eval_loader)
+    if last is None or not run.hist["train_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
-    if dist.main:
-        try:
-            finish(cfg, last, x_test, y_test, device)
-        except Exception as e:  # out of memory in Grad-CAM, say: the training itself is safe
-            ckpt = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
-            raise Crashed(e, f"{one_line(e, device=device)}; training finished and its "
-                             f"checkpoints are saved; draw the pictures with: python "
-                             f"gradcam_utils.py --checkpoint {ckpt}", cfg.out_dir) from e
+    try:
+        if cfg.val_split:
+            last = final_test(run, *test, last)
+        if dist.main:
+            finish(cfg, last, *test, device)
+    except Exception as e:  # out of memory in Grad-CAM, say: the training itself is safe
+        raise Crashed(e, f"{one_line(e, device=device)}; training finished and its checkpoints "
+                         f"are saved; to redo what follows training: {resume_command(cfg)}",
+                      cfg.out_dir) from e
     dist.barrier()  # ranks leave together: one tearing down early can abort the others
 
 
@@ -511,6 +566,7 @@ def train_loop(run, epoch, progress, stop):
     """Epochs until the last one, the target accuracy, or a signal. Returns the last checkpoint."""
     cfg, last = run.cfg, None
     steps = steps_per_epoch(run.train_loader)
+    clock = (time.monotonic(), epoch)  # for the estimate of the time left
     while epoch < cfg.epochs and not target_reached(run.hist, cfg):
         if stop.signum is not None:  # arrived while evaluating or saving the last epoch
             raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
@@ -522,7 +578,7 @@ def train_loop(run, epoch, progress, stop):
             if progress["step"] < steps:  # a signal stopped the epoch part-way
                 raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
                               save_partial_epoch(run, epoch, progress, steps))
-            last = end_epoch(run, epoch, progress, time.time() - t0)
+            last = end_epoch(run, epoch, progress, time.time() - t0, clock)
         except StepFailed as e:
             raise Crashed(e.cause, crash_message(run, epoch, e, steps), cfg.out_dir) from e.cause
         # a streak of non-finite losses carries over into the next epoch
@@ -564,36 +620,68 @@ def resume_command(cfg):
 
 
 def target_reached(hist, cfg):
-    return bool(cfg.target_accuracy and hist["test_acc"]
-                and max(hist["test_acc"]) >= cfg.target_accuracy)
+    acc = hist[f"{split_of(cfg)}_acc"]  # the validation accuracy with --val-split
+    return bool(cfg.target_accuracy and acc and max(acc) >= cfg.target_accuracy)
 
 
-def end_epoch(run, epoch, progress, seconds):
-    """Evaluate, record, save and log a completed epoch. Returns its checkpoint."""
+def end_epoch(run, epoch, progress, seconds, clock):
+    """Evaluate, record, save and log a completed epoch; bring the metric files up to date.
+    clock: (time, epoch) when this process started training. Returns the checkpoint."""
     run.rt.dist.share_buffers(run.net)
     try:
-        ev = evaluate(run.net, run.test_loader, run.rt)
+        ev = evaluate(run.net, run.eval_loader, run.rt)
     except Exception as e:  # the epoch's training is complete: that state can be saved as is
         raise StepFailed(e, progress if run.rt.dist.world == 1 else None, "evaluation") from e
-    hist = run.hist
-    is_best = not hist["test_acc"] or ev["acc"] > max(hist["test_acc"])
+    hist, cfg, split = run.hist, run.cfg, split_of(run.cfg)
+    is_best = not hist[f"{split}_acc"] or ev["acc"] > max(hist[f"{split}_acc"])
     tr_loss = progress["loss_sum"] / progress["seen"]
     tr_acc = 100 * progress["correct"] / progress["seen"]
-    for k, v in zip(HISTORY, (tr_loss, ev["loss"], tr_acc, ev["acc"], ev["top5"],
-                              run.sched.get_last_lr()[0])):
+    for k, v in zip(history_keys(cfg), (tr_loss, ev["loss"], tr_acc, ev["acc"], ev["top5"],
+                                        run.sched.get_last_lr()[0])):
         hist[k].append(v)
     ckpt = run.checkpoint({"epoch": epoch + 1, "step": 0})
-    ckpt["test_images"] = ev["n"]  # every test image once, whatever the number of ranks
+    ckpt[f"{split}_images"] = ev["n"]  # every image once, whatever the number of ranks
     if progress["nonfinite"]:  # the model may be ruined: keep the last good files instead
         log.warning(f"epoch {epoch}: loss not finite for the last {progress['nonfinite']} "
                     f"steps; checkpoints not updated")
     elif run.rt.dist.main:
-        save_epoch_checkpoints(ckpt, os.path.join(run.cfg.out_dir, "checkpoints"), run.cfg, is_best)
-    log_epoch(epoch, run.cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds)
-    if target_reached(hist, run.cfg):
-        log.info(f"test accuracy {ev['acc']:.2f}% reached the target "
-                 f"{run.cfg.target_accuracy}%: stopping early")
+        save_epoch_checkpoints(ckpt, os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
+    if run.rt.dist.main:
+        run.live.update(ckpt)
+    per_epoch = (time.monotonic() - clock[0]) / (epoch + 1 - clock[1])
+    log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds,
+              per_epoch * (cfg.epochs - 1 - epoch))
+    if target_reached(hist, cfg):
+        log.info(f"{split} accuracy {ev['acc']:.2f}% reached the target "
+                 f"{cfg.target_accuracy}%: stopping early")
     return ckpt
+
+
+def final_test(run, x_test, y_test, last):
+    """--val-split: the test set, evaluated once, at the end, with the best model by
+    validation accuracy. The result goes into best_model.pt, last.pt and both logs.
+    Every rank takes part: the test images are shared out as in evaluation."""
+    cfg, dist = run.cfg, run.rt.dist
+    folder = os.path.join(cfg.out_dir, "checkpoints")
+    best_path = os.path.join(folder, "best_model.pt")
+    dist.barrier()  # rank 0 has written best_model.pt
+    best = load_checkpoint(best_path) if os.path.isfile(best_path) else last
+    run.net.load_state_dict(best["model_state_dict"])
+    loader = data.make_eval_loader(x_test, y_test, cfg.eval_batch_size, rank=dist.rank,
+                                   world=dist.world)
+    ev = evaluate(run.net, loader, run.rt)
+    result = {"test_loss": ev["loss"], "test_accuracy": ev["acc"], "test_top5": ev["top5"],
+              "test_images": ev["n"], "test_of_epoch": best["epoch"]}
+    if dist.main:
+        for path in (best_path, os.path.join(folder, "last.pt")):
+            if os.path.isfile(path):
+                save_checkpoint({**load_checkpoint(path), **result}, path)
+        line = (f"test set, evaluated once, with the best model by validation accuracy (epoch "
+                f"{best['epoch']}): top-1 {ev['acc']:.2f}% top-5 {ev['top5']:.2f}% loss "
+                f"{ev['loss']:.4f} on {ev['n']:,} images")
+        log.info(line)
+        table.info(f"\n**{line[0].upper() + line[1:]}**")
+    return {**last, **result}
 
 
 def finish(cfg, last, x_test, y_test, device):

@@ -13,7 +13,8 @@ CKPT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "test_loss", "
              "train_losses", "test_losses", "train_acc", "test_acc",  # the reference's keys
              "scheduler_state_dict", "scaler_state_dict", "lrs", "config", "model_args",
              "class_names", "best_accuracy", "mean", "std"}
-PLOTS = ["metrics_overview.png", "train_loss.png", "test_loss.png", "train_acc.png", "test_acc.png"]
+PLOTS = ["metrics_overview.png", "train_loss.png", "test_loss.png", "train_acc.png", "test_acc.png",
+         "learning_rate.png"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -36,8 +37,13 @@ def test_smoke_run_writes_every_output(smoke_run):
     log = (out / "training_logs.md").read_text()
     assert "| Epoch | Train Acc | Test Acc | Test Loss | LR | Status |" in log
     assert "| 0 |" in log and "| 1 |" in log and "**BEST**" in log
-    assert "Total params" in proc.stdout  # the torchsummary table
+    assert "Total params" in log and "Total params" not in proc.stdout  # torchsummary's table
     assert "epoch   1/1" in proc.stdout
+    assert "left to epoch 1" in proc.stdout  # the estimate of the time left, after epoch 0
+    # a quiet start: what the run is, and the flags that differ, not the whole config
+    assert "config: {" not in proc.stdout
+    assert "network: 320,436 parameters | device cpu, fp32" in proc.stdout
+    assert "settings that differ from the reference: " in proc.stdout and "--smoke" in proc.stdout
 
 
 def test_smoke_checkpoint_has_every_key_and_loads_safely(smoke_run):

@@ -29,8 +29,8 @@ def ddp_run(tmp_path_factory):
 def test_two_processes_write_every_output_once(ddp_run):
     out, proc = ddp_run
     assert "processes 2 (batch 32 each)" in proc.stdout
-    assert proc.stdout.count("Total params") == 1  # only rank 0 prints and writes
     log = (out / "training_logs.md").read_text()
+    assert log.count("Total params") == 1  # only rank 0 prints and writes
     assert log.count("### Run started") == 1 and log.count("| 0 |") == 1 and log.count("| 1 |") == 1
     ck = out / "checkpoints"
     assert sorted(os.listdir(ck)) == ["best_model.pt", "checkpoint_epoch_0.pt",
@@ -110,3 +110,13 @@ def test_a_worker_killed_in_one_rank_ends_both_ranks_promptly(tmp_path):
             "(under torchrun only the last checkpoint is consistent)") in proc.stderr
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # no epoch was completed
     assert "Traceback" in (tmp_path / "crash_rank1.log").read_text()
+
+
+def test_val_split_under_torchrun_holds_out_the_same_images_and_tests_once(tmp_path):
+    proc = torchrun("--smoke", "--val-split", "500", "--out-dir", tmp_path, "--num-workers", "0",
+                    "--gradcam-images", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1,500 train / 500 validation (held out) images" in proc.stdout
+    assert proc.stdout.count("test set, evaluated once") == 1 and "on 500 images" in proc.stdout
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["val_images"] == 500 and ckpt["test_images"] == 500

@@ -1,4 +1,6 @@
 import dataclasses
+import io
+import logging
 
 import numpy as np
 import pytest
@@ -195,11 +197,19 @@ def test_invalid_flags_give_one_line_and_exit_2(flags, needle, capsys, tmp_path)
     assert needle in err and len(err.splitlines()) == 1 and err.startswith("error:")
 
 
-def test_model_summary_leaves_batchnorm_statistics_alone(capsys):
+def test_model_summary_goes_to_the_log_and_leaves_batchnorm_statistics_alone(capsys):
     model = train.ResNet((1, 1, 1, 1), 8, 10).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train.print_model_summary(model)
-    assert "Total params" in capsys.readouterr().out and model.training
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    train.table.addHandler(handler)
+    train.table.setLevel(logging.INFO)
+    try:
+        train.log_model_summary(model)
+    finally:
+        train.table.removeHandler(handler)
+    assert "Total params" in written.getvalue() and not capsys.readouterr().out
+    assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
