@@ -68,6 +68,12 @@ class Config:
     out_dir: str = _f(".", "where checkpoints/, metrics, Grad-CAM and training_logs.md go")
     smoke: bool = _f(False, "offline demo: generated data, reduced network, 2 epochs")
 
+    @property
+    def eval_split(self):
+        """The images evaluated after each epoch: "test" as in the reference, "val" with
+        --val-split (their history is named after them: test_acc or val_acc)."""
+        return "val" if self.val_split else "test"
+
 
 # Fields that decide the trajectory of a run: a resumed run must keep them. The network
 # and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change

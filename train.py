@@ -14,11 +14,7 @@ stopped early at its 75% target. Every setting is a flag: `python train.py --hel
 Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from_ckpt/,
 gradcam_outputs/.
 """
-import contextlib
-import copy
 import dataclasses
-import io
-import logging
 import math
 import os
 import signal
@@ -37,14 +33,14 @@ from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from evaluation import evaluate_checkpoint
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
                       describe, one_line, report)
+from logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
+                  start_epoch_table, table)
 from metrics import LiveMetrics, write_metrics
 from runtime import Runtime, default_workers, evaluate, init_distributed, make_runtime
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
                    model_from_checkpoint, position_of, prune_periodic, save_checkpoint)
 
-log = logging.getLogger("train")
-table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
 
 # -----------------------------------------------------------------------------
 # CutMix
@@ -295,15 +291,10 @@ def check_finite(longest, epoch, step):
 # -----------------------------------------------------------------------------
 # Checkpoints
 
-def split_of(cfg):
-    """The images evaluated after each epoch: "test" as in the reference, "val" with --val-split."""
-    return "val" if cfg.val_split else "test"
-
-
 def history_keys(cfg):
     """The per-epoch history a checkpoint holds, its evaluation columns named after the
     images they measure: test_* as in the reference, val_* with --val-split."""
-    s = split_of(cfg)
+    s = cfg.eval_split
     return ("train_losses", f"{s}_losses", "train_acc", f"{s}_acc", f"{s}_top5", "lrs")
 
 
@@ -313,7 +304,7 @@ def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progr
     position: {"epoch", "step"} where training continues; progress: the running sums of
     an epoch interrupted part-way (None at an epoch's end).
     """
-    done, s = bool(hist["train_acc"]), split_of(cfg)
+    done, s = bool(hist["train_acc"]), cfg.eval_split
     return {
         "epoch": len(hist["train_acc"]) - 1,  # the last completed epoch (-1: none yet)
         "position": dict(position),
@@ -366,74 +357,6 @@ def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
         raise CheckpointError(f"cannot resume from this checkpoint: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:150]}") from None
     return hist, position_of(ckpt), ckpt.get("progress") or new_progress()
-
-
-# -----------------------------------------------------------------------------
-# Logging
-
-
-def setup_logging(cfg, resumed_from=None, enabled=True):
-    """Console summary lines and the training_logs.md table; silent on ranks other than 0."""
-    for logger in (log, table):
-        for h in list(logger.handlers):
-            h.close()
-            logger.removeHandler(h)
-        logger.propagate = False
-        logger.addHandler(logging.NullHandler())
-    if not enabled:
-        return
-    log.setLevel(logging.INFO)
-    table.setLevel(logging.INFO)
-    log.addHandler(logging.StreamHandler(sys.stdout))
-    table.addHandler(logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md")))
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    table.info(f"\n### Run started {started}" + (f", resumed from {resumed_from}" if resumed_from else ""))
-
-
-def start_epoch_table(cfg):
-    name = "Val" if cfg.val_split else "Test"
-    table.info(f"\n| Epoch | Train Acc | {name} Acc | {name} Loss | LR | Status |")
-    table.info("|-------|-----------|----------|-----------|----|--------|")
-
-
-def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds, left):
-    """One row of the training_logs.md table, one summary line with the time left."""
-    status = "**BEST**" if best else ""
-    table.info(f"| {epoch} | {tr_acc:.2f}% | {ev['acc']:.2f}% | {ev['loss']:.4f} | {lr:.6f} | {status} |")
-    eta = f" | ~{duration(left)} left to epoch {cfg.epochs - 1}" if epoch < cfg.epochs - 1 else ""
-    log.info(f"epoch {epoch:>3}/{cfg.epochs - 1} | train loss {tr_loss:.4f} acc {tr_acc:6.2f}% | "
-             f"{split_of(cfg)} loss {ev['loss']:.4f} acc {ev['acc']:6.2f}% top5 {ev['top5']:6.2f}% | "
-             f"lr {lr:.6f} | {seconds:.1f}s{eta}{'  BEST' if best else ''}")
-
-
-def duration(seconds):
-    """'1h05m', '12m30s' or '42s'."""
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def log_model_summary(model):
-    """torchsummary's layer table into training_logs.md (the console gets one line), run
-    on a CPU copy in eval mode so the real model's BatchNorm statistics stay put."""
-    from torchsummary import summary
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        summary(copy.deepcopy(model).eval(), (3, 32, 32), device="cpu")
-    table.info(f"\n<details><summary>Network (torchsummary)</summary>\n\n```\n"
-               f"{text.getvalue().strip()}\n```\n</details>")
-
-
-def changed_settings(cfg):
-    """The flags that differ from the reference's defaults, as one would type them."""
-    default = dataclasses.asdict(Config())
-    flags = []
-    for k, v in dataclasses.asdict(cfg).items():
-        if v != default[k] and not (isinstance(v, list) and tuple(v) == tuple(default[k])):
-            value = " ".join(map(str, v)) if isinstance(v, list) else v
-            flag = "--" + k.replace("_", "-")
-            flags.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {value}")
-    return " ".join(flags) or "none (the reference recipe)"
 
 
 # -----------------------------------------------------------------------------
@@ -620,7 +543,7 @@ def resume_command(cfg):
 
 
 def target_reached(hist, cfg):
-    acc = hist[f"{split_of(cfg)}_acc"]  # the validation accuracy with --val-split
+    acc = hist[f"{cfg.eval_split}_acc"]  # the validation accuracy with --val-split
     return bool(cfg.target_accuracy and acc and max(acc) >= cfg.target_accuracy)
 
 
@@ -632,7 +555,7 @@ def end_epoch(run, epoch, progress, seconds, clock):
         ev = evaluate(run.net, run.eval_loader, run.rt)
     except Exception as e:  # the epoch's training is complete: that state can be saved as is
         raise StepFailed(e, progress if run.rt.dist.world == 1 else None, "evaluation") from e
-    hist, cfg, split = run.hist, run.cfg, split_of(run.cfg)
+    hist, cfg, split = run.hist, run.cfg, run.cfg.eval_split
     is_best = not hist[f"{split}_acc"] or ev["acc"] > max(hist[f"{split}_acc"])
     tr_loss = progress["loss_sum"] / progress["seen"]
     tr_acc = 100 * progress["correct"] / progress["seen"]

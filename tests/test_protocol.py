@@ -3,7 +3,6 @@ import csv
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

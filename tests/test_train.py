@@ -8,6 +8,7 @@ import torch
 
 import config
 import data
+import logs
 import train
 from model import ResNet34
 from runtime import make_runtime
@@ -202,12 +203,12 @@ def test_model_summary_goes_to_the_log_and_leaves_batchnorm_statistics_alone(cap
     before = {k: v.clone() for k, v in model.state_dict().items()}
     written = io.StringIO()
     handler = logging.StreamHandler(written)
-    train.table.addHandler(handler)
-    train.table.setLevel(logging.INFO)
+    logs.table.addHandler(handler)
+    logs.table.setLevel(logging.INFO)
     try:
-        train.log_model_summary(model)
+        logs.log_model_summary(model)
     finally:
-        train.table.removeHandler(handler)
+        logs.table.removeHandler(handler)
     assert "Total params" in written.getvalue() and not capsys.readouterr().out
     assert model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -1,0 +1,81 @@
+"""Where a run reports: one summary line per epoch on the console, and training_logs.md
+with a table per run (the reference's columns), the network's layer table and, with
+--val-split, the one test-set result. Only rank 0 of a torchrun job writes.
+"""
+import contextlib
+import copy
+import dataclasses
+import io
+import logging
+import os
+import sys
+import time
+
+from config import Config
+
+log = logging.getLogger("train")
+table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
+
+
+def setup_logging(cfg, resumed_from=None, enabled=True):
+    """Console summary lines and the training_logs.md table; silent on ranks other than 0."""
+    for logger in (log, table):
+        for h in list(logger.handlers):
+            h.close()
+            logger.removeHandler(h)
+        logger.propagate = False
+        logger.addHandler(logging.NullHandler())
+    if not enabled:
+        return
+    log.setLevel(logging.INFO)
+    table.setLevel(logging.INFO)
+    log.addHandler(logging.StreamHandler(sys.stdout))
+    table.addHandler(logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md")))
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    table.info(f"\n### Run started {started}" + (f", resumed from {resumed_from}" if resumed_from else ""))
+
+
+def start_epoch_table(cfg):
+    name = "Val" if cfg.val_split else "Test"
+    table.info(f"\n| Epoch | Train Acc | {name} Acc | {name} Loss | LR | Status |")
+    table.info("|-------|-----------|----------|-----------|----|--------|")
+
+
+def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds, left):
+    """One row of the training_logs.md table, one summary line with the time left."""
+    status = "**BEST**" if best else ""
+    table.info(f"| {epoch} | {tr_acc:.2f}% | {ev['acc']:.2f}% | {ev['loss']:.4f} | {lr:.6f} | {status} |")
+    eta = f" | ~{duration(left)} left to epoch {cfg.epochs - 1}" if epoch < cfg.epochs - 1 else ""
+    log.info(f"epoch {epoch:>3}/{cfg.epochs - 1} | train loss {tr_loss:.4f} acc {tr_acc:6.2f}% | "
+             f"{cfg.eval_split} loss {ev['loss']:.4f} acc {ev['acc']:6.2f}% top5 {ev['top5']:6.2f}% | "
+             f"lr {lr:.6f} | {seconds:.1f}s{eta}{'  BEST' if best else ''}")
+
+
+def duration(seconds):
+    """'1h05m', '12m30s' or '42s'."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def log_model_summary(model):
+    """torchsummary's layer table into training_logs.md (the console gets one line), run
+    on a CPU copy in eval mode so the real model's BatchNorm statistics stay put."""
+    from torchsummary import summary
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        summary(copy.deepcopy(model).eval(), (3, 32, 32), device="cpu")
+    table.info(f"\n<details><summary>Network (torchsummary)</summary>\n\n```\n"
+               f"{text.getvalue().strip()}\n```\n</details>")
+
+
+def changed_settings(cfg):
+    """The flags that differ from the reference's defaults, as one would type them."""
+    default = dataclasses.asdict(Config())
+    flags = []
+    for k, v in dataclasses.asdict(cfg).items():
+        if v != default[k] and not (isinstance(v, list) and tuple(v) == tuple(default[k])):
+            value = " ".join(map(str, v)) if isinstance(v, list) else v
+            flag = "--" + k.replace("_", "-")
+            flags.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {value}")
+    return " ".join(flags) or "none (the reference recipe)"

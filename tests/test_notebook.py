@@ -1,0 +1,44 @@
+"""notebooks/colab.ipynb, run as a user would in its quick mode, on the CPU."""
+import json
+import os
+
+from conftest import ROOT
+
+NOTEBOOK = os.path.join(ROOT, "notebooks", "colab.ipynb")
+
+
+def code_cells():
+    nb = json.load(open(NOTEBOOK))
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_the_notebook_carries_no_outputs():
+    for cell in code_cells():
+        assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+def test_the_notebook_runs_end_to_end_in_quick_mode_and_a_rerun_continues(
+        tmp_path, monkeypatch, capsys):
+    """Every code cell in order, as 'Run all' does. Outside Colab (IN_COLAB False) the
+    cells that need it (clone, install, Drive, upload) are skipped by the notebook itself;
+    the parameters cell is followed by the quick mode's settings."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    namespace, cells = {}, code_cells()
+    for i, cell in enumerate(cells):
+        exec(compile("".join(cell["source"]), f"{NOTEBOOK} cell {i}", "exec"), namespace)
+        if "parameters" in cell["metadata"].get("tags", []):
+            namespace.update(QUICK=True, USE_DRIVE=False, OUT_DIR=str(out))
+    shown = capsys.readouterr().out
+    assert namespace["IN_COLAB"] is False
+    for path in ["checkpoints/best_model.pt", "training_metrics_from_ckpt/metrics_overview.png",
+                 "training_metrics_from_ckpt/learning_rate.png",
+                 "training_metrics_from_ckpt/confusion_matrix.png",
+                 "gradcam_outputs/gradcam_grid.png", "gradcam_outputs/gradcam_sample.png"]:
+        assert (out / path).is_file(), path
+    assert "--resume auto: no checkpoint yet, starting fresh" in shown
+    assert "flip TTA: top-1" in shown and "sample.png ->" in shown
+    # after a disconnect the user runs the training cell again: it continues, not restarts
+    train_cell = next(c for c in cells if "train.py {flags}" in "".join(c["source"]))
+    exec("".join(train_cell["source"]), namespace)
+    assert f"--resume auto: continuing {out / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
