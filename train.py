@@ -570,7 +570,11 @@ def end_epoch(run, epoch, progress, seconds, clock):
     elif run.rt.dist.main:
         save_epoch_checkpoints(ckpt, os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
     if run.rt.dist.main:
-        run.live.update(ckpt)
+        try:
+            run.live.update(ckpt)
+        except Exception as e:  # the live curves are a convenience: never stop training for them
+            log.warning(f"could not update training_metrics_from_ckpt/ ({one_line(e)}); "
+                        f"training goes on")
     per_epoch = (time.monotonic() - clock[0]) / (epoch + 1 - clock[1])
     log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds,
               per_epoch * (cfg.epochs - 1 - epoch))

@@ -114,6 +114,18 @@ def test_metrics_are_written_after_every_epoch_and_a_resumed_run_continues_them(
     assert [float(r["test_acc"]) for r in rows] == ckpt["test_acc"]
 
 
+def test_a_failure_of_the_live_metrics_warns_and_training_goes_on(split_data, tmp_path,
+                                                                  monkeypatch, capsys):
+    def broken(self, ckpt):
+        raise RuntimeError("no fonts (injected)")
+    monkeypatch.setattr(metrics.LiveMetrics, "update", broken)
+    assert train.main(small_run(split_data, tmp_path, "--epochs", "2")) == 0
+    out = capsys.readouterr().out
+    assert out.count("could not update training_metrics_from_ckpt/ (RuntimeError: no fonts "
+                     "(injected)); training goes on") == 2
+    assert (tmp_path / "training_metrics_from_ckpt" / "metrics_overview.png").is_file()  # at the end
+
+
 def test_live_plots_are_redrawn_only_when_cheap_next_to_the_epochs(tmp_path):
     ckpt = {"train_losses": [2.0], "test_losses": [1.9], "train_acc": [10.0], "test_acc": [12.0],
             "lrs": [0.1]}
