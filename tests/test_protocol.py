@@ -79,22 +79,23 @@ def test_val_split_picks_and_stops_on_validation_and_tests_once_at_the_end(
     assert (tmp_path / "training_metrics_from_ckpt" / "val_acc.png").is_file()
 
 
-def test_val_split_is_fixed_on_resume_and_the_resumed_run_is_bit_identical(split_data, tmp_path):
+def test_val_split_is_fixed_on_resume_and_the_resumed_run_is_bit_identical(split_data, tmp_path,
+                                                                          capsys):
     straight, parts = tmp_path / "straight", tmp_path / "parts"
     flags = ["--epochs", "2", "--val-split", "200"]
     assert run_script("train.py", *small_run(split_data, straight, *flags)).returncode == 0
     proc = run_script("tests/faulty_run.py", "step:6:INT", *small_run(split_data, parts, *flags))
     assert proc.returncode == 130  # epoch 1 (4 steps per epoch), step 2
     last = parts / "checkpoints" / "last.pt"
-    proc = run_script("train.py", "--resume", last, "--val-split", "100")
-    assert proc.returncode == 2 and "--val-split 100 differs" in proc.stderr
+    assert train.main(["--resume", str(last), "--val-split", "100"]) == 2
+    assert "--val-split 100 differs" in capsys.readouterr().err
     proc = run_script("train.py", "--resume", "auto", "--out-dir", parts)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (straight, parts))
     assert a["val_acc"] == b["val_acc"] and a["test_accuracy"] == b["test_accuracy"]
     assert all(torch.equal(v, b["model_state_dict"][k]) for k, v in a["model_state_dict"].items())
-    proc = run_script("train.py", "--evaluate", last)  # a test-set report, as for any checkpoint
-    assert proc.returncode == 0 and "on 150 cifar100 test images" in proc.stdout
+    assert train.main(["--evaluate", str(last)]) == 0  # a test-set report, as for any checkpoint
+    assert "on 150 cifar100 test images" in capsys.readouterr().out
 
 
 def test_metrics_are_written_after_every_epoch_and_a_resumed_run_continues_them(
@@ -106,8 +107,7 @@ def test_metrics_are_written_after_every_epoch_and_a_resumed_run_continues_them(
     rows = list(csv.DictReader(open(folder / "metrics_from_ckpt.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # written live: the run never finished
     assert (folder / "metrics_overview.png").is_file() and (folder / "learning_rate.png").is_file()
-    proc = run_script("train.py", "--resume", "auto", *flags)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert train.main(["--resume", "auto", *flags]) == 0
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     rows = list(csv.DictReader(open(folder / "metrics_from_ckpt.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
