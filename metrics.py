@@ -1,10 +1,12 @@
 """Metrics as data first (CSV/NPZ), then pictures drawn from the same numbers.
 
     python train.py --metrics-from-ckpt checkpoints/last.pt   # history: metrics_from_ckpt.*,
-                                                              # metrics_overview.png, 4 plots
+                                                              # metrics_overview.png, 4 plots,
+                                                              # learning_rate.png
     python train.py --evaluate checkpoints/best_model.pt      # per_class_accuracy.csv,
                                                               # confusion_matrix.png
-Both write into training_metrics_from_ckpt/.
+Both write into training_metrics_from_ckpt/; training brings the history files up to
+date after every epoch (LiveMetrics).
 """
 import csv
 import os
@@ -43,10 +45,11 @@ def metric_columns(ckpt):
     missing = [key for _, key, _, _ in keys if key not in ckpt]
     if missing:
         raise CheckpointError(f"the checkpoint has no training history ({missing[0]})")
-    if not ckpt[keys[3][1]]:
+    epochs = len(ckpt["train_acc"])
+    if not epochs:
         raise CheckpointError("the checkpoint was saved before its first epoch ended: "
                               "no metrics to draw yet")
-    cols = {"epoch": list(range(len(ckpt[keys[3][1]])))}
+    cols = {"epoch": list(range(epochs))}
     cols.update({name: list(ckpt[key]) for name, key, _, _ in keys})
     cols["lr"] = list(ckpt.get("lrs") or [float("nan")] * len(cols["epoch"]))
     return cols
@@ -81,8 +84,8 @@ def draw_metrics(ckpt, cols, folder):
     overview.suptitle(f"Training metrics{note}")
     save_figure(overview, os.path.join(folder, "metrics_overview.png"))
     lr = new_figure(figsize=(6, 4))
-    _plot(lr.add_subplot(), cols["epoch"], cols["lr"], "Learning rate (OneCycle), after each epoch"
-          + note, "learning rate")
+    _plot(lr.add_subplot(), cols["epoch"], cols["lr"], "Learning rate" + note,
+          "learning rate at the epoch's end")
     save_figure(lr, os.path.join(folder, "learning_rate.png"))
 
 
