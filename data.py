@@ -108,6 +108,10 @@ def ensure_dataset(root, name, download=True):
                         f"'{DATASETS[name]['folder']}' folder in {os.path.abspath(root)}")
 
 
+class _Forbidden(pickle.UnpicklingError):
+    """A data file names a global that CIFAR files never contain."""
+
+
 class _DataUnpickler(pickle.Unpickler):
     """Unpickles what CIFAR files hold (dicts, lists, strings, numbers, numpy arrays) and
     refuses every other global, so a file crafted to run code when loaded runs nothing.
@@ -121,7 +125,7 @@ class _DataUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"it asks to run {module}.{name}")
+            raise _Forbidden(f"it asks to run {module}.{name}")
         if module.startswith("numpy.core."):  # numpy 2 warns on the old name
             module = "numpy._core." + module.split(".", 2)[2]
         return super().find_class(module, name)
@@ -132,10 +136,10 @@ def _unpickle(path):
         with open(path, "rb") as f:
             # encoding: the real files were written by Python 2
             return _DataUnpickler(f, encoding="latin1").load()
+    except _Forbidden as e:
+        raise DataError(f"refusing to read {path}: {e}, and a data set file holds only "
+                        f"lists, strings, numbers and numpy arrays") from None
     except pickle.UnpicklingError as e:
-        if str(e).startswith("it asks to run"):
-            raise DataError(f"refusing to read {path}: {e}, and a data set file holds only "
-                            f"lists, strings, numbers and numpy arrays") from None
         raise DataError(f"cannot read {path}: corrupt file ({e})") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
