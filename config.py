@@ -54,11 +54,18 @@ class Config:
     sync_bn: bool = _f(False, "under torchrun on CUDA: BatchNorm statistics over all GPUs")
     # run
     device: str = _f("auto", "auto (cuda > mps > cpu), cuda, cuda:N, mps or cpu")
-    amp: bool = _f(True, "fp16 mixed precision on CUDA (other devices always run fp32)")
+    precision: str = _f("auto", "auto: bf16 on GPUs with bf16 units (A100, L4, H100, ...), fp16 "
+                                "with loss scaling on older GPUs (T4, as the reference), fp32 "
+                                "on other devices; or bf16, fp16, fp32",
+                        choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = _f(True, "channels_last memory format on CUDA and the CPU (faster "
                                     "for this network on both, see benchmarks/throughput.py)")
-    compile: bool = _f(False, "torch.compile the training network: faster steps on CUDA after "
-                              "a minute or two of compiling (on the CPU it needs a C++ compiler)")
+    step_mode: str = _f("auto", "how the training step runs: auto (graphs on one CUDA GPU, "
+                                "eager elsewhere), eager, graphs (the network's forward and "
+                                "backward as CUDA graphs: seconds to capture), compile "
+                                "(torch.compile: minutes; on the CPU it needs a C++ compiler); "
+                                "a fast mode that fails falls back to eager with a warning",
+                        choices=("auto", "eager", "graphs", "compile"))
     eval_batch_size: int = _f(512, "evaluation batch size")
     target_accuracy: float = _f(75.0, "stop once test accuracy (%%) reaches this; 0: never")
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs")

@@ -27,7 +27,9 @@ def evaluate_checkpoint(path, tta, explicit):
     names = ckpt.get("class_names") or data.read_class_names(root, name)
     spec = data.DATASETS[name]
     mean, std = ckpt.get("mean", spec["mean"]), ckpt.get("std", spec["std"])
-    rt = make_runtime(pick_device(saved["device"]), saved["amp"], saved["channels_last"], mean, std)
+    # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
+    rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),
+                      saved["channels_last"], mean, std)
     model, _ = model_from_checkpoint(ckpt, rt.device, expected={"num_classes": len(names)})
     model = model.to(memory_format=rt.memory_format)
     workers = default_workers() if saved["num_workers"] < 0 else saved["num_workers"]

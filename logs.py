@@ -41,14 +41,16 @@ def start_epoch_table(cfg):
     table.info("|-------|-----------|----------|-----------|----|--------|")
 
 
-def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds, left):
-    """One row of the training_logs.md table, one summary line with the time left."""
+def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds, images, left):
+    """One row of the training_logs.md table, one summary line with the epoch's time
+    (training, evaluation and saving), training images per second, and the time left."""
     status = "**BEST**" if best else ""
     table.info(f"| {epoch} | {tr_acc:.2f}% | {ev['acc']:.2f}% | {ev['loss']:.4f} | {lr:.6f} | {status} |")
     eta = f" | ~{duration(left)} left to epoch {cfg.epochs - 1}" if epoch < cfg.epochs - 1 else ""
+    rate = f"{images / max(seconds, 1e-9):,.0f} img/s"
     log.info(f"epoch {epoch:>3}/{cfg.epochs - 1} | train loss {tr_loss:.4f} acc {tr_acc:6.2f}% | "
              f"{cfg.eval_split} loss {ev['loss']:.4f} acc {ev['acc']:6.2f}% top5 {ev['top5']:6.2f}% | "
-             f"lr {lr:.6f} | {seconds:.1f}s{eta}{'  BEST' if best else ''}")
+             f"lr {lr:.6f} | {seconds:.1f}s, {rate}{eta}{'  BEST' if best else ''}")
 
 
 def duration(seconds):

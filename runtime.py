@@ -1,15 +1,19 @@
-"""Where and how the network runs: the device, mixed precision and memory format, the
-processes of a torchrun job, and evaluation over a whole loader (summed over processes).
-train.py trains with these; its --evaluate uses them on a saved checkpoint.
+"""Where and how the network runs: the device, the precision (bf16, fp16, fp32), the memory
+format, the step mode (eager, CUDA graphs, torch.compile), the processes of a torchrun job,
+and evaluation over a whole loader (summed over processes). train.py trains with these;
+its --evaluate uses them on a saved checkpoint.
 """
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from config import UserError
+from failures import one_line
+from logs import log
 from model import normalize
 
 
@@ -93,23 +97,80 @@ def init_distributed(device_name):
     return Dist(torch.distributed.get_rank(), world), device
 
 
+# -----------------------------------------------------------------------------
+# Precision and step mode: the fastest safe choice for the device
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def has_native_bf16(device):
+    """bf16 tensor cores: compute capability 8.0 and up (A100, A10, L4, H100, ...). Older
+    GPUs (T4, V100) only emulate it, slower than fp16, which torch still calls supported."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def pick_precision(name, device):
+    """auto: bf16 autocast where the GPU has bf16 units (fp32's range: no loss scaling, so
+    no unscale and no skipped steps), fp16 with a GradScaler on older GPUs (the reference's
+    choice on its T4), fp32 on the CPU and other devices."""
+    cuda = device.type == "cuda"
+    if name == "auto":
+        return ("bf16" if has_native_bf16(device) else "fp16") if cuda else "fp32"
+    if name == "fp16" and not cuda:
+        raise UserError(f"--precision fp16 runs on CUDA only (as its loss scaling does); "
+                        f"on {device.type} use fp32" + (" or bf16" if device.type == "cpu" else ""))
+    if name == "bf16" and cuda and not has_native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UserError(f"--precision bf16: the {torch.cuda.get_device_name(device)} has no bf16 "
+                        f"units (compute capability {major}.{minor}, bf16 needs 8.0); use fp16")
+    if name == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UserError(f"--precision bf16 runs on CUDA and the CPU; on {device.type} use fp32")
+    return name
+
+
+def pick_step_mode(name, device, world=1):
+    """auto: CUDA graphs on a CUDA GPU (one process), eager elsewhere. Graphs replay the
+    network's forward and backward pass with one launch each instead of ~700 kernel
+    launches from Python, which on fast GPUs is most of a step's time; they take seconds
+    to capture and need no compiler. Under torchrun the step runs eagerly."""
+    if name == "auto":
+        return "graphs" if device.type == "cuda" and world == 1 else "eager"
+    if name == "graphs" and device.type != "cuda":
+        raise UserError(f"--step-mode graphs needs CUDA; on {device.type} use eager or compile")
+    if name != "eager" and world > 1:
+        raise UserError(f"--step-mode {name} runs in one process; under torchrun the step "
+                        f"runs eagerly (--step-mode eager)")
+    return name
+
+
 @dataclass
 class Runtime:
-    """What every step needs besides the model: device, precision, memory format, ranks,
-    and the normalisation that turns the loaders' uint8 batches into the network's input."""
+    """What every step needs besides the model: device, precision, memory format, step
+    mode, ranks, and the normalisation that turns the loaders' uint8 batches into the
+    network's input."""
     device: torch.device
-    amp: bool
+    precision: str  # bf16, fp16 (autocast; fp16 with a GradScaler) or fp32
     memory_format: torch.memory_format
     mean: torch.Tensor  # per channel, 0-1, on the device (made once: no copy per batch)
     std: torch.Tensor
     dist: Dist = field(default_factory=Dist)
+    step_mode: str = "eager"  # eager, graphs or compile (see TrainingNetwork)
+
+    @property
+    def amp(self):
+        return self.precision != "fp32"
 
     def autocast(self):
-        # a no-op context when amp is off, so CPU and GPU share one code path (and devices
-        # whose autocast support varies across torch versions, like MPS, never touch it)
+        # a no-op context in fp32, so every device shares one code path. No cast cache:
+        # CUDA graph capture refuses it, and a step casts each weight once anyway.
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.float16)
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision], cache_enabled=False)
+
+    def grad_scaler(self):
+        """fp16 needs loss scaling (its range is too small for small gradients); bf16 and
+        fp32 get a disabled scaler, whose calls do nothing."""
+        return torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
 
     def batch(self, x, y):
         """A loader's uint8 (N, H, W, 3) batch -> normalised float (N, 3, H, W) on the
@@ -118,15 +179,104 @@ class Runtime:
         return x.contiguous(memory_format=self.memory_format), y.to(self.device, non_blocking=True)
 
 
-def make_runtime(device, amp, channels_last, mean, std, dist=None):
-    """AMP runs on CUDA only; channels_last on CUDA and the CPU, where the benchmark shows
-    it faster for this network (about 20% for the training step on a 2-core EPYC)."""
-    on_cuda = device.type == "cuda"
-    torch.backends.cudnn.benchmark = on_cuda
+def make_runtime(device, precision, channels_last, mean, std, dist=None, step_mode="eager"):
+    """precision and step_mode: names, "auto" included (see pick_precision, pick_step_mode).
+    channels_last on CUDA and the CPU, where the benchmark shows it faster for this network
+    (about 20% for the CPU's training step; on an H200 5% eager, 1.8x with bf16 graphs)."""
+    dist = dist or Dist()
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     fast = channels_last and device.type in ("cuda", "cpu")
     fmt = torch.channels_last if fast else torch.contiguous_format
     mean, std = (torch.tensor(v, dtype=torch.float32, device=device) for v in (mean, std))
-    return Runtime(device, amp and on_cuda, fmt, mean, std, dist or Dist())
+    return Runtime(device, pick_precision(precision, device), fmt, mean, std, dist,
+                   pick_step_mode(step_mode, device, dist.world))
+
+
+# -----------------------------------------------------------------------------
+# The network as the training step runs it
+
+class TrainingNetwork(torch.nn.Module):
+    """What the training step calls as `model(x)`: the network itself in eager mode; in
+    the fast modes a faster version of it, made on the first full batch, that runs every
+    batch of that shape (evaluation, and an epoch's last smaller batch, run eagerly):
+
+      graphs   torch.cuda.make_graphed_callables records the forward and the backward
+               pass as two CUDA graphs; the loss, clipping and the optimizer stay eager.
+      compile  torch.compile (on CUDA in mode reduce-overhead: Inductor's fused kernels,
+               themselves replayed as CUDA graphs); a minute or two to compile.
+
+    Making it runs a few forward and backward passes (warm-up, compiling, capturing);
+    their effect on the BatchNorm statistics and the random state is undone. If it fails
+    (no compiler, an unsupported GPU, ...) one warning, and eager from then on: a run
+    never stops for the sake of speed.
+    """
+
+    def __init__(self, net, mode="eager"):
+        super().__init__()
+        self.net, self.mode, self.fast, self.shape = net, mode, None, None
+        self.ready_in = None  # seconds it took to make the fast version
+
+    def forward(self, x):
+        if self.mode != "eager" and self.fast is None and self.training:
+            self._make_fast(x)
+        if self.fast is not None and self.training and x.shape == self.shape:
+            return self.fast(x)
+        return self.net(x)
+
+    def _make_fast(self, x):
+        what = {"graphs": "capturing the forward and backward pass as CUDA graphs",
+                "compile": "compiling the training step (a minute or two on a GPU)"}[self.mode]
+        log.info(f"step mode {self.mode}: {what} ...")
+        kept, t0 = BufferSnapshot(self.net), time.perf_counter()
+        try:
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+                self.fast = (graph_network if self.mode == "graphs" else compile_network)(self.net, x)
+            self.shape, self.ready_in = x.shape, time.perf_counter() - t0
+            log.info(f"step mode {self.mode}: ready in {self.ready_in:.1f}s")
+        except Exception as e:  # noqa: BLE001 -- any failure here only costs speed
+            log.warning(f"warning: --step-mode {self.mode} failed ({one_line(e)}); "
+                        f"continuing in eager mode")
+            self.mode, self.fast = "eager", None
+        finally:
+            kept.restore()  # the warm-up passes' BatchNorm updates
+            for p in self.net.parameters():
+                p.grad = None
+
+
+def graph_network(net, x):
+    """The network's forward and backward pass as CUDA graphs for batches shaped like x.
+    make_graphed_callables replaces the forward of the module it is given, so it gets a
+    one-layer wrapper: `net` itself stays eager for other shapes and for evaluation."""
+    return torch.cuda.make_graphed_callables(torch.nn.Sequential(net), (x.detach().clone(),))
+
+
+def compile_network(net, x, warmup=3):
+    """torch.compile'd network, compiled here rather than inside a training step: the
+    backward pass is compiled on the first backward, and reduce-overhead records its CUDA
+    graphs on the following calls, so warm-up runs all of them now (where a failure can
+    still fall back to eager)."""
+    fast = torch.compile(net, mode="reduce-overhead" if x.is_cuda else None)
+    for _ in range(warmup):
+        fast(x).float().sum().backward()
+    return fast
+
+
+class BufferSnapshot:
+    """A network's buffers (BatchNorm running statistics) as of when it was last taken.
+    A training forward pass updates them before the step may still fail (out of memory in
+    the backward pass, say); copying these back undoes that. One fused copy."""
+
+    def __init__(self, model):
+        self.live = list(model.buffers())
+        self.kept = [b.clone() for b in self.live]
+
+    def take(self):
+        if self.live:
+            torch._foreach_copy_(self.kept, self.live)
+
+    def restore(self):
+        if self.live:
+            torch._foreach_copy_(self.live, self.kept)
 
 
 

@@ -36,7 +36,8 @@ from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, cha
 from logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
                   start_epoch_table, table)
 from metrics import LiveMetrics, write_metrics
-from runtime import Runtime, default_workers, evaluate, init_distributed, make_runtime
+from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
+                     init_distributed, make_runtime)
 from model import (CheckpointError, ResNet, check_model_args, count_parameters,
                    find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
                    model_from_checkpoint, position_of, prune_periodic, save_checkpoint)
@@ -61,7 +62,8 @@ def cutmix(x, y, rng, alpha, prob):
     h, w = int(H * cut), int(W * cut)
     y0, y1 = max(cy - h // 2, 0), min(cy + h // 2, H)
     x0, x1 = max(cx - w // 2, 0), min(cx + w // 2, W)
-    perm = torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    # non_blocking: a plain copy to a GPU would wait for all the work queued before it
+    perm = torch.from_numpy(rng.permutation(len(x))).to(x.device, non_blocking=True)
     x = x.clone()
     x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
     return x, y, y[perm], 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
@@ -170,8 +172,24 @@ def steps_per_epoch(loader):
 
 
 def new_progress():
-    """Where a run stands inside an epoch: the next step and the running sums so far."""
-    return {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0, "nonfinite": 0}
+    """Where a run stands inside an epoch: the next step and the running sums so far
+    (input_wait: seconds this process waited for the loader's batches)."""
+    return {"step": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0, "nonfinite": 0,
+            "input_wait": 0.0}
+
+
+def timed(batches, p):
+    """Yields the loader's batches, adding the time spent waiting for each to p["input_wait"]:
+    when the workers keep up it is near zero, as the next batch is ready before it is asked for."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        p["input_wait"] = p.get("input_wait", 0.0) + time.perf_counter() - t0
+        yield batch
 
 
 class Tally:
@@ -200,24 +218,6 @@ class Tally:
         return dict(p, loss_sum=loss, correct=acc, seen=int(seen), nonfinite=int(current)), longest
 
 
-class BufferSnapshot:
-    """The network's buffers (BatchNorm running statistics) as of the last completed step.
-    A training forward pass updates them before the step may still fail (out of memory in
-    the backward pass, say); copying these back undoes that. One fused copy per step."""
-
-    def __init__(self, model):
-        self.live = list(model.buffers())
-        self.kept = [b.clone() for b in self.live]
-
-    def take(self):
-        if self.live:
-            torch._foreach_copy_(self.kept, self.live)
-
-    def restore(self):
-        if self.live:
-            torch._foreach_copy_(self.live, self.kept)
-
-
 def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, stop=None):
     """Train from progress["step"] to the end of the epoch, or until `stop` is set.
 
@@ -231,7 +231,7 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     p, dist = dict(progress), rt.dist
     loader.batch_sampler.set_epoch(epoch, start_step=p["step"])
     tally, kept = Tally(p, dist, rt.device), BufferSnapshot(model)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
+    bar = tqdm(timed(loader, p), desc=f"epoch {epoch}/{cfg.epochs - 1}", initial=p["step"],
                total=steps_per_epoch(loader), leave=False, dynamic_ncols=True,
                disable=not dist.main)
     try:
@@ -348,7 +348,8 @@ def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
         model.load_state_dict(ckpt["model_state_dict"])
         opt.load_state_dict(ckpt["optimizer_state_dict"])
         sched.load_state_dict(ckpt["scheduler_state_dict"])
-        scaler.load_state_dict(ckpt["scaler_state_dict"])
+        if ckpt["scaler_state_dict"]:  # empty when saved without fp16 (a disabled scaler)
+            scaler.load_state_dict(ckpt["scaler_state_dict"])
         for group in opt.param_groups:  # loading restored the saved values: keep what
             # --resume-force may change, and the fused kernel (older checkpoints had none)
             group.update(weight_decay=cfg.weight_decay, fused=True, foreach=None)
@@ -387,7 +388,7 @@ class Run:
     cfg: Config
     rt: Runtime
     net: torch.nn.Module    # the network itself: what checkpoints hold, what evaluates
-    model: torch.nn.Module  # what trains: `net`, or `net` wrapped in DDP under torchrun
+    model: torch.nn.Module  # what trains: TrainingNetwork over `net` (or DDP(net), torchrun)
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -396,6 +397,8 @@ class Run:
     extra: dict  # stored in every checkpoint: model_args, class_names, mean, std
     hist: dict  # the per-epoch history (history_keys)
     live: LiveMetrics  # training_metrics_from_ckpt/, brought up to date after each epoch
+    workers: int  # the data loaders' worker processes
+    said_input: bool = False  # whether the run has warned that the GPU waits for input
 
     def checkpoint(self, position, progress=None):
         return make_checkpoint(self.net, self.opt, self.sched, self.scaler, self.cfg,
@@ -406,7 +409,8 @@ def build_run(cfg, device, dist, arrays, names):
     """Data loaders, network, optimizer, schedule and scaler for a config, on this rank."""
     (x_train, y_train), (x_eval, y_eval) = arrays
     spec = data.DATASETS[cfg.dataset]
-    rt = make_runtime(device, cfg.amp, cfg.channels_last, spec["mean"], spec["std"], dist)
+    rt = make_runtime(device, cfg.precision, cfg.channels_last, spec["mean"], spec["std"], dist,
+                      cfg.step_mode)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, eval_loader = data.make_loaders(
         x_train, y_train, x_eval, y_eval, spec["mean"], cfg.batch_size,
@@ -419,7 +423,7 @@ def build_run(cfg, device, dist, arrays, names):
     evaluated = f"{len(x_eval):,} validation (held out)" if cfg.val_split else f"{len(x_eval):,} test"
     log.info(f"data: {cfg.dataset} in {cfg.data_dir}, {len(x_train):,} train / {evaluated} images"
              f" | network: {count_parameters(net):,} parameters | device {device}, "
-             f"{'fp16 mixed precision' if rt.amp else 'fp32'} | workers {workers} | "
+             f"{rt.precision}, step {rt.step_mode} | workers {workers} | "
              f"processes {dist.world} (batch {cfg.batch_size // dist.world} each)")
     log.info(f"settings that differ from the reference: {changed_settings(cfg)}")
     if cfg.sync_bn:
@@ -429,15 +433,14 @@ def build_run(cfg, device, dist, arrays, names):
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:  # compiles on the first steps; `net` (saved, evaluated) stays as it is
-        model = torch.compile(model)
+    model = TrainingNetwork(model, rt.step_mode)  # `net` (saved, evaluated) stays as it is
     opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)  # AMP runs only on CUDA
+    scaler = rt.grad_scaler()
     extra = {"model_args": model_args_of(cfg, len(names)), "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
     return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, eval_loader, extra,
                {k: [] for k in history_keys(cfg)},
-               LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")))
+               LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")), workers)
 
 
 def train(cfg, resume_ckpt=None, resume_path=None):
@@ -494,14 +497,15 @@ def train_loop(run, epoch, progress, stop):
         if stop.signum is not None:  # arrived while evaluating or saving the last epoch
             raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
                           f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
-        t0 = time.time()
+        t0, seen, waited = time.monotonic(), progress["seen"], progress.get("input_wait", 0.0)
         try:
             progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
                                    run.rt, cfg, epoch, progress, stop)
             if progress["step"] < steps:  # a signal stopped the epoch part-way
                 raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
                               save_partial_epoch(run, epoch, progress, steps))
-            last = end_epoch(run, epoch, progress, time.time() - t0, clock)
+            check_input(run, epoch, progress.get("input_wait", 0.0) - waited, time.monotonic() - t0)
+            last = end_epoch(run, epoch, progress, (t0, progress["seen"] - seen), clock)
         except StepFailed as e:
             raise Crashed(e.cause, crash_message(run, epoch, e, steps), cfg.out_dir) from e.cause
         # a streak of non-finite losses carries over into the next epoch
@@ -547,8 +551,25 @@ def target_reached(hist, cfg):
     return bool(cfg.target_accuracy and acc and max(acc) >= cfg.target_accuracy)
 
 
-def end_epoch(run, epoch, progress, seconds, clock):
+def check_input(run, epoch, waited, seconds):
+    """Say once per run when the GPU waits for the data loader's workers (too few CPU
+    cores for the augmentation at the GPU's speed), and what to do about it."""
+    share = waited / max(seconds, 1e-9)
+    if run.rt.device.type != "cuda" or run.cfg.aug_on_device or share < INPUT_BOUND or run.said_input:
+        return
+    run.said_input = True
+    log.warning(f"warning: the GPU waited for training batches {share:.0%} of epoch {epoch}: "
+                f"{run.workers} CPU workers cannot augment as fast as it trains; --aug-on-device "
+                f"augments whole batches on the GPU instead (same distribution; it is part of "
+                f"the recipe, so for a new run, or --resume-force)")
+
+
+INPUT_BOUND = 0.1  # share of an epoch spent waiting for batches that is worth a warning
+
+
+def end_epoch(run, epoch, progress, started, clock):
     """Evaluate, record, save and log a completed epoch; bring the metric files up to date.
+    started: (time.monotonic() at the epoch's start, images trained since);
     clock: (time, epoch) when this process started training. Returns the checkpoint."""
     run.rt.dist.share_buffers(run.net)
     try:
@@ -576,7 +597,8 @@ def end_epoch(run, epoch, progress, seconds, clock):
             log.warning(f"could not update training_metrics_from_ckpt/ ({one_line(e)}); "
                         f"training goes on")
     per_epoch = (time.monotonic() - clock[0]) / (epoch + 1 - clock[1])
-    log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds,
+    seconds = time.monotonic() - started[0]  # the whole epoch: training, evaluation, saving
+    log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds, started[1],
               per_epoch * (cfg.epochs - 1 - epoch))
     if target_reached(hist, cfg):
         log.info(f"{split} accuracy {ev['acc']:.2f}% reached the target "

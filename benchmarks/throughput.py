@@ -1,25 +1,34 @@
 """Throughput of every stage of training, measured side by side in one run.
 
     python benchmarks/throughput.py                  # full seed network, ~6 min on 2 cores
+    python benchmarks/throughput.py --device cuda --modes eager,graphs,compile --train-epochs 2
     python benchmarks/throughput.py --json out.json  # also write the figures as JSON
     python benchmarks/throughput.py --quick          # reduced network and sizes: a check
-    python benchmarks/throughput.py --device cuda    # GPU rows: AMP + channels_last, compile
 
 Each figure is the median of --repeats timed repeats after a warm-up. Rows:
 augmentation (the reference's per-image pipeline as the baseline; train.py's uint8
 hand-over per core and through the DataLoader with the default worker count; the batched
---aug-on-device pipeline), the network's raw training step and evaluation at batch 128,
-the real training loop end to end (DataLoader, CutMix, clipping, schedule, progress bar,
-metrics; with either augmentation) as a fraction of the raw step, the machine's fp32
-matmul rate and the network's FLOPs per image (so the step's share of the arithmetic
-limit), a profile of where the step's operator time goes, and peak memory.
+--aug-on-device pipeline); per step mode (eager, graphs, compile), precision and memory
+format, the raw training step (train.train_step on one batch: forward, loss, backward,
+clipping, SGD) and the time its mode took to get ready (capture, compile); evaluation;
+the real training loop (train.train_epoch unchanged: DataLoader, CutMix, clipping,
+schedule, progress bar) over whole epochs of generated data, per step mode and with
+--aug-on-device; with --train-epochs, `python train.py` itself per step mode on generated
+data. On CUDA a repeat of the raw step is --steps steps (50), and every row gives the
+share of the time the GPU was busy (nvidia-smi). Under the table: the machine's fp32
+matmul rate and the network's FLOPs per image (the step's share of the arithmetic limit),
+where an eager step's kernel time goes by kind of work, and peak memory.
 """
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import platform
+import re
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +36,16 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
 import train  # noqa: E402
 from config import Config  # noqa: E402
+from gpu_busy import GpuBusy, breakdown  # noqa: E402
 from model import ResNet  # noqa: E402
-from runtime import default_workers, make_runtime, pick_device  # noqa: E402
+from runtime import (TrainingNetwork, default_workers, has_native_bf16, make_runtime,  # noqa: E402
+                     pick_device)
 
 SPEC = data.DATASETS["cifar100"]
 
@@ -42,6 +54,7 @@ def median_time(fn, repeats, warmup=1):
     """Median wall seconds of fn() over `repeats` runs after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -54,6 +67,26 @@ def median_time(fn, repeats, warmup=1):
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def gpu_busy(device):
+    """GpuBusy for a CUDA device; on others a stand-in whose fraction is None."""
+    if device.type == "cuda":
+        return GpuBusy(device.index or 0)
+    return contextlib.nullcontext(argparse.Namespace(fraction=None))
+
+
+def busy_share(device, fn, seconds):
+    """The GPU's busy share while fn() runs again and again for about `seconds`: long
+    enough for nvidia-smi's samples to mean something (None on other devices)."""
+    if device.type != "cuda":
+        return None
+    with gpu_busy(device) as busy:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            fn()
+        sync()
+    return busy.fraction
 
 
 # -----------------------------------------------------------------------------
@@ -78,7 +111,10 @@ def aug_loader(images, batch, workers, repeats):
         loader.batch_sampler.set_epoch(next(epoch))
         for _ in loader:
             pass
-    return len(images) / median_time(one_epoch, repeats)
+    try:
+        return len(images) / median_time(one_epoch, repeats)
+    finally:
+        data.shutdown_workers(loader)
 
 
 def aug_batched(images, device, batch, repeats):
@@ -93,35 +129,58 @@ def aug_batched(images, device, batch, repeats):
 
 
 # -----------------------------------------------------------------------------
-# Network
+# Network: the training step per step mode, precision and memory format
 
-def make_net(args, device, channels_last, compile_=False):
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = ResNet(tuple(args.blocks), args.width, 100).to(device, memory_format=fmt)
-    return (torch.compile(net) if compile_ else net), fmt
+class Trainer:
+    """A network, optimizer and schedule as train.py builds them, run through
+    TrainingNetwork in one step mode; step() is train.train_step on one fixed batch."""
+
+    def __init__(self, args, device, mode="eager", precision="auto", channels_last=True):
+        self.cfg = Config(cutmix_prob=0.0, blocks=list(args.blocks), width=args.width,
+                          batch_size=args.batch, precision=precision, step_mode=mode,
+                          channels_last=channels_last)
+        self.rt = make_runtime(device, precision, channels_last, SPEC["mean"], SPEC["std"],
+                               step_mode=mode)
+        torch.manual_seed(0)
+        self.net = ResNet(tuple(args.blocks), args.width, 100).to(
+            device, memory_format=self.rt.memory_format)
+        self.model = TrainingNetwork(self.net, self.rt.step_mode)
+        self.opt, self.sched = train.make_optimizer(self.net, self.cfg, steps_per_epoch=10**6)
+        self.scaler = self.rt.grad_scaler()
+        self.x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(
+            memory_format=self.rt.memory_format)
+        self.y = torch.randint(0, 100, (args.batch,), device=device)
+        self.rng = np.random.default_rng(0)
+
+    def step(self):
+        self.model.train()
+        return train.train_step(self.model, self.x, self.y, self.opt, self.sched, self.scaler,
+                                self.rt, self.cfg, self.rng)
+
+    @property
+    def ready(self):
+        """Seconds the step mode took to get ready (capture, compile); None in eager mode,
+        "failed" where it fell back to eager."""
+        if self.model.mode != self.rt.step_mode:
+            return "failed"
+        return self.model.ready_in
 
 
-def raw_step(args, device, channels_last, amp, compile_=False):
-    """Forward + backward + clipping + SGD step on random tensors, images/s."""
-    net, fmt = make_net(args, device, channels_last, compile_)
-    cfg = Config(cutmix_prob=0.0)
-    opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=10**6)
-    rt = make_runtime(device, amp, channels_last, SPEC["mean"], SPEC["std"])
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)
-    x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=fmt)
-    y = torch.randint(0, 100, (args.batch,), device=device)
-    rng = np.random.default_rng(0)
-    step = lambda: train.train_step(net, x, y, opt, sched, scaler, rt, cfg, rng)  # noqa: E731
-    return args.batch / median_time(step, args.repeats, warmup=2 if compile_ else 1)
+def step_rate(args, trainer):
+    """(images/s, GPU busy share) of the raw training step; a repeat is args.steps steps,
+    after an untimed one that makes the step mode ready."""
+    def steps():
+        for _ in range(args.steps):
+            trainer.step()
+    rate = args.batch * args.steps / median_time(steps, args.repeats)
+    return rate, busy_share(trainer.rt.device, trainer.step, args.busy_seconds)
 
 
 @torch.no_grad()
-def eval_rate(args, device, channels_last, amp):
-    net, fmt = make_net(args, device, channels_last)
-    net.eval()
-    rt = make_runtime(device, amp, channels_last, SPEC["mean"], SPEC["std"])
-    x = torch.randn(args.eval_batch, 3, 32, 32, device=device).to(memory_format=fmt)
+def eval_rate(args, trainer):
+    net, rt = trainer.net.eval(), trainer.rt
+    x = torch.randn(args.eval_batch, 3, 32, 32, device=rt.device).contiguous(
+        memory_format=rt.memory_format)
 
     def forward():
         with rt.autocast():
@@ -129,61 +188,84 @@ def eval_rate(args, device, channels_last, amp):
     return args.eval_batch / median_time(forward, args.repeats)
 
 
-def loop_rate(args, device, workers, aug_on_device=False):
-    """train.train_epoch, unchanged, over generated data: images/s of the whole loop."""
-    n = args.batch * args.loop_steps
-    with tempfile.TemporaryDirectory() as root:
-        data.write_synthetic_dataset(root, "cifar100", n_train=n, n_test=10)
-        x, y, xt, yt, _ = data.load_dataset(root, "cifar100", download=False)
-    cfg = Config(batch_size=args.batch, blocks=list(args.blocks), width=args.width,
-                 aug_on_device=aug_on_device)
-    rt = make_runtime(device, cfg.amp, cfg.channels_last, SPEC["mean"], SPEC["std"])
+def loop_rate(args, trainer, arrays, workers, aug_on_device=False):
+    """train.train_epoch, unchanged, over whole epochs of generated data: (images/s of the
+    median epoch, the GPU's busy share over the timed epochs)."""
+    x, y, xt, yt = arrays
+    rt = trainer.rt
+    cfg = dataclasses.replace(trainer.cfg, aug_on_device=aug_on_device, cutmix_prob=0.3)
     loader, _ = data.make_loaders(x, y, xt, yt, SPEC["mean"], args.batch, 10, workers,
-                                  pin_memory=device.type == "cuda", raw=aug_on_device)
-    net, _ = make_net(args, device, rt.memory_format == torch.channels_last)
-    opt, sched = train.make_optimizer(net, cfg, train.steps_per_epoch(loader) * 50)
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)
+                                  pin_memory=rt.device.type == "cuda", raw=aug_on_device)
     epoch = iter(range(10**6))
 
     def one_epoch():
-        train.train_epoch(net, loader, opt, sched, scaler, rt, cfg, next(epoch),
-                          train.new_progress())
-    return n / median_time(one_epoch, args.repeats)
-
-
-STEP_PARTS = (  # where a training step's time goes, by operator name
-    ("convolutions", ("conv",)),
-    ("batch norm", ("batch_norm",)),
-    ("optimizer and clipping", ("sgd", "foreach", "norm")),
-)
+        train.train_epoch(trainer.model, loader, trainer.opt, trainer.sched, trainer.scaler,
+                          rt, cfg, next(epoch), train.new_progress())
+    try:
+        one_epoch()  # warm-up: the workers start, the step mode gets ready
+        with gpu_busy(rt.device) as busy:
+            seconds = median_time(one_epoch, args.repeats, warmup=0)
+    finally:
+        data.shutdown_workers(loader)
+    return len(x) / seconds, busy.fraction
 
 
 def step_breakdown(args, device):
-    """Share of one raw training step's operator time per kind of operator (profiler)."""
+    """Share of an eager training step's kernel time (on the CPU: operator time) per
+    kind of work. Eager, because a CUDA graph's replay hides its kernels' names."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's CPU-only ERROR line quiet
     from torch.profiler import ProfilerActivity, profile
-    net, fmt = make_net(args, device, True)
-    cfg = Config(cutmix_prob=0.0)
-    opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=10**6)
-    rt = make_runtime(device, device.type == "cuda", True, SPEC["mean"], SPEC["std"])
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.amp)
-    x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=fmt)
-    y = torch.randint(0, 100, (args.batch,), device=device)
-    step = lambda: train.train_step(net, x, y, opt, sched, scaler, rt, cfg, np.random.default_rng(0))  # noqa: E731
-    step()
+    trainer = Trainer(args, device, "eager")
+    trainer.step()
     cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with profile(activities=activities) as prof:
-        step()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        trainer.step()
         sync()
-    times = {}
-    for e in prof.key_averages():
-        t = e.self_device_time_total if cuda else e.self_cpu_time_total
-        part = next((label for label, keys in STEP_PARTS if any(k in e.key.lower() for k in keys)),
-                    "everything else")
-        times[part] = times.get(part, 0) + t
-    total = sum(times.values()) or 1
-    return {part: t / total for part, t in sorted(times.items(), key=lambda kv: -kv[1])}
+    times = {e.key: (e.self_device_time_total if cuda else e.self_cpu_time_total)
+             for e in prof.key_averages()}
+    return breakdown({k: t for k, t in times.items() if t > 0})
+
+
+# -----------------------------------------------------------------------------
+# train.py itself, per step mode
+
+EPOCH_LINE = re.compile(r"epoch +(\d+)/\d+ \| train loss ([\d.]+) acc +([\d.]+)% \| \w+ loss "
+                        r"([\d.]+) acc +([\d.]+)%.*\| ([\d.]+)s, ([\d,]+) img/s")
+READY_LINE = re.compile(r"step mode \w+: ready in ([\d.]+)s")
+
+
+def parse_train_log(text):
+    """train.py's console lines -> {epochs: [...], ready_s, fell_back}."""
+    epochs = [{"epoch": int(m[1]), "train_loss": float(m[2]), "train_acc": float(m[3]),
+               "eval_loss": float(m[4]), "eval_acc": float(m[5]), "seconds": float(m[6]),
+               "images_per_s": float(m[7].replace(",", ""))} for m in EPOCH_LINE.finditer(text)]
+    ready = READY_LINE.search(text)
+    return {"epochs": epochs, "ready_s": float(ready[1]) if ready else None,
+            "fell_back": "continuing in eager mode" in text}
+
+
+def train_runs(args, device, modes, root):
+    """`python train.py` for --train-epochs epochs per step mode, on the same generated data
+    with the same seed: whole-epoch images/s (training, evaluation, saving) and the
+    curves, which should agree across modes within run-to-run noise."""
+    data.write_synthetic_dataset(root, "cifar100", n_train=args.train_images,
+                                 n_test=args.train_images // 10)
+    runs = {}
+    for mode in modes:
+        out = os.path.join(root, f"run_{mode}")
+        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", root,
+               "--no-download", "--epochs", str(args.train_epochs), "--target-accuracy", "0",
+               "--gradcam-images", "0", "--step-mode", mode, "--device", str(device),
+               "--out-dir", out, "--blocks", *map(str, args.blocks), "--width", str(args.width)]
+        if args.quick:
+            cmd += ["--batch-size", str(args.batch), "--num-workers", "0"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        run = parse_train_log(proc.stdout)
+        run.update(exit=proc.returncode, wall_s=time.perf_counter() - t0,
+                   error=proc.stderr.strip().splitlines()[-1] if proc.returncode else None)
+        runs[mode] = run
+    return runs
 
 
 # -----------------------------------------------------------------------------
@@ -225,62 +307,105 @@ def cpu_name():
 # -----------------------------------------------------------------------------
 # Main
 
+def step_variants(device, modes):
+    """(mode, precision, channels_last) of the raw-step rows: both memory formats for
+    every precision the device has; compile (minutes per variant) in the default only."""
+    precisions = ["fp32"] if device.type != "cuda" else ["fp16"] + ["bf16"] * has_native_bf16(device)
+    return [(mode, p, cl) for mode in modes for p in precisions for cl in (False, True)
+            if mode != "compile" or (cl and p == precisions[-1])]
+
+
+def augmentation_rows(args, device, workers):
+    images = np.random.default_rng(0).integers(0, 256, (args.aug_images, 32, 32, 3), np.uint8)
+    reference = data.reference_transform(SPEC["mean"], SPEC["std"])
+    seed_way = aug_per_core(images, reference, args.repeats)
+    per_core = aug_per_core(images, data.train_transform(SPEC["mean"]), args.repeats)
+    loader = aug_loader(images, args.batch, workers, args.repeats)
+    batched = aug_batched(images, device, args.batch, args.repeats)
+    where = "on the same" if device.type == "cpu" else "with its"
+    return [
+        row("augmentation, the reference's way (+ Normalize, ToTensorV2), 1 core", seed_way,
+            note="baseline"),
+        row("augmentation, uint8 hand-over (as train.py), 1 core", per_core,
+            note=f"{per_core / seed_way:.2f}x the baseline"),
+        row(f"augmentation through the DataLoader, {workers} workers", loader,
+            note=f"{loader / per_core:.2f}x one core"),
+        row(f"augmentation batched on {device.type} (--aug-on-device), batch {args.batch}",
+            batched, note=f"{batched / loader:.1f}x the DataLoader {where} {workers} cores"),
+    ]
+
+
+def row(name, rate, busy=None, ready=None, note=""):
+    return {"name": name, "images_per_s": rate, "gpu_busy": busy, "ready_s": ready, "note": note}
+
+
+def network_rows(args, device, modes, workers, arrays):
+    """Raw step per variant, evaluation, and the real loop per step mode."""
+    rows, eager = [], {}
+    default = step_variants(device, ["eager"])[-1][1]  # the precision train.py picks
+    loops = {}
+    for mode, precision, cl in step_variants(device, modes):
+        trainer = Trainer(args, device, mode, precision, cl)
+        rate, busy = step_rate(args, trainer)
+        fmt = "channels_last" if cl else "NCHW"
+        eager.setdefault((precision, cl), rate)
+        rows.append(row(f"raw train step, {mode}, {precision} {fmt}, batch {args.batch}", rate,
+                        busy, trainer.ready, f"{rate / eager[(precision, cl)]:.2f}x eager"))
+        if precision == default and cl:
+            loops[mode] = trainer  # goes on to the loop rows, already made ready
+        else:
+            del trainer
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+    first = loops[modes[0]]
+    ev = eval_rate(args, first)
+    rows.append(row(f"evaluation, batch {args.eval_batch}, {default} channels_last", ev,
+                    note=f"{ev / eager[(default, True)]:.2f}x the eager train step"))
+    for mode, trainer in loops.items():
+        rate, busy = loop_rate(args, trainer, arrays, workers)
+        rows.append(row(f"real training loop, {mode} ({args.loop_steps} steps/epoch, "
+                        f"albumentations, CutMix)", rate, busy, trainer.ready,
+                        f"{rate / eager[(default, True)]:.2f}x the raw eager step"))
+    fast = loops[modes[-1]]
+    rate, busy = loop_rate(args, fast, arrays, workers, aug_on_device=True)
+    rows.append(row(f"real training loop, {modes[-1]}, --aug-on-device", rate, busy, fast.ready,
+                    f"{rate / eager[(default, True)]:.2f}x the raw eager step"))
+    return rows
+
+
 def measure(args):
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     limit = matmul_gflops(device, args.repeats) * 1e9
     workers = default_workers()
-    images = np.random.default_rng(0).integers(0, 256, (args.aug_images, 32, 32, 3), np.uint8)
-    rows = []  # (name, images/s, note)
-    reference = data.reference_transform(SPEC["mean"], SPEC["std"])
-    seed_way = aug_per_core(images, reference, args.repeats)
-    rows.append(("augmentation, the reference's way (+ Normalize, ToTensorV2), 1 core",
-                 seed_way, "baseline"))
-    per_core = aug_per_core(images, data.train_transform(SPEC["mean"]), args.repeats)
-    rows.append(("augmentation, uint8 hand-over (as train.py), 1 core", per_core,
-                 f"{per_core / seed_way:.2f}x the baseline"))
-    loader = aug_loader(images, args.batch, workers, args.repeats)
-    rows.append((f"augmentation through the DataLoader, {workers} workers", loader,
-                 f"{loader / per_core:.2f}x one core"))
-    batched = aug_batched(images, device, args.batch, args.repeats)
-    same = (f"{batched / loader:.1f}x the DataLoader on the same {workers} cores" if not cuda
-            else f"{batched / loader:.1f}x the DataLoader's {workers} CPU workers")
-    rows.append((f"augmentation batched on {device.type} (--aug-on-device), batch {args.batch}",
-                 batched, same))
+    rows = augmentation_rows(args, device, workers)
+    with tempfile.TemporaryDirectory() as root:
+        data.write_synthetic_dataset(root, "cifar100", n_train=args.batch * args.loop_steps,
+                                     n_test=10)
+        x, y, xt, yt, _ = data.load_dataset(root, "cifar100", download=False)
+    rows += network_rows(args, device, args.modes, workers if cuda else 0, (x, y, xt, yt))
     fwd = flops_per_image(args)
-    train_flops = 3 * fwd  # backward costs about twice the forward pass
-    variants = [("fp32", False, False), ("fp32 channels_last", True, False)]
-    if cuda:
-        variants = [("AMP", False, True), ("AMP channels_last", True, True)]
-    step = {}
-    for label, cl, amp in variants:
-        step[label] = raw_step(args, device, cl, amp)
-        rows.append((f"raw train step, batch {args.batch}, {label}", step[label],
-                     f"{step[label] * train_flops / limit:.2f} of the fp32 matmul rate"))
-    if args.compile:
-        rate = raw_step(args, device, True, cuda, compile_=True)
-        rows.append((f"raw train step, {variants[1][0]}, torch.compile", rate,
-                     f"{rate / step[variants[1][0]]:.2f}x without"))
-    best_label = max(step, key=step.get)
-    cl_best = "channels_last" in best_label
-    ev = eval_rate(args, device, cl_best, cuda)
-    rows.append((f"evaluation, batch {args.eval_batch}, {best_label}", ev,
-                 f"{ev / step[best_label]:.2f}x the train step"))
-    same = variants[1][0]  # what train.py runs
-    for on_device in (False, True):
-        loop = loop_rate(args, device, workers if cuda else 0, on_device)
-        how = "--aug-on-device" if on_device else "albumentations"
-        rows.append((f"real training loop ({args.loop_steps} steps, {how}, CutMix, clip, bar)",
-                     loop, f"{loop / step[same]:.2f} of the raw {same} step"))
-    return {
+    step = next(r for r in rows if r["name"].startswith("raw train step, eager"))
+    res = {
         "device": str(device), "cpu": cpu_name(), "cores": workers, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(device) if cuda else None,
         "network": {"blocks": list(args.blocks), "width": args.width,
                     "forward_gflops_per_image": fwd / 1e9},
         "matmul_fp32_gflops": limit / 1e9, "peak_memory_mb": peak_memory_mb(device),
+        "eager_step_share_of_matmul_rate": step["images_per_s"] * 3 * fwd / limit,
         "step_breakdown": step_breakdown(args, device),
-        "rows": [{"name": n, "images_per_s": r, "note": note} for n, r, note in rows],
+        "rows": rows,
     }
+    if args.train_epochs:
+        with tempfile.TemporaryDirectory() as root:
+            res["train_runs"] = train_runs(args, device, args.modes, root)
+    return res
+
+
+def fmt(value, spec, unit=""):
+    """A table cell: '-' for None, strings as they are."""
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else format(value, spec) + unit
 
 
 def print_table(res):
@@ -290,32 +415,64 @@ def print_table(res):
     net = res["network"]
     print(f"network blocks {net['blocks']} width {net['width']}: "
           f"{net['forward_gflops_per_image']:.3f} GFLOP forward per image; "
-          f"fp32 matmul {res['matmul_fp32_gflops']:.1f} GFLOP/s; "
+          f"fp32 matmul {res['matmul_fp32_gflops']:.1f} GFLOP/s (the first eager step runs at "
+          f"{res['eager_step_share_of_matmul_rate']:.2f} of it); "
           f"peak memory {res['peak_memory_mb']:.0f} MB\n")
     width = max(len(r["name"]) for r in res["rows"])
-    print(f"| {'stage':<{width}} | images/s | note |")
-    print(f"|{'-' * (width + 2)}|---------:|------|")
+    print(f"| {'stage':<{width}} | images/s | GPU busy | ready in | note |")
+    print(f"|{'-' * (width + 2)}|---------:|---------:|---------:|------|")
     for r in res["rows"]:
-        print(f"| {r['name']:<{width}} | {r['images_per_s']:8.1f} | {r['note']} |")
+        print(f"| {r['name']:<{width}} | {r['images_per_s']:8.1f} | {fmt(r['gpu_busy'], '.0%'):>8} "
+              f"| {fmt(r['ready_s'], '.1f', 's'):>8} | {r['note']} |")
     parts = ", ".join(f"{part} {share:.0%}" for part, share in res["step_breakdown"].items())
-    print(f"\nwhere a raw train step's operator time goes: {parts}")
+    print(f"\nwhere an eager train step's {'kernel' if res['gpu'] else 'operator'} time goes: {parts}")
+    for mode, run in res.get("train_runs", {}).items():
+        if run["exit"] or not run["epochs"]:
+            print(f"train.py --step-mode {mode}: exit {run['exit']}: {run['error']}")
+            continue
+        last = run["epochs"][-1]
+        rates = ", ".join(f"{e['images_per_s']:,.0f}" for e in run["epochs"])
+        ready = f", ready in {run['ready_s']:.1f}s" if run["ready_s"] is not None else ""
+        fell = " (fell back to eager)" if run["fell_back"] else ""
+        print(f"train.py --step-mode {mode}{fell}: img/s per whole epoch {rates}{ready}; final "
+              f"train loss {last['train_loss']:.4f}, test loss {last['eval_loss']:.4f}, "
+              f"test acc {last['eval_acc']:.2f}% ({run['wall_s']:.0f}s in all)")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--modes", default=None,
+                   help="step modes to time, comma-separated, eager first (default: eager,graphs "
+                        "on CUDA, eager elsewhere; compile adds minutes)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per timed repeat of the raw step (default: 50 on CUDA, 1 elsewhere)")
+    p.add_argument("--train-epochs", type=int, default=0,
+                   help="also run train.py this many epochs per step mode on generated data")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced network and sizes: checks the script, not the machine")
+    args = p.parse_args(argv)
+    cuda = pick_device(args.device).type == "cuda"
+    args.modes = (args.modes or ("eager,graphs" if cuda else "eager")).split(",")
+    bad = [m for m in args.modes if m not in ("eager", "graphs", "compile")] or \
+        ([] if cuda or "graphs" not in args.modes else ["graphs (needs CUDA)"])
+    if bad or args.modes[0] != "eager":
+        p.error(f"--modes: {', '.join(bad) or 'eager must come first'}")
+    args.blocks, args.width, args.batch, args.eval_batch = (5, 5, 5, 5), 64, 128, 512
+    args.aug_images, args.busy_seconds, args.train_images = 2048, 3.0, 25_600
+    args.loop_steps = 100 if cuda else 4
+    args.steps = args.steps or (50 if cuda else 1)
+    if args.quick:
+        args.blocks, args.width, args.batch, args.eval_batch = (1, 1, 1, 1), 8, 32, 64
+        args.aug_images, args.loop_steps, args.repeats, args.steps = 256, 2, 1, 2
+        args.busy_seconds, args.train_images = 0.5, 320
+    return args
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure")
-    p.add_argument("--quick", action="store_true",
-                   help="reduced network and sizes: checks the script, not the machine")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the step under torch.compile (on the CPU: minutes to compile)")
-    args = p.parse_args(argv)
-    args.blocks, args.width, args.batch = (5, 5, 5, 5), 64, 128
-    args.eval_batch, args.aug_images, args.loop_steps = 512, 2048, 4
-    if args.quick:
-        args.blocks, args.width, args.batch = (1, 1, 1, 1), 8, 32
-        args.eval_batch, args.aug_images, args.loop_steps, args.repeats = 64, 256, 2, 1
+    args = parse_args(argv)
     res = measure(args)
     print_table(res)
     if args.json:

@@ -111,12 +111,12 @@ def test_two_epoch_run_equals_one_epoch_resumed_for_one_more(smoke_run, tmp_path
 def test_compile_continues_a_run_and_saves_the_plain_network(smoke_run, tmp_path):
     out, _ = smoke_run
     proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
-                      "--compile", "--out-dir", tmp_path, "--gradcam-images", "0")
+                      "--step-mode", "compile", "--out-dir", tmp_path, "--gradcam-images", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = torch.load(out / "checkpoints" / "checkpoint_epoch_0.pt", weights_only=True)
     end = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert end["model_state_dict"].keys() == start["model_state_dict"].keys()  # no _orig_mod.
-    assert end["epoch"] == 1 and end["config"]["compile"] is True
+    assert end["epoch"] == 1 and end["config"]["step_mode"] == "compile"
     assert not torch.equal(end["model_state_dict"]["fc.weight"], start["model_state_dict"]["fc.weight"])
     assert all(torch.isfinite(v.float()).all() for v in end["model_state_dict"].values())
 
@@ -196,19 +196,24 @@ def test_unwritable_out_dir_is_one_line(tmp_path):
 
 def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     import json
-    proc = run_script("benchmarks/throughput.py", "--quick", "--json", tmp_path / "t.json")
+    proc = run_script("benchmarks/throughput.py", "--quick", "--train-epochs", "1",
+                      "--json", tmp_path / "t.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "t.json").read_text())
     names = [r["name"] for r in res["rows"]]
     assert any(n.startswith("augmentation, the reference's way") for n in names)
     assert any(n.startswith("augmentation, uint8") for n in names)
     assert any(n.startswith("augmentation batched") for n in names)
+    assert sum(n.startswith("raw train step, eager, fp32") for n in names) == 2  # NCHW, channels_last
     assert sum(n.startswith("real training loop") for n in names) == 2  # both augmentations
     assert sum(res["step_breakdown"].values()) == pytest.approx(1.0)
-    assert res["step_breakdown"]["convolutions"] > 0
+    assert res["step_breakdown"]["convolution and matmul"] > 0
     assert all(r["images_per_s"] > 0 for r in res["rows"])
+    assert all(r["gpu_busy"] is None for r in res["rows"])  # no GPU: no busy share
     assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
-    assert "| stage" in proc.stdout
+    run = res["train_runs"]["eager"]  # train.py itself, its epoch line parsed
+    assert run["exit"] == 0 and len(run["epochs"]) == 1 and run["epochs"][0]["images_per_s"] > 0
+    assert "| stage" in proc.stdout and "train.py --step-mode eager: img/s" in proc.stdout
 
 
 def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_path):

@@ -128,7 +128,7 @@ def test_uint8_hand_over_normalised_on_the_device_equals_the_reference_pipeline(
     items = [(2, i) for i in range(len(x))]  # one batch: the same keyed random state
     got = ours.__getitems__(items)
     assert got[0][0].dtype == torch.uint8 and got[0][0].shape == (32, 32, 3)
-    rt = runtime.make_runtime(torch.device("cpu"), False, True, SPEC["mean"], SPEC["std"])
+    rt = runtime.make_runtime(torch.device("cpu"), "fp32", True, SPEC["mean"], SPEC["std"])
     batch, _ = rt.batch(torch.stack([im for im, _ in got]), torch.tensor([l for _, l in got]))
     assert batch.is_contiguous(memory_format=torch.channels_last)
     want = torch.stack([im for im, _ in reference.__getitems__(items)])

@@ -56,7 +56,7 @@ def test_tta_changes_nothing_for_a_flip_invariant_model(tiny_data):
     x, y = data.read_split(tiny_data, "cifar100", "test")
     spec = data.DATASETS["cifar100"]
     loader = data.make_test_loader(x, y, batch_size=64)
-    rt = runtime.make_runtime(torch.device("cpu"), False, False, spec["mean"], spec["std"])
+    rt = runtime.make_runtime(torch.device("cpu"), "fp32", False, spec["mean"], spec["std"])
     plain = runtime.collect_logits(model, loader, rt)
     tta = runtime.collect_logits(model, loader, rt, tta=True)
     assert torch.allclose(plain[0], tta[0], atol=1e-5)
@@ -69,7 +69,7 @@ def test_tta_differs_for_an_ordinary_model(tiny_data):
     x, y = data.read_split(tiny_data, "cifar100", "test")
     spec = data.DATASETS["cifar100"]
     loader = data.make_test_loader(x, y, batch_size=64)
-    rt = runtime.make_runtime(torch.device("cpu"), False, False, spec["mean"], spec["std"])
+    rt = runtime.make_runtime(torch.device("cpu"), "fp32", False, spec["mean"], spec["std"])
     assert not torch.allclose(runtime.collect_logits(model, loader, rt)[0],
                               runtime.collect_logits(model, loader, rt, tta=True)[0])
 

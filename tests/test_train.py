@@ -41,9 +41,9 @@ def test_config_defaults_are_the_reference_recipe():
 
 
 def test_every_config_field_is_a_flag_and_explicit_flags_beat_smoke_presets():
-    explicit, _ = config.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--no-amp"])
+    explicit, _ = config.parse_args(["--smoke", "--epochs", "3", "--batch-size", "16", "--precision", "fp32"])
     cfg = config.resolve_config(explicit)
-    assert cfg.smoke and cfg.epochs == 3 and cfg.batch_size == 16 and not cfg.amp
+    assert cfg.smoke and cfg.epochs == 3 and cfg.batch_size == 16 and cfg.precision == "fp32"
     assert list(cfg.blocks) == config.SMOKE["blocks"] and cfg.width == config.SMOKE["width"]
     help_text = config.build_parser().format_help()
     for f in dataclasses.fields(config.Config):
@@ -76,7 +76,7 @@ def test_cutmix_fires_on_the_configured_fraction_of_batches():
 
 def _runtime():
     spec = data.DATASETS["cifar100"]
-    return make_runtime(torch.device("cpu"), False, False, spec["mean"], spec["std"])
+    return make_runtime(torch.device("cpu"), "fp32", False, spec["mean"], spec["std"])
 
 
 def _step(model, cfg, x, y, opt=None, sched=None):

@@ -1,0 +1,274 @@
+"""The speed machinery as far as a CPU can check it: which precision and step mode a
+device gets, the fast path's dispatch and its fallback to eager, the input-wait warning,
+and the benchmark's GPU helpers. (The CUDA paths themselves run in benchmarks/gpu_check.sh.)"""
+import logging
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import config
+import data
+import logs
+import runtime
+import train
+from conftest import ROOT
+
+sys.path.insert(0, f"{ROOT}/benchmarks")
+import gpu_busy  # noqa: E402
+import throughput  # noqa: E402
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def said(caplog):
+    """The messages of the run's logger (whose handlers earlier in-process runs replaced)."""
+    logs.setup_logging(None, enabled=False)
+    logs.log.addHandler(caplog.handler)
+    logs.log.setLevel(logging.INFO)
+    yield lambda: [r.getMessage() for r in caplog.records]
+    logs.log.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Pretend the CUDA device is a GPU of the given compute capability."""
+    def set_capability(major, minor):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (major, minor))
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: f"GPU sm{major}{minor}")
+    return set_capability
+
+
+@pytest.mark.parametrize("capability, precision", [((7, 5), "fp16"), ((7, 0), "fp16"),
+                                                   ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_is_bf16_where_the_gpu_has_it_and_fp16_before(gpu, capability, precision):
+    gpu(*capability)  # T4 7.5, V100 7.0: fp16 + loss scaling; A100 8.0, H100 9.0: bf16
+    assert runtime.pick_precision("auto", CUDA) == precision
+    assert runtime.pick_precision("auto", torch.device("cpu")) == "fp32"
+    assert runtime.pick_precision("fp16", CUDA) == "fp16"  # forcing is allowed
+
+
+@pytest.mark.parametrize("name, device, needle", [
+    ("bf16", CUDA, "GPU sm75 has no bf16 units (compute capability 7.5, bf16 needs 8.0); use fp16"),
+    ("fp16", torch.device("cpu"), "--precision fp16 runs on CUDA only"),
+    ("bf16", torch.device("mps"), "--precision bf16 runs on CUDA and the CPU"),
+])
+def test_a_precision_the_device_lacks_is_refused_in_one_line(gpu, name, device, needle):
+    gpu(7, 5)
+    with pytest.raises(config.UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        runtime.pick_precision(name, device)
+
+
+def test_only_fp16_gets_a_loss_scaler_and_autocast_uses_the_chosen_type(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: made.append(enabled))
+    for precision in ("fp16", "bf16", "fp32"):
+        runtime.Runtime(CUDA, precision, torch.channels_last, None, None).grad_scaler()
+    assert made == [True, False, False]
+    rt = runtime.Runtime(torch.device("cpu"), "bf16", torch.channels_last, None, None)
+    with rt.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name, device, world, mode", [
+    ("auto", CUDA, 1, "graphs"), ("auto", CUDA, 2, "eager"), ("auto", torch.device("cpu"), 1, "eager"),
+    ("compile", torch.device("cpu"), 1, "compile"), ("eager", CUDA, 1, "eager"),
+])
+def test_step_mode_choice(name, device, world, mode):
+    assert runtime.pick_step_mode(name, device, world) == mode
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--step-mode", "graphs"], "--step-mode graphs needs CUDA; on cpu use eager or compile"),
+    (["--precision", "fp16"], "--precision fp16 runs on CUDA only"),
+])
+def test_train_refuses_a_mode_the_cpu_lacks(flags, needle, capsys, tmp_path):
+    assert train.main(flags + ["--smoke", "--device", "cpu", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+
+
+def test_fast_modes_refuse_torchrun():
+    with pytest.raises(config.UserError, match="under torchrun the step runs eagerly"):
+        runtime.pick_step_mode("compile", torch.device("cpu"), world=2)
+
+
+# -----------------------------------------------------------------------------
+# TrainingNetwork: the fast version for full batches, eager for the rest, fallback
+
+def _net():
+    torch.manual_seed(0)
+    return train.ResNet((1, 1, 1, 1), 8, 10, dropout=0.3)
+
+
+def _train(model, net, batches):
+    """train_step over (x, y) batches, each keyed as train_epoch keys its steps;
+    returns the losses, and the network's state and momentum at the end."""
+    cfg = config.Config(cutmix_prob=0.5)
+    opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=len(batches))
+    rt = runtime.make_runtime(torch.device("cpu"), "fp32", True, data.DATASETS["cifar100"]["mean"],
+                              data.DATASETS["cifar100"]["std"])
+    losses = []
+    model.train()
+    for step, (x, y) in enumerate(batches):
+        torch.manual_seed(step)
+        rng = np.random.default_rng(step)
+        loss, _, _ = train.train_step(model, x, y, opt, sched, rt.grad_scaler(), rt, cfg, rng)
+        losses.append(loss)
+    state = [t.clone() for t in net.state_dict().values()]
+    return losses, state + [opt.state[p]["momentum_buffer"].clone() for p in net.parameters()]
+
+
+def _batches(sizes=(16, 16, 16, 8)):  # an epoch's last batch is smaller
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for n in sizes]
+
+
+def _same(a, b):
+    return all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_a_fast_version_runs_full_batches_and_its_warm_up_leaves_no_trace(monkeypatch):
+    """The fast version is made on the first full batch with warm-up passes that move the
+    BatchNorm statistics and draw dropout masks; both are undone, so training is the same
+    as eager (here the 'fast' version is the network itself, as compile's is in effect)."""
+    calls = []
+
+    def fake_compile(net, x):
+        for _ in range(3):  # as compile_network's warm-up
+            net(x).float().sum().backward()
+
+        def fast(x):
+            calls.append(len(x))
+            return net(x)
+        return fast
+    monkeypatch.setattr(runtime, "compile_network", fake_compile)
+    net = _net()
+    model = runtime.TrainingNetwork(net, "compile")
+    fast = _train(model, net, _batches())
+    assert calls == [16, 16, 16]  # full batches only: the last (8) ran eagerly
+    assert model.mode == "compile" and model.ready_in is not None
+    eager_net = _net()
+    eager = _train(runtime.TrainingNetwork(eager_net, "eager"), eager_net, _batches())
+    assert _same(fast[1], eager[1]) and _same(fast[0], eager[0])
+
+
+def test_a_failing_fast_mode_warns_once_and_trains_on_eagerly(monkeypatch, said):
+    def broken_compile(net, x):
+        net(x).float().sum().backward()  # half-way through, as a compiler may fail
+        raise RuntimeError("Compiler: cc not found")
+    monkeypatch.setattr(runtime, "compile_network", broken_compile)
+    net = _net()
+    model = runtime.TrainingNetwork(net, "compile")
+    fell_back = _train(model, net, _batches())
+    warnings = [m for m in said() if "failed" in m]
+    assert warnings == ["warning: --step-mode compile failed (RuntimeError: Compiler: cc not "
+                        "found); continuing in eager mode"]
+    assert model.mode == "eager"
+    eager_net = _net()
+    eager = _train(runtime.TrainingNetwork(eager_net, "eager"), eager_net, _batches())
+    assert _same(fell_back[1], eager[1])  # nothing of the failed attempt is left
+
+
+def test_real_torch_compile_trains_full_batches_on_the_cpu():
+    """The real compile_network on a tiny network (the C++ compiler is there on CI)."""
+    net = _net()
+    model = runtime.TrainingNetwork(net, "compile")
+    losses, _ = _train(model, net, _batches((16, 16, 8)))
+    assert model.mode == "compile" and model.fast is not None and model.ready_in > 0
+    assert all(torch.isfinite(v) for v in losses)
+
+
+# -----------------------------------------------------------------------------
+# Input: time spent waiting for the loader, and the warning that the GPU starves
+
+def test_the_wait_for_batches_is_measured():
+    def slow():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+    p = train.new_progress()
+    assert list(train.timed(slow(), p)) == [0, 1, 2]
+    assert 0.14 < p["input_wait"] < 1.0
+
+
+def test_a_gpu_waiting_for_input_is_told_once_how_to_feed_it(said):
+    run = types.SimpleNamespace(rt=types.SimpleNamespace(device=CUDA), workers=2,
+                                cfg=config.Config(), said_input=False)
+    train.check_input(run, 0, waited=0.5, seconds=10.0)  # 5%: fine
+    train.check_input(run, 1, waited=4.0, seconds=10.0)
+    train.check_input(run, 2, waited=4.0, seconds=10.0)
+    assert len(said()) == 1 and "waited for training batches 40% of epoch 1" in said()[0]
+    assert "2 CPU workers" in said()[0] and "--aug-on-device" in said()[0]
+    run.rt.device = torch.device("cpu")  # a CPU trains slower than any loader: nothing to say
+    run.said_input = False
+    train.check_input(run, 3, waited=4.0, seconds=10.0)
+    assert len(said()) == 1
+
+
+# -----------------------------------------------------------------------------
+# The benchmark's GPU helpers
+
+@pytest.mark.parametrize("name, kind", [
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution and matmul"),
+    ("void cudnn::engines_precompiled::nchwToNhwcKernel<float>", "memory format conversions and copies"),
+    ("sm80_xmma_dgrad_implicit_gemm_indexed_f16f16", "convolution and matmul"),
+    ("sm80_xmma_wgrad_implicit_gemm_f16f16_f32", "convolution and matmul"),
+    ("void cudnn::bn_fw_tr_1C11_kernel_NCHW<__half, float, 512, true, 1>", "batch norm"),
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<...>", "batch norm"),
+    ("void at::native::multi_tensor_apply_kernel<FusedSgdMathFunctor>", "optimizer and clipping"),
+    ("void at::native::vectorized_elementwise_kernel<4, AddFunctor<float>>", "element-wise and reductions"),
+    ("ampere_sgemm_32x32_sliced1x4_tn", "convolution and matmul"),
+    ("aten::mkldnn_convolution", "convolution and matmul"),
+    ("aten::native_batch_norm_backward", "batch norm"),
+    ("aten::_fused_sgd_", "optimizer and clipping"),
+    ("Memcpy HtoD (Pinned -> Device)", "memory format conversions and copies"),
+    ("aten::empty", "other"),
+])
+def test_kernels_are_classified_by_kind_of_work(name, kind):
+    assert gpu_busy.kernel_kind(name) == kind
+
+
+def test_gpu_busy_averages_nvidia_smi_samples_after_the_first_ones():
+    fake = [sys.executable, "-c", "print('10'); print('20'); print('80 %'); print('[N/A]'); print('100')"]
+    with gpu_busy.GpuBusy(command=fake) as busy:
+        time.sleep(0.5)
+    assert busy.samples == [10.0, 20.0, 80.0, 100.0] and busy.fraction == pytest.approx(0.9)
+    with gpu_busy.GpuBusy(command=["/no/such/nvidia-smi"]) as none:
+        pass
+    assert none.fraction is None
+
+
+def test_the_benchmark_reads_train_py_s_own_epoch_lines(smoke_run):
+    _, proc = smoke_run
+    runs = throughput.parse_train_log(proc.stdout)
+    assert [e["epoch"] for e in runs["epochs"]] == [0, 1]
+    assert all(e["images_per_s"] > 0 and e["seconds"] > 0 for e in runs["epochs"])
+    assert runs["epochs"][-1]["train_loss"] > 0 and not runs["fell_back"]
+
+
+def test_step_variants_cover_both_formats_and_compile_once(gpu):
+    gpu(9, 0)
+    variants = throughput.step_variants(CUDA, ["eager", "graphs", "compile"])
+    assert ("eager", "fp16", False) in variants and ("graphs", "bf16", True) in variants
+    assert [v for v in variants if v[0] == "compile"] == [("compile", "bf16", True)]
+    gpu(7, 5)
+    assert {p for _, p, _ in throughput.step_variants(CUDA, ["eager"])} == {"fp16"}
+
+
+def test_gpu_check_refuses_in_one_line_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run(["bash", f"{ROOT}/benchmarks/gpu_check.sh"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and not proc.stdout
+    assert proc.stderr.strip().splitlines() == [
+        "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); run it on a "
+        "machine with an NVIDIA GPU"]
