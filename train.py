@@ -14,13 +14,12 @@ stopped early at its 75% target. Every setting is a flag: `python train.py --hel
 Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from_ckpt/,
 gradcam_outputs/.
 """
-import dataclasses
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +28,8 @@ from tqdm import tqdm
 
 import data
 import gradcam_utils
+from checkpointing import (RESUME_KEYS, CheckpointWriter, history_keys, make_checkpoint,
+                           restore, save_epoch_checkpoints, to_host)
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from evaluation import evaluate_checkpoint
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
@@ -38,9 +39,8 @@ from logs import (changed_settings, log, log_epoch, log_model_summary, setup_log
 from metrics import LiveMetrics, write_metrics
 from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
                      init_distributed, make_runtime)
-from model import (CheckpointError, ResNet, check_model_args, count_parameters,
-                   find_latest_checkpoint, load_checkpoint, model_args_from_state_dict,
-                   model_from_checkpoint, position_of, prune_periodic, save_checkpoint)
+from model import (CheckpointError, ResNet, count_parameters, find_latest_checkpoint,
+                   load_checkpoint, model_from_checkpoint, save_checkpoint)
 
 
 # -----------------------------------------------------------------------------
@@ -289,78 +289,6 @@ def check_finite(longest, epoch, step):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints
-
-def history_keys(cfg):
-    """The per-epoch history a checkpoint holds, its evaluation columns named after the
-    images they measure: test_* as in the reference, val_* with --val-split."""
-    s = cfg.eval_split
-    return ("train_losses", f"{s}_losses", "train_acc", f"{s}_acc", f"{s}_top5", "lrs")
-
-
-def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progress=None):
-    """Everything needed to resume or to use the model, in plain types (weights_only loads).
-
-    position: {"epoch", "step"} where training continues; progress: the running sums of
-    an epoch interrupted part-way (None at an epoch's end).
-    """
-    done, s = bool(hist["train_acc"]), cfg.eval_split
-    return {
-        "epoch": len(hist["train_acc"]) - 1,  # the last completed epoch (-1: none yet)
-        "position": dict(position),
-        "progress": dict(progress) if progress else None,
-        "model_state_dict": model.state_dict(),
-        "optimizer_state_dict": opt.state_dict(),
-        "scheduler_state_dict": sched.state_dict(),
-        "scaler_state_dict": scaler.state_dict(),
-        f"{s}_loss": hist[f"{s}_losses"][-1] if done else None,
-        f"{s}_accuracy": hist[f"{s}_acc"][-1] if done else None,
-        "best_accuracy": max(hist[f"{s}_acc"]) if done else None,
-        **{k: list(v) for k, v in hist.items()},
-        "config": dataclasses.asdict(cfg),
-        **extra,  # model_args, class_names, mean, std
-    }
-
-
-def save_epoch_checkpoints(ckpt, folder, cfg, is_best):
-    os.makedirs(folder, exist_ok=True)
-    epoch = ckpt["epoch"]
-    save_checkpoint(ckpt, os.path.join(folder, "last.pt"))
-    if is_best:
-        save_checkpoint(ckpt, os.path.join(folder, "best_model.pt"))
-    if (epoch + 1) % cfg.save_every == 0:  # named by the log's 0-based epoch number
-        save_checkpoint(ckpt, os.path.join(folder, f"checkpoint_epoch_{epoch}.pt"))
-        prune_periodic(folder, cfg.keep_checkpoints)
-
-
-RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
-               "scaler_state_dict", "config", "train_losses", "train_acc", "lrs"}
-
-
-def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
-    """Load a resumed run's state into freshly built objects.
-
-    Returns (history, position (epoch, step), progress inside that epoch).
-    """
-    check_model_args(model_args_from_state_dict(ckpt["model_state_dict"]), expected_args,
-                     "the checkpoint holds weights")
-    try:
-        model.load_state_dict(ckpt["model_state_dict"])
-        opt.load_state_dict(ckpt["optimizer_state_dict"])
-        sched.load_state_dict(ckpt["scheduler_state_dict"])
-        if ckpt["scaler_state_dict"]:  # empty when saved without fp16 (a disabled scaler)
-            scaler.load_state_dict(ckpt["scaler_state_dict"])
-        for group in opt.param_groups:  # loading restored the saved values: keep what
-            # --resume-force may change, and the fused kernel (older checkpoints had none)
-            group.update(weight_decay=cfg.weight_decay, fused=True, foreach=None)
-        hist = {k: list(ckpt[k]) for k in history_keys(cfg)}
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"cannot resume from this checkpoint: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:150]}") from None
-    return hist, position_of(ckpt), ckpt.get("progress") or new_progress()
-
-
-# -----------------------------------------------------------------------------
 # Main
 
 
@@ -398,6 +326,7 @@ class Run:
     hist: dict  # the per-epoch history (history_keys)
     live: LiveMetrics  # training_metrics_from_ckpt/, brought up to date after each epoch
     workers: int  # the data loaders' worker processes
+    writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # files, in the background
     said_input: bool = False  # whether the run has warned that the GPU waits for input
 
     def checkpoint(self, position, progress=None):
@@ -455,6 +384,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
             resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"])
+        progress = progress or new_progress()
         log.info(f"resumed from {resume_path} at epoch {epoch}, step {step}")
     try:
         with GracefulStop() as stop:
@@ -465,6 +395,8 @@ def train(cfg, resume_ckpt=None, resume_path=None):
         raise
     finally:  # persistent workers would otherwise outlive a failure, and exit could wait on them
         data.shutdown_workers(run.train_loader, run.eval_loader)
+        run.writer.join()  # the last epoch's files, complete before anything reads them
+    run.writer.wait()  # (and a failed write is an error)
     if last is None or not run.hist["train_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
     try:
@@ -495,6 +427,7 @@ def train_loop(run, epoch, progress, stop):
     clock = (time.monotonic(), epoch)  # for the estimate of the time left
     while epoch < cfg.epochs and not target_reached(run.hist, cfg):
         if stop.signum is not None:  # arrived while evaluating or saving the last epoch
+            run.writer.wait()
             raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
                           f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
         t0, seen, waited = time.monotonic(), progress["seen"], progress.get("input_wait", 0.0)
@@ -518,6 +451,7 @@ def save_partial_epoch(run, epoch, progress, steps):
     path = os.path.join(run.cfg.out_dir, "checkpoints", "last.pt")
     if progress["nonfinite"]:
         return f"not saved (the loss was not finite); the last good checkpoint is {path}"
+    run.writer.wait()  # the epoch before's files first: this one must not be overwritten
     if run.rt.dist.main:
         save_checkpoint(run.checkpoint({"epoch": epoch, "step": progress["step"]}, progress), path)
     return (f"saved epoch {epoch} at step {progress['step']}/{steps}; "
@@ -588,8 +522,9 @@ def end_epoch(run, epoch, progress, started, clock):
     if progress["nonfinite"]:  # the model may be ruined: keep the last good files instead
         log.warning(f"epoch {epoch}: loss not finite for the last {progress['nonfinite']} "
                     f"steps; checkpoints not updated")
-    elif run.rt.dist.main:
-        save_epoch_checkpoints(ckpt, os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
+    elif run.rt.dist.main:  # written while the next epoch trains
+        run.writer.submit(save_epoch_checkpoints, to_host(ckpt),
+                          os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
     if run.rt.dist.main:
         try:
             run.live.update(ckpt)

@@ -272,3 +272,38 @@ def test_gpu_check_refuses_in_one_line_without_a_gpu():
     assert proc.stderr.strip().splitlines() == [
         "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); run it on a "
         "machine with an NVIDIA GPU"]
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints written in the background while the next epoch trains
+
+def test_a_background_checkpoint_holds_the_state_it_was_given(tmp_path):
+    import threading
+    import checkpointing
+    from model import load_checkpoint, save_checkpoint
+    weights, go = torch.zeros(1000), threading.Event()
+
+    def save_later(ckpt, path):
+        go.wait(10)
+        save_checkpoint(ckpt, path)
+    writer = checkpointing.CheckpointWriter()
+    writer.submit(save_later, checkpointing.to_host({"model_state_dict": {"w": weights}}),
+                  str(tmp_path / "a.pt"))
+    weights += 1  # training goes on, in place, before the file is written
+    go.set()
+    writer.wait()
+    saved = load_checkpoint(str(tmp_path / "a.pt"))["model_state_dict"]["w"]
+    assert torch.equal(saved, torch.zeros(1000))
+
+
+def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path):
+    import checkpointing
+
+    def full(*_):
+        raise OSError(28, "No space left on device", "last.pt")
+    writer = checkpointing.CheckpointWriter()
+    writer.submit(full)
+    writer.join()  # joining alone keeps the error for wait()
+    with pytest.raises(OSError, match="No space left"):
+        writer.submit(full)  # a new write first waits for the last one
+    writer.wait()  # the error is raised once
