@@ -130,7 +130,7 @@ def pick_precision(name, device):
 
 def pick_step_mode(name, device, world=1):
     """auto: CUDA graphs on a CUDA GPU (one process), eager elsewhere. Graphs replay the
-    network's forward and backward pass with one launch each instead of ~700 kernel
+    network's forward and backward pass with one launch each instead of about a thousand
     launches from Python, which on fast GPUs is most of a step's time; they take seconds
     to capture and need no compiler. Under torchrun the step runs eagerly."""
     if name == "auto":

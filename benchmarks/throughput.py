@@ -263,10 +263,17 @@ def train_runs(args, device, modes, root):
         if args.quick:
             cmd += ["--batch-size", str(args.batch), "--num-workers", "0"]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        run = parse_train_log(proc.stdout)
-        run.update(exit=proc.returncode, wall_s=time.perf_counter() - t0,
-                   error=proc.stderr.strip().splitlines()[-1] if proc.returncode else None)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.train_timeout)
+            out, code = proc.stdout, proc.returncode
+            error = (proc.stderr.strip().splitlines() or ["?"])[-1] if code else None
+        except subprocess.TimeoutExpired as e:
+            out, code, error = e.stdout or "", -1, f"still running after {args.train_timeout}s"
+            out = out.decode() if isinstance(out, bytes) else out
+        run = parse_train_log(out)
+        run.update(exit=code, wall_s=time.perf_counter() - t0, error=error)
+        print(f"  train.py --step-mode {mode}: exit {code} after {run['wall_s']:.0f}s",
+              file=sys.stderr, flush=True)
         runs[label] = run
     return runs
 
@@ -339,6 +346,9 @@ def augmentation_rows(args, device, workers):
 
 
 def row(name, rate, busy=None, ready=None, note=""):
+    """One table row; also said at once on stderr, so a run cut short still shows its figures."""
+    busy_text = f", GPU busy {busy:.0%}" if isinstance(busy, float) else ""
+    print(f"  {name}: {rate:,.1f} images/s{busy_text}", file=sys.stderr, flush=True)
     return {"name": name, "images_per_s": rate, "gpu_busy": busy, "ready_s": ready, "note": note}
 
 
@@ -465,7 +475,7 @@ def parse_args(argv):
         p.error(f"--modes: {', '.join(bad) or 'eager must come first'}")
     args.blocks, args.width, args.batch, args.eval_batch = (5, 5, 5, 5), 64, 128, 512
     args.aug_images, args.busy_seconds, args.train_images = 2048, 3.0, 20_480
-    args.loop_steps = 100 if cuda else 4
+    args.loop_steps, args.train_timeout = (100 if cuda else 4), 300
     args.steps = args.steps or (50 if cuda else 1)
     if args.quick:
         args.blocks, args.width, args.batch, args.eval_batch = (1, 1, 1, 1), 8, 32, 64

@@ -135,26 +135,28 @@ def _same(a, b):
     return all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-def test_a_fast_version_runs_full_batches_and_its_warm_up_leaves_no_trace(monkeypatch):
+@pytest.mark.parametrize("mode, maker", [("graphs", "graph_network"),
+                                         ("compile", "compile_network")])
+def test_a_fast_version_runs_full_batches_and_its_warm_up_leaves_no_trace(monkeypatch, mode, maker):
     """The fast version is made on the first full batch with warm-up passes that move the
     BatchNorm statistics and draw dropout masks; both are undone, so training is the same
-    as eager (here the 'fast' version is the network itself, as compile's is in effect)."""
+    as eager (here the 'fast' version is the network itself, as a CUDA graph's is in effect)."""
     calls = []
 
-    def fake_compile(net, x):
-        for _ in range(3):  # as compile_network's warm-up
+    def fake_maker(net, x):
+        for _ in range(3):  # as make_graphed_callables' and compile_network's warm-up
             net(x).float().sum().backward()
 
         def fast(x):
             calls.append(len(x))
             return net(x)
         return fast
-    monkeypatch.setattr(runtime, "compile_network", fake_compile)
+    monkeypatch.setattr(runtime, maker, fake_maker)
     net = _net()
-    model = runtime.TrainingNetwork(net, "compile")
+    model = runtime.TrainingNetwork(net, mode)
     fast = _train(model, net, _batches())
     assert calls == [16, 16, 16]  # full batches only: the last (8) ran eagerly
-    assert model.mode == "compile" and model.ready_in is not None
+    assert model.mode == mode and model.ready_in is not None
     eager_net = _net()
     eager = _train(runtime.TrainingNetwork(eager_net, "eager"), eager_net, _batches())
     assert _same(fast[1], eager[1]) and _same(fast[0], eager[0])
