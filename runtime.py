@@ -182,7 +182,7 @@ class Runtime:
 def make_runtime(device, precision, channels_last, mean, std, dist=None, step_mode="eager"):
     """precision and step_mode: names, "auto" included (see pick_precision, pick_step_mode).
     channels_last on CUDA and the CPU, where the benchmark shows it faster for this network
-    (about 20% for the CPU's training step; on an H200 5% eager, 1.8x with bf16 graphs)."""
+    (about 20% for the CPU's training step; on an H200 4% eager, 1.8x with bf16 graphs)."""
     dist = dist or Dist()
     torch.backends.cudnn.benchmark = device.type == "cuda"
     fast = channels_last and device.type in ("cuda", "cpu")

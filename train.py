@@ -188,7 +188,7 @@ def timed(batches, p):
             batch = next(it)
         except StopIteration:
             return
-        p["input_wait"] = p.get("input_wait", 0.0) + time.perf_counter() - t0
+        p["input_wait"] += time.perf_counter() - t0
         yield batch
 
 
@@ -384,7 +384,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
             resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"])
-        progress = progress or new_progress()
+        progress = {**new_progress(), **(progress or {})}  # older checkpoints lack input_wait
         log.info(f"resumed from {resume_path} at epoch {epoch}, step {step}")
     try:
         with GracefulStop() as stop:
@@ -430,14 +430,14 @@ def train_loop(run, epoch, progress, stop):
             run.writer.wait()
             raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
                           f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
-        t0, seen, waited = time.monotonic(), progress["seen"], progress.get("input_wait", 0.0)
+        t0, seen, waited = time.monotonic(), progress["seen"], progress["input_wait"]
         try:
             progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
                                    run.rt, cfg, epoch, progress, stop)
             if progress["step"] < steps:  # a signal stopped the epoch part-way
                 raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
                               save_partial_epoch(run, epoch, progress, steps))
-            check_input(run, epoch, progress.get("input_wait", 0.0) - waited, time.monotonic() - t0)
+            check_input(run, epoch, progress["input_wait"] - waited, time.monotonic() - t0)
             last = end_epoch(run, epoch, progress, (t0, progress["seen"] - seen), clock)
         except StepFailed as e:
             raise Crashed(e.cause, crash_message(run, epoch, e, steps), cfg.out_dir) from e.cause

@@ -367,8 +367,9 @@ def network_rows(args, device, modes, workers, arrays):
         if precision == default and cl:
             loops[mode] = trainer  # goes on to the loop rows, already made ready
         else:
-            del trainer
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+            del trainer  # its graphs' memory pool with it
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     first = loops[modes[0]]
     ev = eval_rate(args, first)
     rows.append(row(f"evaluation, batch {args.eval_batch}, {default} channels_last", ev,
