@@ -8,11 +8,13 @@ everything needed to continue from the exact step.
 import dataclasses
 import os
 import threading
+import warnings
 
 import torch
 
-from model import (CheckpointError, check_model_args, model_args_from_state_dict,
-                   position_of, prune_periodic, save_checkpoint)
+from config import Config
+from model import (CheckpointError, check_model_args, dataset_of, fill_metadata, load_weights,
+                   model_args_from_state_dict, position_of, prune_periodic, save_checkpoint)
 
 
 def history_keys(cfg):
@@ -61,29 +63,111 @@ def save_epoch_checkpoints(ckpt, folder, cfg, is_best):
 
 RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
                "scaler_state_dict", "config", "train_losses", "train_acc", "lrs"}
+# What the reference repo's train.py saves (its README lists them): no config, scheduler,
+# scaler, learning rates, class names or normalisation.
+REFERENCE_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "train_losses",
+                  "test_losses", "train_acc", "test_acc"}
 
 
-def restore(ckpt, model, opt, sched, scaler, cfg, expected_args):
-    """Load a resumed run's state into freshly built objects.
+def is_reference(ckpt):
+    """Whether a checkpoint is one the reference repo's own train.py wrote."""
+    return "config" not in ckpt and REFERENCE_KEYS <= ckpt.keys()
+
+
+def why_not_resumable(ckpt):
+    """None for a checkpoint a run can continue from (this repo's, or the reference's);
+    otherwise what it lacks."""
+    if is_reference(ckpt):
+        return None
+    if "config" not in ckpt:
+        return ("it has no run config (weights only?); --init-from starts a new run from "
+                "its weights")
+    missing = sorted(RESUME_KEYS - ckpt.keys())
+    return f"no {missing[0]}" if missing else None
+
+
+def adopt_reference(ckpt):
+    """A reference checkpoint in this repo's format, to continue its run here: the
+    reference recipe (this repo's defaults) for the network its weights hold, its history,
+    and no scheduler state, which restore() rebuilds by replaying the schedule."""
+    epochs = len(ckpt["train_acc"])
+    if ckpt["epoch"] != epochs - 1 or not all(len(ckpt[k]) == epochs for k in REFERENCE_KEYS
+                                               if k.endswith(("_losses", "_acc"))):
+        raise CheckpointError(f"the checkpoint says epoch {ckpt['epoch']} but holds "
+                              f"{epochs} epochs of history: it cannot be continued")
+    dataset = dataset_of(ckpt)
+    if dataset is None:
+        raise CheckpointError("a reference checkpoint of neither 100 nor 10 classes: which "
+                              "CIFAR data set it trained on is unknown")
+    adopted = dict(ckpt)
+    fill_metadata(adopted)  # model_args, class_names, mean, std
+    args = adopted["model_args"]
+    config = {**dataclasses.asdict(Config()), "dataset": dataset, "blocks": list(args["blocks"]),
+              "width": args["width"]}
+    adopted.update(config=config, position={"epoch": epochs, "step": 0}, progress=None,
+                   scheduler_state_dict=None, scaler_state_dict={}, lrs=None,
+                   test_top5=[float("nan")] * epochs, best_accuracy=max(ckpt["test_acc"]))
+    return adopted
+
+
+def restore(ckpt, model, opt, sched, scaler, cfg, expected_args, steps_per_epoch):
+    """Load a resumed run's state into freshly built objects. A checkpoint without
+    scheduler state (the reference's, see adopt_reference) gets the fresh schedule
+    replayed to its position, and its history the learning rates of that replay.
 
     Returns (history, position (epoch, step), progress inside that epoch or None).
     """
     check_model_args(model_args_from_state_dict(ckpt["model_state_dict"]), expected_args,
                      "the checkpoint holds weights")
+    epoch, step = position_of(ckpt)
+    # the schedule's ends come from this run's config (equal to the saved run's: FIXED)
+    ends = [{k: g[k] for k in ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+             if k in g} for g in opt.param_groups]
     try:
-        model.load_state_dict(ckpt["model_state_dict"])
+        load_weights(model, ckpt["model_state_dict"])
         opt.load_state_dict(ckpt["optimizer_state_dict"])
-        sched.load_state_dict(ckpt["scheduler_state_dict"])
+        for group, end in zip(opt.param_groups, ends):  # loading restored the saved values:
+            # keep what --resume-force may change, and the fused kernel (older files had none)
+            group.update(end, weight_decay=cfg.weight_decay, fused=True, foreach=None)
+        _match_layouts(opt)
+        hist = {k: list(ckpt[k] or []) for k in history_keys(cfg)}
+        if ckpt["scheduler_state_dict"] is None:
+            hist["lrs"] = replay_schedule(sched, epoch, steps_per_epoch)
+        else:
+            sched.load_state_dict(ckpt["scheduler_state_dict"])
         if ckpt["scaler_state_dict"]:  # empty when saved without fp16 (a disabled scaler)
             scaler.load_state_dict(ckpt["scaler_state_dict"])
-        for group in opt.param_groups:  # loading restored the saved values: keep what
-            # --resume-force may change, and the fused kernel (older checkpoints had none)
-            group.update(weight_decay=cfg.weight_decay, fused=True, foreach=None)
-        hist = {k: list(ckpt[k]) for k in history_keys(cfg)}
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"cannot resume from this checkpoint: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:150]}") from None
-    return hist, position_of(ckpt), ckpt.get("progress")
+    return hist, (epoch, step), ckpt.get("progress")
+
+
+def replay_schedule(sched, epochs, steps_per_epoch):
+    """Step a schedule through `epochs` whole epochs without training, as a run would have
+    stepped it; returns the LR after each epoch, as the history's lrs holds it."""
+    if epochs * steps_per_epoch > sched.total_steps:
+        raise ValueError(f"{epochs} epochs of {steps_per_epoch} steps are more than the "
+                         f"schedule's {sched.total_steps} steps")
+    lrs = []
+    with warnings.catch_warnings():  # "scheduler stepped before the optimizer": that is the point
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs):
+            for _ in range(steps_per_epoch):
+                sched.step()
+            lrs.append(sched.get_last_lr()[0])
+    return lrs
+
+
+def _match_layouts(opt):
+    """Momentum buffers saved in another memory format than the weights have now
+    (channels_last from a CUDA run resumed in NCHW, say) take the weights' layout, as
+    a fresh buffer would: the fused SGD kernel updates them side by side."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None and buf.stride() != p.stride():
+                opt.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(buf)
 
 
 class CheckpointWriter:

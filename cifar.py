@@ -41,6 +41,7 @@ CIFAR100_SUPERCLASSES = {
 CIFAR100_CLASSES = sorted(n for names in CIFAR100_SUPERCLASSES.values() for n in names)
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
+CLASS_NAMES = {"cifar100": CIFAR100_CLASSES, "cifar10": CIFAR10_CLASSES}
 
 # folder, train files, test file, meta file, label key, names key, per-channel mean/std (0-1)
 DATASETS = {

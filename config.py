@@ -28,6 +28,12 @@ class Config:
     blocks: list = _f((5, 5, 5, 5), "BasicBlocks per stage (4 numbers)", nargs=4)
     width: int = _f(64, "channels of the first stage, doubled at each of the next three")
     dropout: float = _f(0.3, "dropout before the classifier")
+    block_dropout: float = _f(0.0, "Dropout2d inside every residual block, between its two "
+                                   "convs (the reference's ResNet34(dropout=...); off in its "
+                                   "recipe)")
+    init_from: str = _f("", "start the new run from this checkpoint's weights (this repo's or "
+                            "the reference's; a classifier of another class count starts "
+                            "fresh), with a new schedule from epoch 0")
     # recipe
     epochs: int = _f(200, "epochs of the OneCycle schedule (training may stop earlier)")
     batch_size: int = _f(128, "training batch size; under torchrun the global batch, split "
@@ -44,6 +50,10 @@ class Config:
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
     cutmix_prob: float = _f(0.3, "fraction of batches that get CutMix")
     cutmix_alpha: float = _f(1.0, "CutMix Beta(alpha, alpha) parameter")
+    cutmix_label_smoothing: bool = _f(False, "label smoothing on CutMix batches too; the "
+                                             "reference's code smooths only the batches "
+                                             "without CutMix, whose mixed targets are soft "
+                                             "already")
     aug_on_device: bool = _f(False, "augment whole batches with torch ops on the training "
                                     "device (same distribution): for GPUs the CPU cannot feed")
     val_split: int = _f(0, "hold out this many training images (the same number per class, "
@@ -86,9 +96,12 @@ class Config:
 # and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
 # FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
 FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
-         "final_div_factor", "pct_start", "momentum", "smoke", "val_split"}
-RECIPE = FIXED | {"dropout", "weight_decay", "label_smoothing", "grad_clip",
-                  "cutmix_prob", "cutmix_alpha", "seed", "sync_bn", "aug_on_device"}
+         "final_div_factor", "pct_start", "momentum", "smoke", "val_split", "init_from"}
+RECIPE = FIXED | {"dropout", "block_dropout", "weight_decay", "label_smoothing", "grad_clip",
+                  "cutmix_prob", "cutmix_alpha", "cutmix_label_smoothing", "seed", "sync_bn",
+                  "aug_on_device"}
+# What a run saved before a field existed was trained with: a resumed run keeps it.
+OLDER_RUNS = {"cutmix_label_smoothing": True, "block_dropout": 0.0, "init_from": ""}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,
@@ -159,6 +172,7 @@ def resolve_config(explicit, saved=None, force=False):
     if explicit.get("smoke") or (saved or {}).get("smoke"):
         cfg.update(SMOKE, smoke=True)
     if saved:
+        saved = {**OLDER_RUNS, **saved}
         changed = sorted(k for k in RECIPE & explicit.keys()
                          if _norm(explicit[k]) != _norm(saved.get(k)))
         blocked = [k for k in changed if k in FIXED or not force]
@@ -167,7 +181,7 @@ def resolve_config(explicit, saved=None, force=False):
             why = ("the network and the schedule are fixed by the checkpoint" if k in FIXED
                    else "a resumed run keeps its recipe (--resume-force to change it anyway)")
             raise UserError(f"--{k.replace('_', '-')} {explicit[k]} differs from the resumed "
-                            f"run's {saved.get(k)}; {why}")
+                            f"run's {saved.get(k) if saved.get(k) != '' else '(none)'}; {why}")
         cfg.update({k: v for k, v in saved.items() if k in cfg})
     cfg.update(explicit)
     if cfg["smoke"] and "data_dir" not in explicit and not saved:
@@ -188,6 +202,7 @@ def validate(cfg):
         (min(cfg.blocks) >= 1, "blocks", "four numbers, each at least 1"),
         (cfg.width >= 1, "width", "at least 1"),
         (0 <= cfg.dropout < 1, "dropout", "in [0, 1)"),
+        (0 <= cfg.block_dropout < 1, "block_dropout", "in [0, 1)"),
         (cfg.max_lr > 0, "max_lr", "positive"),
         (cfg.div_factor > 0 and cfg.final_div_factor > 0, "div_factor", "positive (both factors)"),
         (0 < cfg.pct_start < 1, "pct_start", "in (0, 1)"),

@@ -8,25 +8,26 @@ The network, data set and normalisation come from the checkpoint; flags override
 """
 import dataclasses
 import os
+import sys
 
 import data
 from config import Config
 from failures import Crashed, one_line
 from metrics import write_evaluation_report
-from model import load_checkpoint, model_from_checkpoint
+from model import dataset_of, fill_metadata, load_checkpoint, model_from_checkpoint
 from runtime import collect_logits, default_workers, make_runtime, pick_device, score
 
 
 def evaluate_checkpoint(path, tta, explicit):
     """--evaluate: a test-set report for a checkpoint, into training_metrics_from_ckpt/."""
     ckpt = load_checkpoint(path)
-    saved = {**dataclasses.asdict(Config()), **(ckpt.get("config") or {}), **explicit}
+    saved = {**dataclasses.asdict(Config()), "dataset": dataset_of(ckpt) or "cifar100",
+             **(ckpt.get("config") or {}), **explicit}
     name, root = saved["dataset"], saved["data_dir"]
+    note = fill_metadata(ckpt)  # the reference's files: names and statistics of CIFAR
     data.ensure_dataset(root, name, saved["download"])
     x_test, y_test = data.read_split(root, name, "test")
-    names = ckpt.get("class_names") or data.read_class_names(root, name)
-    spec = data.DATASETS[name]
-    mean, std = ckpt.get("mean", spec["mean"]), ckpt.get("std", spec["std"])
+    names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
     rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),
                       saved["channels_last"], mean, std)
@@ -35,6 +36,8 @@ def evaluate_checkpoint(path, tta, explicit):
     workers = default_workers() if saved["num_workers"] < 0 else saved["num_workers"]
     loader = data.make_test_loader(x_test, y_test, saved["eval_batch_size"], workers)
     try:
+        if note:  # said once everything is in place: a failure above gets its one line alone
+            print(f"note: {path}: {note}", file=sys.stderr)
         logits, labels = collect_logits(model, loader, rt)
         print(f"{path} (epoch {ckpt.get('epoch', '?')}) on {len(labels):,} {name} test images")
         print_scores("plain", score(logits, labels))

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from failures import one_line, report
 from metrics import new_figure, save_figure
-from model import (CheckpointError, load_checkpoint, load_image, model_from_checkpoint,
-                   normalize)
+from model import (CheckpointError, dataset_of, fill_metadata, load_checkpoint, load_image,
+                   model_from_checkpoint, normalize)
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
 
@@ -183,17 +183,6 @@ def print_table(rows):
         print(f"{src}: {top}  -> {path}")
 
 
-def defaults_from_data(ckpt, name, root):
-    """Seed-format checkpoints hold weights only: class names and statistics from the data."""
-    import data  # the data pipeline pulls in albumentations; only the CLI needs it
-    ckpt.setdefault("mean", data.DATASETS[name]["mean"])
-    ckpt.setdefault("std", data.DATASETS[name]["std"])
-    if "class_names" not in ckpt:
-        known = data.CIFAR100_CLASSES if name == "cifar100" else data.CIFAR10_CLASSES
-        ckpt["class_names"] = (data.read_class_names(root, name)
-                               if data.dataset_present(root, name) else known)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description="Grad-CAM pictures for a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="e.g. checkpoints/best_model.pt")
@@ -220,19 +209,22 @@ def main(argv=None):
         device = pick_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt.get("config", {})
-        name = cfg.get("dataset", "cifar100")
+        name = dataset_of(ckpt) or "cifar100"
         root = args.data_dir or cfg.get("data_dir", "./data")
-        defaults_from_data(ckpt, name, root)
+        note = fill_metadata(ckpt)  # the reference's files: names and statistics of CIFAR
         model, _ = model_from_checkpoint(ckpt, device,
                                          expected={"num_classes": len(ckpt["class_names"])})
+        if not args.images:
+            data.ensure_dataset(root, name)
+            x_test, y_test = data.read_split(root, name, "test")
+        if note:  # said once everything is in place: a failure above gets its one line alone
+            print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         if args.images:
             rows, errors = explain_pictures(model, ckpt, args.images, args.out_dir)
             print_table(rows)
             for line in errors:
                 print(line, file=sys.stderr)
             return 1 if errors else 0
-        data.ensure_dataset(root, name)
-        x_test, y_test = data.read_split(root, name, "test")
         paths = explain_test_images(model, ckpt, x_test, y_test, args.out_dir,
                                     args.num_images, args.misclassified)
     except (CheckpointError, data.DataError, UserError, ValueError) as e:

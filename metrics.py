@@ -29,20 +29,29 @@ def save_figure(fig, path, dpi=110):
         fig.savefig(tmp, format="png", dpi=dpi)
 
 
-def panels(ckpt):
-    """(column, history key, title, y label) per plot. With --val-split the per-epoch
-    evaluation is of the held-out validation images, and is named so everywhere."""
-    split, name = ("val", "Validation") if "val_acc" in ckpt else ("test", "Test")
-    return [("train_loss", "train_losses", "Training loss", "loss"),
-            (f"{split}_loss", f"{split}_losses", f"{name} loss", "loss"),
-            ("train_acc", "train_acc", "Training accuracy", "accuracy (%)"),
-            (f"{split}_acc", f"{split}_acc", f"{name} accuracy", "accuracy (%)")]
+# (CSV column, history and NPZ key): the NPZ keeps the reference's names (its own
+# metrics_from_ckpt.npz: epochs, train_losses, test_losses, train_acc, test_acc; lrs as
+# its training_metrics/ writer names them), the CSV its columns. With --val-split the
+# per-epoch evaluation is of held-out validation images, and is named so everywhere.
+COLUMNS = [("epoch", "epochs"), ("train_loss", "train_losses"), ("test_loss", "test_losses"),
+           ("val_loss", "val_losses"), ("train_acc", "train_acc"), ("test_acc", "test_acc"),
+           ("val_acc", "val_acc"), ("lr", "lrs")]
+
+
+def panels(cols):
+    """(column, title, y label) of each of the four plots, for the columns at hand."""
+    split, name = ("val", "Validation") if "val_acc" in cols else ("test", "Test")
+    return [("train_loss", "Training loss", "loss"), (f"{split}_loss", f"{name} loss", "loss"),
+            ("train_acc", "Training accuracy", "accuracy (%)"),
+            (f"{split}_acc", f"{name} accuracy", "accuracy (%)")]
 
 
 def metric_columns(ckpt):
     """{column: per-epoch values} from a checkpoint's history, checked."""
-    keys = panels(ckpt)
-    missing = [key for _, key, _, _ in keys if key not in ckpt]
+    split = "val" if "val_acc" in ckpt else "test"
+    wanted = [(c, k) for c, k in COLUMNS if c in ("train_loss", "train_acc", "lr")
+              or c.startswith(split)]
+    missing = [k for c, k in wanted if k not in ckpt and c != "lr"]
     if missing:
         raise CheckpointError(f"the checkpoint has no training history ({missing[0]})")
     epochs = len(ckpt["train_acc"])
@@ -50,14 +59,13 @@ def metric_columns(ckpt):
         raise CheckpointError("the checkpoint was saved before its first epoch ended: "
                               "no metrics to draw yet")
     cols = {"epoch": list(range(epochs))}
-    cols.update({name: list(ckpt[key]) for name, key, _, _ in keys})
-    cols["lr"] = list(ckpt.get("lrs") or [float("nan")] * len(cols["epoch"]))
+    cols.update({c: list(ckpt.get(k) or [float("nan")] * epochs) for c, k in wanted})
     return cols
 
 
 def write_metrics(ckpt, folder, plots=True):
-    """metrics_from_ckpt.csv/.npz and (plots=True) the six plots, all from a checkpoint's
-    history. Every file is replaced atomically: a reader never sees half of one."""
+    """metrics_from_ckpt.csv/.npz and (plots=True) the six plots, drawn from the NPZ just
+    written. Every file is replaced atomically: a reader never sees half of one."""
     cols = metric_columns(ckpt)
     os.makedirs(folder, exist_ok=True)
     with atomic_path(os.path.join(folder, "metrics_from_ckpt.csv")) as tmp:
@@ -65,18 +73,27 @@ def write_metrics(ckpt, folder, plots=True):
             w = csv.writer(f)
             w.writerow(cols)
             w.writerows(zip(*cols.values()))
-    with atomic_path(os.path.join(folder, "metrics_from_ckpt.npz")) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in cols.items()})
+    npz = os.path.join(folder, "metrics_from_ckpt.npz")
+    key = dict(COLUMNS)
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as f:  # int64 epochs, float64 values, as the reference's file
+            np.savez(f, **{key[c]: np.asarray(v) for c, v in cols.items()})
     if plots:
-        draw_metrics(ckpt, cols, folder)
+        smoke = (ckpt.get("config") or {}).get("smoke")
+        draw_metrics(read_metrics(npz), folder, " (smoke run on generated data)" if smoke else "")
     return folder
 
 
-def draw_metrics(ckpt, cols, folder):
-    note = " (smoke run on generated data)" if ckpt.get("config", {}).get("smoke") else ""
+def read_metrics(path):
+    """{CSV column: values} from a metrics_from_ckpt.npz: this repo's, the reference's, or
+    one written before this repo took the reference's key names (keyed by column)."""
+    with np.load(path) as f:
+        return {c: f[k] if k in f else f[c] for c, k in COLUMNS if k in f or c in f}
+
+
+def draw_metrics(cols, folder, note=""):
     overview = new_figure(figsize=(12, 8))
-    for i, (name, _, title, ylabel) in enumerate(panels(ckpt)):
+    for i, (name, title, ylabel) in enumerate(panels(cols)):
         _plot(overview.add_subplot(2, 2, i + 1), cols["epoch"], cols[name], title, ylabel)
         single = new_figure(figsize=(6, 4))
         _plot(single.add_subplot(), cols["epoch"], cols[name], title + note, ylabel)

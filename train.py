@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 import data
 import gradcam_utils
-from checkpointing import (RESUME_KEYS, CheckpointWriter, history_keys, make_checkpoint,
-                           restore, save_epoch_checkpoints, to_host)
+from checkpointing import (CheckpointWriter, adopt_reference, history_keys, is_reference,
+                           make_checkpoint, replay_schedule, restore, save_epoch_checkpoints,
+                           to_host, why_not_resumable)
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from evaluation import evaluate_checkpoint
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
@@ -40,7 +41,9 @@ from metrics import LiveMetrics, write_metrics
 from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
                      init_distributed, make_runtime)
 from model import (CheckpointError, ResNet, count_parameters, find_latest_checkpoint,
-                   load_checkpoint, model_from_checkpoint, save_checkpoint)
+                   init_from_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint)
+
+CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
 
 # -----------------------------------------------------------------------------
@@ -48,14 +51,19 @@ from model import (CheckpointError, ResNet, count_parameters, find_latest_checkp
 
 
 def cutmix(x, y, rng, alpha, prob):
-    """Paste a random box from a shuffled copy of the batch (with probability `prob`).
+    """CutMix on a fraction `prob` of the batches: (x, y, y, 1.0) for a batch left alone."""
+    if rng.random() >= prob:
+        return x, y, y, 1.0
+    return paste_box(x, y, rng, alpha)
+
+
+def paste_box(x, y, rng, alpha):
+    """Paste a random box from a shuffled copy of the batch into each image.
 
     x: (N, C, H, W); rng: numpy Generator. Returns (x, y_a, y_b, lam) where lam is the
     fraction of each image that is still its own: the box is clipped at the border, so
     lam is recomputed from the box actually pasted rather than taken from Beta(alpha, alpha).
     """
-    if rng.random() >= prob:
-        return x, y, y, 1.0
     H, W = x.shape[-2:]
     cut = math.sqrt(1.0 - rng.beta(alpha, alpha))
     cy, cx = rng.integers(H), rng.integers(W)
@@ -71,11 +79,6 @@ def cutmix(x, y, rng, alpha, prob):
 
 # -----------------------------------------------------------------------------
 # Model, optimizer, schedule
-
-
-def model_args_of(cfg, num_classes):
-    return {"blocks": list(cfg.blocks), "width": cfg.width, "num_classes": num_classes,
-            "dropout": cfg.dropout}
 
 
 def make_optimizer(model, cfg, steps_per_epoch):
@@ -132,12 +135,16 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     untouched: under AMP the GradScaler skips it, in fp32 the fused SGD is told to.
     The schedule advances either way, so it stays tied to the batch count.
     """
-    x, ya, yb, lam = cutmix(x, y, rng, cfg.cutmix_alpha, cfg.cutmix_prob)
+    mixed = rng.random() < cfg.cutmix_prob  # the same draw as cutmix()'s gate
+    x, ya, yb, lam = paste_box(x, y, rng, cfg.cutmix_alpha) if mixed else (x, y, y, 1.0)
+    # As the reference's code: CutMix's mixed targets are soft already, so label smoothing
+    # applies to the other batches only (--cutmix-label-smoothing: to both)
+    eps = cfg.label_smoothing if not mixed or cfg.cutmix_label_smoothing else 0.0
     with rt.autocast():
         out = model(x)
-        # label smoothing applies to both CutMix terms
-        loss = (lam * F.cross_entropy(out, ya, label_smoothing=cfg.label_smoothing)
-                + (1 - lam) * F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing))
+        loss = F.cross_entropy(out, ya, label_smoothing=eps)
+        if mixed:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(out, yb, label_smoothing=eps)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)  # clip the true gradient, not the loss-scaled one (no-op in fp32)
@@ -346,7 +353,7 @@ def build_run(cfg, device, dist, arrays, names):
         cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world,
         raw=cfg.aug_on_device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout)
+    net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout, cfg.block_dropout)
     if dist.main:
         log_model_summary(net)
     evaluated = f"{len(x_eval):,} validation (held out)" if cfg.val_split else f"{len(x_eval):,} test"
@@ -365,7 +372,7 @@ def build_run(cfg, device, dist, arrays, names):
     model = TrainingNetwork(model, rt.step_mode)  # `net` (saved, evaluated) stays as it is
     opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
     scaler = rt.grad_scaler()
-    extra = {"model_args": model_args_of(cfg, len(names)), "class_names": list(names),
+    extra = {"model_args": dict(net.model_args), "class_names": list(names),
              "mean": list(spec["mean"]), "std": list(spec["std"])}
     return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, eval_loader, extra,
                {k: [] for k in history_keys(cfg)},
@@ -383,9 +390,12 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     epoch, progress = 0, new_progress()
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
-            resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"])
+            resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"],
+            steps_per_epoch(run.train_loader))
         progress = {**new_progress(), **(progress or {})}  # older checkpoints lack input_wait
-        log.info(f"resumed from {resume_path} at epoch {epoch}, step {step}")
+        log.info(resumed_line(resume_path, resume_ckpt, epoch, step, run))
+    elif cfg.init_from:
+        log.info(init_from_checkpoint(run.net, cfg.init_from))
     try:
         with GracefulStop() as stop:
             last = train_loop(run, epoch, progress, stop) or resume_ckpt
@@ -409,6 +419,16 @@ def train(cfg, resume_ckpt=None, resume_path=None):
                          f"are saved; to redo what follows training: {resume_command(cfg)}",
                       cfg.out_dir) from e
     dist.barrier()  # ranks leave together: one tearing down early can abort the others
+
+
+def resumed_line(path, ckpt, epoch, step, run):
+    if ckpt["scheduler_state_dict"] is not None:
+        return f"resumed from {path} at epoch {epoch}, step {step}"
+    return (f"resumed the reference repo's {path} at epoch {epoch}: its weights, SGD momentum "
+            f"and {epoch} epochs of history carried over, the schedule replayed to step "
+            f"{run.sched.last_epoch:,} (lr {run.sched.get_last_lr()[0]:.6f}), the loss scale "
+            f"afresh; the random streams are this repo's, so the run continues the same "
+            f"recipe statistically, not bit for bit")
 
 
 def check_distributed(cfg, dist, device):
@@ -581,11 +601,25 @@ def finish(cfg, last, x_test, y_test, device):
                  f"{best['test_accuracy']:.2f}%): {out}")
 
 
+# The reference trained on 50,000 CIFAR images in batches of 128, the last one kept
+REFERENCE_STEPS_PER_EPOCH = 391
+
+
+def with_lrs(ckpt):
+    """A checkpoint of the reference (which logs no LR) with the LR after each epoch of
+    its schedule added, as this repo's history holds it."""
+    if "lrs" in ckpt or "train_acc" not in ckpt:
+        return ckpt
+    opt, sched = make_optimizer(torch.nn.Linear(1, 1), Config(), REFERENCE_STEPS_PER_EPOCH)
+    return {**ckpt, "lrs": replay_schedule(sched, len(ckpt["train_acc"]), REFERENCE_STEPS_PER_EPOCH)}
+
+
 def pick_resume(resume, out_dir):
     """(path, checkpoint) to continue from; 'auto' searches out_dir/checkpoints."""
     if resume != "auto":
         return resume, load_checkpoint(resume) if resume else None
-    path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"), RESUME_KEYS)
+    path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"),
+                                                 why_not_resumable)
     if env_rank() == 0:
         for reason in skipped:
             print(f"skipping {reason}", file=sys.stderr)
@@ -599,13 +633,14 @@ def run(args, modes):
         return evaluate_checkpoint(modes["evaluate"], modes["tta"], args)
     if modes["metrics_from_ckpt"]:
         out = os.path.join(out_dir, "training_metrics_from_ckpt")
-        print(f"metrics and plots: {write_metrics(load_checkpoint(modes['metrics_from_ckpt']), out)}")
+        print(f"metrics and plots: {write_metrics(with_lrs(load_checkpoint(modes['metrics_from_ckpt'])), out)}")
         return 0
     resume, ckpt = pick_resume(modes["resume"], out_dir)
-    saved = ckpt.get("config") if ckpt else None
-    if ckpt and not isinstance(saved, dict):
-        raise CheckpointError(f"{resume} has no run config, so it cannot be resumed")
-    cfg = resolve_config(args, saved, force=modes["resume_force"])
+    if ckpt and why_not_resumable(ckpt):
+        raise CheckpointError(f"{resume} cannot be resumed: {why_not_resumable(ckpt)}")
+    if ckpt and is_reference(ckpt):
+        ckpt = adopt_reference(ckpt)
+    cfg = resolve_config(args, ckpt and ckpt["config"], force=modes["resume_force"])
     try:
         os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     except OSError as e:

@@ -77,7 +77,7 @@ def test_metrics_csv_is_the_checkpoint_history(smoke_run):
     assert [float(r["test_acc"]) for r in rows] == ckpt["test_acc"]
     assert [float(r["lr"]) for r in rows] == ckpt["lrs"]
     npz = np.load(out / "training_metrics_from_ckpt" / "metrics_from_ckpt.npz")
-    assert np.array_equal(npz["train_loss"], np.array(ckpt["train_losses"]))
+    assert np.array_equal(npz["train_losses"], np.array(ckpt["train_losses"]))
 
 
 def test_metrics_from_ckpt_rebuilds_the_folder_without_training(smoke_run, tmp_path):
@@ -182,7 +182,8 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
 
 def test_gradcam_refuses_a_checkpoint_of_another_class_count(tiny_data, tmp_path):
     net = ResNet((1, 1, 1, 1), 8, num_classes=10)
-    save_checkpoint({"model_state_dict": net.state_dict()}, str(tmp_path / "c10.pt"))
+    save_checkpoint({"model_state_dict": net.state_dict(), "config": {"dataset": "cifar100"}},
+                    str(tmp_path / "c10.pt"))
     err = _one_line_error(run_script("gradcam_utils.py", "--checkpoint", tmp_path / "c10.pt",
                                      "--data-dir", tiny_data, "--out-dir", tmp_path / "g"))
     assert "num_classes is 10 there, expected 100" in err
