@@ -14,6 +14,7 @@ stopped early at its 75% target. Every setting is a flag: `python train.py --hel
 Outputs (under --out-dir): checkpoints/, training_logs.md, training_metrics_from_ckpt/,
 gradcam_outputs/.
 """
+import contextlib
 import math
 import os
 import signal
@@ -38,6 +39,7 @@ from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, cha
 from logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
                   start_epoch_table, table)
 from metrics import LiveMetrics, write_metrics
+from runlock import holding_out_dir
 from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
                      init_distributed, make_runtime)
 from model import (CheckpointError, ResNet, count_parameters, find_latest_checkpoint,
@@ -645,7 +647,9 @@ def run(args, modes):
         os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {e.strerror}") from None
-    train(cfg, ckpt, resume)
+    # one run per folder; under torchrun rank 0 holds the lock for the whole job
+    with holding_out_dir(cfg.out_dir) if env_rank() == 0 else contextlib.nullcontext():
+        train(cfg, ckpt, resume)
     return 0
 
 

@@ -34,7 +34,7 @@ def test_two_processes_write_every_output_once(ddp_run):
     assert log.count("### Run started") == 1 and log.count("| 0 |") == 1 and log.count("| 1 |") == 1
     ck = out / "checkpoints"
     assert sorted(os.listdir(ck)) == ["best_model.pt", "checkpoint_epoch_0.pt",
-                                      "checkpoint_epoch_1.pt", "last.pt"]
+                                      "checkpoint_epoch_1.pt", "last.pt", "run.lock"]  # rank 0's
     assert (out / "gradcam_outputs" / "gradcam_grid.png").is_file()
     assert (out / "training_metrics_from_ckpt" / "metrics_overview.png").is_file()
 

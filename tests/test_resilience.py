@@ -112,7 +112,7 @@ def test_auto_resume_without_checkpoints_starts_fresh(small_data, tmp_path):
 
 
 def test_retention_keeps_exactly_k_periodic_checkpoints(reference):
-    names = sorted(os.listdir(reference / "checkpoints"))
+    names = sorted(f for f in os.listdir(reference / "checkpoints") if f.endswith(".pt"))
     assert names == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "last.pt"]
 
 
