@@ -349,11 +349,13 @@ def _cutout(x, p, mean):
 
 def _noise(x, p, gen):
     """Gaussian noise, std 0.0125-0.0278 of 255 per image, per pixel and channel, on the
-    chosen images; rounded and clipped like the uint8 image albumentations works on."""
+    chosen images, added as albumentations adds it to a uint8 image: the image rounded,
+    the noise truncated towards zero (its add does so: 0.6 adds 0, -1.5 adds -1, so noise
+    of std 5 grey levels spreads pixels by 4.6), the sum clipped to 0..255."""
     chosen, idx = _chosen(p, "noise", x.device)
     if not len(chosen):
         return x
     sd = _to_device(p["noise_std"][chosen], x.device)[:, None, None, None]
     noise = torch.randn((len(chosen), *x.shape[1:]), generator=gen, device=x.device)
-    x[idx] = (x[idx] + noise * sd).round().clamp(0, 255)
+    x[idx] = (x[idx].round() + (noise * sd).trunc()).clamp(0, 255)
     return x

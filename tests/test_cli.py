@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_script
-from model import ResNet34, ResNet, save_checkpoint
+from model import ResNet, save_checkpoint
 
 CKPT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "test_loss", "test_accuracy",
              "train_losses", "test_losses", "train_acc", "test_acc",  # the reference's keys
@@ -58,16 +58,27 @@ def test_smoke_checkpoint_has_every_key_and_loads_safely(smoke_run):
     assert best["test_accuracy"] == max(ckpt["test_acc"]) == ckpt["best_accuracy"]
 
 
-def test_reference_inference_snippet_works_on_our_checkpoint(smoke_run, tmp_path):
-    # The reference README's snippet, verbatim in spirit, on a full-size checkpoint.
-    net = ResNet34(num_classes=100)
-    save_checkpoint({"model_state_dict": net.state_dict(), "epoch": 0}, str(tmp_path / "b.pt"))
-    model = ResNet34(num_classes=100)
-    checkpoint = torch.load(str(tmp_path / "b.pt"), map_location="cpu")
+def test_the_readme_snippets_way_predicts_what_evaluate_reports(smoke_run, tmp_path):
+    # The README's snippet (build, torch.load, load_state_dict, eval, argmax) on the smoke
+    # run's trained checkpoint: its predictions give --evaluate's per-class counts.
+    import data
+    from model import build_model, normalize
+    out, _ = smoke_run
+    path = out / "checkpoints" / "best_model.pt"
+    checkpoint = torch.load(path, map_location="cpu")
+    model = build_model(checkpoint["model_args"])
     model.load_state_dict(checkpoint["model_state_dict"])
     model.eval()
+    x, y = data.read_split(checkpoint["config"]["data_dir"], "cifar100", "test")
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 32, 32)).argmax(dim=1).shape == (1,)
+        prediction = model(normalize(x, checkpoint["mean"], checkpoint["std"])).argmax(dim=1).numpy()
+    proc = run_script("train.py", "--evaluate", path, "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "training_metrics_from_ckpt" / "per_class_accuracy.csv")))
+    names = checkpoint["class_names"]
+    assert [int(r["correct"]) for r in rows] == [int(((prediction == y) & (y == c)).sum())
+                                                 for c in range(len(names))]
+    assert 100 * (prediction == y).mean() == pytest.approx(checkpoint["test_accuracy"], abs=1e-9)
 
 
 def test_metrics_csv_is_the_checkpoint_history(smoke_run):
@@ -207,10 +218,10 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert any(n.startswith("augmentation batched") for n in names)
     assert sum(n.startswith("raw train step, eager, fp32") for n in names) == 2  # NCHW, channels_last
     assert sum(n.startswith("real training loop") for n in names) == 2  # both augmentations
-    assert sum(res["step_breakdown"].values()) == pytest.approx(1.0)
-    assert res["step_breakdown"]["convolution and matmul"] > 0
+    # the network is convolutions: they take most of a step's operator time
+    shares = res["step_breakdown"]
+    assert max(shares, key=shares.get) == "convolution and matmul" and shares["convolution and matmul"] > 0.5
     assert all(r["images_per_s"] > 0 for r in res["rows"])
-    assert all(r["gpu_busy"] is None for r in res["rows"])  # no GPU: no busy share
     assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
     runs = res["train_runs"]  # train.py itself, its epoch lines parsed; eager twice
     assert list(runs) == ["eager", "eager, again"]

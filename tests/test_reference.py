@@ -3,7 +3,6 @@ interrupted reference run continues here (see tests/reference_format.py for the 
 import csv
 import os
 import re
-import warnings
 import zipfile
 
 import numpy as np

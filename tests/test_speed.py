@@ -204,10 +204,11 @@ def test_the_wait_for_batches_is_measured():
 def test_a_gpu_waiting_for_input_is_told_once_how_to_feed_it(said):
     run = types.SimpleNamespace(rt=types.SimpleNamespace(device=CUDA), workers=2,
                                 cfg=config.Config(), said_input=False)
-    train.check_input(run, 0, waited=0.5, seconds=10.0)  # 5%: fine
-    train.check_input(run, 1, waited=4.0, seconds=10.0)
+    train.check_input(run, 0, waited=0.99, seconds=10.0)  # 9.9%: below the 10% the README says
+    assert not said()
+    train.check_input(run, 1, waited=1.01, seconds=10.0)  # 10.1%
     train.check_input(run, 2, waited=4.0, seconds=10.0)
-    assert len(said()) == 1 and "waited for training batches 40% of epoch 1" in said()[0]
+    assert len(said()) == 1 and "waited for training batches 10% of epoch 1" in said()[0]
     assert "2 CPU workers" in said()[0] and "--aug-on-device" in said()[0]
     run.rt.device = torch.device("cpu")  # a CPU trains slower than any loader: nothing to say
     run.said_input = False
@@ -238,10 +239,23 @@ def test_kernels_are_classified_by_kind_of_work(name, kind):
     assert gpu_busy.kernel_kind(name) == kind
 
 
+def test_the_breakdown_adds_each_kernels_time_to_its_kind():
+    times = {"aten::mkldnn_convolution": 6.0, "sm80_xmma_dgrad_implicit_gemm": 2.0,
+             "aten::native_batch_norm_backward": 1.0, "aten::add_": 0.5, "aten::empty": 0.5}
+    assert gpu_busy.breakdown(times) == {"convolution and matmul": 0.8, "batch norm": 0.1,
+                                         "element-wise and reductions": 0.05, "other": 0.05}
+    assert list(gpu_busy.breakdown(times))[0] == "convolution and matmul"  # largest first
+
+
 def test_gpu_busy_averages_nvidia_smi_samples_after_the_first_ones():
-    fake = [sys.executable, "-c", "print('10'); print('20'); print('80 %'); print('[N/A]'); print('100')"]
+    # a fake nvidia-smi that says its lines, then keeps sampling (as the real one does)
+    # until it is stopped; the block waits for the lines, however slowly Python starts
+    fake = [sys.executable, "-c", "import time\nfor v in ('10', '20', '80 %', '[N/A]', '100'):\n"
+            "    print(v, flush=True)\ntime.sleep(600)"]
     with gpu_busy.GpuBusy(command=fake) as busy:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 120
+        while len(busy.samples) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert busy.samples == [10.0, 20.0, 80.0, 100.0] and busy.fraction == pytest.approx(0.9)
     with gpu_busy.GpuBusy(command=["/no/such/nvidia-smi"]) as none:
         pass

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import io
 import logging
@@ -5,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import config
 import data
@@ -174,14 +176,22 @@ def test_no_step_waits_for_the_device(tiny_data, monkeypatch):
     assert len(reads) <= 2 * (steps // train.SYNC_EVERY) + 3
 
 
-def test_gradients_are_clipped_to_the_configured_norm():
+def test_the_update_is_the_learning_rate_times_the_clipped_gradient():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     x, y = torch.randn(8, 3, 32, 32) * 100, torch.randint(0, 10, (8,))
-    _step(model, config.Config(grad_clip=0.5, cutmix_prob=0.0, momentum=0.0,
-                              weight_decay=0.0), x, y)
-    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
-    assert norm <= 0.5 + 1e-4
+    cfg = config.Config(grad_clip=5.0, cutmix_prob=0.0, momentum=0.0, weight_decay=0.0)
+    apart = copy.deepcopy(model)  # the raw gradient, computed on its own
+    F.cross_entropy(apart(x), y, label_smoothing=cfg.label_smoothing).backward()
+    raw = [p.grad for p in apart.parameters()]
+    norm = torch.sqrt(sum((g ** 2).sum() for g in raw))
+    assert norm > 10 * cfg.grad_clip  # the clipping has work to do
+    before = [p.detach().clone() for p in model.parameters()]
+    _step(model, cfg, x, y)
+    lr = cfg.max_lr / cfg.div_factor  # the schedule's first LR; a first step has no momentum yet
+    for p0, p, g in zip(before, model.parameters(), raw):
+        # (float32 weights of ~0.01 resolve a change to ~1e-9)
+        assert torch.allclose(p0 - p.detach(), lr * g * cfg.grad_clip / norm, rtol=1e-3, atol=5e-9)
 
 
 @pytest.mark.parametrize("flags, needle", [
