@@ -271,9 +271,15 @@ def augment_batch(images, seed, mean, std):
     return standardize(x, mean, std), p
 
 
-def _to_device(array, device, dtype=np.float32):
-    """A small host array -> tensor on the device, without waiting for the device."""
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device, non_blocking=True)
+def to_device(array, device, dtype=np.float32):
+    """A small host array -> tensor on the device, without waiting for the device. To a GPU
+    through pinned memory: a copy from pageable memory may be staged by the driver, which
+    then waits (PyTorch's caching host allocator reuses the pinned blocks, and holds each
+    until its copy is done)."""
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _crop(images, p):
@@ -283,7 +289,7 @@ def _crop(images, p):
     padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4))
     s = padded.stride()
     windows = padded.as_strided((n, 9, 9, h, w, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
-    cy, cx = (_to_device(p[k], images.device, np.int64) for k in ("crop_y", "crop_x"))
+    cy, cx = (to_device(p[k], images.device, np.int64) for k in ("crop_y", "crop_x"))
     return windows[torch.arange(n, device=images.device), cy, cx]
 
 
@@ -315,7 +321,7 @@ def _sampling_matrices(p, h, w):
 
 def _sampling_grid(p, h, w, device):
     """grid_sample's grid (N, H, W, 2) for the flip + affine matrices, on the device."""
-    theta = _to_device(_sampling_matrices(p, h, w).reshape(-1, 6), device)[:, :, None, None]
+    theta = to_device(_sampling_matrices(p, h, w).reshape(-1, 6), device)[:, :, None, None]
     xs = (2 * torch.arange(w, device=device) + 1) / w - 1  # pixel centres in -1..1
     ys = ((2 * torch.arange(h, device=device) + 1) / h - 1)[:, None]
     grid = torch.empty((len(theta), h, w, 2), device=device)
@@ -327,7 +333,7 @@ def _sampling_grid(p, h, w, device):
 def _chosen(p, key, device):
     """Indices of the images drawn for `key`, on the host and on the device."""
     chosen = np.flatnonzero(p[key])
-    return chosen, torch.from_numpy(chosen).to(device, non_blocking=True)
+    return chosen, to_device(chosen, device, np.int64)
 
 
 def _cutout(x, p, mean):
@@ -337,7 +343,7 @@ def _cutout(x, p, mean):
         return x
     h, w = x.shape[-2:]
     y0, x0 = p["hole_y"][chosen], p["hole_x"][chosen]
-    box = _to_device(np.stack([y0, y0 + p["hole_h"][chosen], x0, x0 + p["hole_w"][chosen]], 1),
+    box = to_device(np.stack([y0, y0 + p["hole_h"][chosen], x0, x0 + p["hole_w"][chosen]], 1),
                      x.device)[:, :, None, None]
     rows = torch.arange(h, device=x.device)[:, None]
     cols = torch.arange(w, device=x.device)
@@ -355,7 +361,7 @@ def _noise(x, p, gen):
     chosen, idx = _chosen(p, "noise", x.device)
     if not len(chosen):
         return x
-    sd = _to_device(p["noise_std"][chosen], x.device)[:, None, None, None]
+    sd = to_device(p["noise_std"][chosen], x.device)[:, None, None, None]
     noise = torch.randn((len(chosen), *x.shape[1:]), generator=gen, device=x.device)
     x[idx] = (x[idx].round() + (noise * sd).trunc()).clamp(0, 255)
     return x

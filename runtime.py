@@ -178,6 +178,14 @@ class Runtime:
         x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
         return x.contiguous(memory_format=self.memory_format), y.to(self.device, non_blocking=True)
 
+    def example_batch(self, n, size=32):
+        """A synthetic network input as the training batches will be: (n, 3, size, size)
+        float32 on the device, in the run's memory format. Drawn from its own generator,
+        so making it leaves the run's random streams alone."""
+        g = torch.Generator(self.device).manual_seed(0)
+        x = torch.randn((n, 3, size, size), generator=g, device=self.device)
+        return x.contiguous(memory_format=self.memory_format)
+
 
 def make_runtime(device, precision, channels_last, mean, std, dist=None, step_mode="eager"):
     """precision and step_mode: names, "auto" included (see pick_precision, pick_step_mode).
@@ -197,8 +205,9 @@ def make_runtime(device, precision, channels_last, mean, std, dist=None, step_mo
 
 class TrainingNetwork(torch.nn.Module):
     """What the training step calls as `model(x)`: the network itself in eager mode; in
-    the fast modes a faster version of it, made on the first full batch, that runs every
-    batch of that shape (evaluation, and an epoch's last smaller batch, run eagerly):
+    the fast modes a faster version of it, made by prepare() on a synthetic full batch
+    before training starts, that runs every batch of that shape (evaluation, and an
+    epoch's last smaller batch, run eagerly):
 
       graphs   torch.cuda.make_graphed_callables records the forward and the backward
                pass as two CUDA graphs; the loss, clipping and the optimizer stay eager.
@@ -209,6 +218,11 @@ class TrainingNetwork(torch.nn.Module):
     their effect on the BatchNorm statistics and the random state is undone. If it fails
     (no compiler, an unsupported GPU, ...) one warning, and eager from then on: a run
     never stops for the sake of speed.
+
+    Made before the first batch, not on it: a run resumed at an epoch's last, smaller batch
+    would otherwise make it for that size and run every full batch eagerly, and a capture
+    while the DataLoader's pin-memory thread allocates can break (that thread is not yet
+    running).
     """
 
     def __init__(self, net, mode="eager"):
@@ -216,10 +230,17 @@ class TrainingNetwork(torch.nn.Module):
         self.net, self.mode, self.fast, self.shape = net, mode, None, None
         self.ready_in = None  # seconds it took to make the fast version
 
-    def forward(self, x):
-        if self.mode != "eager" and self.fast is None and self.training:
+    def prepare(self, x):
+        """Make the fast version for training batches shaped like x (a synthetic batch:
+        Runtime.example_batch), under the autocast the steps will run in."""
+        if self.mode != "eager" and self.fast is None:
+            self.net.train()
             self._make_fast(x)
+
+    def forward(self, x):
         if self.fast is not None and self.training and x.shape == self.shape:
+            if self.mode == "compile":  # a new step: the graphs' outputs of the last may go
+                torch.compiler.cudagraph_mark_step_begin()
             return self.fast(x)
         return self.net(x)
 
@@ -254,9 +275,14 @@ def compile_network(net, x, warmup=3):
     """torch.compile'd network, compiled here rather than inside a training step: the
     backward pass is compiled on the first backward, and reduce-overhead records its CUDA
     graphs on the following calls, so warm-up runs all of them now (where a failure can
-    still fall back to eager)."""
+    still fall back to eager). Each pass starts as a training step does: a new step for
+    the graphs, no gradients (accumulating into the graphs' outputs of the pass before
+    raises "accessing tensor output of CUDAGraphs that has been overwritten")."""
     fast = torch.compile(net, mode="reduce-overhead" if x.is_cuda else None)
     for _ in range(warmup):
+        for p in net.parameters():
+            p.grad = None
+        torch.compiler.cudagraph_mark_step_begin()
         fast(x).float().sum().backward()
     return fast
 
@@ -264,20 +290,23 @@ def compile_network(net, x, warmup=3):
 class BufferSnapshot:
     """A network's buffers (BatchNorm running statistics) as of when it was last taken.
     A training forward pass updates them before the step may still fail (out of memory in
-    the backward pass, say); copying these back undoes that. One fused copy."""
+    the backward pass, say); copying these back undoes that. One fused copy per dtype
+    (the fused kernel takes one dtype per list: the seed network's 132 buffers are 88
+    float32 statistics and 44 int64 batch counts)."""
 
     def __init__(self, model):
-        self.live = list(model.buffers())
-        self.kept = [b.clone() for b in self.live]
+        groups = {}
+        for b in model.buffers():
+            groups.setdefault(b.dtype, []).append(b)
+        self.groups = [(live, [b.clone() for b in live]) for live in groups.values()]
 
     def take(self):
-        if self.live:
-            torch._foreach_copy_(self.kept, self.live)
+        for live, kept in self.groups:
+            torch._foreach_copy_(kept, live)
 
     def restore(self):
-        if self.live:
-            torch._foreach_copy_(self.live, self.kept)
-
+        for live, kept in self.groups:
+            torch._foreach_copy_(live, kept)
 
 
 # -----------------------------------------------------------------------------

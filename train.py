@@ -72,8 +72,7 @@ def paste_box(x, y, rng, alpha):
     h, w = int(H * cut), int(W * cut)
     y0, y1 = max(cy - h // 2, 0), min(cy + h // 2, H)
     x0, x1 = max(cx - w // 2, 0), min(cx + w // 2, W)
-    # non_blocking: a plain copy to a GPU would wait for all the work queued before it
-    perm = torch.from_numpy(rng.permutation(len(x))).to(x.device, non_blocking=True)
+    perm = data.to_device(rng.permutation(len(x)), x.device, np.int64)  # without waiting
     x = x.clone()
     x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
     return x, y, y[perm], 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
@@ -372,6 +371,8 @@ def build_run(cfg, device, dist, arrays, names):
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
     model = TrainingNetwork(model, rt.step_mode)  # `net` (saved, evaluated) stays as it is
+    with rt.autocast():  # the fast version, for full batches, before any batch is loaded
+        model.prepare(rt.example_batch(cfg.batch_size // dist.world))
     opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
     scaler = rt.grad_scaler()
     extra = {"model_args": dict(net.model_args), "class_names": list(names),

@@ -52,10 +52,12 @@ class GpuBusy:
 
     SKIP = 2
 
-    def __init__(self, device_index=0, command=None):
+    def __init__(self, gpu="0", command=None):
+        """gpu: what nvidia-smi -i takes: an index in its own numbering, a UUID or a PCI
+        bus id (nvidia_smi_id: torch's index differs where CUDA_VISIBLE_DEVICES is set)."""
         self.command = command or (
             ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-             "-i", str(device_index), "-lms", "100"] if shutil.which("nvidia-smi") else None)
+             "-i", str(gpu), "-lms", "100"] if shutil.which("nvidia-smi") else None)
         self.samples, self.fraction, self._proc, self._reader = [], None, None, None
 
     def __enter__(self):
@@ -82,6 +84,13 @@ class GpuBusy:
             self._reader.join(timeout=10)
         kept = self.samples[self.SKIP:] or self.samples
         self.fraction = sum(kept) / len(kept) / 100 if kept else None
+
+
+def nvidia_smi_id(device):
+    """The PCI bus id of a torch CUDA device, as nvidia-smi -i takes it: '00000000:3B:00.0'."""
+    import torch
+    p = torch.cuda.get_device_properties(device)
+    return f"{p.pci_domain_id:08X}:{p.pci_bus_id:02X}:{p.pci_device_id:02X}.0"
 
 
 def parse_percent(line):

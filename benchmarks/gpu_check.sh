@@ -1,18 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: every step mode on this machine's CUDA GPU, in about 5 minutes on an
-# H100/H200-class GPU (compiling is most of it). For eager, graphs and compile it prints
-# the raw step's and the real loop's images/s, the GPU's busy share, the time each mode
-# takes to get ready (capture, compile), and a 2-epoch `python train.py` per mode on
-# generated data: images/s over whole epochs and the final losses, which should agree
-# across modes. Nothing but this repo and its requirements needed.
-#   bash benchmarks/gpu_check.sh [--json PATH]
+# The GPU check (benchmarks/gpu_check.py): the figures that decide the GPU defaults and a
+# correctness check of the fast step modes, on one CUDA GPU, inside a time budget (330 s by
+# default; `--dry-run` lists the rows and the budget on any machine). Each figure is
+# printed, and the JSON rewritten, as it is taken.
+#   bash benchmarks/gpu_check.sh [--json PATH] [--budget SECONDS] [--dry-run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-  echo "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); run it on a machine with an NVIDIA GPU" >&2
-  exit 1
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-exec "$PYTHON" benchmarks/throughput.py --device cuda --modes eager,graphs,compile \
-  --train-epochs 2 "$@"
+exec "${PYTHON:-python3}" benchmarks/gpu_check.py "$@"

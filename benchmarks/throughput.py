@@ -1,6 +1,6 @@
 """Throughput of every stage of training, measured side by side in one run.
 
-    python benchmarks/throughput.py                  # full seed network, ~6 min on 2 cores
+    python benchmarks/throughput.py                  # full seed network (docs/performance.md)
     python benchmarks/throughput.py --device cuda --modes eager,graphs,compile --train-epochs 2
     python benchmarks/throughput.py --json out.json  # also write the figures as JSON
     python benchmarks/throughput.py --quick          # reduced network and sizes: a check
@@ -15,14 +15,16 @@ the real training loop (train.train_epoch unchanged: DataLoader, CutMix, clippin
 schedule, progress bar) over whole epochs of generated data, per step mode and with
 --aug-on-device; with --train-epochs, `python train.py` itself per step mode on generated
 data. On CUDA a repeat of the raw step is --steps steps (50), and every row gives the
-share of the time the GPU was busy (nvidia-smi). Under the table: the machine's fp32
-matmul rate and the network's FLOPs per image (the step's share of the arithmetic limit),
-where an eager step's kernel time goes by kind of work, the SGD update's time (fused
-kernel against the per-tensor loop), and peak memory.
+share of the time the GPU was busy (nvidia-smi); the real loop's rows also give its
+steady state, without the loader's refill at each epoch's start. Under the table: the
+machine's matmul rate in the step's dtype and the network's FLOPs per image (the step's
+share of that limit), where an eager step's kernel time goes by kind of work, the SGD
+update's time (fused kernel against the per-tensor loop), and peak memory.
 """
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -43,10 +45,10 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import train  # noqa: E402
 from config import Config  # noqa: E402
-from gpu_busy import GpuBusy, breakdown  # noqa: E402
+from gpu_busy import GpuBusy, breakdown, nvidia_smi_id  # noqa: E402
 from model import ResNet  # noqa: E402
-from runtime import (TrainingNetwork, default_workers, has_native_bf16, make_runtime,  # noqa: E402
-                     pick_device)
+from runtime import (DTYPES, TrainingNetwork, default_workers, has_native_bf16,  # noqa: E402
+                     make_runtime, pick_device)
 
 SPEC = data.DATASETS["cifar100"]
 
@@ -72,8 +74,8 @@ def sync():
 
 def gpu_busy(device):
     """GpuBusy for a CUDA device; on others a stand-in whose fraction is None."""
-    if device.type == "cuda":
-        return GpuBusy(device.index or 0)
+    if device.type == "cuda":  # by PCI bus id: CUDA_VISIBLE_DEVICES renumbers torch's indices
+        return GpuBusy(nvidia_smi_id(device))
     return contextlib.nullcontext(argparse.Namespace(fraction=None))
 
 
@@ -136,16 +138,19 @@ class Trainer:
     """A network, optimizer and schedule as train.py builds them, run through
     TrainingNetwork in one step mode; step() is train.train_step on one fixed batch."""
 
-    def __init__(self, args, device, mode="eager", precision="auto", channels_last=True):
+    def __init__(self, args, device, mode="eager", precision="auto", channels_last=True,
+                 dropout=0.3):
         self.cfg = Config(cutmix_prob=0.0, blocks=list(args.blocks), width=args.width,
                           batch_size=args.batch, precision=precision, step_mode=mode,
-                          channels_last=channels_last)
+                          channels_last=channels_last, dropout=dropout)
         self.rt = make_runtime(device, precision, channels_last, SPEC["mean"], SPEC["std"],
                                step_mode=mode)
         torch.manual_seed(0)
-        self.net = ResNet(tuple(args.blocks), args.width, 100).to(
+        self.net = ResNet(tuple(args.blocks), args.width, 100, dropout).to(
             device, memory_format=self.rt.memory_format)
         self.model = TrainingNetwork(self.net, self.rt.step_mode)
+        with self.rt.autocast():  # as train.py: the fast version first, on a synthetic batch
+            self.model.prepare(self.rt.example_batch(args.batch))
         self.opt, self.sched = train.make_optimizer(self.net, self.cfg, steps_per_epoch=10**6)
         self.scaler = self.rt.grad_scaler()
         self.x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(
@@ -189,25 +194,52 @@ def eval_rate(args, trainer):
     return args.eval_batch / median_time(forward, args.repeats)
 
 
-def loop_rate(args, trainer, arrays, workers, aug_on_device=False):
+def free_gpu_memory():
+    """Give back the memory of trainers no longer referenced: make_graphed_callables leaves
+    a reference cycle, so its graphs' memory pool goes only once the cycle is collected."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def loop_rate(args, trainer, arrays, workers, aug_on_device=False, steady=None):
     """train.train_epoch, unchanged, over whole epochs of generated data: (images/s of the
-    median epoch, the GPU's busy share over the timed epochs)."""
+    median epoch, the GPU's busy share over the timed epochs). steady: a list that gets
+    the median epoch's rate from its 10th step on, without the loader's refill at the
+    epoch's start (timed from when the host issued that step to the epoch's end)."""
     x, y, xt, yt = arrays
     rt = trainer.rt
     cfg = dataclasses.replace(trainer.cfg, aug_on_device=aug_on_device, cutmix_prob=0.3)
     loader, _ = data.make_loaders(x, y, xt, yt, SPEC["mean"], args.batch, 10, workers,
                                   pin_memory=rt.device.type == "cuda", raw=aug_on_device)
-    epoch = iter(range(10**6))
+    epoch, issued, rates = iter(range(10**6)), [], []
+    skip = min(10, train.steps_per_epoch(loader) // 2)
 
     def one_epoch():
-        train.train_epoch(trainer.model, loader, trainer.opt, trainer.sched, trainer.scaler,
-                          rt, cfg, next(epoch), train.new_progress())
+        issued.clear()
+        real = train.train_step
+
+        def step(*a):
+            issued.append(time.perf_counter())
+            return real(*a)
+        train.train_step = step
+        try:
+            train.train_epoch(trainer.model, loader, trainer.opt, trainer.sched, trainer.scaler,
+                              rt, cfg, next(epoch), train.new_progress())
+        finally:
+            train.train_step = real
+        sync()
+        n = len(issued) - skip  # full batches only make this an approximation at the end
+        rates.append(n * args.batch / (time.perf_counter() - issued[skip]))
     try:
         one_epoch()  # warm-up: the workers start, the step mode gets ready
+        rates.clear()
         with gpu_busy(rt.device) as busy:
             seconds = median_time(one_epoch, args.repeats, warmup=0)
     finally:
         data.shutdown_workers(loader)
+    if steady is not None:
+        steady.append(statistics.median(rates))
     return len(x) / seconds, busy.fraction
 
 
@@ -251,42 +283,52 @@ def train_runs(args, device, modes, root):
     curves, which should agree across modes within run-to-run noise. Eager runs twice:
     the difference between those two is that noise (cuDNN's kernels are not bitwise
     deterministic on a GPU; on the CPU the two are identical)."""
-    data.write_synthetic_dataset(root, "cifar100", n_train=args.train_images,
-                                 n_test=args.train_images // 10)
+    write_train_data(args, root)
     runs = {}
     for label in [modes[0], f"{modes[0]}, again"] + modes[1:]:
-        mode = label.split(",")[0]
-        out = os.path.join(root, f"run_{len(runs)}")
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", root,
-               "--no-download", "--epochs", str(args.train_epochs), "--target-accuracy", "0",
-               "--gradcam-images", "0", "--step-mode", mode, "--device", str(device),
-               "--out-dir", out, "--blocks", *map(str, args.blocks), "--width", str(args.width)]
-        if args.quick:
-            cmd += ["--batch-size", str(args.batch), "--num-workers", "0"]
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.train_timeout)
-            out, code = proc.stdout, proc.returncode
-            error = (proc.stderr.strip().splitlines() or ["?"])[-1] if code else None
-        except subprocess.TimeoutExpired as e:
-            out, code, error = e.stdout or "", -1, f"still running after {args.train_timeout}s"
-            out = out.decode() if isinstance(out, bytes) else out
-        run = parse_train_log(out)
-        run.update(exit=code, wall_s=time.perf_counter() - t0, error=error)
-        print(f"  train.py --step-mode {mode}: exit {code} after {run['wall_s']:.0f}s",
-              file=sys.stderr, flush=True)
-        runs[label] = run
+        runs[label] = train_run(args, device, label.split(",")[0], root,
+                                os.path.join(root, f"run_{len(runs)}"))
     return runs
+
+
+def write_train_data(args, root):
+    data.write_synthetic_dataset(root, "cifar100", n_train=args.train_images,
+                                 n_test=args.train_images // 10)
+
+
+def train_run(args, device, mode, root, out, timeout=None):
+    """One `python train.py` run on the data in root: its epoch lines parsed, exit, time."""
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--data-dir", root,
+           "--no-download", "--epochs", str(args.train_epochs), "--target-accuracy", "0",
+           "--gradcam-images", "0", "--step-mode", mode, "--device", str(device),
+           "--out-dir", out, "--blocks", *map(str, args.blocks), "--width", str(args.width)]
+    if args.quick:
+        cmd += ["--batch-size", str(args.batch), "--num-workers", "0"]
+    timeout = timeout or args.train_timeout
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        text, code = proc.stdout, proc.returncode
+        error = (proc.stderr.strip().splitlines() or ["?"])[-1] if code else None
+    except subprocess.TimeoutExpired as e:
+        text, code, error = e.stdout or "", -1, f"still running after {timeout:.0f}s"
+        text = text.decode() if isinstance(text, bytes) else text
+    run = parse_train_log(text)
+    run.update(exit=code, wall_s=time.perf_counter() - t0, error=error)
+    print(f"  train.py --step-mode {mode}: exit {code} after {run['wall_s']:.0f}s",
+          file=sys.stderr, flush=True)
+    return run
 
 
 # -----------------------------------------------------------------------------
 # Arithmetic limit and memory
 
-def matmul_gflops(device, repeats, size=4096):
-    """fp32 matrix multiply rate, measured first, before anything else loads the machine:
-    the best of several repeats, as the machine's attainable arithmetic limit."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_gflops(device, repeats, size=4096, dtype=torch.float32):
+    """Matrix multiply rate in `dtype` (the step's: a bf16 step is held against a bf16
+    matmul), measured first, before anything else loads the machine: the best of several
+    repeats, as the machine's attainable arithmetic limit."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     best = min(median_time(lambda: a @ b, 1, warmup=0) for _ in range(max(repeats, 5)))
     return 2 * size**3 / best / 1e9
@@ -383,28 +425,33 @@ def network_rows(args, device, modes, workers, arrays):
             loops[mode] = trainer  # goes on to the loop rows, already made ready
         else:
             del trainer  # its graphs' memory pool with it
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            free_gpu_memory()
     first = loops[modes[0]]
     ev = eval_rate(args, first)
     rows.append(row(f"evaluation, batch {args.eval_batch}, {default} channels_last", ev,
                     note=f"{ev / eager[(default, True)]:.2f}x the eager train step"))
     for mode, trainer in loops.items():
-        rate, busy = loop_rate(args, trainer, arrays, workers)
+        steady = []
+        rate, busy = loop_rate(args, trainer, arrays, workers, steady=steady)
         rows.append(row(f"real training loop, {mode} ({args.loop_steps} steps/epoch, "
                         f"albumentations, CutMix)", rate, busy, trainer.ready,
-                        f"{rate / eager[(default, True)]:.2f}x the raw eager step"))
+                        f"{rate / eager[(default, True)]:.2f}x the raw eager step; steady "
+                        f"state {steady[0]:,.0f}/s"))
     fast = loops[modes[-1]]
-    rate, busy = loop_rate(args, fast, arrays, workers, aug_on_device=True)
+    steady = []
+    rate, busy = loop_rate(args, fast, arrays, workers, aug_on_device=True, steady=steady)
     rows.append(row(f"real training loop, {modes[-1]}, --aug-on-device", rate, busy, fast.ready,
-                    f"{rate / eager[(default, True)]:.2f}x the raw eager step"))
+                    f"{rate / eager[(default, True)]:.2f}x the raw eager step; steady "
+                    f"state {steady[0]:,.0f}/s"))
     return rows
 
 
 def measure(args):
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    limit = matmul_gflops(device, args.repeats) * 1e9
+    default = step_variants(device, ["eager"])[-1][1]  # the precision train.py picks
+    dtype = DTYPES[default] or torch.float32
+    limit = matmul_gflops(device, args.repeats, dtype=dtype) * 1e9
     workers = default_workers()
     rows = augmentation_rows(args, device, workers)
     with tempfile.TemporaryDirectory() as root:
@@ -419,7 +466,8 @@ def measure(args):
         "gpu": torch.cuda.get_device_name(device) if cuda else None,
         "network": {"blocks": list(args.blocks), "width": args.width,
                     "forward_gflops_per_image": fwd / 1e9},
-        "matmul_fp32_gflops": limit / 1e9, "peak_memory_mb": peak_memory_mb(device),
+        "matmul_gflops": limit / 1e9, "matmul_dtype": str(dtype).replace("torch.", ""),
+        "peak_memory_mb": peak_memory_mb(device),
         "eager_step_share_of_matmul_rate": step["images_per_s"] * 3 * fwd / limit,
         "step_breakdown": step_breakdown(args, device),
         "sgd_step_ms": sgd_step_ms(args, device),
@@ -445,7 +493,7 @@ def print_table(res):
     net = res["network"]
     print(f"network blocks {net['blocks']} width {net['width']}: "
           f"{net['forward_gflops_per_image']:.3f} GFLOP forward per image; "
-          f"fp32 matmul {res['matmul_fp32_gflops']:.1f} GFLOP/s (the eager channels_last step runs at "
+          f"{res['matmul_dtype']} matmul {res['matmul_gflops']:.1f} GFLOP/s (the eager channels_last step runs at "
           f"{res['eager_step_share_of_matmul_rate']:.2f} of it); "
           f"peak memory {res['peak_memory_mb']:.0f} MB\n")
     width = max(len(r["name"]) for r in res["rows"])

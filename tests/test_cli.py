@@ -225,7 +225,7 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert all(r["images_per_s"] > 0 for r in res["rows"])
     assert res["sgd_step_ms"]["fused"] > 0 and res["sgd_step_ms"]["loop"] > 0
     assert "SGD update of the network's parameters: fused kernel" in proc.stdout
-    assert res["matmul_fp32_gflops"] > 0 and res["network"]["forward_gflops_per_image"] > 0
+    assert res["matmul_gflops"] > 0 and res["matmul_dtype"] == "float32" and res["network"]["forward_gflops_per_image"] > 0
     runs = res["train_runs"]  # train.py itself, its epoch lines parsed; eager twice
     assert list(runs) == ["eager", "eager, again"]
     assert all(r["exit"] == 0 and len(r["epochs"]) == 1 for r in runs.values())

@@ -1,7 +1,9 @@
 """The speed machinery as far as a CPU can check it: which precision and step mode a
 device gets, the fast path's dispatch and its fallback to eager, the input-wait warning,
 and the benchmark's GPU helpers. (The CUDA paths themselves run in benchmarks/gpu_check.sh.)"""
+import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -107,13 +109,15 @@ def _net():
     return train.ResNet((1, 1, 1, 1), 8, 10, dropout=0.3)
 
 
-def _train(model, net, batches):
-    """train_step over (x, y) batches, each keyed as train_epoch keys its steps;
-    returns the losses, and the network's state and momentum at the end."""
+def _train(model, net, batches, full=16):
+    """train_step over (x, y) batches, each keyed as train_epoch keys its steps, after the
+    model's fast version is made for `full` images as train.py makes it; returns the
+    losses, and the network's state and momentum at the end."""
     cfg = config.Config(cutmix_prob=0.5)
     opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=len(batches))
     rt = runtime.make_runtime(torch.device("cpu"), "fp32", True, data.DATASETS["cifar100"]["mean"],
                               data.DATASETS["cifar100"]["std"])
+    model.prepare(rt.example_batch(full))
     losses = []
     model.train()
     for step, (x, y) in enumerate(batches):
@@ -138,7 +142,7 @@ def _same(a, b):
 @pytest.mark.parametrize("mode, maker", [("graphs", "graph_network"),
                                          ("compile", "compile_network")])
 def test_a_fast_version_runs_full_batches_and_its_warm_up_leaves_no_trace(monkeypatch, mode, maker):
-    """The fast version is made on the first full batch with warm-up passes that move the
+    """The fast version is made before training with warm-up passes that move the
     BatchNorm statistics and draw dropout masks; both are undone, so training is the same
     as eager (here the 'fast' version is the network itself, as a CUDA graph's is in effect)."""
     calls = []
@@ -177,6 +181,104 @@ def test_a_failing_fast_mode_warns_once_and_trains_on_eagerly(monkeypatch, said)
     eager_net = _net()
     eager = _train(runtime.TrainingNetwork(eager_net, "eager"), eager_net, _batches())
     assert _same(fell_back[1], eager[1])  # nothing of the failed attempt is left
+
+
+def test_a_run_resumed_at_an_epochs_last_batch_gets_the_fast_version_for_full_batches(monkeypatch):
+    made, calls = [], []
+
+    def fake_maker(net, x):
+        made.append(tuple(x.shape))
+
+        def fast(x):
+            calls.append(len(x))
+            return net(x)
+        return fast
+    monkeypatch.setattr(runtime, "graph_network", fake_maker)
+    net = _net()
+    model = runtime.TrainingNetwork(net, "graphs")
+    _train(model, net, _batches((8, 16, 16)))  # resumed at the last step: a smaller batch first
+    assert made == [(16, 3, 32, 32)] and calls == [16, 16]
+
+
+def test_train_py_makes_the_fast_version_before_any_batch_on_a_synthetic_full_one(monkeypatch,
+                                                                                tiny_data):
+    made = []
+
+    def fake_compile(net, x):
+        made.append((tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return net
+    monkeypatch.setattr(runtime, "compile_network", fake_compile)
+    logs.setup_logging(None, enabled=False)
+    cfg = config.resolve_config({"blocks": [1, 1, 1, 1], "width": 8, "batch_size": 48,
+                                 "step_mode": "compile", "num_workers": 0, "data_dir": tiny_data})
+    x, y = data.read_split(tiny_data, "cifar100", "train")
+    run = train.build_run(cfg, torch.device("cpu"), runtime.Dist(), ((x, y), (x[:10], y[:10])),
+                          data.CIFAR100_CLASSES)
+    assert made == [((48, 3, 32, 32), torch.float32, True)]
+    assert run.model.fast is not None and run.train_loader._iterator is None  # nothing loaded yet
+
+
+def test_compile_warm_up_starts_each_pass_without_gradients_as_a_new_step(monkeypatch):
+    seen, marks = [], []
+    net = _net()
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: (
+        lambda x: (seen.append(all(p.grad is None for p in net.parameters())), net(x))[1]))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(len(seen)))
+    runtime.compile_network(net, torch.randn(4, 3, 32, 32))
+    assert seen == [True, True, True] and marks == [0, 1, 2]  # before each of the 3 passes
+    model = runtime.TrainingNetwork(net, "compile")
+    model.fast, model.shape = net, (4, 3, 32, 32)
+    model.train()(torch.randn(4, 3, 32, 32))  # a compiled training step is a new step too
+    assert marks == [0, 1, 2, 3]
+
+
+def test_compile_trains_as_eager_does_on_the_cpu():
+    """The real torch.compile against eager: the same seed and batches give the same
+    losses within float32 rounding (no dropout: compiled kernels draw other masks). Four
+    steps differ by 2e-7 relative here; the bound is 1e-4."""
+    def run(mode):
+        torch.manual_seed(0)
+        net = train.ResNet((1, 1, 1, 1), 8, 10, dropout=0.0)
+        model = runtime.TrainingNetwork(net, mode)
+        losses, _ = _train(model, net, _batches((16, 16, 16, 8)))
+        return model, torch.stack(losses) / 16
+    compiled, eager = run("compile"), run("eager")
+    assert compiled[0].mode == "compile" and compiled[0].fast is not None  # it did not fall back
+    assert torch.allclose(compiled[1], eager[1], rtol=1e-4), (compiled[1], eager[1])
+
+
+def test_the_batchnorm_snapshot_is_one_fused_copy_per_dtype(monkeypatch):
+    copies = []
+    real = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: (copies.append(
+        {t.dtype for t in dst}), real(dst, src)))
+    from model import ResNet34
+    kept = runtime.BufferSnapshot(ResNet34())
+    kept.take()
+    kept.restore()
+    assert sorted(map(sorted, copies), key=str) == [[torch.float32]] * 2 + [[torch.int64]] * 2
+    assert sum(len(live) for live, _ in kept.groups) == 132
+
+
+def test_small_copies_to_a_gpu_go_through_pinned_memory(monkeypatch):
+    pinned, moved = [], []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: (pinned.append(self.dtype), self)[1])
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kw):  # stands in for the copy to a GPU this machine may not have
+        if str(args[0]).startswith("cuda"):
+            moved.append(kw.get("non_blocking"))
+            return self
+        return real_to(self, *args, **kw)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    data.to_device(np.arange(5), torch.device("cuda"), np.int64)
+    data.to_device(np.arange(5), torch.device("cpu"), np.int64)  # no pinning off a GPU
+    assert pinned == [torch.int64] and moved == [True]
+    used = []
+    monkeypatch.setattr(data, "to_device", lambda a, device, dtype=np.float32: (
+        used.append(dtype), torch.from_numpy(np.asarray(a, dtype)))[1])
+    train.cutmix(torch.zeros(4, 3, 8, 8), torch.arange(4), np.random.default_rng(0), 1.0, 1.0)
+    assert used == [np.int64]  # CutMix's shuffled order goes the same way
 
 
 def test_real_torch_compile_trains_full_batches_on_the_cpu():
@@ -277,6 +379,78 @@ def test_step_variants_cover_both_formats_and_compile_once(gpu):
     assert [v for v in variants if v[0] == "compile"] == [("compile", "bf16", True)]
     gpu(7, 5)
     assert {p for _, p, _ in throughput.step_variants(CUDA, ["eager"])} == {"fp16"}
+
+
+def test_gpu_check_keeps_to_its_budget_and_writes_what_it_took(tmp_path):
+    import gpu_check
+    path = tmp_path / "check.json"
+
+    def sleeps(seconds, **figures):
+        return lambda ctx: (time.sleep(seconds), figures)[1]
+    rows = [gpu_check.Row("quick", 0.2, sleeps(0.2, rate=1.0)),
+            gpu_check.Row("too big to fit", 50, sleeps(0)),
+            gpu_check.Row("broken", 0.1, lambda ctx: 1 / 0),
+            gpu_check.Row("overruns", 0.1, sleeps(30)),
+            gpu_check.Row("never reached", 0.1, sleeps(0))]
+    t0 = time.monotonic()
+    res = gpu_check.run_rows(rows, 1.5, str(path), say=lambda line: None)
+    assert time.monotonic() - t0 < 5  # stopped by the alarm, not after the 30 s row
+    saved = json.loads(path.read_text())
+    assert saved == res and not saved["complete"] and saved["budget_s"] == 1.5
+    status = {r["name"]: r["status"] for r in saved["rows"]}
+    assert status["quick"] == "done" and saved["rows"][0]["rate"] == 1.0
+    assert status["too big to fit"].startswith("skipped")
+    assert status["broken"] == "failed: ZeroDivisionError: division by zero"
+    assert status["overruns"] == "stopped: the budget ran out during this row"
+    assert "never reached" not in status
+
+
+def test_gpu_check_dry_run_lists_its_rows_and_budget_anywhere():
+    proc = subprocess.run(["bash", f"{ROOT}/benchmarks/gpu_check.sh", "--dry-run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    budget = int(re.fullmatch(r"budget (\d+) .*", lines[-1]).group(1))
+    estimates = [float(re.match(r" *(\d+)s ", ln).group(1)) for ln in lines[:-1]]
+    assert budget <= 360 and sum(estimates) <= budget and len(estimates) == 12
+    assert any("graphs against eager" in ln for ln in lines)
+
+
+def test_gpu_check_rows_rehearse_on_the_cpu(monkeypatch, tmp_path):
+    """Every row's code, on the CPU with a reduced network, eager standing in for the
+    GPU's step modes and the sync debug mode recorded instead of set."""
+    import gpu_check
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: modes.append(mode))
+    ctx = gpu_check.Context(throughput, torch.device("cpu"), quick=True,
+                            alias={"graphs": "eager", "compile": "eager"})
+    res = gpu_check.run_rows(gpu_check.plan(), 600, str(tmp_path / "c.json"), ctx,
+                             say=lambda line: None)
+    failed = [(r["name"], r["status"]) for r in res["rows"] if r["status"] != "done"]
+    assert not failed and res["complete"]
+    agree = next(r for r in res["rows"] if r["name"].startswith("graphs against eager"))
+    assert agree["agree"] and agree["max_rel_diff"] == 0.0  # eager against eager, on a CPU
+    waits = next(r for r in res["rows"] if r["name"].startswith("no waits"))
+    assert waits["waits_for_the_device"] == "none" and modes.count("error") >= gpu_check.SYNC_STEPS
+    assert all(r["images_per_s"] for r in res["rows"] if "images_per_s" in r)
+
+
+def test_gpu_busy_asks_nvidia_smi_for_the_gpu_by_its_pci_bus_id(monkeypatch):
+    # torch's cuda:1 is not nvidia-smi's GPU 1 where CUDA_VISIBLE_DEVICES renumbers them
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(
+        pci_domain_id=0, pci_bus_id=0x3B, pci_device_id=0))
+    assert gpu_busy.nvidia_smi_id(torch.device("cuda", 1)) == "00000000:3B:00.0"
+    monkeypatch.setattr(gpu_busy.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    command = throughput.gpu_busy(torch.device("cuda", 1)).command
+    assert command[command.index("-i") + 1] == "00000000:3B:00.0"
+
+
+def test_gpu_check_tells_a_missing_torch_from_a_missing_gpu(monkeypatch, capsys):
+    import gpu_check
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails
+    assert gpu_check.main(["--json", "unused.json"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpu_check: torch cannot be imported (ModuleNotFoundError")
 
 
 def test_gpu_check_refuses_in_one_line_without_a_gpu():
