@@ -20,8 +20,11 @@ def _f(default, help, **kw):
 class Config:
     """Every field is a flag (--batch-size ...) with the reference's value as default."""
     # data
-    dataset: str = _f("cifar100", "cifar100 or cifar10", choices=sorted(data.DATASETS))
-    data_dir: str = _f("./data", "folder holding (or receiving) the extracted data set")
+    dataset: str = _f("cifar100", "cifar100, cifar10, or folder: your own images in "
+                                  "--data-dir, as DIR/train/<class>/* and DIR/test/<class>/*",
+                      choices=data.DATASET_NAMES)
+    data_dir: str = _f("./data", "folder holding (or receiving) the extracted data set, or "
+                                 "the image folder")
     download: bool = _f(True, "download the data set when it is missing")
     num_workers: int = _f(-1, "DataLoader workers; -1: one per CPU core this process may use, at most 8")
     # model

@@ -18,11 +18,69 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-# the data set files: re-exported, so data.read_split & co. keep working for callers
+import cifar  # noqa: E402
+import imagefolder  # noqa: E402
+# the CIFAR files' names, re-exported so that data.DATASETS & co. keep working for callers
 from cifar import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES,  # noqa: E402,F401
-                   DATASETS, DataError, dataset_present, ensure_dataset, load_dataset,
-                   read_class_names, read_split, write_synthetic_dataset)
+                   DATASETS, DataError, write_synthetic_dataset)
 from model import standardize  # noqa: E402
+
+
+# -----------------------------------------------------------------------------
+# The data sets: CIFAR's files (cifar.py) or the user's own image folders (imagefolder.py)
+
+FOLDER = "folder"
+DATASET_NAMES = sorted(DATASETS) + [FOLDER]
+
+
+def dataset_present(root, name):
+    return imagefolder.present(root) if name == FOLDER else cifar.dataset_present(root, name)
+
+
+def ensure_dataset(root, name, download=True):
+    """The data set's files are there (CIFAR: downloaded if they are not; a folder: its
+    splits decoded into the cache, so that torchrun's other ranks only read that)."""
+    if name != FOLDER:
+        return cifar.ensure_dataset(root, name, download)
+    for split in imagefolder.check(root):
+        imagefolder.read_split(root, split)
+
+
+def has_test_split(root, name):
+    """CIFAR always has one; an image folder may have no test/."""
+    return name != FOLDER or imagefolder.has_split(root, "test")
+
+
+def read_split(root, name, split):
+    """(images uint8 (N, 32, 32, 3) RGB, labels int64 (N,)) of the train or test split."""
+    if name == FOLDER:
+        return imagefolder.read_split(root, split)[:2]
+    return cifar.read_split(root, name, split)
+
+
+def read_class_names(root, name):
+    return imagefolder.classes(root) if name == FOLDER else cifar.read_class_names(root, name)
+
+
+def normalization(root, name):
+    """Per-channel (mean, std) on the 0-1 scale: CIFAR's published ones, a folder's from
+    its training images (computed once, with the cache)."""
+    if name == FOLDER:
+        return imagefolder.stats(root)
+    return DATASETS[name]["mean"], DATASETS[name]["std"]
+
+
+def load_dataset(root, name, download=True):
+    """(x_train, y_train, x_test, y_test, class names). A folder without a test/ split
+    gives an empty test set (train.py then needs --val-split)."""
+    if name != FOLDER:
+        return cifar.load_dataset(root, name, download)
+    x_train, y_train, extra = imagefolder.read_split(root, "train")
+    if imagefolder.has_split(root, "test"):
+        x_test, y_test, _ = imagefolder.read_split(root, "test")
+    else:
+        x_test, y_test = x_train[:0], y_train[:0]
+    return x_train, y_train, x_test, y_test, extra["classes"]
 
 
 # Independent random streams, each keyed by (seed, stream, ...) instead of shared state.

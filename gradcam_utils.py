@@ -40,6 +40,12 @@ def gradcam_maps(model, x):
 
     was_training = model.training
     model.eval()
+    # In the model's own memory format: normalize() hands over an NCHW view of NHWC memory,
+    # and with NCHW weights torch 2.14's CPU backward crashes the process (a segfault) for
+    # narrow networks (width 8, batches of 3 or 5: seen in tests/test_imagefolder.py).
+    fmt = (torch.channels_last if next(model.parameters()).is_contiguous(
+        memory_format=torch.channels_last) and x.dim() == 4 else torch.contiguous_format)
+    x = x.contiguous(memory_format=fmt)
     with torch.no_grad():
         probs = model(x).float().softmax(1)
     # Grad-CAM needs gradients even when the caller runs under torch.no_grad()

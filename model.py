@@ -339,6 +339,7 @@ def fill_metadata(ckpt):
         return None
     args = ckpt.setdefault("model_args", model_args_from_state_dict(ckpt["model_state_dict"]))
     name = dataset_of(ckpt)
+    name = name if name in cifar.DATASETS else None  # an image folder's come with its files
     spec = cifar.DATASETS[name or "cifar100"]
     names = cifar.CLASS_NAMES[name] if name else [f"class_{i}" for i in range(args["num_classes"])]
     ckpt.setdefault("class_names", list(names))

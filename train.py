@@ -306,6 +306,12 @@ def prepare_data(cfg, dist):
     class names). The evaluated images are the test set (the reference's protocol) or,
     with --val-split, training images held out. Rank 0 generates (--smoke) or downloads
     the files, the others wait."""
+    if cfg.dataset == data.FOLDER:  # its one-line errors, before any decoding
+        data.imagefolder.check(cfg.data_dir)
+    if not cfg.val_split and not data.has_test_split(cfg.data_dir, cfg.dataset):
+        raise data.DataError(f"{os.path.abspath(cfg.data_dir)} has no test/ folder to evaluate "
+                             f"on: add one (the same class folders), or hold out training "
+                             f"images with --val-split N")
     if dist.main:
         if cfg.smoke and not data.dataset_present(cfg.data_dir, cfg.dataset):
             log.info(f"smoke run: writing generated {cfg.dataset}-format data to {cfg.data_dir}")
@@ -346,12 +352,11 @@ class Run:
 def build_run(cfg, device, dist, arrays, names):
     """Data loaders, network, optimizer, schedule and scaler for a config, on this rank."""
     (x_train, y_train), (x_eval, y_eval) = arrays
-    spec = data.DATASETS[cfg.dataset]
-    rt = make_runtime(device, cfg.precision, cfg.channels_last, spec["mean"], spec["std"], dist,
-                      cfg.step_mode)
+    mean, std = data.normalization(cfg.data_dir, cfg.dataset)
+    rt = make_runtime(device, cfg.precision, cfg.channels_last, mean, std, dist, cfg.step_mode)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, eval_loader = data.make_loaders(
-        x_train, y_train, x_eval, y_eval, spec["mean"], cfg.batch_size,
+        x_train, y_train, x_eval, y_eval, mean, cfg.batch_size,
         cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world,
         raw=cfg.aug_on_device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -377,7 +382,7 @@ def build_run(cfg, device, dist, arrays, names):
     opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
     scaler = rt.grad_scaler()
     extra = {"model_args": dict(net.model_args), "class_names": list(names),
-             "mean": list(spec["mean"]), "std": list(spec["std"])}
+             "mean": list(mean), "std": list(std)}
     return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, eval_loader, extra,
                {k: [] for k in history_keys(cfg)},
                LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")), workers)
@@ -570,6 +575,9 @@ def final_test(run, x_test, y_test, last):
     validation accuracy. The result goes into best_model.pt, last.pt and both logs.
     Every rank takes part: the test images are shared out as in evaluation."""
     cfg, dist = run.cfg, run.rt.dist
+    if not len(x_test):  # an image folder without test/: the validation images were all
+        log.info("no test/ folder: the held-out validation images are the only evaluation")
+        return last
     folder = os.path.join(cfg.out_dir, "checkpoints")
     best_path = os.path.join(folder, "best_model.pt")
     dist.barrier()  # rank 0 has written best_model.pt
@@ -596,7 +604,7 @@ def finish(cfg, last, x_test, y_test, device):
     """Metrics from the last checkpoint's history, Grad-CAM of the best model."""
     folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
     log.info(f"metrics and plots: {folder}")
-    if cfg.gradcam_images:
+    if cfg.gradcam_images and len(x_test):  # (an image folder may have no test/)
         best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
         model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last, device)
         out = os.path.join(cfg.out_dir, "gradcam_outputs")

@@ -1,0 +1,181 @@
+"""--dataset folder: your own images in torchvision's ImageFolder layout, decoded once."""
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import imagefolder
+from conftest import run_script
+from image_folders import CLASSES, write_image_folder
+from model import load_classifier, predict
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pets")
+    return str(root), write_image_folder(str(root))
+
+
+def _cache_files(root):
+    cache = os.path.join(root, imagefolder.CACHE)
+    return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+
+def test_the_reader_decodes_every_format_and_mode_and_skips_what_it_cannot_read(tmp_path):
+    counts = write_image_folder(str(tmp_path), corrupt=2)
+    said = []
+    x, y, extra = imagefolder.read_split(str(tmp_path), "train", warn=said.append)
+    assert x.shape == (counts["train"], 32, 32, 3) and x.dtype == np.uint8
+    assert extra["classes"] == CLASSES and sorted(set(y.tolist())) == [0, 1, 2]
+    assert np.bincount(y).tolist() == [12, 12, 12]  # notes.txt is not an image, broken*.png skipped
+    assert said == [f"warning: skipped 2 files that are not a readable image: "
+                    f"{tmp_path / 'train' / 'cat' / 'broken0.png'}, "
+                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'}"]
+    # each class keeps its colour through every format (grey, palette and RGBA become RGB)
+    means = np.stack([x[y == c].reshape(-1, 3).mean(0) for c in range(3)])
+    assert np.abs(means[:, None] - means[None]).sum(-1)[~np.eye(3, dtype=bool)].min() > 20
+
+
+def test_decoding_in_worker_processes_gives_the_same_arrays(folder, monkeypatch):
+    root, _ = folder
+    files = imagefolder.list_files(root, "train", CLASSES)
+    alone = imagefolder.decode(files, "decoding")
+    monkeypatch.setattr(imagefolder, "POOL_FROM", 1)
+    monkeypatch.setattr(imagefolder.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    pooled = imagefolder.decode(files, "decoding")
+    assert np.array_equal(alone[0], pooled[0]) and np.array_equal(alone[1], pooled[1])
+    assert alone[2] == pooled[2] == [os.path.join(root, "train", "cat", "broken0.png")]
+
+
+def test_the_cache_is_reused_and_read_again_after_the_folder_changes(tmp_path, monkeypatch):
+    write_image_folder(str(tmp_path), corrupt=0)
+    x, y, _ = imagefolder.read_split(str(tmp_path), "train")
+    assert [f for f in _cache_files(str(tmp_path)) if f.startswith("train-")]
+    decoded = []
+    real = imagefolder.decode
+    monkeypatch.setattr(imagefolder, "decode", lambda files, desc: (decoded.append(len(files)),
+                                                                    real(files, desc))[1])
+    x2, y2, _ = imagefolder.read_split(str(tmp_path), "train")
+    assert not decoded and np.array_equal(x, x2) and np.array_equal(y, y2)  # from the cache
+    path = tmp_path / "train" / "dog" / "000.png"
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # the same file, touched
+    imagefolder.read_split(str(tmp_path), "train")
+    assert decoded == [36]
+    (tmp_path / "train" / "dog" / "000.png").unlink()  # one file fewer
+    x3, _, _ = imagefolder.read_split(str(tmp_path), "train")
+    assert decoded == [36, 35] and len(x3) == 35
+    assert len([f for f in _cache_files(str(tmp_path)) if f.startswith("train-")]) == 1  # old ones go
+
+
+def test_a_cache_write_that_dies_half_way_leaves_no_cache_behind(tmp_path, monkeypatch):
+    write_image_folder(str(tmp_path), corrupt=0)
+
+    def dies(f, **arrays):
+        f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(imagefolder.np, "savez", dies)
+    said = []
+    x, _, _ = imagefolder.read_split(str(tmp_path), "train", warn=said.append)
+    assert len(x) == 36 and said and "cannot write the decoded images" in said[0]
+    assert _cache_files(str(tmp_path)) == []  # nothing half-written, no temporary file
+
+
+def test_mean_and_std_come_from_the_training_images_and_are_stored(folder):
+    root, _ = folder
+    x, _, extra = imagefolder.read_split(root, "train")
+    pixels = x.reshape(-1, 3).astype(np.float64) / 255
+    assert np.allclose(extra["mean"], pixels.mean(0), atol=1e-9)
+    assert np.allclose(extra["std"], pixels.std(0), atol=1e-9)
+    assert data.normalization(root, "folder") == (tuple(extra["mean"]), tuple(extra["std"]))
+    name = next(f for f in _cache_files(root) if f.startswith("train-"))
+    with np.load(os.path.join(root, imagefolder.CACHE, name)) as f:
+        assert np.allclose(f["mean"], extra["mean"])
+
+
+def _one_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def _train(root, out, *flags):
+    return run_script("train.py", "--dataset", "folder", "--data-dir", root, "--blocks", "1", "1",
+                      "1", "1", "--width", "8", "--batch-size", "16", "--num-workers", "0",
+                      "--out-dir", out, *flags)
+
+
+def test_bad_folders_are_one_line_errors(tmp_path):
+    def made(name, **kw):
+        root = tmp_path / name
+        write_image_folder(str(root), corrupt=0, **kw)
+        return root
+    empty = made("empty")
+    for f in (empty / "train" / "frog").iterdir():
+        f.unlink()
+    assert _one_line(_train(empty, tmp_path / "o1")) == \
+        f"error: {empty / 'train' / 'frog'} holds no images (png, jpg, jpeg, webp, bmp)"
+    stray = made("stray")
+    os.makedirs(stray / "test" / "horse")
+    assert _one_line(_train(stray, tmp_path / "o2")) == \
+        f"error: {stray / 'test'} has class folder that train/ lacks: horse"
+    one = made("one", classes=["cat"])
+    assert "has 1 class folder; a classifier needs at least two" in _one_line(_train(one, tmp_path / "o3"))
+    assert "has no train/ folder" in _one_line(_train(tmp_path / "nothing", tmp_path / "o4"))
+    blocked = tmp_path / "blocked"
+    os.makedirs(blocked)
+    (blocked / "train").write_text("a file where a folder should be")
+    assert "has no train/ folder" in _one_line(_train(blocked, tmp_path / "o5"))
+    no_test = made("no_test", test=False)
+    assert _one_line(_train(no_test, tmp_path / "o6")) == (
+        f"error: {no_test} has no test/ folder to evaluate on: add one (the same class "
+        f"folders), or hold out training images with --val-split N")
+
+
+def test_a_folder_too_large_for_the_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    write_image_folder(str(tmp_path), corrupt=0)
+    monkeypatch.setattr(imagefolder, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(imagefolder, "decode", lambda *a: pytest.fail("decoded anyway"))
+    with pytest.raises(data.DataError, match=r"36 images need 0\.0 GiB as 32x32 arrays \(3 KB each"):
+        imagefolder.read_split(str(tmp_path), "train")
+
+
+def test_a_run_on_a_folder_end_to_end_and_every_tool_on_its_checkpoint(folder, tmp_path):
+    root, counts = folder
+    out = tmp_path / "run"
+    proc = _train(root, out, "--epochs", "2", "--gradcam-images", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"data: folder in {root}, {counts['train']} train / {counts['test']} test images" in proc.stdout
+    best = out / "checkpoints" / "best_model.pt"
+    ckpt = torch.load(best, weights_only=True)
+    _, _, extra = imagefolder.read_split(root, "train")
+    assert ckpt["class_names"] == CLASSES and ckpt["mean"] == extra["mean"] and ckpt["std"] == extra["std"]
+    assert (out / "gradcam_outputs" / "gradcam_grid.png").is_file()
+    evaluated = run_script("train.py", "--evaluate", best, "--out-dir", tmp_path / "ev")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    top1 = float(re.search(r"plain: top-1 ([0-9.]+)%", evaluated.stdout).group(1))
+    assert top1 == round(ckpt["test_accuracy"], 2)
+    assert f"on {counts['test']} folder test images" in evaluated.stdout
+    cams = run_script("gradcam_utils.py", "--checkpoint", best, "--num-images", "3",
+                      "--out-dir", tmp_path / "cams")
+    assert cams.returncode == 0, cams.stderr[-2000:]
+    assert (tmp_path / "cams" / "gradcam_grid.png").is_file()
+    clf = load_classifier(str(best))
+    (result,) = predict(clf, [os.path.join(root, "test", "frog", "001.jpg")], k=3)
+    assert sorted(name for name, _ in result) == CLASSES
+
+
+def test_val_split_on_a_folder_with_and_without_test_images(folder, tmp_path):
+    root, _ = folder
+    proc = _train(root, tmp_path / "a", "--epochs", "1", "--val-split", "6", "--gradcam-images", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "30 train / 6 validation (held out) images" in proc.stdout
+    assert "test set, evaluated once" in proc.stdout
+    bare = tmp_path / "bare"
+    write_image_folder(str(bare), corrupt=0, test=False)
+    proc = _train(bare, tmp_path / "b", "--epochs", "1", "--val-split", "6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no test/ folder: the held-out validation images are the only evaluation" in proc.stdout
