@@ -85,6 +85,9 @@ class Config:
     keep_checkpoints: int = _f(3, "keep the newest K checkpoint_epoch_N.pt (0: all); "
                                   "best_model.pt and last.pt are always kept")
     gradcam_images: int = _f(6, "Grad-CAM pictures drawn after training (0: none)")
+    tensorboard: str = _f("auto", "TensorBoard event files in <out-dir>/tensorboard/: auto "
+                                  "(when the tensorboard package is installed), on, off",
+                          choices=("auto", "on", "off"))
     out_dir: str = _f(".", "where checkpoints/, metrics, Grad-CAM and training_logs.md go")
     smoke: bool = _f(False, "offline demo: generated data, reduced network, 2 epochs")
 

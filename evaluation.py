@@ -11,11 +11,14 @@ import os
 import sys
 
 import data
+import gradcam_utils
 from config import Config
 from failures import Crashed, one_line
-from metrics import write_evaluation_report
-from model import dataset_of, fill_metadata, load_checkpoint, model_from_checkpoint
-from runtime import collect_logits, default_workers, make_runtime, pick_device, score
+from logs import log, table
+from metrics import write_evaluation_report, write_metrics
+from model import (dataset_of, fill_metadata, load_checkpoint, model_from_checkpoint,
+                   save_checkpoint)
+from runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
 
 
 def evaluate_checkpoint(path, tta, explicit):
@@ -50,12 +53,17 @@ def evaluate_checkpoint(path, tta, explicit):
     finally:
         data.shutdown_workers(loader)
     folder = os.path.join(saved["out_dir"], "training_metrics_from_ckpt")
-    groups = data.CIFAR100_SUPERCLASSES if name == "cifar100" else None
-    report = write_evaluation_report(logits.argmax(1).cpu().numpy(), labels.cpu().numpy(),
-                                     names, folder, groups)
+    report = write_report(logits, labels, names, name, folder)
     print_report(report, "flip TTA" if tta else "plain")
     print(f"written: {folder}/per_class_accuracy.csv, {folder}/confusion_matrix.png")
     return 0
+
+
+def write_report(logits, labels, names, dataset, folder):
+    """per_class_accuracy.csv and confusion_matrix.png (CIFAR-100's grouped by superclass)."""
+    groups = data.CIFAR100_SUPERCLASSES if dataset == "cifar100" else None
+    return write_evaluation_report(logits.argmax(1).cpu().numpy(), labels.cpu().numpy(),
+                                   names, folder, groups)
 
 
 def print_scores(label, s):
@@ -69,3 +77,65 @@ def print_report(report, label):
     print("most confused (true -> predicted: images):")
     for true, pred, count in report["pairs"]:
         print(f"  {true} -> {pred}: {count}")
+
+
+# -----------------------------------------------------------------------------
+# The end of a training run (train.py)
+
+def final_test(run, x_test, y_test, last):
+    """--val-split: the test set, evaluated once, at the end, with the best model by
+    validation accuracy. The result goes into best_model.pt, last.pt and both logs.
+    Every rank takes part: the test images are shared out as in evaluation."""
+    cfg, dist = run.cfg, run.rt.dist
+    if not len(x_test):  # an image folder without test/: the validation images were all
+        log.info("no test/ folder: the held-out validation images are the only evaluation")
+        return last
+    folder = os.path.join(cfg.out_dir, "checkpoints")
+    best_path = os.path.join(folder, "best_model.pt")
+    dist.barrier()  # rank 0 has written best_model.pt
+    best = load_checkpoint(best_path) if os.path.isfile(best_path) else last
+    run.net.load_state_dict(best["model_state_dict"])
+    loader = data.make_eval_loader(x_test, y_test, cfg.eval_batch_size, rank=dist.rank,
+                                   world=dist.world)
+    ev = evaluate(run.net, loader, run.rt)
+    result = {"test_loss": ev["loss"], "test_accuracy": ev["acc"], "test_top5": ev["top5"],
+              "test_images": ev["n"], "test_of_epoch": best["epoch"]}
+    if dist.main:
+        for path in (best_path, os.path.join(folder, "last.pt")):
+            if os.path.isfile(path):
+                save_checkpoint({**load_checkpoint(path), **result}, path)
+        line = (f"test set, evaluated once, with the best model by validation accuracy (epoch "
+                f"{best['epoch']}): top-1 {ev['acc']:.2f}% top-5 {ev['top5']:.2f}% loss "
+                f"{ev['loss']:.4f} on {ev['n']:,} images")
+        log.info(line)
+        table.info(f"\n**{line[0].upper() + line[1:]}**")
+    return {**last, **result}
+
+
+def finish(run, last, x_test, y_test):
+    """Metrics from the last checkpoint's history; for the best model, the test set's
+    report (per-class accuracy, confusion matrix) and Grad-CAM; those pictures and the
+    run's settings beside its results in TensorBoard."""
+    cfg, rt, step = run.cfg, run.rt, run.sched.last_epoch  # the optimizer steps done
+    folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
+    log.info(f"metrics and plots: {folder}")
+    if len(x_test):  # (an image folder may have no test/)
+        best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
+        model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last,
+                                            rt.device)
+        loader = data.make_test_loader(x_test, y_test, cfg.eval_batch_size)
+        logits, labels = collect_logits(model.to(memory_format=rt.memory_format), loader, rt)
+        write_report(logits, labels, best["class_names"], cfg.dataset, folder)
+        run.events.image("test/confusion_matrix", os.path.join(folder, "confusion_matrix.png"), step)
+        log.info(f"the best model's per-class test accuracy and confusion matrix: {folder}")
+        if cfg.gradcam_images:
+            out = os.path.join(cfg.out_dir, "gradcam_outputs")
+            gradcam_utils.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
+            run.events.image("gradcam", os.path.join(out, "gradcam_grid.png"), step)
+            log.info(f"Grad-CAM of the best model (epoch {best['epoch']}, "
+                     f"{best['test_accuracy']:.2f}%): {out}")
+    split = cfg.eval_split
+    results = {f"hparam/best_{split}_accuracy": last.get("best_accuracy"),
+               "hparam/test_accuracy": last.get("test_accuracy"),
+               "hparam/test_loss": last.get("test_loss")}
+    run.events.hparams(cfg, {k: float(v) for k, v in results.items() if v is not None}, step)

@@ -28,22 +28,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-import gradcam_utils
+import tensorboard_events
 from checkpointing import (CheckpointWriter, adopt_reference, history_keys, is_reference,
                            make_checkpoint, replay_schedule, restore, save_epoch_checkpoints,
                            to_host, why_not_resumable)
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
-from evaluation import evaluate_checkpoint
+from evaluation import evaluate_checkpoint, final_test, finish
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
                       describe, one_line, report)
 from logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
-                  start_epoch_table, table)
+                  start_epoch_table)
 from metrics import LiveMetrics, write_metrics
 from runlock import holding_out_dir
 from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
                      init_distributed, make_runtime)
 from model import (CheckpointError, ResNet, count_parameters, find_latest_checkpoint,
-                   init_from_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint)
+                   init_from_checkpoint, load_checkpoint, save_checkpoint)
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
@@ -227,14 +227,16 @@ class Tally:
         return dict(p, loss_sum=loss, correct=acc, seen=int(seen), nonfinite=int(current)), longest
 
 
-def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, stop=None):
+def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, stop=None,
+                report=None):
     """Train from progress["step"] to the end of the epoch, or until `stop` is set.
 
     Every random choice is keyed by (seed, epoch, step), so starting at step k gives
     exactly the steps an uninterrupted epoch would have run from k on. No step waits for
     the device: the Tally's sums are read every SYNC_EVERY steps and at the end. Returns
     the updated progress; progress["step"] == steps_per_epoch(loader) once the epoch is
-    complete. A failure raises StepFailed (see failed_step).
+    complete. A failure raises StepFailed (see failed_step). report(steps done in the
+    epoch, running train loss, lr) is called on rank 0 at those reads (TensorBoard).
     """
     model.train()
     p, dist = dict(progress), rt.dist
@@ -266,6 +268,8 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
                     loss, acc = tally.sums.tolist()  # this rank's share: enough for a progress bar
                     bar.set_postfix(loss=f"{loss / tally.seen:.3f}", lr=f"{sched.get_last_lr()[0]:.5f}",
                                     acc=f"{100 * acc / tally.seen:.1f}%")
+                    if report:
+                        report(step + 1, loss / tally.seen, sched.get_last_lr()[0])
                 if signalled:
                     break
     except Diverged:
@@ -342,6 +346,7 @@ class Run:
     live: LiveMetrics  # training_metrics_from_ckpt/, brought up to date after each epoch
     workers: int  # the data loaders' worker processes
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # files, in the background
+    events: tensorboard_events.Events = field(default_factory=tensorboard_events.Events.off)
     said_input: bool = False  # whether the run has warned that the GPU waits for input
 
     def checkpoint(self, position, progress=None):
@@ -390,13 +395,14 @@ def build_run(cfg, device, dist, arrays, names):
 
 def train(cfg, resume_ckpt=None, resume_path=None):
     """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
+    tensorboard_events.wanted(cfg)  # --tensorboard on without the package: say so now
     dist, device = init_distributed(cfg.device)
     check_distributed(cfg, dist, device)
     setup_logging(cfg, resume_path, enabled=dist.main)
     trained, evaluated, test, names = prepare_data(cfg, dist)
     run = build_run(cfg, device, dist, (trained, evaluated), names)
     start_epoch_table(cfg)
-    epoch, progress = 0, new_progress()
+    epoch, step, progress = 0, 0, new_progress()
     if resume_ckpt:
         run.hist, (epoch, step), progress = restore(
             resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"],
@@ -405,6 +411,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
         log.info(resumed_line(resume_path, resume_ckpt, epoch, step, run))
     elif cfg.init_from:
         log.info(init_from_checkpoint(run.net, cfg.init_from))
+    run.events = make_events(cfg, dist, epoch * steps_per_epoch(run.train_loader) + step)
     try:
         with GracefulStop() as stop:
             last = train_loop(run, epoch, progress, stop) or resume_ckpt
@@ -415,6 +422,7 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     finally:  # persistent workers would otherwise outlive a failure, and exit could wait on them
         data.shutdown_workers(run.train_loader, run.eval_loader)
         run.writer.join()  # the last epoch's files, complete before anything reads them
+        run.events.flush()  # the curves so far, even if training failed
     run.writer.wait()  # (and a failed write is an error)
     if last is None or not run.hist["train_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
@@ -422,12 +430,26 @@ def train(cfg, resume_ckpt=None, resume_path=None):
         if cfg.val_split:
             last = final_test(run, *test, last)
         if dist.main:
-            finish(cfg, last, *test, device)
+            finish(run, last, *test)
     except Exception as e:  # out of memory in Grad-CAM, say: the training itself is safe
         raise Crashed(e, f"{one_line(e, device=device)}; training finished and its checkpoints "
                          f"are saved; to redo what follows training: {resume_command(cfg)}",
                       cfg.out_dir) from e
+    finally:
+        run.events.close()
     dist.barrier()  # ranks leave together: one tearing down early can abort the others
+
+
+def make_events(cfg, dist, done):
+    """The TensorBoard writer (rank 0), continuing from `done` optimizer steps: what an
+    interrupted run logged after them is purged, and a fresh run (done 0) hides the
+    events of an earlier run in the same folder."""
+    if not tensorboard_events.wanted(cfg) or not dist.main:
+        return tensorboard_events.Events.off()
+    folder = os.path.join(cfg.out_dir, "tensorboard")
+    events = tensorboard_events.Events(folder, purge_step=done + 1 if done else 0, warn=log.warning)
+    log.info(f"TensorBoard: tensorboard --logdir {folder}")
+    return events
 
 
 def resumed_line(path, ckpt, epoch, step, run):
@@ -460,9 +482,13 @@ def train_loop(run, epoch, progress, stop):
             raise Stopped(stop.signum, f"saved after epoch {epoch - 1}; continue with: python "
                           f"train.py --resume {os.path.join(cfg.out_dir, 'checkpoints', 'last.pt')}")
         t0, seen, waited = time.monotonic(), progress["seen"], progress["input_wait"]
+        done = epoch * steps  # optimizer steps before this epoch: TensorBoard's x axis
+
+        def report(k, loss, lr, done=done):
+            run.events.scalars(done + k, {"train/running_loss": loss, "lr": lr})
         try:
             progress = train_epoch(run.model, run.train_loader, run.opt, run.sched, run.scaler,
-                                   run.rt, cfg, epoch, progress, stop)
+                                   run.rt, cfg, epoch, progress, stop, report)
             if progress["step"] < steps:  # a signal stopped the epoch part-way
                 raise Stopped(stop.signum or signal.SIGTERM,  # or: another rank was signalled
                               save_partial_epoch(run, epoch, progress, steps))
@@ -564,53 +590,14 @@ def end_epoch(run, epoch, progress, started, clock):
     seconds = time.monotonic() - started[0]  # the whole epoch: training, evaluation, saving
     log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds, started[1],
               per_epoch * (cfg.epochs - 1 - epoch))
+    run.events.scalars(run.sched.last_epoch, {
+        "train/loss": tr_loss, "train/accuracy": tr_acc, f"{split}/loss": ev["loss"],
+        f"{split}/accuracy": ev["acc"], f"{split}/top5": ev["top5"], "lr": hist["lrs"][-1],
+        "speed/images_per_s": started[1] / max(seconds, 1e-9), "speed/epoch_seconds": seconds})
     if target_reached(hist, cfg):
         log.info(f"{split} accuracy {ev['acc']:.2f}% reached the target "
                  f"{cfg.target_accuracy}%: stopping early")
     return ckpt
-
-
-def final_test(run, x_test, y_test, last):
-    """--val-split: the test set, evaluated once, at the end, with the best model by
-    validation accuracy. The result goes into best_model.pt, last.pt and both logs.
-    Every rank takes part: the test images are shared out as in evaluation."""
-    cfg, dist = run.cfg, run.rt.dist
-    if not len(x_test):  # an image folder without test/: the validation images were all
-        log.info("no test/ folder: the held-out validation images are the only evaluation")
-        return last
-    folder = os.path.join(cfg.out_dir, "checkpoints")
-    best_path = os.path.join(folder, "best_model.pt")
-    dist.barrier()  # rank 0 has written best_model.pt
-    best = load_checkpoint(best_path) if os.path.isfile(best_path) else last
-    run.net.load_state_dict(best["model_state_dict"])
-    loader = data.make_eval_loader(x_test, y_test, cfg.eval_batch_size, rank=dist.rank,
-                                   world=dist.world)
-    ev = evaluate(run.net, loader, run.rt)
-    result = {"test_loss": ev["loss"], "test_accuracy": ev["acc"], "test_top5": ev["top5"],
-              "test_images": ev["n"], "test_of_epoch": best["epoch"]}
-    if dist.main:
-        for path in (best_path, os.path.join(folder, "last.pt")):
-            if os.path.isfile(path):
-                save_checkpoint({**load_checkpoint(path), **result}, path)
-        line = (f"test set, evaluated once, with the best model by validation accuracy (epoch "
-                f"{best['epoch']}): top-1 {ev['acc']:.2f}% top-5 {ev['top5']:.2f}% loss "
-                f"{ev['loss']:.4f} on {ev['n']:,} images")
-        log.info(line)
-        table.info(f"\n**{line[0].upper() + line[1:]}**")
-    return {**last, **result}
-
-
-def finish(cfg, last, x_test, y_test, device):
-    """Metrics from the last checkpoint's history, Grad-CAM of the best model."""
-    folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
-    log.info(f"metrics and plots: {folder}")
-    if cfg.gradcam_images and len(x_test):  # (an image folder may have no test/)
-        best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
-        model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last, device)
-        out = os.path.join(cfg.out_dir, "gradcam_outputs")
-        gradcam_utils.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
-        log.info(f"Grad-CAM of the best model (epoch {best['epoch']}, "
-                 f"{best['test_accuracy']:.2f}%): {out}")
 
 
 # The reference trained on 50,000 CIFAR images in batches of 128, the last one kept

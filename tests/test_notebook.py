@@ -42,3 +42,16 @@ def test_the_notebook_runs_end_to_end_in_quick_mode_and_a_rerun_continues(
     train_cell = next(c for c in cells if "train.py {flags}" in "".join(c["source"]))
     exec("".join(train_cell["source"]), namespace)
     assert f"--resume auto: continuing {out / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
+
+
+def test_outside_colab_the_outputs_go_beside_the_checkout_not_to_content(tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    namespace = {}
+    for cell in code_cells():
+        text = "".join(cell["source"])
+        if "parameters" in cell["metadata"].get("tags", []) or "def sh(" in text or "drive.mount" in text:
+            exec(compile(text, NOTEBOOK, "exec"), namespace)  # the defaults, as a user leaves them
+    assert namespace["OUT_DIR"].startswith("/content/") and not namespace["IN_COLAB"]
+    assert namespace["out_dir"] == str(tmp_path / "colab-run") and (tmp_path / "colab-run").is_dir()

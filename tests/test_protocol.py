@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import evaluation
 import metrics
 import train
 from conftest import ROOT, run_script
@@ -51,7 +52,8 @@ def test_val_split_picks_and_stops_on_validation_and_tests_once_at_the_end(
     def evaluate(net, loader, rt):
         evaluated.append(len(loader.dataset))
         return real(net, loader, rt)
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "evaluate", evaluate)  # after every epoch
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)  # the end of the run
     code = train.main(small_run(split_data, tmp_path, "--epochs", "6", "--val-split", "200",
                                 "--target-accuracy", "3"))
     assert code == 0
