@@ -1,6 +1,8 @@
 """The training data pipeline: augmentation (albumentations in the DataLoader workers, or
 batched on the device with --aug-on-device), keyed sampling, loaders and the validation
-split. The data set files themselves are read and written by cifar.py.
+split; which data set a run reads (read_split & co. dispatch). The files themselves are
+read by cifar.py (CIFAR's pickles, and generated stand-ins) and imagefolder.py (your own
+images).
 
 Randomness is keyed, not streamed: the augmentation of training image i in epoch e is a
 pure function of (seed, e, i), and the shuffle order of (seed, e). Results therefore do

@@ -5,6 +5,10 @@ Prints top-1, top-5 and loss (with --tta also for logits averaged with the mirro
 image's), the best and worst classes and the most confused pairs, and writes
 per_class_accuracy.csv and confusion_matrix.png into training_metrics_from_ckpt/.
 The network, data set and normalisation come from the checkpoint; flags override them.
+
+Also what follows a training run (train.py calls them): final_test, the --val-split
+protocol's one look at the test set, and finish, the metric files, the best model's
+test-set report, Grad-CAM and the end of the TensorBoard events.
 """
 import dataclasses
 import os
