@@ -39,6 +39,13 @@ def dataset_present(root, name):
     return imagefolder.present(root) if name == FOLDER else cifar.dataset_present(root, name)
 
 
+def check_dataset(root, name):
+    """An image folder's one-line errors (its layout, its classes, its files), before any
+    decoding; CIFAR's files are checked as they are read."""
+    if name == FOLDER:
+        imagefolder.check(root)
+
+
 def ensure_dataset(root, name, download=True):
     """The data set's files are there (CIFAR: downloaded if they are not; a folder: its
     splits decoded into the cache, so that torchrun's other ranks only read that)."""

@@ -310,8 +310,7 @@ def prepare_data(cfg, dist):
     class names). The evaluated images are the test set (the reference's protocol) or,
     with --val-split, training images held out. Rank 0 generates (--smoke) or downloads
     the files, the others wait."""
-    if cfg.dataset == data.FOLDER:  # its one-line errors, before any decoding
-        data.imagefolder.check(cfg.data_dir)
+    data.check_dataset(cfg.data_dir, cfg.dataset)  # an image folder's one-line errors, first
     if not cfg.val_split and not data.has_test_split(cfg.data_dir, cfg.dataset):
         raise data.DataError(f"{os.path.abspath(cfg.data_dir)} has no test/ folder to evaluate "
                              f"on: add one (the same class folders), or hold out training "
