@@ -1,20 +1,23 @@
 """What a checkpoint holds, how a run is restored from one, and the background writer
 that puts an epoch's files on disk while training goes on.
 
-Files are written atomically (model.save_checkpoint), hold plain types only (so
+Files are written atomically (checkpoint_files.save_checkpoint), hold plain types only (so
 torch.load(weights_only=True) reads them), and carry the run's config, its history and
 everything needed to continue from the exact step.
 """
+import contextlib
 import dataclasses
+import math
 import os
 import threading
 import warnings
 
 import torch
 
-from config import Config
-from model import (CheckpointError, check_model_args, dataset_of, fill_metadata, load_weights,
-                   model_args_from_state_dict, position_of, prune_periodic, save_checkpoint)
+from checkpoint_files import (CheckpointError, check_model_args, dataset_of, fill_metadata,
+                              load_weights, model_args_from_state_dict, periodic_checkpoints,
+                              position_of, save_checkpoint)
+from config import RECIPE, Config
 
 
 def history_keys(cfg):
@@ -48,17 +51,45 @@ def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progr
     }
 
 
-def save_epoch_checkpoints(ckpt, folder, cfg, is_best):
+def save_epoch_checkpoints(ckpt, folder, cfg, is_best, remove=()):
     """last.pt, best_model.pt when the epoch is the best so far, and every save_every
-    epochs checkpoint_epoch_N.pt (the oldest pruned to keep_checkpoints)."""
+    epochs checkpoint_epoch_N.pt; then the periodic files of this run's own that
+    retention() dropped (`remove`)."""
     os.makedirs(folder, exist_ok=True)
     epoch = ckpt["epoch"]
     save_checkpoint(ckpt, os.path.join(folder, "last.pt"))
     if is_best:
         save_checkpoint(ckpt, os.path.join(folder, "best_model.pt"))
-    if (epoch + 1) % cfg.save_every == 0:  # named by the log's 0-based epoch number
-        save_checkpoint(ckpt, os.path.join(folder, f"checkpoint_epoch_{epoch}.pt"))
-        prune_periodic(folder, cfg.keep_checkpoints)
+    if (epoch + 1) % cfg.save_every == 0:
+        save_checkpoint(ckpt, os.path.join(folder, periodic_name(epoch)))
+    for name in remove:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+
+
+def periodic_name(epoch):
+    return f"checkpoint_epoch_{epoch}.pt"  # named by the log's 0-based epoch number
+
+
+def retention(own, epoch, cfg):
+    """The periodic files a run keeps once epoch `epoch`'s files are written, and those it
+    removes: (own, remove). `own` lists the checkpoint_epoch_N.pt files the run wrote
+    itself (its checkpoints carry the list, so a resumed run knows them); only those are
+    ever pruned to --keep-checkpoints. Files it did not write (the reference's, another
+    run's, a user's copies) are never touched."""
+    own = list(own)
+    if (epoch + 1) % cfg.save_every:
+        return own, []
+    own = [n for n in own if n != periodic_name(epoch)] + [periodic_name(epoch)]
+    keep = cfg.keep_checkpoints
+    return (own[-keep:], own[:-keep]) if keep else (own, [])
+
+
+def others_periodic(folder, own):
+    """The checkpoint_epoch_N.pt files in `folder` that a run with `own` did not write."""
+    if not os.path.isdir(folder):
+        return []
+    return [p for p in periodic_checkpoints(folder) if os.path.basename(p) not in set(own)]
 
 
 RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
@@ -86,10 +117,17 @@ def why_not_resumable(ckpt):
     return f"no {missing[0]}" if missing else None
 
 
+# What a reference checkpoint says of its run's config: the data set and network (from
+# the weights), and what its repo cannot do at all (no --val-split, --smoke, --init-from).
+KNOWN_OF_A_REFERENCE_RUN = {"dataset", "blocks", "width", "val_split", "smoke", "init_from"}
+
+
 def adopt_reference(ckpt):
-    """A reference checkpoint in this repo's format, to continue its run here: the
-    reference recipe (this repo's defaults) for the network its weights hold, its history,
-    and no scheduler state, which restore() rebuilds by replaying the schedule."""
+    """A reference checkpoint in this repo's format, to continue its run here: the network
+    its weights hold, its history, and no scheduler state, which restore() rebuilds by
+    replaying the schedule. The file holds no recipe: the config is the reference's
+    (this repo's defaults) and `assumed` names the settings that the command line may
+    give instead, as that run's own (its --epochs, say)."""
     epochs = len(ckpt["train_acc"])
     if ckpt["epoch"] != epochs - 1 or not all(len(ckpt[k]) == epochs for k in REFERENCE_KEYS
                                                if k.endswith(("_losses", "_acc"))):
@@ -105,9 +143,51 @@ def adopt_reference(ckpt):
     config = {**dataclasses.asdict(Config()), "dataset": dataset, "blocks": list(args["blocks"]),
               "width": args["width"]}
     adopted.update(config=config, position={"epoch": epochs, "step": 0}, progress=None,
+                   tensorboard_run=None,  # none here yet: a folder of its own
+                   assumed=sorted(RECIPE - KNOWN_OF_A_REFERENCE_RUN),
                    scheduler_state_dict=None, scaler_state_dict={}, lrs=None,
                    test_top5=[float("nan")] * epochs, best_accuracy=max(ckpt["test_acc"]))
     return adopted
+
+
+def resumed_line(path, ckpt, epoch, step, sched):
+    """The line a resumed run starts with; for a reference file, what was carried over."""
+    if ckpt["scheduler_state_dict"] is not None:
+        return f"resumed from {path} at epoch {epoch}, step {step}"
+    return (f"resumed the reference repo's {path} at epoch {epoch}: its weights, SGD momentum "
+            f"and {epoch} epochs of history carried over, the schedule replayed to step "
+            f"{sched.last_epoch:,} (lr {sched.get_last_lr()[0]:.6f}), the loss scale "
+            f"afresh; the random streams are this repo's, so the run continues the same "
+            f"recipe statistically, not bit for bit")
+
+
+def settings_line(ckpt, cfg, given):
+    """Where a reference run's settings come from: its file holds only the network and
+    data set, so each other setting is the command line's or the reference recipe's."""
+    def flag(k):
+        v, name = getattr(cfg, k), k.replace("_", "-")
+        if isinstance(v, bool):
+            return f"--{name}" if v else f"--no-{name}"
+        return f"--{name} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+    line = f"settings: from the file {', '.join(flag(k) for k in ('dataset', 'blocks', 'width'))}"
+    for what, keys in (("from the command line", [k for k in ckpt["assumed"] if k in given]),
+                       ("assumed, the reference's", [k for k in ckpt["assumed"] if k not in given])):
+        if keys:
+            line += f"; {what} {', '.join(flag(k) for k in keys)}"
+    return line
+
+
+def saved_lr_mismatch(path, ckpt, sched, cfg):
+    """A warning when a reference file's optimizer was at another learning rate than the
+    schedule replayed here gives at its step (a mistyped --epochs, say); else None."""
+    saved = ckpt["optimizer_state_dict"]["param_groups"][0].get("lr")
+    here = sched.get_last_lr()[0]
+    if saved is None or math.isclose(saved, here, rel_tol=1e-3):
+        return None
+    return (f"warning: {path} was saved at lr {saved:.6f}, but this run's schedule (--epochs "
+            f"{cfg.epochs}, --batch-size {cfg.batch_size}, --max-lr {cfg.max_lr}, --pct-start "
+            f"{cfg.pct_start}) is at lr {here:.6f} there: if the reference run used other "
+            f"settings, stop and give them")
 
 
 def restore(ckpt, model, opt, sched, scaler, cfg, expected_args, steps_per_epoch):

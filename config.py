@@ -82,8 +82,9 @@ class Config:
     eval_batch_size: int = _f(512, "evaluation batch size")
     target_accuracy: float = _f(75.0, "stop once test accuracy (%%) reaches this; 0: never")
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs")
-    keep_checkpoints: int = _f(3, "keep the newest K checkpoint_epoch_N.pt (0: all); "
-                                  "best_model.pt and last.pt are always kept")
+    keep_checkpoints: int = _f(3, "keep the newest K checkpoint_epoch_N.pt this run wrote (0: "
+                                  "all); files it did not write, best_model.pt and last.pt "
+                                  "are always kept")
     gradcam_images: int = _f(6, "Grad-CAM pictures drawn after training (0: none)")
     tensorboard: str = _f("auto", "TensorBoard event files in <out-dir>/tensorboard/: auto "
                                   "(when the tensorboard package is installed), on, off",
@@ -168,18 +169,19 @@ def parse_args(argv=None):
     return args, modes
 
 
-def resolve_config(explicit, saved=None, force=False):
+def resolve_config(explicit, saved=None, force=False, assumed=()):
     """Config = defaults <- smoke presets <- the resumed run's config <- explicit flags.
 
     explicit: the flags given on the command line; saved: the config of the run resumed;
-    force: accept recipe flags that differ from the saved ones.
+    force: accept recipe flags that differ from the saved ones; assumed: fields of `saved`
+    that its checkpoint could not hold (the reference's), which a flag sets without force.
     """
     cfg = dataclasses.asdict(Config())
     if explicit.get("smoke") or (saved or {}).get("smoke"):
         cfg.update(SMOKE, smoke=True)
     if saved:
         saved = {**OLDER_RUNS, **saved}
-        changed = sorted(k for k in RECIPE & explicit.keys()
+        changed = sorted(k for k in (RECIPE - set(assumed)) & explicit.keys()
                          if _norm(explicit[k]) != _norm(saved.get(k)))
         blocked = [k for k in changed if k in FIXED or not force]
         if blocked:

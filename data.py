@@ -25,7 +25,7 @@ import imagefolder  # noqa: E402
 # the CIFAR files' names, re-exported so that data.DATASETS & co. keep working for callers
 from cifar import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES,  # noqa: E402,F401
                    DATASETS, DataError, write_synthetic_dataset)
-from model import standardize  # noqa: E402
+from images import standardize  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def train_transform(mean):
     """The reference's training augmentation, on uint8 images, ending in uint8.
 
     The reference ended with Normalize + ToTensorV2 in every worker; here the workers hand
-    over uint8 and model.normalize does the same arithmetic on the whole batch on the
+    over uint8 and images.normalize does the same arithmetic on the whole batch on the
     device (a quarter of the bytes to copy, one op instead of 128). strict=True: a
     misspelt argument raises instead of being silently dropped (albumentations only warns).
     """

@@ -20,8 +20,8 @@ from config import Config
 from failures import Crashed, one_line
 from logs import log, table
 from metrics import write_evaluation_report, write_metrics
-from model import (dataset_of, fill_metadata, load_checkpoint, model_from_checkpoint,
-                   save_checkpoint)
+from checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_checkpoint
+from model import model_from_checkpoint
 from runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
 
 

@@ -19,10 +19,12 @@ import sys
 import cv2
 import numpy as np
 import torch
+
+from checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
 from failures import one_line, report
+from images import load_image, normalize
 from metrics import new_figure, save_figure
-from model import (CheckpointError, dataset_of, fill_metadata, load_checkpoint, load_image,
-                   model_from_checkpoint, normalize)
+from model import model_from_checkpoint
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
 

@@ -5,7 +5,7 @@ and DIR/test/<class>/*, decoded once into the same uint8 arrays as CIFAR's.
 
 Class names are the folder names, sorted as torchvision sorts them. Files ending in png,
 jpg, jpeg, webp or bmp (any case) are images, of any size and mode: each is converted to
-RGB and its largest centred square resized to 32x32 (model.load_image, as predict() does
+RGB and its largest centred square resized to 32x32 (images.load_image, as predict() does
 for a picture). A file that cannot be read is skipped, with one warning line for all.
 
 Decoding runs once, with a progress bar, into DIR/.imagefolder-cache/: one .npz per split,
@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from cifar import DataError
+from images import load_image
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SIZE = 32  # what the recipe's pad/crop and the network are built for
@@ -117,7 +118,6 @@ def check_memory(n, where):
 
 def _decode(path):
     """uint8 (SIZE, SIZE, 3) or None for a file that is not a readable image."""
-    from model import load_image
     try:
         return load_image(path, SIZE)
     except Exception:  # noqa: BLE001 -- PIL raises many kinds for a broken file

@@ -3,8 +3,10 @@ evaluates and writes its outputs, so a second train.py started on the same folde
 notebook cell run in a second tab, a forgotten background job) refuses at once instead of
 writing the same checkpoints and log as the first.
 
-The lock is the kernel's (fcntl.flock on checkpoints/run.lock): it goes with the process,
-so a run killed with SIGKILL or crashed leaves no stale lock behind. The file itself
+The lock is the kernel's, on checkpoints/run.lock (flock on Linux and macOS, a byte-range
+lock through msvcrt on Windows, chosen when a run takes it, so that importing this module
+needs neither): it goes with the process, so a run killed with SIGKILL or crashed leaves
+no stale lock behind. The file itself
 stays, holding the last holder's pid, host and start time for the refusal to name; it
 is never deleted, as deleting a lock file lets two runs lock two different files.
 Reading commands (--evaluate, --metrics-from-ckpt, gradcam_utils.py) take no lock: the
@@ -12,7 +14,6 @@ checkpoints they read are replaced atomically.
 """
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -22,8 +23,37 @@ import time
 from config import UserError
 
 LOCK_NAME = "run.lock"
+# what the lock raises when another process holds it: flock's EWOULDBLOCK (EAGAIN),
+# msvcrt's EACCES or EDEADLOCK
+HELD = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK}
 # what flock raises where the file system has no locks (some network mounts)
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+# Windows locks byte ranges, and a locked range cannot be read by others: lock one byte far
+# past the holder's details, so that a refused run can still read who holds the folder.
+WINDOWS_BYTE = 2**20
+
+
+def _acquire(f):
+    """Lock f or raise OSError at once (never wait): flock where the OS has it, else msvcrt."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+        f.seek(WINDOWS_BYTE)
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _release(f):
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+        f.seek(WINDOWS_BYTE)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -44,18 +74,18 @@ def holding_out_dir(out_dir, warn=lambda line: print(line, file=sys.stderr)):
             yield
         finally:
             if locked:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                _release(f)
 
 
 def _lock(f, out_dir, warn):
     """True once locked; False where the file system cannot lock (said once)."""
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _acquire(f)
         return True
-    except BlockingIOError:
-        raise UserError(f"{out_dir} is in use by another run ({_holder(f)}); wait for it, "
-                        f"stop it, or use another --out-dir") from None
     except OSError as e:
+        if e.errno in HELD:
+            raise UserError(f"{out_dir} is in use by another run ({_holder(f)}); wait for it, "
+                            f"stop it, or use another --out-dir") from None
         if e.errno not in UNSUPPORTED:
             raise
         warn(f"warning: {out_dir}: this file system does not support locks ({e.strerror}), "

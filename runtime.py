@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from config import UserError
 from failures import one_line
 from logs import log
-from model import normalize
+from images import normalize
 
 
 # -----------------------------------------------------------------------------

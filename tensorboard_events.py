@@ -1,5 +1,6 @@
-"""A run's TensorBoard event files, in <out-dir>/tensorboard/ (`tensorboard --logdir` it,
-or `%tensorboard` in the Colab notebook).
+"""A run's TensorBoard event files, in <out-dir>/tensorboard/<start time>/: `tensorboard
+--logdir <out-dir>/tensorboard` (or `%tensorboard` in the Colab notebook) shows each run of
+the folder as a run of its own, side by side.
 
     every epoch   train/ and test/ (val/ with --val-split) loss, accuracy and top-5, lr,
                   speed/images_per_s, speed/epoch_seconds
@@ -8,33 +9,77 @@ or `%tensorboard` in the Colab notebook).
     at the end    the Grad-CAM grid and the confusion matrix as images, and the run's
                   settings as hparams beside its final metrics
 
-Every value is logged against the optimizer step, so a resumed run continues the same
-curves: it purges whatever the interrupted run logged after the step it resumes from,
-and a fresh run hides the events of an earlier run in the same folder. Writing is a
-convenience: the first failure warns once and turns it off, training goes on.
+Every value is logged against the optimizer step. A fresh run starts a folder of its own,
+named by its start time and kept in its checkpoints, so a resumed run continues its own
+curves: it purges whatever the interrupted run logged after the step it resumes from.
+(A run resumed from a checkpoint older than these folders continues in tensorboard/
+itself, as it did.) Writing is a convenience: a TensorBoard that cannot be imported under
+--tensorboard auto, or the first failure to write, warns once, and training goes on.
 """
 import dataclasses
+import functools
 import os
+import time
 
 import numpy as np
 
 from config import UserError
 
 
-def available():
+@functools.lru_cache(maxsize=None)
+def import_problem():
+    """None when TensorBoard's writer imports; otherwise the exception it raised. Any
+    exception counts: a broken install raises more than ImportError (protobuf's version
+    clash, common in Colab and conda, raises TypeError: Descriptors cannot be created
+    directly)."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401 -- needs `tensorboard`
-        return True
-    except ImportError:
-        return False
+    except Exception as e:  # noqa: BLE001 -- whatever it is, the run goes on without it
+        return e
+    return None
 
 
-def wanted(cfg):
-    """Whether to write events: --tensorboard on (a one-line error without the package),
-    off, or auto (when the package is installed)."""
-    if cfg.tensorboard == "on" and not available():
-        raise UserError("--tensorboard on needs the tensorboard package: pip install tensorboard")
-    return cfg.tensorboard == "on" or (cfg.tensorboard == "auto" and available())
+def _installed(problem):
+    """False only when the package is simply absent (no warning due under auto)."""
+    return not (isinstance(problem, ModuleNotFoundError) and problem.name == "tensorboard")
+
+
+def wanted(cfg, warn=None):
+    """Whether to write events: --tensorboard on (a one-line error if TensorBoard cannot be
+    imported), off, or auto (when it imports; a broken install is one warning, through
+    `warn` when given)."""
+    problem = import_problem()
+    if cfg.tensorboard == "on" and problem is not None:
+        if not _installed(problem):
+            raise UserError("--tensorboard on needs the tensorboard package: pip install tensorboard")
+        raise UserError(f"--tensorboard on: TensorBoard cannot be imported ({_describe(problem)})")
+    if cfg.tensorboard == "auto" and problem is not None and _installed(problem) and warn:
+        warn(f"warning: TensorBoard cannot be imported ({_describe(problem)}); training goes "
+             f"on without its events (--tensorboard off silences this)")
+    return cfg.tensorboard == "on" or (cfg.tensorboard == "auto" and problem is None)
+
+
+def _describe(e):
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}"
+
+
+def run_name(resumed, folder):
+    """The sub-folder of `folder` a run writes its events to: a resumed run's own (its
+    checkpoints keep the name), a fresh run's new one; "" (the folder itself) for a
+    checkpoint of this repo older than the sub-folders. A checkpoint from elsewhere (the
+    reference's) says None: its run has no events here, so it gets a new folder."""
+    name = new_run_name(folder) if resumed is None else resumed.get("tensorboard_run", "")
+    return new_run_name(folder) if name is None else name
+
+
+def new_run_name(folder):
+    """A fresh run's sub-folder of `folder`: its start time, unique within the folder."""
+    name = time.strftime("%Y-%m-%d_%H-%M-%S")
+    unique, n = name, 1
+    while os.path.exists(os.path.join(folder, unique)):
+        n += 1
+        unique = f"{name}_{n}"
+    return unique
 
 
 class Events:

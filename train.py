@@ -29,8 +29,11 @@ from tqdm import tqdm
 
 import data
 import tensorboard_events
+from checkpoint_files import (CheckpointError, find_latest_checkpoint, init_from_checkpoint,
+                              load_checkpoint, save_checkpoint)
 from checkpointing import (CheckpointWriter, adopt_reference, history_keys, is_reference,
-                           make_checkpoint, replay_schedule, restore, save_epoch_checkpoints,
+                           make_checkpoint, others_periodic, replay_schedule, restore, resumed_line,
+                           retention, saved_lr_mismatch, save_epoch_checkpoints, settings_line,
                            to_host, why_not_resumable)
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from evaluation import evaluate_checkpoint, final_test, finish
@@ -39,11 +42,10 @@ from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, cha
 from logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
                   start_epoch_table)
 from metrics import LiveMetrics, write_metrics
+from model import ResNet, count_parameters
 from runlock import holding_out_dir
 from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
                      init_distributed, make_runtime)
-from model import (CheckpointError, ResNet, count_parameters, find_latest_checkpoint,
-                   init_from_checkpoint, load_checkpoint, save_checkpoint)
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
@@ -392,8 +394,9 @@ def build_run(cfg, device, dist, arrays, names):
                LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")), workers)
 
 
-def train(cfg, resume_ckpt=None, resume_path=None):
-    """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM."""
+def train(cfg, resume_ckpt=None, resume_path=None, given=()):
+    """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM.
+    given: the settings given on the command line (said where a checkpoint lacks them)."""
     tensorboard_events.wanted(cfg)  # --tensorboard on without the package: say so now
     dist, device = init_distributed(cfg.device)
     check_distributed(cfg, dist, device)
@@ -407,10 +410,23 @@ def train(cfg, resume_ckpt=None, resume_path=None):
             resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"],
             steps_per_epoch(run.train_loader))
         progress = {**new_progress(), **(progress or {})}  # older checkpoints lack input_wait
-        log.info(resumed_line(resume_path, resume_ckpt, epoch, step, run))
+        log.info(resumed_line(resume_path, resume_ckpt, epoch, step, run.sched))
+        if resume_ckpt.get("assumed"):
+            log.info(settings_line(resume_ckpt, cfg, given))
+            mismatch = saved_lr_mismatch(resume_path, resume_ckpt, run.sched, cfg)
+            if mismatch:
+                log.warning(mismatch)
     elif cfg.init_from:
         log.info(init_from_checkpoint(run.net, cfg.init_from))
-    run.events = make_events(cfg, dist, epoch * steps_per_epoch(run.train_loader) + step)
+    run.extra["own_periodic"] = list((resume_ckpt or {}).get("own_periodic", []))
+    others = others_periodic(os.path.join(cfg.out_dir, "checkpoints"), run.extra["own_periodic"])
+    if others and dist.main:
+        log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
+                 f"written by this run: they are kept (--keep-checkpoints prunes only its own)")
+    run.extra["tensorboard_run"] = tensorboard_events.run_name(
+        resume_ckpt, os.path.join(cfg.out_dir, "tensorboard"))
+    run.events = make_events(cfg, dist, epoch * steps_per_epoch(run.train_loader) + step,
+                             run.extra["tensorboard_run"])
     try:
         with GracefulStop() as stop:
             last = train_loop(run, epoch, progress, stop) or resume_ckpt
@@ -439,26 +455,17 @@ def train(cfg, resume_ckpt=None, resume_path=None):
     dist.barrier()  # ranks leave together: one tearing down early can abort the others
 
 
-def make_events(cfg, dist, done):
-    """The TensorBoard writer (rank 0), continuing from `done` optimizer steps: what an
-    interrupted run logged after them is purged, and a fresh run (done 0) hides the
-    events of an earlier run in the same folder."""
-    if not tensorboard_events.wanted(cfg) or not dist.main:
+def make_events(cfg, dist, done, name):
+    """The TensorBoard writer (rank 0) of this run's folder <out-dir>/tensorboard/<name>,
+    continuing from `done` optimizer steps: what an interrupted run logged after them is
+    purged."""
+    if not dist.main or not tensorboard_events.wanted(cfg, warn=log.warning):
         return tensorboard_events.Events.off()
-    folder = os.path.join(cfg.out_dir, "tensorboard")
-    events = tensorboard_events.Events(folder, purge_step=done + 1 if done else 0, warn=log.warning)
-    log.info(f"TensorBoard: tensorboard --logdir {folder}")
+    top = os.path.join(cfg.out_dir, "tensorboard")
+    events = tensorboard_events.Events(os.path.join(top, name), purge_step=done + 1 if done else 0,
+                                       warn=log.warning)
+    log.info(f"TensorBoard: tensorboard --logdir {top}")
     return events
-
-
-def resumed_line(path, ckpt, epoch, step, run):
-    if ckpt["scheduler_state_dict"] is not None:
-        return f"resumed from {path} at epoch {epoch}, step {step}"
-    return (f"resumed the reference repo's {path} at epoch {epoch}: its weights, SGD momentum "
-            f"and {epoch} epochs of history carried over, the schedule replayed to step "
-            f"{run.sched.last_epoch:,} (lr {run.sched.get_last_lr()[0]:.6f}), the loss scale "
-            f"afresh; the random streams are this repo's, so the run continues the same "
-            f"recipe statistically, not bit for bit")
 
 
 def check_distributed(cfg, dist, device):
@@ -577,8 +584,10 @@ def end_epoch(run, epoch, progress, started, clock):
         log.warning(f"epoch {epoch}: loss not finite for the last {progress['nonfinite']} "
                     f"steps; checkpoints not updated")
     elif run.rt.dist.main:  # written while the next epoch trains
+        own, remove = retention(run.extra["own_periodic"], epoch, cfg)
+        run.extra["own_periodic"] = ckpt["own_periodic"] = own
         run.writer.submit(save_epoch_checkpoints, to_host(ckpt),
-                          os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best)
+                          os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best, remove)
     if run.rt.dist.main:
         try:
             run.live.update(ckpt)
@@ -639,14 +648,15 @@ def run(args, modes):
         raise CheckpointError(f"{resume} cannot be resumed: {why}")
     if ckpt and is_reference(ckpt):
         ckpt = adopt_reference(ckpt)
-    cfg = resolve_config(args, ckpt and ckpt["config"], force=modes["resume_force"])
+    cfg = resolve_config(args, ckpt and ckpt["config"], force=modes["resume_force"],
+                         assumed=(ckpt or {}).get("assumed", ()))
     try:
         os.makedirs(os.path.join(cfg.out_dir, "checkpoints"), exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {e.strerror}") from None
     # one run per folder; under torchrun rank 0 holds the lock for the whole job
     with holding_out_dir(cfg.out_dir) if env_rank() == 0 else contextlib.nullcontext():
-        train(cfg, ckpt, resume)
+        train(cfg, ckpt, resume, given=set(args))
     return 0
 
 

@@ -8,6 +8,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    # `python -m pytest -m "not slow"`: the edit-test loop (CONTRIBUTING.md)
+    config.addinivalue_line("markers", "slow: trains, or starts processes, for more than a "
+                                       "few seconds")
+
+
 def run_script(script, *args, cwd=None, timeout=600):
     """Run one of the repo's scripts as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],

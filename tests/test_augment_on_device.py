@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import data
-from model import normalize
+from images import normalize
 
 SPEC = data.DATASETS["cifar100"]
 N = 20_000  # samples from each pipeline: 5,000 of each of 4 images
@@ -34,6 +34,7 @@ def rate(mask):
     return float(np.mean(mask))
 
 
+@pytest.mark.slow
 def test_flip_affine_hole_and_noise_rates_match(both):
     _, applied, _, p = both
     pairs = [(rate(["HorizontalFlip" in a for a in applied]), rate(p["flip"]), 0.5),
@@ -126,6 +127,7 @@ def _hole_stats(images):
 # (seeds 0-3) gave noise shares 0.149-0.154, spreads 4.62-4.74 grey levels, hole shares
 # 0.148-0.152 and hole sizes 141.9-145.6 pixels; a share's binomial sd is 0.0036. The
 # bounds are about four standard deviations of a difference of two such runs.
+@pytest.mark.slow
 def test_noise_reaches_as_many_images_as_albumentations_and_as_strongly(flat):
     reference, ours, _ = flat["fill"]
     (ref_share, ref_sd), (our_share, our_sd) = _noise_stats(reference), _noise_stats(ours)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoint_files import save_checkpoint
 from conftest import run_script
-from model import ResNet, save_checkpoint
+from model import ResNet
 
 CKPT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "test_loss", "test_accuracy",
              "train_losses", "test_losses", "train_acc", "test_acc",  # the reference's keys
@@ -25,6 +26,7 @@ def _is_png(path, min_size=(100, 100)):
     return h >= min_size[0] and w >= min_size[1]
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_output(smoke_run):
     out, proc = smoke_run
     ck = out / "checkpoints"
@@ -58,11 +60,13 @@ def test_smoke_checkpoint_has_every_key_and_loads_safely(smoke_run):
     assert best["test_accuracy"] == max(ckpt["test_acc"]) == ckpt["best_accuracy"]
 
 
+@pytest.mark.slow
 def test_the_readme_snippets_way_predicts_what_evaluate_reports(smoke_run, tmp_path):
     # The README's snippet (build, torch.load, load_state_dict, eval, argmax) on the smoke
     # run's trained checkpoint: its predictions give --evaluate's per-class counts.
     import data
-    from model import build_model, normalize
+    from images import normalize
+    from model import build_model
     out, _ = smoke_run
     path = out / "checkpoints" / "best_model.pt"
     checkpoint = torch.load(path, map_location="cpu")
@@ -104,6 +108,7 @@ def test_metrics_from_ckpt_rebuilds_the_folder_without_training(smoke_run, tmp_p
            (out / "training_metrics_from_ckpt" / "metrics_from_ckpt.csv").read_text()
 
 
+@pytest.mark.slow
 def test_two_epoch_run_equals_one_epoch_resumed_for_one_more(smoke_run, tmp_path):
     out, _ = smoke_run
     proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
@@ -119,6 +124,7 @@ def test_two_epoch_run_equals_one_epoch_resumed_for_one_more(smoke_run, tmp_path
     assert straight["scheduler_state_dict"]["last_epoch"] == resumed["scheduler_state_dict"]["last_epoch"]
 
 
+@pytest.mark.slow
 def test_compile_continues_a_run_and_saves_the_plain_network(smoke_run, tmp_path):
     out, _ = smoke_run
     proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
@@ -142,6 +148,7 @@ def test_resume_refuses_a_changed_recipe_flag(smoke_run, tmp_path):
         "schedule are fixed by the checkpoint"]
 
 
+@pytest.mark.slow
 def test_gradcam_cli_rebuilds_the_network_from_the_checkpoint(smoke_run, tmp_path):
     out, _ = smoke_run
     proc = run_script("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",
@@ -178,6 +185,7 @@ def test_missing_data_offline_is_one_line(tmp_path):
     assert "cifar-100-python" in _one_line_error(proc)
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_are_one_line_errors(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(os.urandom(4096))
     assert "corrupt" in _one_line_error(run_script("train.py", "--resume", tmp_path / "corrupt.pt"))
@@ -206,6 +214,7 @@ def test_unwritable_out_dir_is_one_line(tmp_path):
     assert "--out-dir" in _one_line_error(run_script("train.py", "--smoke", "--out-dir", blocker / "x"))
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     import json
     proc = run_script("benchmarks/throughput.py", "--quick", "--train-epochs", "1",
@@ -235,6 +244,7 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert "| stage" in proc.stdout and "train.py --step-mode eager: img/s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_path):
     from test_data import poison
     import data

@@ -8,7 +8,7 @@ import torch
 
 import data
 import runtime
-from model import normalize
+from images import normalize
 
 
 def test_generated_files_have_the_real_layout_and_read_back_exactly(tmp_path):

@@ -11,6 +11,8 @@ import torch
 from conftest import ROOT, run_script
 from train import SYNC_EVERY
 
+pytestmark = pytest.mark.slow  # every test here starts a torchrun job
+
 
 def torchrun(*args, timeout=300, script="train.py"):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -108,6 +108,7 @@ def _train(root, out, *flags):
                       "--out-dir", out, *flags)
 
 
+@pytest.mark.slow
 def test_bad_folders_are_one_line_errors(tmp_path):
     def made(name, **kw):
         root = tmp_path / name
@@ -143,6 +144,7 @@ def test_a_folder_too_large_for_the_memory_is_refused_before_decoding(tmp_path, 
         imagefolder.read_split(str(tmp_path), "train")
 
 
+@pytest.mark.slow
 def test_a_run_on_a_folder_end_to_end_and_every_tool_on_its_checkpoint(folder, tmp_path):
     root, counts = folder
     out = tmp_path / "run"
@@ -168,6 +170,7 @@ def test_a_run_on_a_folder_end_to_end_and_every_tool_on_its_checkpoint(folder, t
     assert sorted(name for name, _ in result) == CLASSES
 
 
+@pytest.mark.slow
 def test_val_split_on_a_folder_with_and_without_test_images(folder, tmp_path):
     root, _ = folder
     proc = _train(root, tmp_path / "a", "--epochs", "1", "--val-split", "6", "--gradcam-images", "0")

@@ -11,14 +11,16 @@ import data
 import runtime
 import train
 from conftest import run_script
+from images import load_image
 from metrics import write_evaluation_report
-from model import load_classifier, load_image, predict
+from model import load_classifier, predict
 
 
 def _top1(text, label):
     return float(re.search(rf"{label}: top-1 ([0-9.]+)%", text).group(1))
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_training_logs_accuracy_and_writes_the_report(smoke_run, tmp_path):
     out, _ = smoke_run
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
@@ -111,6 +113,7 @@ def test_predict_accepts_other_sizes_and_grayscale(classifier, smoke_run):
         load_image(np.zeros((8, 8), np.float32))
 
 
+@pytest.mark.slow
 def test_gradcam_cli_on_own_images_writes_overlays_and_reports_the_bad_file(smoke_run, tmp_path):
     out, _ = smoke_run
     rng = np.random.default_rng(0)

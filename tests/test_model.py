@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model import (CheckpointError, ResNet, ResNet34, count_parameters, load_checkpoint,
-                   model_from_checkpoint, save_checkpoint)
+from checkpoint_files import CheckpointError, load_checkpoint, network_name, save_checkpoint
+from model import ResNet, ResNet34, count_parameters, model_from_checkpoint
 
 
 def test_seed_network_has_the_reference_parameter_count_and_output_shape():
@@ -26,6 +26,13 @@ def test_reduced_network_is_the_same_code():
     model = ResNet(blocks=(1, 1, 1, 1), width=16, num_classes=10)
     assert model.eval()(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     assert len(model.layer3) == 1 and model.fc.in_features == 128
+
+
+def test_messages_call_the_seed_network_resnet34_and_others_by_their_shape():
+    # checkpoint_files knows the seed's shape without importing the network: the two agree
+    assert network_name(ResNet34().model_args) == "ResNet34 (100 classes)"
+    assert network_name(ResNet((1, 1, 1, 1), 16, 10).model_args) == \
+        "ResNet(blocks=[1, 1, 1, 1], width=16) (10 classes)"
 
 
 def test_seed_format_checkpoint_is_rebuilt_from_the_file_alone(tmp_path):

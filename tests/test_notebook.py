@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from conftest import ROOT
 
 NOTEBOOK = os.path.join(ROOT, "notebooks", "colab.ipynb")
@@ -17,6 +19,7 @@ def test_the_notebook_carries_no_outputs():
         assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_end_to_end_in_quick_mode_and_a_rerun_continues(
         tmp_path, monkeypatch, capsys):
     """Every code cell in order, as 'Run all' does. Outside Colab (IN_COLAB False) the

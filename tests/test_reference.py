@@ -43,6 +43,7 @@ def reference_file(tmp_path_factory):
 # -----------------------------------------------------------------------------
 # Loading it everywhere
 
+@pytest.mark.slow
 def test_evaluate_reads_a_reference_checkpoint_and_says_what_it_assumed(reference_file, tiny_data,
                                                                         tmp_path):
     path, net = reference_file
@@ -58,6 +59,7 @@ def test_evaluate_reads_a_reference_checkpoint_and_says_what_it_assumed(referenc
     assert float(re.search(r"plain: top-1 ([0-9.]+)%", proc.stdout).group(1)) == round(expected, 2)
 
 
+@pytest.mark.slow
 def test_gradcam_reads_a_reference_checkpoint(reference_file, tiny_data, tmp_path):
     path, _ = reference_file
     proc = run_script("gradcam_utils.py", "--checkpoint", path, "--data-dir", tiny_data,
@@ -115,6 +117,7 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(reference_file, tmp_path):
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_metrics_from_a_reference_checkpoint_have_the_reference_schedule_and_its_npz_keys(tmp_path):
     path = _save(reference_checkpoint(reference_network(), epoch=165), tmp_path / "ref.pt")
     proc = run_script("train.py", "--metrics-from-ckpt", path, "--out-dir", tmp_path)
@@ -178,6 +181,7 @@ def test_restoring_a_reference_checkpoint_carries_momentum_and_replays_the_sched
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in run_net.state_dict().items())
 
 
+@pytest.mark.slow
 def test_resume_continues_a_reference_run_with_its_schedule_and_history(tiny_data, tmp_path):
     # 300 training images in batches of 128: 3 steps per epoch; two epochs left of 200
     steps = 3
@@ -185,13 +189,14 @@ def test_resume_continues_a_reference_run_with_its_schedule_and_history(tiny_dat
     path = _save(ref, tmp_path / "checkpoint_epoch_197.pt")
     flags = ["--data-dir", tiny_data, "--num-workers", "0", "--gradcam-images", "0",
              "--out-dir", tmp_path / "run"]
-    refused = run_script("train.py", "--resume", path, "--cutmix-prob", "0.5", *flags)
+    refused = run_script("train.py", "--resume", path, "--width", "16", *flags)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        "error: --cutmix-prob 0.5 differs from the resumed run's 0.3; a resumed run keeps its "
-        "recipe (--resume-force to change it anyway)"]
+        "error: --width 16 differs from the resumed run's 8; the network and the schedule are "
+        "fixed by the checkpoint"]
     proc = run_script("train.py", "--resume", path, *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed the reference repo's {path} at epoch 198" in proc.stdout
+    assert "warning" not in proc.stdout + proc.stderr  # its optimizer's lr is the schedule's
     assert "statistically, not bit for bit" in proc.stdout and "epoch 198/199" in proc.stdout
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 199 and len(last["test_acc"]) == 200
@@ -203,6 +208,61 @@ def test_resume_continues_a_reference_run_with_its_schedule_and_history(tiny_dat
     rows = list(csv.DictReader(open(tmp_path / "run" / "training_metrics_from_ckpt" / "metrics_from_ckpt.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(200))  # the curves go on from epoch 0
     assert "| 199 |" in (tmp_path / "run" / "training_logs.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_reference_run_continues_with_its_own_epochs_and_keeps_every_file_it_did_not_write(
+        tiny_data, tmp_path):
+    # The reference saved a checkpoint_epoch_N.pt at each new best and deleted none; its run
+    # here was EPOCHS = 30, which its files cannot say.
+    steps, folder = 3, tmp_path / "checkpoints"
+    os.makedirs(folder)
+    theirs = {}
+    for epoch in (4, 9, 14, 19, 24):
+        path = _save(reference_checkpoint(reference_network(), epoch, steps, epochs=30),
+                     folder / f"checkpoint_epoch_{epoch}.pt")
+        theirs[path] = path.read_bytes()
+    proc = run_script("train.py", "--resume", "auto", "--epochs", "30", "--save-every", "1",
+                      "--keep-checkpoints", "3", "--target-accuracy", "0", "--data-dir", tiny_data,
+                      "--num-workers", "0", "--gradcam-images", "0", "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"5 checkpoint_epoch_*.pt in {folder} were not written by this run: they are kept" \
+        in proc.stdout
+    assert ("settings: from the file --dataset cifar100, --blocks 1 1 1 1, --width 8; from the "
+            "command line --epochs 30; assumed, the reference's --no-aug-on-device, "
+            "--batch-size 128,") in proc.stdout
+    assert "warning" not in proc.stdout + proc.stderr  # the file's lr is 30 epochs' schedule's
+    assert all(path.read_bytes() == blob for path, blob in theirs.items())  # untouched
+    own = [f"checkpoint_epoch_{e}.pt" for e in (27, 28, 29)]  # 25 and 26 pruned: its own
+    assert sorted(f for f in os.listdir(folder) if f.startswith("checkpoint_epoch_")) == \
+        sorted([p.name for p in theirs] + own)
+    last = torch.load(folder / "last.pt", weights_only=True)
+    assert last["own_periodic"] == own and last["epoch"] == 29
+    assert last["lrs"][25:] == [reference_lr_after((e + 1) * steps, steps, epochs=30)[0]
+                                for e in range(25, 30)]
+
+
+@pytest.mark.slow
+def test_a_reference_run_continued_with_other_epochs_follows_them_and_says_the_lr_disagrees(
+        tiny_data, tmp_path):
+    steps = 3
+    path = _save(reference_checkpoint(reference_network(), epoch=98, steps_per_epoch=steps),
+                 tmp_path / "checkpoint_epoch_98.pt")  # saved under the 200-epoch schedule
+    proc = run_script("train.py", "--resume", path, "--epochs", "100", "--target-accuracy", "0",
+                      "--data-dir", tiny_data, "--num-workers", "0", "--gradcam-images", "0",
+                      "--out-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    here = reference_lr_after(99 * steps, steps, epochs=100)[0]
+    saved = reference_lr_after(99 * steps, steps, epochs=200)[0]
+    said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "warning" in ln]
+    assert said == [f"warning: {path} was saved at lr {saved:.6f}, but this run's schedule "
+                    f"(--epochs 100, --batch-size 128, --max-lr 0.1, --pct-start 0.2) is at lr "
+                    f"{here:.6f} there: if the reference run used other settings, stop and "
+                    f"give them"]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["config"]["epochs"] == 100 and last["epoch"] == 99
+    assert last["lrs"][98] == pytest.approx(here, rel=1e-12)  # the resumed step, 100 epochs'
+    assert last["lrs"][99] == pytest.approx(reference_lr_after(100 * steps, steps, epochs=100)[0])
 
 
 def test_resume_auto_finds_the_newest_reference_checkpoint(tmp_path):
@@ -235,6 +295,7 @@ def test_init_from_keeps_every_weight_but_a_classifier_of_another_class_count(re
         init_from_checkpoint(ResNet34(num_classes=100), str(path))
 
 
+@pytest.mark.slow
 def test_init_from_trains_cifar10_from_cifar100_weights(reference_file, tmp_path):
     path, _ = reference_file
     root = tmp_path / "c10"
@@ -346,6 +407,7 @@ def _as_older_checkpoint(ckpt):
     return old
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_of_this_repo_resumes_bit_for_bit(tmp_path):
     # Before the change both CutMix terms were smoothed: a resumed older run keeps that.
     straight = run_script("train.py", "--smoke", "--cutmix-label-smoothing", "--gradcam-images",

@@ -53,6 +53,7 @@ def assert_same_run(a, b):
     assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
 
 
+@pytest.mark.slow
 def test_killed_anywhere_and_resumed_each_time_ends_bit_identical(small_data, reference, tmp_path):
     # Counted per process: steps since that process started, checkpoint files it wrote.
     faults = ["step:3:KILL",   # epoch 0, before any checkpoint exists
@@ -78,6 +79,7 @@ def test_killed_anywhere_and_resumed_each_time_ends_bit_identical(small_data, re
     assert not any(f.endswith(".pt") for f in leftovers)  # temporary names never look final
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [("INT", 130), ("TERM", 143)])
 def test_signal_saves_a_resumable_position_and_prints_the_command(small_data, reference, tmp_path,
                                                                   sig, code):
@@ -92,6 +94,7 @@ def test_signal_saves_a_resumable_position_and_prints_the_command(small_data, re
     assert_same_run(load(reference), load(tmp_path))
 
 
+@pytest.mark.slow
 def test_auto_resume_skips_a_truncated_checkpoint(small_data, reference, tmp_path):
     proc = faulty("step:20:INT", *flags(small_data, tmp_path))  # epoch 2, step 4
     assert proc.returncode == 130
@@ -116,6 +119,7 @@ def test_retention_keeps_exactly_k_periodic_checkpoints(reference):
     assert names == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "last.pt"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_data, tmp_path):
     # NaN from step 10 (epoch 1): 20 bad steps in a row end the run in epoch 3 of 4.
     proc = faulty("nan:10", *flags(small_data, tmp_path, "--epochs", "4"))
@@ -127,6 +131,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(small_
     assert all(torch.isfinite(v.float()).all() for v in ckpt["model_state_dict"].values())
 
 
+@pytest.mark.slow
 def test_recipe_change_on_resume_needs_force_and_schedule_changes_are_refused(small_data,
                                                                              reference, tmp_path):
     last = str(reference / "checkpoints" / "last.pt")
@@ -137,6 +142,7 @@ def test_recipe_change_on_resume_needs_force_and_schedule_changes_are_refused(sm
     assert proc.returncode == 2 and "fixed by the checkpoint" in proc.stderr
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_files(small_data, tmp_path):
     # writes per epoch: last.pt, best_model.pt (when better), checkpoint_epoch_N.pt
     proc = faulty("full:4", *flags(small_data, tmp_path))
@@ -150,6 +156,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_files(small_
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_whose_weights_are_another_network_names_the_difference(
         reference, tmp_path):
     ckpt = load(reference)
@@ -188,6 +195,7 @@ def crash_lines(proc):
 
 @pytest.mark.parametrize("fault, workers, begins, position", CRASHES,
                          ids=[c[0] for c in CRASHES])
+@pytest.mark.slow
 def test_a_crash_exits_in_one_line_keeps_the_last_step_and_resumes_bit_identical(
         small_data, reference, tmp_path, fault, workers, begins, position):
     t0 = time.monotonic()
@@ -209,6 +217,7 @@ def test_a_crash_exits_in_one_line_keeps_the_last_step_and_resumes_bit_identical
     assert_same_run(load(reference), load(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_failure_while_updating_keeps_the_previous_checkpoint(small_data, reference, tmp_path):
     proc = faulty("update:12", *flags(small_data, tmp_path))  # epoch 1, after step 3's update
     assert proc.returncode == 1
@@ -221,6 +230,7 @@ def test_a_failure_while_updating_keeps_the_previous_checkpoint(small_data, refe
     assert_same_run(load(reference), load(tmp_path))
 
 
+@pytest.mark.slow
 def test_debug_prints_the_traceback_as_well(small_data, tmp_path):
     proc = faulty("raise:3", *flags(small_data, tmp_path, "--epochs", "1", "--debug"))
     assert proc.returncode == 1
@@ -228,6 +238,7 @@ def test_debug_prints_the_traceback_as_well(small_data, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: RuntimeError: a bug (injected)")
 
 
+@pytest.mark.slow
 def test_evaluate_ends_in_one_line_when_evaluation_runs_out_of_memory(reference, tmp_path):
     proc = faulty("oom:collect:1", "--evaluate", reference / "checkpoints" / "last.pt",
                   "--out-dir", tmp_path, "--num-workers", "2")

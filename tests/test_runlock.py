@@ -1,5 +1,7 @@
 """One run per output folder: a second train.py on a folder in use refuses in one line."""
 import errno
+import fcntl
+import importlib
 import os
 import re
 import signal
@@ -7,9 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
+import config
 import runlock
 from conftest import ROOT, run_script
 from test_ddp import torchrun
@@ -42,6 +46,7 @@ def _refusal(out_dir, pid):
                       rf"--out-dir")
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(tmp_path):
     out = tmp_path / "run"
     with open(tmp_path / "first.err", "w") as err:
@@ -69,6 +74,7 @@ def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(t
     assert [log.count(f"\n| {e} |") for e in range(3)] == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
     first = _start("--smoke", "--gradcam-images", "0", "--out-dir", out, stderr=subprocess.DEVNULL)
@@ -83,6 +89,7 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
     assert "--resume auto: continuing" in resumed.stdout and "epoch   1/1" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
@@ -108,10 +115,41 @@ def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(tmp_path):
 def test_where_the_file_system_has_no_locks_the_run_warns_once_and_goes_on(tmp_path, monkeypatch):
     def no_locks(f, how):
         raise OSError(errno.ENOLCK, "No locks available")
-    monkeypatch.setattr(runlock.fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
     said = []
     with runlock.holding_out_dir(str(tmp_path), warn=said.append):
         ran = True
     assert ran and said == [f"warning: {tmp_path}: this file system does not support locks "
                             f"(No locks available), so nothing stops a second run on the same "
                             f"folder"]
+
+
+def test_without_fcntl_as_on_windows_the_lock_module_imports_and_still_locks(tmp_path, monkeypatch):
+    """Windows has no fcntl: runlock then locks through msvcrt (here a stand-in that takes
+    the same kernel lock, and fails as msvcrt.locking does, with EACCES)."""
+    taken = []
+
+    def locking(fd, mode, nbytes):
+        assert nbytes == 1 and os.lseek(fd, 0, os.SEEK_CUR) == runlock.WINDOWS_BYTE
+        try:
+            flock(fd, lock_ex | lock_nb if mode == msvcrt.LK_NBLCK else lock_un)
+        except BlockingIOError:
+            raise OSError(errno.EACCES, "Permission denied") from None
+        taken.append(mode)
+    flock, lock_ex, lock_nb, lock_un = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+    msvcrt = types.SimpleNamespace(LK_NBLCK=2, LK_UNLCK=0, locking=locking)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl now fails
+    monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
+    windows = importlib.reload(runlock)
+    try:
+        with windows.holding_out_dir(str(tmp_path)):
+            with pytest.raises(config.UserError, match=r"is in use by another run \(pid "
+                                                        rf"{os.getpid()} on host"):
+                with windows.holding_out_dir(str(tmp_path)):
+                    pass
+        with windows.holding_out_dir(str(tmp_path)):  # released: free again
+            pass
+        assert taken == [msvcrt.LK_NBLCK, msvcrt.LK_UNLCK] * 2
+    finally:
+        monkeypatch.undo()
+        importlib.reload(runlock)

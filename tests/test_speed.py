@@ -3,6 +3,7 @@ device gets, the fast path's dispatch and its fallback to eager, the input-wait 
 and the benchmark's GPU helpers. (The CUDA paths themselves run in benchmarks/gpu_check.sh.)"""
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -232,6 +233,7 @@ def test_compile_warm_up_starts_each_pass_without_gradients_as_a_new_step(monkey
     assert marks == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_compile_trains_as_eager_does_on_the_cpu():
     """The real torch.compile against eager: the same seed and batches give the same
     losses within float32 rounding (no dropout: compiled kernels draw other masks). Four
@@ -281,6 +283,7 @@ def test_small_copies_to_a_gpu_go_through_pinned_memory(monkeypatch):
     assert used == [np.int64]  # CutMix's shuffled order goes the same way
 
 
+@pytest.mark.slow
 def test_real_torch_compile_trains_full_batches_on_the_cpu():
     """The real compile_network on a tiny network (the C++ compiler is there on CI)."""
     net = _net()
@@ -405,9 +408,15 @@ def test_gpu_check_keeps_to_its_budget_and_writes_what_it_took(tmp_path):
     assert "never reached" not in status
 
 
+def _with_this_python():
+    """gpu_check.sh runs $PYTHON (python3 from PATH without it): this interpreter's, so a
+    venv that is not activated tests its own packages."""
+    return {**os.environ, "PYTHON": sys.executable}
+
+
 def test_gpu_check_dry_run_lists_its_rows_and_budget_anywhere():
     proc = subprocess.run(["bash", f"{ROOT}/benchmarks/gpu_check.sh", "--dry-run"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=_with_this_python())
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     budget = int(re.fullmatch(r"budget (\d+) .*", lines[-1]).group(1))
@@ -416,6 +425,7 @@ def test_gpu_check_dry_run_lists_its_rows_and_budget_anywhere():
     assert any("graphs against eager" in ln for ln in lines)
 
 
+@pytest.mark.slow
 def test_gpu_check_rows_rehearse_on_the_cpu(monkeypatch, tmp_path):
     """Every row's code, on the CPU with a reduced network, eager standing in for the
     GPU's step modes and the sync debug mode recorded instead of set."""
@@ -457,7 +467,7 @@ def test_gpu_check_refuses_in_one_line_without_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     proc = subprocess.run(["bash", f"{ROOT}/benchmarks/gpu_check.sh"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=_with_this_python())
     assert proc.returncode == 1 and not proc.stdout
     assert proc.stderr.strip().splitlines() == [
         "gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); run it on a "
@@ -470,7 +480,7 @@ def test_gpu_check_refuses_in_one_line_without_a_gpu():
 def test_a_background_checkpoint_holds_the_state_it_was_given(tmp_path):
     import threading
     import checkpointing
-    from model import load_checkpoint, save_checkpoint
+    from checkpoint_files import load_checkpoint, save_checkpoint
     weights, go = torch.zeros(1000), threading.Event()
 
     def save_later(ckpt, path):

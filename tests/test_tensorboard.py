@@ -1,10 +1,19 @@
-"""TensorBoard: the event files a run writes, read back with tensorboard's own reader."""
+"""TensorBoard: the event files a run writes, read back with tensorboard's own readers."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
 import pytest
 import torch
 
 import tensorboard_events
 import train
-from conftest import run_script
+from conftest import ROOT, run_script
 
 pytest.importorskip("tensorboard")  # requirements-dev.txt installs it for the tests
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -14,9 +23,17 @@ EPOCH_TAGS = ["train/loss", "train/accuracy", "test/loss", "test/accuracy", "tes
               "speed/images_per_s", "speed/epoch_seconds"]
 
 
-def events(out):
-    acc = EventAccumulator(str(out / "tensorboard"),
-                           size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+def runs(out):
+    """The run folders under <out>/tensorboard, oldest first (named by start time)."""
+    return sorted(p for p in (out / "tensorboard").iterdir() if p.is_dir())
+
+
+def events(folder):
+    """A run's events through TensorBoard's Python loader; `folder`: the run's folder, or
+    an output folder holding one run."""
+    if (folder / "tensorboard").is_dir():
+        (folder,) = runs(folder)
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     return acc
 
@@ -40,36 +57,72 @@ def test_a_run_writes_its_curves_its_pictures_and_its_settings(smoke_run):
     assert f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}" in proc.stdout
 
 
-def test_a_resumed_run_continues_the_same_curves_without_gaps_or_repeats(smoke_run, tmp_path):
+@pytest.mark.slow
+def test_each_run_is_its_own_and_a_resume_continues_its_curves_in_both_loaders(smoke_run,
+                                                                              tmp_path):
     straight, _ = smoke_run
     flags = ["--smoke", "--gradcam-images", "0", "--out-dir", tmp_path]
-    # stopped in epoch 1 after step 55 overall: its running loss at step 52 is on disk...
+    first = run_script("train.py", *flags, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    # a second fresh run, stopped in epoch 1 after step 55 overall: its running loss at
+    # step 52 is on disk...
     stopped = run_script("tests/faulty_run.py", "step:55:TERM", *flags)
     assert stopped.returncode == 143, stopped.stderr[-2000:]
-    assert [s for s, _ in curve(events(tmp_path), "train/running_loss")] == [20, STEPS + 20]
-    # ...and the run goes on from the end of epoch 0, before it: those events are redone
+    one, two = runs(tmp_path)
+    assert [s for s, _ in curve(events(two), "train/running_loss")] == [20, STEPS + 20]
+    # ...and it goes on from the end of epoch 0, before it: those events are redone
     resumed = run_script("train.py", "--resume", tmp_path / "checkpoints" / "checkpoint_epoch_0.pt",
                          *flags)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    acc, ref = events(tmp_path), events(straight)
+    assert runs(tmp_path) == [one, two]  # the resumed run kept its own folder
+    acc, ref = events(two), events(straight)
     for tag in EPOCH_TAGS[:-2] + ["train/running_loss"]:  # the speed differs from run to run
         steps = [s for s, _ in curve(acc, tag)]
         assert steps == sorted(set(steps)) == [s for s, _ in curve(ref, tag)], tag
         assert [v for _, v in curve(acc, tag)] == [v for _, v in curve(ref, tag)], tag  # bitwise
+    assert [s for s, _ in curve(events(one), "test/accuracy")] == [STEPS]
+    # TensorBoard's default loader, the fast one, shows each run's points once
+    served = fast_loader_steps(tmp_path / "tensorboard", ["test/accuracy", "train/running_loss"],
+                               expect={one.name: 1 + 1, two.name: 2 + 2})
+    assert served == {one.name: {"test/accuracy": [STEPS], "train/running_loss": [20]},
+                      two.name: {"test/accuracy": [STEPS, 2 * STEPS],
+                                 "train/running_loss": [20, STEPS + 20]}}
 
 
-def test_a_fresh_run_in_the_same_folder_hides_the_earlier_ones_events(smoke_run, tmp_path):
-    first = run_script("train.py", "--smoke", "--epochs", "1", "--gradcam-images", "0",
-                       "--out-dir", tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    again = run_script("train.py", "--smoke", "--epochs", "1", "--max-lr", "0.05",
-                       "--gradcam-images", "0", "--out-dir", tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    acc = events(tmp_path)
-    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert curve(acc, "test/accuracy") == [(STEPS, pytest.approx(last["test_acc"][0]))]
+def fast_loader_steps(logdir, tags, expect, timeout=90):
+    """{run: {tag: steps}} as `tensorboard --load_fast=true` serves them over HTTP, once it
+    serves `expect[run]` points in all for each run (it loads in the background)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+                               "--load_fast=true", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    served, deadline = {}, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                served = {run: {tag: [p[1] for p in _get(port, f"/data/plugin/scalars/scalars?"
+                                                     f"{urllib.parse.urlencode(dict(run=run, tag=tag))}")]
+                                for tag in tags} for run in expect}
+                if all(sum(map(len, served[r].values())) >= n for r, n in expect.items()):
+                    return served
+            except (OSError, ValueError):  # not listening yet, or that run not loaded yet
+                pass
+            assert server.poll() is None, server.stderr.read()[-2000:]
+            time.sleep(0.5)
+        return served
+    finally:
+        server.kill()
+        server.wait()
 
 
+def _get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
 def test_events_that_cannot_be_written_warn_once_and_training_goes_on(tmp_path, monkeypatch,
                                                                        capsys):
     from torch.utils.tensorboard import SummaryWriter
@@ -80,16 +133,40 @@ def test_events_that_cannot_be_written_warn_once_and_training_goes_on(tmp_path, 
     assert train.main(["--smoke", "--epochs", "1", "--gradcam-images", "0",
                        "--out-dir", str(tmp_path)]) == 0
     said = [ln for ln in capsys.readouterr().out.splitlines() if "TensorBoard events" in ln]
-    assert said == [f"warning: cannot write TensorBoard events to {tmp_path / 'tensorboard'} "
+    (folder,) = runs(tmp_path)
+    assert said == [f"warning: cannot write TensorBoard events to {folder} "
                     f"(OSError: [Errno 28] No space left on device); training goes on without them"]
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
 
 def test_asking_for_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tensorboard_events, "available", lambda: False)
+    absent = ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard")
+    monkeypatch.setattr(tensorboard_events, "import_problem", lambda: absent)
     assert train.main(["--smoke", "--tensorboard", "on", "--out-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --tensorboard on needs the tensorboard package: pip install tensorboard"]
     assert train.main(["--smoke", "--epochs", "1", "--gradcam-images", "0",
                        "--out-dir", str(tmp_path)]) == 0  # auto: without it, no events
     assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.slow
+def test_a_broken_tensorboard_install_is_one_warning_and_the_run_completes(tmp_path):
+    """protobuf's version clash (common in Colab and conda) makes `import tensorboard` raise
+    TypeError, not ImportError: under --tensorboard auto that must not stop a run."""
+    fake = tmp_path / "site" / "tensorboard"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        'raise TypeError("Descriptors cannot be created directly.\\nIf this call came from '
+        'a _pb2.py file, your generated code is out of date")\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--smoke", "--epochs",
+                           "1", "--gradcam-images", "0", "--out-dir", str(tmp_path / "run")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "TensorBoard" in ln]
+    assert said == ["warning: TensorBoard cannot be imported (TypeError: Descriptors cannot be "
+                    "created directly.); training goes on without its events (--tensorboard off "
+                    "silences this)"]
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "tensorboard").exists()
