@@ -75,9 +75,19 @@ def load_checkpoint(path, map_location="cpu"):
     except Exception as e:  # zip/EOF/runtime errors all mean the same thing to a user
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated file "
                               f"({type(e).__name__})") from None
+    if _is_state_dict(ckpt):  # torch.save(model.state_dict()), the tutorials' habit
+        ckpt = {"model_state_dict": ckpt, "bare_state_dict": True}
     if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'model_state_dict')")
+    ckpt["model_state_dict"] = upgrade_state_dict(ckpt["model_state_dict"])
+    if ckpt.get("bare_state_dict"):
+        model_args_from_state_dict(ckpt["model_state_dict"], source=path)  # or one line
     return ckpt
+
+
+def _is_state_dict(obj):
+    return (isinstance(obj, dict) and bool(obj) and "model_state_dict" not in obj
+            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()))
 
 
 def _refused_global(error):
@@ -102,17 +112,25 @@ def network_name(args):
 # This repo's checkpoints before the reference's names were adopted called the projection
 # branch `shortcut`; `downsample` is the reference's (and torchvision's) name.
 _OLD_NAME = re.compile(r"(^|\.)shortcut(\.|$)")
+# What wrappers put before every key of a network saved through them: DDP (`module.`) and
+# torch.compile (`_orig_mod.`), in either order.
+_WRAPPED = re.compile(r"^(?:(?:module|_orig_mod)\.)+")
+
+
+def _key(k):
+    return _OLD_NAME.sub(r"\1downsample\2", _WRAPPED.sub("", k))
 
 
 def upgrade_state_dict(state):
-    """The state dict with this repo's older key names replaced by today's: the one place
-    that knows them. Returned as it is when it has none."""
-    if not any(_OLD_NAME.search(k) for k in state):
+    """The state dict with today's key names: this repo's older ones (`shortcut`) and the
+    prefixes of a wrapped network (`module.`, `_orig_mod.`) replaced; the one place that
+    knows them. Returned as it is when it has none."""
+    if all(_key(k) == k for k in state):
         return state
-    new = OrderedDict((_OLD_NAME.sub(r"\1downsample\2", k), v) for k, v in state.items())
+    new = OrderedDict((_key(k), v) for k, v in state.items())
     meta = getattr(state, "_metadata", None)  # per-module versions (BatchNorm reads its own)
     if meta is not None:
-        new._metadata = OrderedDict((_OLD_NAME.sub(r"\1downsample\2", k), v) for k, v in meta.items())
+        new._metadata = OrderedDict((_key(k), v) for k, v in meta.items())
     return new
 
 
@@ -139,15 +157,19 @@ def _first(items, n=3):
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
-def model_args_from_state_dict(state_dict):
+def model_args_from_state_dict(state_dict, source="the checkpoint"):
     """Infer blocks/width/classes from tensor shapes, for checkpoints that do not store them."""
+    lacks = [k for k in ("conv1.weight", "fc.weight") if k not in state_dict]
+    if lacks:
+        raise CheckpointError(f"{source} has no {' or '.join(lacks)}: not this repo's ResNet "
+                              f"(its keys begin: {_first(list(state_dict)) or 'none'})")
     try:
         width = state_dict["conv1.weight"].shape[0]
         num_classes = state_dict["fc.weight"].shape[0]
         blocks = [len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")})
                   for i in range(1, 5)]
-    except (KeyError, AttributeError, IndexError):
-        raise CheckpointError("the checkpoint's weights are not of this project's ResNet") from None
+    except (AttributeError, IndexError):
+        raise CheckpointError(f"{source}'s weights are not of this project's ResNet") from None
     return {"blocks": blocks, "width": int(width), "num_classes": int(num_classes),
             "dropout": 0.3, "block_dropout": 0.0}  # the reference's (dropout has no weights)
 
@@ -197,8 +219,10 @@ def fill_metadata(ckpt):
     lacks = ", ".join(lacks[:-1]) + " or " + lacks[-1] if len(lacks) > 1 else lacks[0]
     using = (f"{name.upper().replace('CIFAR', 'CIFAR-')}'s class names and statistics" if name
              else "numbered class names and CIFAR-100's statistics")
-    return (f"it holds no {lacks} (a checkpoint of the reference repo?): using {using}, "
-            f"and {network_name(args)} as its weights' shapes say")
+    what = ("weights only (a bare state dict)" if ckpt.get("bare_state_dict") else
+            f"no {lacks} (a checkpoint of the reference repo?)")
+    return f"it holds {what}: using {using}, and {network_name(args)} as its weights' shapes say"
+
 
 
 def init_from_checkpoint(model, path):
