@@ -4,9 +4,10 @@ and DIR/test/<class>/*, decoded once into the same uint8 arrays as CIFAR's.
     python train.py --dataset folder --data-dir DIR
 
 Class names are the folder names, sorted as torchvision sorts them. Files ending in png,
-jpg, jpeg, webp or bmp (any case) are images, of any size and mode: each is converted to
-RGB and its largest centred square resized to 32x32 (images.load_image, as predict() does
-for a picture). A file that cannot be read is skipped, with one warning line for all.
+jpg, jpeg, webp or bmp (any case) are images, of any size and mode: each is turned by
+its EXIF orientation, converted to RGB and its largest centred square resized to 32x32
+(images.load_image, as predict() does for a picture). A file that cannot be read is
+skipped, with one warning line for all.
 
 Decoding runs once, with a progress bar, into DIR/.imagefolder-cache/: one .npz per split,
 keyed by the split's file list, sizes and modification times (a changed folder is read
@@ -26,7 +27,7 @@ from images import load_image
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SIZE = 32  # what the recipe's pad/crop and the network are built for
 CACHE = ".imagefolder-cache"
-VERSION = 1  # of the cache's contents; a new one reads every folder again
+VERSION = 2  # of the cache's contents; a new one reads every folder again (2: EXIF turns)
 BYTES_PER_IMAGE = SIZE * SIZE * 3
 POOL_FROM = 2000  # files from which decoding runs in worker processes
 

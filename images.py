@@ -10,21 +10,23 @@ the same way, and training, evaluation and inference all normalise the same way.
 """
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def load_image(image, size=32):
     """A file path, PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4), of any size ->
-    uint8 (size, size, 3) RGB: the largest centred square, resized with PIL's bicubic filter
-    (antialiased when shrinking), so the picture is not squashed."""
+    uint8 (size, size, 3) RGB, the way a viewer shows it: turned by its EXIF orientation (a
+    phone stores a portrait photo as a landscape picture plus that tag), then the largest
+    centred square, resized with PIL's bicubic filter (antialiased when shrinking), so the
+    picture is not squashed."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"expected a uint8 (H, W[, C]) array, got {image.dtype} {image.shape}")
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
         with Image.open(image) as f:  # OSError for unreadable or non-image files
-            image = f.convert("RGB")
-    image = image.convert("RGB")
+            image = ImageOps.exif_transpose(f).convert("RGB")
+    image = ImageOps.exif_transpose(image).convert("RGB")
     w, h = image.size
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)

@@ -131,3 +131,20 @@ def test_gradcam_cli_on_own_images_writes_overlays_and_reports_the_bad_file(smok
     table = proc.stdout.strip().splitlines()
     assert len(table) == 2 and table[0].startswith(str(tmp_path / "a.jpg"))
     assert table[0].count("%") == 3  # the top three classes
+
+
+def test_a_phone_photo_is_read_the_way_a_viewer_shows_it(classifier, tmp_path):
+    """A portrait photo stored landscape with EXIF orientation 6 ("turn 90 degrees clockwise
+    to view"): read as the same photo turned in its pixels, by predict and every decoder."""
+    left_red = np.zeros((30, 60, 3), np.uint8)  # 60 wide, 30 high: left half red, right blue
+    left_red[:, :30, 0], left_red[:, 30:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(left_red).save(tmp_path / "phone.png", exif=exif)
+    turned = np.rot90(left_red, k=-1).copy()  # what viewers show: 30 wide, 60 high, red on top
+    Image.fromarray(turned).save(tmp_path / "turned.png")
+    square = load_image(str(tmp_path / "phone.png"))
+    assert np.array_equal(square, load_image(str(tmp_path / "turned.png")))
+    assert square[0, :, 0].min() > 200 and square[-1, :, 2].min() > 200  # red on top, blue below
+    paths = [str(tmp_path / "phone.png"), str(tmp_path / "turned.png")]
+    assert predict(classifier, paths[:1], k=5) == predict(classifier, paths[1:], k=5)
