@@ -9,14 +9,16 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import threading
 import warnings
 
 import torch
 
 from checkpoint_files import (CheckpointError, check_model_args, dataset_of, fill_metadata,
-                              load_weights, model_args_from_state_dict, periodic_checkpoints,
-                              position_of, save_checkpoint)
+                              find_latest_checkpoint, load_checkpoint, load_weights,
+                              model_args_from_state_dict, periodic_checkpoints, position_of,
+                              save_checkpoint)
 from config import RECIPE, Config
 
 
@@ -115,6 +117,20 @@ def why_not_resumable(ckpt):
                 "its weights")
     missing = sorted(RESUME_KEYS - ckpt.keys())
     return f"no {missing[0]}" if missing else None
+
+
+def pick_resume(resume, out_dir, say=True):
+    """(path, checkpoint) to continue from; 'auto' searches out_dir/checkpoints for the
+    newest good one (saying which, and why it passed over the others, when `say`)."""
+    if resume != "auto":
+        return resume, load_checkpoint(resume) if resume else None
+    path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"),
+                                                 why_not_resumable)
+    if say:
+        for reason in skipped:
+            print(f"skipping {reason}", file=sys.stderr)
+        print(f"--resume auto: {'continuing ' + path if path else 'no checkpoint yet, starting fresh'}")
+    return path, ckpt
 
 
 # What a reference checkpoint says of its run's config: the data set and network (from

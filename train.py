@@ -29,12 +29,11 @@ from tqdm import tqdm
 
 import data
 import tensorboard_events
-from checkpoint_files import (CheckpointError, find_latest_checkpoint, init_from_checkpoint,
-                              load_checkpoint, save_checkpoint)
+from checkpoint_files import CheckpointError, init_from_checkpoint, load_checkpoint, save_checkpoint
 from checkpointing import (CheckpointWriter, adopt_reference, history_keys, is_reference,
-                           make_checkpoint, others_periodic, replay_schedule, restore, resumed_line,
-                           retention, saved_lr_mismatch, save_epoch_checkpoints, settings_line,
-                           to_host, why_not_resumable)
+                           make_checkpoint, others_periodic, pick_resume, replay_schedule, restore,
+                           resumed_line, retention, saved_lr_mismatch, save_epoch_checkpoints,
+                           settings_line, to_host, why_not_resumable)
 from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from evaluation import evaluate_checkpoint, final_test, finish
 from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
@@ -406,25 +405,10 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
     start_epoch_table(cfg)
     epoch, step, progress = 0, 0, new_progress()
     if resume_ckpt:
-        run.hist, (epoch, step), progress = restore(
-            resume_ckpt, run.net, run.opt, run.sched, run.scaler, cfg, run.extra["model_args"],
-            steps_per_epoch(run.train_loader))
-        progress = {**new_progress(), **(progress or {})}  # older checkpoints lack input_wait
-        log.info(resumed_line(resume_path, resume_ckpt, epoch, step, run.sched))
-        if resume_ckpt.get("assumed"):
-            log.info(settings_line(resume_ckpt, cfg, given))
-            mismatch = saved_lr_mismatch(resume_path, resume_ckpt, run.sched, cfg)
-            if mismatch:
-                log.warning(mismatch)
+        epoch, step, progress = resume_into(run, resume_ckpt, resume_path, given)
     elif cfg.init_from:
         log.info(init_from_checkpoint(run.net, cfg.init_from))
-    run.extra["own_periodic"] = list((resume_ckpt or {}).get("own_periodic", []))
-    others = others_periodic(os.path.join(cfg.out_dir, "checkpoints"), run.extra["own_periodic"])
-    if others and dist.main:
-        log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
-                 f"written by this run: they are kept (--keep-checkpoints prunes only its own)")
-    run.extra["tensorboard_run"] = tensorboard_events.run_name(
-        resume_ckpt, os.path.join(cfg.out_dir, "tensorboard"))
+    claim_files(run, resume_ckpt)
     run.events = make_events(cfg, dist, epoch * steps_per_epoch(run.train_loader) + step,
                              run.extra["tensorboard_run"])
     try:
@@ -453,6 +437,33 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
     finally:
         run.events.close()
     dist.barrier()  # ranks leave together: one tearing down early can abort the others
+
+
+def resume_into(run, ckpt, path, given):
+    """A resumed run's state loaded into `run`, and said; returns (epoch, step, progress)."""
+    run.hist, (epoch, step), progress = restore(
+        ckpt, run.net, run.opt, run.sched, run.scaler, run.cfg, run.extra["model_args"],
+        steps_per_epoch(run.train_loader))
+    log.info(resumed_line(path, ckpt, epoch, step, run.sched))
+    if ckpt.get("assumed"):  # a reference file: where its settings come from, and a check
+        log.info(settings_line(ckpt, run.cfg, given))
+        mismatch = saved_lr_mismatch(path, ckpt, run.sched, run.cfg)
+        if mismatch:
+            log.warning(mismatch)
+    return epoch, step, {**new_progress(), **(progress or {})}  # older files lack input_wait
+
+
+def claim_files(run, resumed):
+    """What in --out-dir the run counts as its own: the periodic checkpoints its resumed
+    checkpoint lists (no others are ever pruned) and its TensorBoard folder."""
+    out = run.cfg.out_dir
+    run.extra["own_periodic"] = list((resumed or {}).get("own_periodic", []))
+    run.extra["tensorboard_run"] = tensorboard_events.run_name(resumed,
+                                                               os.path.join(out, "tensorboard"))
+    others = others_periodic(os.path.join(out, "checkpoints"), run.extra["own_periodic"])
+    if others and run.rt.dist.main:
+        log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
+                 f"written by this run: they are kept (--keep-checkpoints prunes only its own)")
 
 
 def make_events(cfg, dist, done, name):
@@ -621,19 +632,6 @@ def with_lrs(ckpt):
     return {**ckpt, "lrs": replay_schedule(sched, len(ckpt["train_acc"]), REFERENCE_STEPS_PER_EPOCH)}
 
 
-def pick_resume(resume, out_dir):
-    """(path, checkpoint) to continue from; 'auto' searches out_dir/checkpoints."""
-    if resume != "auto":
-        return resume, load_checkpoint(resume) if resume else None
-    path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"),
-                                                 why_not_resumable)
-    if env_rank() == 0:
-        for reason in skipped:
-            print(f"skipping {reason}", file=sys.stderr)
-        print(f"--resume auto: {'continuing ' + path if path else 'no checkpoint yet, starting fresh'}")
-    return path, ckpt
-
-
 def run(args, modes):
     out_dir = args.get("out_dir", ".")
     if modes["evaluate"]:
@@ -642,7 +640,7 @@ def run(args, modes):
         ckpt = with_lrs(load_checkpoint(modes["metrics_from_ckpt"]))
         print(f"metrics and plots: {write_metrics(ckpt, os.path.join(out_dir, 'training_metrics_from_ckpt'))}")
         return 0
-    resume, ckpt = pick_resume(modes["resume"], out_dir)
+    resume, ckpt = pick_resume(modes["resume"], out_dir, say=env_rank() == 0)
     why = ckpt and why_not_resumable(ckpt)
     if why:
         raise CheckpointError(f"{resume} cannot be resumed: {why}")
