@@ -16,11 +16,11 @@ import sys
 
 import data
 import gradcam_utils
+from checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_checkpoint
 from config import Config
 from failures import Crashed, one_line
 from logs import log, table
 from metrics import write_evaluation_report, write_metrics
-from checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_checkpoint
 from model import model_from_checkpoint
 from runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
 

@@ -16,7 +16,7 @@ FLOORS = [
     ["runtime"],
     ["gradcam_utils"],
     ["evaluation"],
-    ["train"],
+    ["train", "export", "hubconf"],
 ]
 
 

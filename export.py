@@ -1,0 +1,214 @@
+"""Take a trained model where it is used: ONNX (onnxruntime, any language) or a torch.export
+program (.pt2), with the preprocessing inside, checked against PyTorch before it is kept.
+
+    python export.py checkpoints/best_model.pt                  # -> best_model.onnx
+    python export.py checkpoints/best_model.pt --format all     # .onnx and .pt2
+    python export.py best_model.pt --format pt2 --out model.pt2
+
+Any checkpoint the other tools take: this repo's, the reference's, a bare state dict.
+The exported model takes what a decoder gives: `images`, uint8 RGB (batch, N, N, 3), any
+batch, N the checkpoint's image size; it scales and normalises them with the checkpoint's
+mean/std itself and returns `logits` and `probabilities` (batch, classes). The ONNX file's
+metadata holds the class names (JSON), the image size, mean/std, and the checkpoint's
+epoch and test accuracy. Exporter: torch.onnx.export(dynamo=True), the one PyTorch
+recommends (through torch.export, onnxscript translating), at its default opset.
+
+Every export is checked: on 64 images (the checkpoint's test set when it is on disk,
+else generated) the exported model's top-1 must equal PyTorch's and its probabilities
+differ by at most 1e-4. A file that fails is not kept (exit 1, one line).
+"""
+import argparse
+import copy
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
+from images import standardize
+from model import model_from_checkpoint
+
+CHECK_IMAGES = 64
+TOLERANCE = 1e-4  # max |difference| of a probability, fp32
+IMAGE_SIZE = 32  # what this repo's checkpoints are trained at
+
+
+class ExportError(Exception):
+    """An export that cannot be made or does not match PyTorch: one line, exit 1."""
+
+
+class Pixels(nn.Module):
+    """The network behind its own preprocessing: uint8 RGB (N, S, S, 3) ->
+    (logits, probabilities), both float32 (N, classes)."""
+
+    def __init__(self, net, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, images):
+        x = standardize(images.permute(0, 3, 1, 2).float(), self.mean, self.std)
+        logits = self.net(x)
+        return logits, logits.softmax(dim=1)
+
+
+def deployable(path):
+    """(Pixels module in eval mode, metadata dict, the note for a file without metadata)."""
+    ckpt = load_checkpoint(path)
+    note = fill_metadata(ckpt)
+    net, _ = model_from_checkpoint(ckpt)
+    meta = {"class_names": json.dumps(list(ckpt["class_names"])), "image_size": str(IMAGE_SIZE),
+            "mean": json.dumps(list(ckpt["mean"])), "std": json.dumps(list(ckpt["std"])),
+            "epoch": str(ckpt.get("epoch", "")),
+            "test_accuracy": "" if ckpt.get("test_accuracy") is None else str(ckpt["test_accuracy"]),
+            "source": os.path.basename(path)}
+    return Pixels(net, ckpt["mean"], ckpt["std"]).eval(), meta, note, ckpt
+
+
+def check_images(ckpt, size=IMAGE_SIZE):
+    """64 uint8 (N, size, size, 3) images: the checkpoint's test set if it is on disk
+    (never downloaded for this), else generated. Returns (images, where they came from)."""
+    import data
+    cfg = ckpt.get("config") or {}
+    name = cfg.get("dataset") or dataset_of(ckpt) or "cifar100"
+    try:
+        x, _ = data.read_split(cfg.get("data_dir", "./data"), name, "test")
+        if len(x):
+            return x[:CHECK_IMAGES], f"{min(len(x), CHECK_IMAGES)} {name} test images"
+    except (data.DataError, OSError, KeyError, ValueError):
+        pass
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (CHECK_IMAGES, size, size, 3), dtype=np.uint8),
+            f"{CHECK_IMAGES} generated images")
+
+
+def _exportable(module):
+    """The copy of the module that is exported (the original stays the reference)."""
+    return copy.deepcopy(module)
+
+
+def _dynamic_batch():
+    return {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
+
+
+def export_onnx(module, meta, path):
+    try:
+        import onnx  # noqa: F401 -- torch.onnx needs both
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs {e.name}: pip install onnx onnxscript onnxruntime") from None
+    example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
+    program = torch.onnx.export(_exportable(module), (example,), dynamo=True, verbose=False,
+                                input_names=["images"], output_names=["logits", "probabilities"],
+                                dynamic_shapes=_dynamic_batch(), external_data=False)
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return f"opset {opset}"
+
+
+def run_onnx(path, images):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(["logits", "probabilities"], {"images": images})
+
+
+def export_pt2(module, meta, path):
+    example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
+    program = torch.export.export(_exportable(module), (example,), dynamic_shapes=_dynamic_batch())
+    torch.export.save(program, path, extra_files={"metadata.json": json.dumps(meta)})
+    return "torch.export"
+
+
+def run_pt2(path, images):
+    with torch.no_grad():
+        return [t.numpy() for t in torch.export.load(path).module()(torch.from_numpy(images))]
+
+
+FORMATS = {"onnx": (".onnx", export_onnx, run_onnx), "pt2": (".pt2", export_pt2, run_pt2)}
+
+
+def compare(reference, exported):
+    """(top-1 agreement, max |difference| of the probabilities) of two (logits, probs)."""
+    same = bool((reference[0].argmax(1) == exported[0].argmax(1)).all())
+    return same, float(np.abs(reference[1] - exported[1]).max())
+
+
+def export(path, fmt, out, images, module, meta, say=print):
+    """Export to `out` via a temporary file, check it, and keep it only if it matches."""
+    suffix, write, run = FORMATS[fmt]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{os.path.splitext(out)[0]}.checking{os.getpid()}{suffix}"  # the ending tools expect
+    try:
+        try:
+            how = write(module, meta, tmp)
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- the exporters raise many kinds
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ExportError(f"cannot export {path} to {fmt}: {type(e).__name__}: {first}") from e
+        with torch.no_grad():
+            reference = [t.numpy() for t in module(torch.from_numpy(images))]
+        same, diff = compare(reference, run(tmp, images))
+        if not same or diff > TOLERANCE:
+            raise ExportError(f"the {fmt} export of {path} does not match PyTorch on "
+                              f"{len(images)} images (top-1 {'identical' if same else 'differs'}, "
+                              f"max |probability difference| {diff:.2e}, allowed {TOLERANCE:.0e}); "
+                              f"nothing was written")
+        with open(tmp, "rb+") as f:  # on disk before it takes the final name
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    mib = os.path.getsize(out) / 2**20
+    say(f"{out}: {fmt} ({how}), {mib:.1f} MiB; checked against PyTorch: top-1 identical, "
+        f"max |probability difference| {diff:.1e}")
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Export a checkpoint to ONNX or torch.export, "
+                                            "preprocessing included, checked against PyTorch.")
+    p.add_argument("checkpoint", help="e.g. checkpoints/best_model.pt")
+    p.add_argument("--format", choices=("onnx", "pt2", "all"), default="onnx",
+                   help="onnx (default), pt2 (torch.export), or all")
+    p.add_argument("--out", help="the file to write (default: the checkpoint's name with the "
+                                 "format's ending); with --format all, the name without it")
+    args = p.parse_args(argv)
+    fmts = ["onnx", "pt2"] if args.format == "all" else [args.format]
+    stem = os.path.splitext(args.out or args.checkpoint)[0]
+    try:
+        module, meta, note, ckpt = deployable(args.checkpoint)
+        if note:
+            print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
+        images, source = check_images(ckpt)
+        print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
+        for fmt in fmts:
+            out = args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
+            export(args.checkpoint, fmt, out, images, module, meta)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
