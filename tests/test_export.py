@@ -1,5 +1,7 @@
 """Taking the model out: ONNX and torch.export files checked against PyTorch, the README's
 torch-free snippet, torch.hub, and every weights file a user has in every tool."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -12,9 +14,10 @@ import torch
 from PIL import Image
 
 import export
+import gradcam_utils
 import train
 from checkpoint_files import CheckpointError, load_checkpoint
-from conftest import ROOT, run_script
+from conftest import ROOT
 from images import standardize
 from model import ResNet, load_classifier, model_from_checkpoint, predict
 from reference_format import reference_checkpoint, reference_network
@@ -40,19 +43,21 @@ def photos(folder):
 
 @pytest.fixture(scope="module")
 def exported(smoke_run, tmp_path_factory):
-    """The smoke run's best model in both formats, through the command line."""
+    """The smoke run's best model in both formats, through the command line's main()."""
     out, _ = smoke_run
     stem = tmp_path_factory.mktemp("export") / "model"
-    proc = run_script("export.py", out / "checkpoints" / "best_model.pt", "--format", "all",
-                      "--out", stem)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "checkpoints" / "best_model.pt", stem, proc
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        code = export.main([str(out / "checkpoints" / "best_model.pt"), "--format", "all",
+                            "--out", str(stem)])
+    assert code == 0, said.getvalue()
+    return out / "checkpoints" / "best_model.pt", stem, said.getvalue()
 
 
 @pytest.mark.slow
 def test_both_formats_hold_the_preprocessing_and_match_pytorch(exported):
-    ckpt_path, stem, proc = exported
-    lines = proc.stdout.strip().splitlines()
+    ckpt_path, stem, said = exported
+    lines = said.strip().splitlines()
     assert lines[0].startswith(f"exporting {ckpt_path} (epoch 1); checking on 64 cifar100 test")
     for fmt, line in zip(("onnx", "pt2"), lines[1:]):
         diff = float(re.search(r"top-1 identical, max \|probability difference\| (\S+)$", line)[1])
@@ -173,15 +178,16 @@ def test_a_bare_state_dict_loads_with_cifar100s_names_and_one_warning(tmp_path, 
 
 
 @pytest.mark.slow
-def test_every_tool_reads_a_bare_state_dict(tiny_data, tmp_path):
+def test_every_tool_reads_a_bare_state_dict(tiny_data, tmp_path, capsys):
     net = ResNet((1, 1, 1, 1), 8, 100)
-    evaluated = run_script("train.py", "--evaluate", _bare(tmp_path, "module.", net),
-                           "--data-dir", tiny_data, "--out-dir", tmp_path / "ev")
-    assert evaluated.returncode == 0 and "plain: top-1" in evaluated.stdout, evaluated.stderr
-    assert "(a bare state dict)" in evaluated.stderr
-    cam = run_script("gradcam_utils.py", "--checkpoint", _bare(tmp_path, "_orig_mod.", net),
-                     "--data-dir", tiny_data, "--num-images", "2", "--out-dir", tmp_path / "cam")
-    assert cam.returncode == 0 and (tmp_path / "cam" / "gradcam_grid.png").is_file(), cam.stderr
+    assert train.main(["--evaluate", str(_bare(tmp_path, "module.", net)), "--data-dir", tiny_data,
+                       "--num-workers", "0", "--out-dir", str(tmp_path / "ev")]) == 0
+    out, err = capsys.readouterr()
+    assert "plain: top-1" in out and "(a bare state dict)" in err
+    assert gradcam_utils.main(["--checkpoint", str(_bare(tmp_path, "_orig_mod.", net)),
+                               "--data-dir", tiny_data, "--num-images", "2",
+                               "--out-dir", str(tmp_path / "cam")]) == 0
+    assert (tmp_path / "cam" / "gradcam_grid.png").is_file()
     init = train.init_from_checkpoint(ResNet((1, 1, 1, 1), 8, 100), str(_bare(tmp_path, "", net)))
     assert init.startswith("initial weights from")
     assert export.main([str(_bare(tmp_path, "module.", net)), "--format", "pt2"]) == 0
@@ -198,10 +204,10 @@ def test_weights_of_another_network_name_what_is_missing_and_what_the_file_has(t
 
 
 @pytest.mark.slow
-def test_the_inference_benchmark_prints_both_runtimes_at_both_batches():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "inference.py"),
-                           "--quick"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [ln.split("|") for ln in proc.stdout.splitlines() if re.match(r" +\d+ \|", ln)]
+def test_the_inference_benchmark_prints_both_runtimes_at_both_batches(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import inference
+    assert inference.main(["--quick"]) == 0
+    rows = [ln.split("|") for ln in capsys.readouterr().out.splitlines() if re.match(r" +\d+ \|", ln)]
     assert [int(r[0]) for r in rows] == [1, 64]
     assert all(float(r[1].replace(",", "")) > 0 and float(r[2].replace(",", "")) > 0 for r in rows)

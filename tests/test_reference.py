@@ -212,7 +212,7 @@ def test_resume_continues_a_reference_run_with_its_schedule_and_history(tiny_dat
 
 @pytest.mark.slow
 def test_a_reference_run_continues_with_its_own_epochs_and_keeps_every_file_it_did_not_write(
-        tiny_data, tmp_path):
+        tiny_data, tmp_path, capsys):
     # The reference saved a checkpoint_epoch_N.pt at each new best and deleted none; its run
     # here was EPOCHS = 30, which its files cannot say.
     steps, folder = 3, tmp_path / "checkpoints"
@@ -222,16 +222,15 @@ def test_a_reference_run_continues_with_its_own_epochs_and_keeps_every_file_it_d
         path = _save(reference_checkpoint(reference_network(), epoch, steps, epochs=30),
                      folder / f"checkpoint_epoch_{epoch}.pt")
         theirs[path] = path.read_bytes()
-    proc = run_script("train.py", "--resume", "auto", "--epochs", "30", "--save-every", "1",
-                      "--keep-checkpoints", "3", "--target-accuracy", "0", "--data-dir", tiny_data,
-                      "--num-workers", "0", "--gradcam-images", "0", "--out-dir", tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"5 checkpoint_epoch_*.pt in {folder} were not written by this run: they are kept" \
-        in proc.stdout
+    assert train.main(["--resume", "auto", "--epochs", "30", "--save-every", "1",
+                       "--keep-checkpoints", "3", "--target-accuracy", "0", "--data-dir", tiny_data,
+                       "--num-workers", "0", "--gradcam-images", "0", "--out-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"5 checkpoint_epoch_*.pt in {folder} were not written by this run: they are kept" in out
     assert ("settings: from the file --dataset cifar100, --blocks 1 1 1 1, --width 8; from the "
             "command line --epochs 30; assumed, the reference's --no-aug-on-device, "
-            "--batch-size 128,") in proc.stdout
-    assert "warning" not in proc.stdout + proc.stderr  # the file's lr is 30 epochs' schedule's
+            "--batch-size 128,") in out
+    assert "warning" not in out + err  # the file's lr is 30 epochs' schedule's
     assert all(path.read_bytes() == blob for path, blob in theirs.items())  # untouched
     own = [f"checkpoint_epoch_{e}.pt" for e in (27, 28, 29)]  # 25 and 26 pruned: its own
     assert sorted(f for f in os.listdir(folder) if f.startswith("checkpoint_epoch_")) == \
@@ -244,17 +243,17 @@ def test_a_reference_run_continues_with_its_own_epochs_and_keeps_every_file_it_d
 
 @pytest.mark.slow
 def test_a_reference_run_continued_with_other_epochs_follows_them_and_says_the_lr_disagrees(
-        tiny_data, tmp_path):
+        tiny_data, tmp_path, capsys):
     steps = 3
     path = _save(reference_checkpoint(reference_network(), epoch=98, steps_per_epoch=steps),
                  tmp_path / "checkpoint_epoch_98.pt")  # saved under the 200-epoch schedule
-    proc = run_script("train.py", "--resume", path, "--epochs", "100", "--target-accuracy", "0",
-                      "--data-dir", tiny_data, "--num-workers", "0", "--gradcam-images", "0",
-                      "--out-dir", tmp_path / "run")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert train.main(["--resume", str(path), "--epochs", "100", "--target-accuracy", "0",
+                       "--data-dir", tiny_data, "--num-workers", "0", "--gradcam-images", "0",
+                       "--out-dir", str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
     here = reference_lr_after(99 * steps, steps, epochs=100)[0]
     saved = reference_lr_after(99 * steps, steps, epochs=200)[0]
-    said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "warning" in ln]
+    said = [ln for ln in (out + err).splitlines() if "warning" in ln]
     assert said == [f"warning: {path} was saved at lr {saved:.6f}, but this run's schedule "
                     f"(--epochs 100, --batch-size 128, --max-lr 0.1, --pct-start 0.2) is at lr "
                     f"{here:.6f} there: if the reference run used other settings, stop and "

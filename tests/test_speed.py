@@ -246,6 +246,7 @@ def test_compile_trains_as_eager_does_on_the_cpu():
         return model, torch.stack(losses) / 16
     compiled, eager = run("compile"), run("eager")
     assert compiled[0].mode == "compile" and compiled[0].fast is not None  # it did not fall back
+    assert compiled[0].ready_in > 0  # (compile with dropout: test_cli's --step-mode compile run)
     assert torch.allclose(compiled[1], eager[1], rtol=1e-4), (compiled[1], eager[1])
 
 
@@ -281,16 +282,6 @@ def test_small_copies_to_a_gpu_go_through_pinned_memory(monkeypatch):
         used.append(dtype), torch.from_numpy(np.asarray(a, dtype)))[1])
     train.cutmix(torch.zeros(4, 3, 8, 8), torch.arange(4), np.random.default_rng(0), 1.0, 1.0)
     assert used == [np.int64]  # CutMix's shuffled order goes the same way
-
-
-@pytest.mark.slow
-def test_real_torch_compile_trains_full_batches_on_the_cpu():
-    """The real compile_network on a tiny network (the C++ compiler is there on CI)."""
-    net = _net()
-    model = runtime.TrainingNetwork(net, "compile")
-    losses, _ = _train(model, net, _batches((16, 16, 8)))
-    assert model.mode == "compile" and model.fast is not None and model.ready_in > 0
-    assert all(torch.isfinite(v) for v in losses)
 
 
 # -----------------------------------------------------------------------------
@@ -428,13 +419,17 @@ def test_gpu_check_dry_run_lists_its_rows_and_budget_anywhere():
 @pytest.mark.slow
 def test_gpu_check_rows_rehearse_on_the_cpu(monkeypatch, tmp_path):
     """Every row's code, on the CPU with a reduced network, eager standing in for the
-    GPU's step modes and the sync debug mode recorded instead of set."""
+    GPU's step modes and the sync debug mode recorded instead of set. The three train.py
+    rows are one row's code, and with eager standing in the same run: it runs once."""
     import gpu_check
     modes = []
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: modes.append(mode))
     ctx = gpu_check.Context(throughput, torch.device("cpu"), quick=True,
                             alias={"graphs": "eager", "compile": "eager"})
-    res = gpu_check.run_rows(gpu_check.plan(), 600, str(tmp_path / "c.json"), ctx,
+    rows = [r for r in gpu_check.plan()
+            if not r.name.startswith("train.py") or r.name == "train.py, 2 epochs, eager"]
+    assert len(rows) == len(gpu_check.plan()) - 2
+    res = gpu_check.run_rows(rows, 600, str(tmp_path / "c.json"), ctx,
                              say=lambda line: None)
     failed = [(r["name"], r["status"]) for r in res["rows"] if r["status"] != "done"]
     assert not failed and res["complete"]
