@@ -6,11 +6,10 @@ writing the same checkpoints and log as the first.
 The lock is the kernel's, on checkpoints/run.lock (flock on Linux and macOS, a byte-range
 lock through msvcrt on Windows, chosen when a run takes it, so that importing this module
 needs neither): it goes with the process, so a run killed with SIGKILL or crashed leaves
-no stale lock behind. The file itself
-stays, holding the last holder's pid, host and start time for the refusal to name; it
-is never deleted, as deleting a lock file lets two runs lock two different files.
-Reading commands (--evaluate, --metrics-from-ckpt, gradcam_utils.py) take no lock: the
-checkpoints they read are replaced atomically.
+no stale lock behind. The file itself stays, holding the last holder's pid, host and start
+time for the refusal to name; it is never deleted, as deleting a lock file lets two runs
+lock two different files. Reading commands (--evaluate, --metrics-from-ckpt,
+gradcam_utils.py) take no lock: the checkpoints they read are replaced atomically.
 """
 import contextlib
 import errno
@@ -33,27 +32,17 @@ UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 WINDOWS_BYTE = 2**20
 
 
-def _acquire(f):
-    """Lock f or raise OSError at once (never wait): flock where the OS has it, else msvcrt."""
+def _lock_file(f, unlock=False):
+    """Lock f, or with unlock release it, at once (never waiting; OSError if held): flock
+    where the OS has it, else (Windows) msvcrt's lock on one byte."""
     try:
         import fcntl
     except ImportError:  # Windows
         import msvcrt
         f.seek(WINDOWS_BYTE)
-        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK if unlock else msvcrt.LK_NBLCK, 1)
         return
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _release(f):
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-        f.seek(WINDOWS_BYTE)
-        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-        return
-    fcntl.flock(f, fcntl.LOCK_UN)
+    fcntl.flock(f, fcntl.LOCK_UN if unlock else fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 @contextlib.contextmanager
@@ -74,13 +63,13 @@ def holding_out_dir(out_dir, warn=lambda line: print(line, file=sys.stderr)):
             yield
         finally:
             if locked:
-                _release(f)
+                _lock_file(f, unlock=True)
 
 
 def _lock(f, out_dir, warn):
     """True once locked; False where the file system cannot lock (said once)."""
     try:
-        _acquire(f)
+        _lock_file(f)
         return True
     except OSError as e:
         if e.errno in HELD:
