@@ -95,12 +95,20 @@ def _dynamic_batch():
     return {"images": {0: torch.export.Dim("batch", min=1, max=4096)}}
 
 
+def check_packages(fmts):
+    """One line naming the pip command when ONNX's optional packages are missing, said
+    before anything is exported: torch.onnx needs onnx and onnxscript, the check
+    onnxruntime."""
+    if "onnx" not in fmts:
+        return
+    import importlib.util
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs {' and '.join(missing)}: pip install "
+                          f"onnx onnxscript onnxruntime (or --format pt2, which needs none)")
+
+
 def export_onnx(module, meta, path):
-    try:
-        import onnx  # noqa: F401 -- torch.onnx needs both
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ExportError(f"ONNX export needs {e.name}: pip install onnx onnxscript onnxruntime") from None
     example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
     program = torch.onnx.export(_exportable(module), (example,), dynamo=True, verbose=False,
                                 input_names=["images"], output_names=["logits", "probabilities"],
@@ -116,10 +124,7 @@ def export_onnx(module, meta, path):
 
 
 def run_onnx(path, images):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError("checking the ONNX file needs onnxruntime: pip install onnxruntime") from None
+    import onnxruntime
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(["logits", "probabilities"], {"images": images})
 
@@ -190,6 +195,7 @@ def main(argv=None):
     fmts = ["onnx", "pt2"] if args.format == "all" else [args.format]
     stem = os.path.splitext(args.out or args.checkpoint)[0]
     try:
+        check_packages(fmts)
         module, meta, note, ckpt = deployable(args.checkpoint)
         if note:
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)

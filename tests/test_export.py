@@ -211,3 +211,17 @@ def test_the_inference_benchmark_prints_both_runtimes_at_both_batches(capsys):
     rows = [ln.split("|") for ln in capsys.readouterr().out.splitlines() if re.match(r" +\d+ \|", ln)]
     assert [int(r[0]) for r in rows] == [1, 64]
     assert all(float(r[1].replace(",", "")) > 0 and float(r[2].replace(",", "")) > 0 for r in rows)
+
+
+def test_missing_onnx_packages_are_one_line_before_anything_is_exported(tmp_path, monkeypatch,
+                                                                        capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    torch.save(ResNet((1, 1, 1, 1), 8, 10).state_dict(), tmp_path / "w.pt")
+    assert export.main([str(tmp_path / "w.pt")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: ONNX export needs onnxscript: pip install onnx onnxscript onnxruntime (or "
+        "--format pt2, which needs none)"]
+    assert sorted(os.listdir(tmp_path)) == ["w.pt"]
