@@ -201,7 +201,9 @@ def fill_metadata(ckpt):
     normalisation (the reference's files hold weights, optimizer and history only): the
     shape from the weights; names and mean/std of the CIFAR data set with that many
     classes (numbered names and CIFAR-100's statistics for other counts).
+    The image size goes in too: --image-size's, or 32 (CIFAR's) for files older than it.
     Returns one line saying what was assumed, or None when nothing was missing."""
+    ckpt.setdefault("image_size", int((ckpt.get("config") or {}).get("image_size", 32)))
     missing = [k for k in ("model_args", "class_names", "mean", "std") if k not in ckpt]
     if not missing:
         return None

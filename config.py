@@ -21,11 +21,17 @@ class Config:
     """Every field is a flag (--batch-size ...) with the reference's value as default."""
     # data
     dataset: str = _f("cifar100", "cifar100, cifar10, or folder: your own images in "
-                                  "--data-dir, as DIR/train/<class>/* and DIR/test/<class>/*",
+                                  "--data-dir, as DIR/train/<class>/* and DIR/test/<class>/* "
+                                  "(or val/; see the README for every layout)",
                       choices=data.DATASET_NAMES)
     data_dir: str = _f("./data", "folder holding (or receiving) the extracted data set, or "
                                  "the image folder")
     download: bool = _f(True, "download the data set when it is missing")
+    image_size: int = _f(32, "folder data: train on N x N pixels, a multiple of 8 from 16 to "
+                             "128 (CIFAR's are 32, the reference's); 64 costs 4x per image")
+    cache_dir: str = _f("", "folder data: where the decoded images are cached (default: "
+                            "DIR/.imagefolder-cache, or ~/.cache/enhanced-resnet34 where DIR "
+                            "cannot be written)")
     num_workers: int = _f(-1, "DataLoader workers; -1: one per CPU core this process may use, at most 8")
     # model
     blocks: list = _f((5, 5, 5, 5), "BasicBlocks per stage (4 numbers)", nargs=4)
@@ -63,6 +69,8 @@ class Config:
                            "chosen by --seed) to pick the best model and stop early on; the "
                            "test set is then evaluated once, at the end. 0: the reference's "
                            "protocol, which evaluates the test set after every epoch")
+    val_folder: bool = _f(False, "set from the data, not a flag: the folder has val/ beside "
+                                 "test/, so val/ is evaluated after each epoch", flag=False)
     seed: int = _f(1, "random seed (weights, shuffling, augmentation, CutMix, dropout)")
     sync_bn: bool = _f(False, "under torchrun on CUDA: BatchNorm statistics over all GPUs")
     # run
@@ -96,19 +104,21 @@ class Config:
     def eval_split(self):
         """The images evaluated after each epoch: "test" as in the reference, "val" with
         --val-split (their history is named after them: test_acc or val_acc)."""
-        return "val" if self.val_split else "test"
+        return "val" if self.val_split or self.val_folder else "test"
 
 
 # Fields that decide the trajectory of a run: a resumed run must keep them. The network
 # and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
 # FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
 FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
-         "final_div_factor", "pct_start", "momentum", "smoke", "val_split", "init_from"}
+         "final_div_factor", "pct_start", "momentum", "smoke", "val_split", "init_from",
+         "image_size"}
 RECIPE = FIXED | {"dropout", "block_dropout", "weight_decay", "label_smoothing", "grad_clip",
                   "cutmix_prob", "cutmix_alpha", "cutmix_label_smoothing", "seed", "sync_bn",
                   "aug_on_device"}
 # What a run saved before a field existed was trained with: a resumed run keeps it.
-OLDER_RUNS = {"cutmix_label_smoothing": True, "block_dropout": 0.0, "init_from": ""}
+OLDER_RUNS = {"cutmix_label_smoothing": True, "block_dropout": 0.0, "init_from": "",
+              "image_size": 32, "val_folder": False}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,
@@ -125,11 +135,16 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python train.py --help)")
 
 
+def flags():
+    """The fields that are flags (all but what the data decides)."""
+    return [f for f in dataclasses.fields(Config) if f.metadata.get("flag", True)]
+
+
 def build_parser():
     # SUPPRESS: only flags given on the command line appear in the result, so presets and
     # a resumed run's config can tell what the user asked for explicitly.
     p = Parser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(Config):
+    for f in flags():
         flag = "--" + f.name.replace("_", "-")
         default = " ".join(map(str, f.default)) if f.type is list else f.default
         kw = dict(help=f"{f.metadata['help']} (default: {default})")
@@ -226,6 +241,7 @@ def validate(cfg):
         (cfg.gradcam_images >= 0, "gradcam_images", "0 or more"),
         (cfg.num_workers >= -1, "num_workers", "-1 (auto) or more"),
         (cfg.val_split >= 0, "val_split", "0 (off) or more"),
+        (cfg.image_size in range(16, 129, 8), "image_size", "a multiple of 8 from 16 to 128"),
     ]
     for ok, name, need in checks:
         if not ok:

@@ -11,6 +11,7 @@ not depend on the worker count or on whether the run was resumed.
 import os
 import random
 import signal
+from dataclasses import dataclass
 
 # albumentations asks PyPI for a newer version at import: a network call that delays the
 # start on Colab and prints a warning on offline machines. The user can still opt in.
@@ -33,37 +34,38 @@ from images import standardize  # noqa: E402
 
 FOLDER = "folder"
 DATASET_NAMES = sorted(DATASETS) + [FOLDER]
+CIFAR_SIZE = 32  # CIFAR's images; --image-size is for folders
+
+
+def open_folder(cfg):
+    """The image folder of a run, listed once (its one-line errors first), or None for
+    CIFAR, whose images are 32x32 and only that."""
+    if cfg.dataset != FOLDER:
+        if cfg.image_size != CIFAR_SIZE:
+            raise DataError(f"--image-size {cfg.image_size}: {cfg.dataset}'s images are "
+                            f"{CIFAR_SIZE}x{CIFAR_SIZE}; other sizes are for --dataset folder")
+        return None
+    return imagefolder.Folder(cfg.data_dir, cfg.image_size, cfg.cache_dir or None)
 
 
 def dataset_present(root, name):
     return imagefolder.present(root) if name == FOLDER else cifar.dataset_present(root, name)
 
 
-def check_dataset(root, name):
-    """An image folder's one-line errors (its layout, its classes, its files), before any
-    decoding; CIFAR's files are checked as they are read."""
-    if name == FOLDER:
-        imagefolder.check(root)
-
-
-def ensure_dataset(root, name, download=True):
+def ensure_dataset(root, name, download=True, folder=None):
     """The data set's files are there (CIFAR: downloaded if they are not; a folder: its
     splits decoded into the cache, so that torchrun's other ranks only read that)."""
     if name != FOLDER:
         return cifar.ensure_dataset(root, name, download)
-    for split in imagefolder.check(root):
-        imagefolder.read_split(root, split)
+    folder = folder or imagefolder.Folder(root)
+    for split in folder.splits:
+        folder.read(split)
 
 
-def has_test_split(root, name):
-    """CIFAR always has one; an image folder may have no test/."""
-    return name != FOLDER or imagefolder.has_split(root, "test")
-
-
-def read_split(root, name, split):
-    """(images uint8 (N, 32, 32, 3) RGB, labels int64 (N,)) of the train or test split."""
+def read_split(root, name, split, size=CIFAR_SIZE, cache_dir=None):
+    """(images uint8 (N, size, size, 3) RGB, labels int64 (N,)) of the train or test split."""
     if name == FOLDER:
-        return imagefolder.read_split(root, split)[:2]
+        return imagefolder.read_split(root, split, size=size, cache_dir=cache_dir)[:2]
     return cifar.read_split(root, name, split)
 
 
@@ -71,25 +73,82 @@ def read_class_names(root, name):
     return imagefolder.classes(root) if name == FOLDER else cifar.read_class_names(root, name)
 
 
-def normalization(root, name):
+def normalization(root, name, folder=None):
     """Per-channel (mean, std) on the 0-1 scale: CIFAR's published ones, a folder's from
     its training images (computed once, with the cache)."""
     if name == FOLDER:
-        return imagefolder.stats(root)
+        return (folder or imagefolder.Folder(root)).stats()
     return DATASETS[name]["mean"], DATASETS[name]["std"]
 
 
-def load_dataset(root, name, download=True):
-    """(x_train, y_train, x_test, y_test, class names). A folder without a test/ split
-    gives an empty test set (train.py then needs --val-split)."""
+def load_dataset(root, name, download=True, folder=None):
+    """(x_train, y_train, x_test, y_test, class names). A folder without an evaluation
+    folder gives an empty test set (train.py then needs --val-split)."""
     if name != FOLDER:
         return cifar.load_dataset(root, name, download)
-    x_train, y_train, extra = imagefolder.read_split(root, "train")
-    if imagefolder.has_split(root, "test"):
-        x_test, y_test, _ = imagefolder.read_split(root, "test")
+    folder = folder or imagefolder.Folder(root)
+    x_train, y_train, extra = folder.read("train")
+    if folder.has("test"):
+        x_test, y_test, _ = folder.read("test")
     else:
         x_test, y_test = x_train[:0], y_train[:0]
     return x_train, y_train, x_test, y_test, extra["classes"]
+
+
+def check_protocol(cfg, folder):
+    """What is evaluated: a one-line error for a layout the flags cannot use."""
+    if folder is None:
+        return
+    if folder.has("val") and cfg.val_split:
+        raise DataError(f"{imagefolder.shown(folder.folders['val'])} holds the validation images "
+                        f"already: drop --val-split, or that folder")
+    if not cfg.val_split and not folder.has("test"):
+        where = imagefolder.shown(os.path.abspath(cfg.data_dir))
+        raise DataError(
+            f"{where} has no train/ folder: its {len(folder.classes)} class folders are all "
+            f"training images; hold some out to evaluate on with --val-split N (a multiple "
+            f"of {len(folder.classes)}), or split them into train/ and test/" if folder.flat else
+            f"{where} has no test/ (or val/) folder to evaluate on: add one (the same class "
+            f"folders), or hold out training images with --val-split N")
+
+
+@dataclass
+class Prepared:
+    """A run's images: trained on, evaluated after each epoch, and the test set."""
+    train: tuple  # (x uint8 (N, S, S, 3), y int64 (N,))
+    evaluated: tuple  # the test set, or the validation images
+    test: tuple  # (empty for a folder without one)
+    names: list
+    mean: tuple
+    std: tuple
+    val_folder: bool  # the validation images are a val/ folder beside test/
+
+
+def prepare(cfg, dist, say, smoke_sizes):
+    """The run's Prepared images. The evaluated images are the test set (the reference's
+    protocol), or validation images (a val/ folder beside test/, or with --val-split
+    training images held out), and then the test set is evaluated once at the end. Rank
+    0 generates (--smoke), downloads or decodes the files, the others wait."""
+    folder = open_folder(cfg)  # every rank: one listing each, the one-line errors first
+    check_protocol(cfg, folder)
+    if dist.main:
+        if cfg.smoke and not dataset_present(cfg.data_dir, cfg.dataset):
+            say(f"smoke run: writing generated {cfg.dataset}-format data to {cfg.data_dir}")
+            write_synthetic_dataset(cfg.data_dir, cfg.dataset, seed=cfg.seed, **smoke_sizes)
+        for line in folder.summary() if folder else ():
+            say(line)
+        ensure_dataset(cfg.data_dir, cfg.dataset, cfg.download, folder)
+    dist.barrier(patient=True)  # however long rank 0 takes to decode a big folder
+    x_train, y_train, x_test, y_test, names = load_dataset(cfg.data_dir, cfg.dataset, False, folder)
+    mean, std = normalization(cfg.data_dir, cfg.dataset, folder)
+    test = (x_test, y_test)
+    if folder and folder.has("val"):
+        return Prepared((x_train, y_train), folder.read("val")[:2], test, names, mean, std, True)
+    if not cfg.val_split:
+        return Prepared((x_train, y_train), test, test, names, mean, std, False)
+    kept, held = split_validation(y_train, cfg.val_split, cfg.seed, len(names))
+    return Prepared((x_train[kept], y_train[kept]), (x_train[held], y_train[held]), test,
+                    names, mean, std, False)
 
 
 # Independent random streams, each keyed by (seed, stream, ...) instead of shared state.
@@ -121,8 +180,10 @@ def split_validation(labels, n, seed, num_classes):
 # -----------------------------------------------------------------------------
 # Augmentation
 
-def train_transform(mean):
-    """The reference's training augmentation, on uint8 images, ending in uint8.
+def train_transform(mean, size=CIFAR_SIZE):
+    """The reference's training augmentation, on uint8 images, ending in uint8. Its sizes
+    scale from the reference's 32-px numbers: pad size/8 per side before the crop,
+    cut-out holes size/4 to size/2 (affine and noise are relative already).
 
     The reference ended with Normalize + ToTensorV2 in every worker; here the workers hand
     over uint8 and images.normalize does the same arithmetic on the whole batch on the
@@ -130,16 +191,17 @@ def train_transform(mean):
     misspelt argument raises instead of being silently dropped (albumentations only warns).
     """
     fill = tuple(round(255 * m) for m in mean)  # cut-out holes take the data set's mean colour
+    padded, hole = size + 2 * (size // 8), (size // 4, size // 2)
     return A.Compose([
-        A.PadIfNeeded(min_height=40, min_width=40, border_mode=cv2.BORDER_CONSTANT, fill=0),
-        A.RandomCrop(height=32, width=32),
+        A.PadIfNeeded(min_height=padded, min_width=padded, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.RandomCrop(height=size, width=size),
         A.HorizontalFlip(p=0.5),
         # tuples are ranges sampled per axis; a scalar would be a fixed value
         A.Affine(translate_percent=(-0.1, 0.1), scale=(0.85, 1.15), rotate=(-15, 15),
                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
         A.OneOf([
-            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 16),
-                            hole_width_range=(8, 16), fill=fill),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=hole,
+                            hole_width_range=hole, fill=fill),
             # std as a fraction of 255, because the image is uint8 (before normalisation)
             A.GaussNoise(std_range=(0.0125, 0.0278)),
         ], p=0.3),
@@ -237,7 +299,7 @@ def make_loaders(x_train, y_train, x_test, y_test, mean, batch_size, eval_batch_
     batch_sampler.set_epoch selects the epoch; each rank tests a disjoint share.
     raw: no augmentation in the workers (augment_batch does it on the device).
     """
-    train_ds = CIFARDataset(x_train, y_train, None if raw else train_transform(mean),
+    train_ds = CIFARDataset(x_train, y_train, None if raw else train_transform(mean, x_train.shape[1]),
                             augment=not raw, seed=seed)
     batches = EpochBatches(len(train_ds), batch_size, seed, rank, world)
     train = torch.utils.data.DataLoader(train_ds, batch_sampler=batches,
@@ -297,16 +359,16 @@ def draw_augmentations(n, rng, h=32, w=32):
     the host means the device never has to tell the host what was chosen (on a GPU that
     would wait for it), and lets the noise be drawn only for the images that get noise.
     """
-    u = rng.uniform
+    u, pad, hole = rng.uniform, h // 8, (h // 4, h // 2 + 1)
     p = {
-        # PadIfNeeded(40) + RandomCrop(32): a crop offset 0..8 in the padded image
-        "crop_y": rng.integers(0, 9, n), "crop_x": rng.integers(0, 9, n),
+        # PadIfNeeded(40) + RandomCrop(32): a crop offset 0..8 in the padded image (at 32 px)
+        "crop_y": rng.integers(0, 2 * pad + 1, n), "crop_x": rng.integers(0, 2 * pad + 1, n),
         "flip": rng.random(n) < 0.5,
         "affine": rng.random(n) < 0.5,
         "angle": u(-15, 15, n),
         "scale_x": u(0.85, 1.15, n), "scale_y": u(0.85, 1.15, n),  # each axis on its own,
         "shift_x": u(-0.1, 0.1, n) * w, "shift_y": u(-0.1, 0.1, n) * h,  # as albumentations
-        "hole_h": rng.integers(8, 17, n), "hole_w": rng.integers(8, 17, n),
+        "hole_h": rng.integers(*hole, n), "hole_w": rng.integers(*hole, n),
         "noise_std": u(0.0125, 0.0278, n) * 255,  # of 255: the image is still uint8
     }
     # where the hole goes, given its size; then OneOf(hole, noise) on 30% of the images
@@ -350,12 +412,15 @@ def to_device(array, device, dtype=np.float32):
 
 
 def _crop(images, p):
-    """PadIfNeeded(40) with black + RandomCrop(32) of uint8 (N, H, W, 3): each image's
-    window picked from a strided view of all 9 x 9 windows, copied in one gather."""
+    """PadIfNeeded(40) with black + RandomCrop(32) of uint8 (N, H, W, 3) (at 32 px; H/8 per
+    side in general): each image's window picked from a strided view of all 9 x 9
+    windows, copied in one gather."""
     n, h, w, c = images.shape
-    padded = torch.nn.functional.pad(images, (0, 0, 4, 4, 4, 4))
+    pad = h // 8
+    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))
     s = padded.stride()
-    windows = padded.as_strided((n, 9, 9, h, w, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
+    k = 2 * pad + 1
+    windows = padded.as_strided((n, k, k, h, w, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
     cy, cx = (to_device(p[k], images.device, np.int64) for k in ("crop_y", "crop_x"))
     return windows[torch.arange(n, device=images.device), cy, cx]
 
@@ -404,7 +469,8 @@ def _chosen(p, key, device):
 
 
 def _cutout(x, p, mean):
-    """One hole of 8-16 x 8-16 pixels filled with the mean colour, on the chosen images."""
+    """One hole of 8-16 x 8-16 pixels (at 32 px) filled with the mean colour, on the chosen
+    images."""
     chosen, idx = _chosen(p, "hole", x.device)
     if not len(chosen):
         return x

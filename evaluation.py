@@ -19,7 +19,7 @@ import gradcam_utils
 from checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_checkpoint
 from config import Config
 from failures import Crashed, one_line
-from logs import log, table
+from logs import log, table, top5_text
 from metrics import write_evaluation_report, write_metrics
 from model import model_from_checkpoint
 from runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
@@ -32,8 +32,9 @@ def evaluate_checkpoint(path, tta, explicit):
              **(ckpt.get("config") or {}), **explicit}
     name, root = saved["dataset"], saved["data_dir"]
     note = fill_metadata(ckpt)  # the reference's files: names and statistics of CIFAR
-    data.ensure_dataset(root, name, saved["download"])
-    x_test, y_test = data.read_split(root, name, "test")
+    if name != data.FOLDER:  # (a folder's split is listed and decoded once, just below)
+        data.ensure_dataset(root, name, saved["download"])
+    x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"], saved["cache_dir"] or None)
     names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
     rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),
@@ -71,7 +72,7 @@ def write_report(logits, labels, names, dataset, folder):
 
 
 def print_scores(label, s):
-    print(f"  {label:>8}: top-1 {s['acc']:.2f}%  top-5 {s['top5']:.2f}%  loss {s['loss']:.4f}")
+    print(f"  {label:>8}: top-1 {s['acc']:.2f}%{top5_text(s, '  top-5 {:.2f}%')}  loss {s['loss']:.4f}")
 
 
 def print_report(report, label):
@@ -109,7 +110,7 @@ def final_test(run, x_test, y_test, last):
             if os.path.isfile(path):
                 save_checkpoint({**load_checkpoint(path), **result}, path)
         line = (f"test set, evaluated once, with the best model by validation accuracy (epoch "
-                f"{best['epoch']}): top-1 {ev['acc']:.2f}% top-5 {ev['top5']:.2f}% loss "
+                f"{best['epoch']}): top-1 {ev['acc']:.2f}%{top5_text(ev)} loss "
                 f"{ev['loss']:.4f} on {ev['n']:,} images")
         log.info(line)
         table.info(f"\n**{line[0].upper() + line[1:]}**")

@@ -33,7 +33,6 @@ from model import model_from_checkpoint
 
 CHECK_IMAGES = 64
 TOLERANCE = 1e-4  # max |difference| of a probability, fp32
-IMAGE_SIZE = 32  # what this repo's checkpoints are trained at
 
 
 class ExportError(Exception):
@@ -61,7 +60,7 @@ def deployable(path):
     ckpt = load_checkpoint(path)
     note = fill_metadata(ckpt)
     net, _ = model_from_checkpoint(ckpt)
-    meta = {"class_names": json.dumps(list(ckpt["class_names"])), "image_size": str(IMAGE_SIZE),
+    meta = {"class_names": json.dumps(list(ckpt["class_names"])), "image_size": str(ckpt["image_size"]),
             "mean": json.dumps(list(ckpt["mean"])), "std": json.dumps(list(ckpt["std"])),
             "epoch": str(ckpt.get("epoch", "")),
             "test_accuracy": "" if ckpt.get("test_accuracy") is None else str(ckpt["test_accuracy"]),
@@ -69,14 +68,16 @@ def deployable(path):
     return Pixels(net, ckpt["mean"], ckpt["std"]).eval(), meta, note, ckpt
 
 
-def check_images(ckpt, size=IMAGE_SIZE):
+def check_images(ckpt):
     """64 uint8 (N, size, size, 3) images: the checkpoint's test set if it is on disk
     (never downloaded for this), else generated. Returns (images, where they came from)."""
     import data
     cfg = ckpt.get("config") or {}
     name = cfg.get("dataset") or dataset_of(ckpt) or "cifar100"
+    size = ckpt["image_size"]
     try:
-        x, _ = data.read_split(cfg.get("data_dir", "./data"), name, "test")
+        x, _ = data.read_split(cfg.get("data_dir", "./data"), name, "test", size,
+                               cfg.get("cache_dir") or None)
         if len(x):
             return x[:CHECK_IMAGES], f"{min(len(x), CHECK_IMAGES)} {name} test images"
     except (data.DataError, OSError, KeyError, ValueError):
@@ -109,7 +110,8 @@ def check_packages(fmts):
 
 
 def export_onnx(module, meta, path):
-    example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
+    size = int(meta["image_size"])
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     program = torch.onnx.export(_exportable(module), (example,), dynamo=True, verbose=False,
                                 input_names=["images"], output_names=["logits", "probabilities"],
                                 dynamic_shapes=_dynamic_batch(), external_data=False)
@@ -130,7 +132,8 @@ def run_onnx(path, images):
 
 
 def export_pt2(module, meta, path):
-    example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8)
+    size = int(meta["image_size"])
+    example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     program = torch.export.export(_exportable(module), (example,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, path, extra_files={"metadata.json": json.dumps(meta)})
     return "torch.export"

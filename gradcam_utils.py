@@ -149,7 +149,7 @@ def explain_pictures(model, ckpt, sources, out_dir, k=3):
     images, kept, errors = [], [], []
     for src in sources:
         try:
-            images.append(load_image(src))
+            images.append(load_image(src, ckpt["image_size"]))
             kept.append(src)
         except (OSError, ValueError) as e:
             errors.append(f"error: cannot read {src}: {getattr(e, 'strerror', None) or e}")
@@ -195,7 +195,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Grad-CAM pictures for a trained checkpoint.")
     p.add_argument("--checkpoint", required=True, help="e.g. checkpoints/best_model.pt")
     p.add_argument("--images", nargs="+", metavar="FILE",
-                   help="explain these pictures (any size; centre-cropped, resized to 32x32) "
+                   help="explain these pictures (any size; centre-cropped, resized to the "
+                        "checkpoint's image size, 32x32 for CIFAR) "
                         "instead of test images")
     p.add_argument("--num-images", type=int, default=6, help="how many test images (default 6)")
     p.add_argument("--out-dir", default="gradcam_outputs", help="default: gradcam_outputs")
@@ -223,8 +224,10 @@ def main(argv=None):
         model, _ = model_from_checkpoint(ckpt, device,
                                          expected={"num_classes": len(ckpt["class_names"])})
         if not args.images:
-            data.ensure_dataset(root, name)
-            x_test, y_test = data.read_split(root, name, "test")
+            if name != data.FOLDER:
+                data.ensure_dataset(root, name)
+            x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"],
+                                             cfg.get("cache_dir") or None)
         if note:  # said once everything is in place: a failure above gets its one line alone
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         if args.images:

@@ -7,11 +7,13 @@ import copy
 import dataclasses
 import io
 import logging
+import math
 import os
 import sys
 import time
 
 from config import Config
+from config import flags as config_flags
 
 log = logging.getLogger("train")
 table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md
@@ -36,7 +38,7 @@ def setup_logging(cfg, resumed_from=None, enabled=True):
 
 
 def start_epoch_table(cfg):
-    name = "Val" if cfg.val_split else "Test"
+    name = "Val" if cfg.eval_split == "val" else "Test"
     table.info(f"\n| Epoch | Train Acc | {name} Acc | {name} Loss | LR | Status |")
     table.info("|-------|-----------|----------|-----------|----|--------|")
 
@@ -49,8 +51,13 @@ def log_epoch(epoch, cfg, tr_loss, tr_acc, ev, lr, best, seconds, images, left):
     eta = f" | ~{duration(left)} left to epoch {cfg.epochs - 1}" if epoch < cfg.epochs - 1 else ""
     rate = f"{images / max(seconds, 1e-9):,.0f} img/s"
     log.info(f"epoch {epoch:>3}/{cfg.epochs - 1} | train loss {tr_loss:.4f} acc {tr_acc:6.2f}% | "
-             f"{cfg.eval_split} loss {ev['loss']:.4f} acc {ev['acc']:6.2f}% top5 {ev['top5']:6.2f}% | "
+             f"{cfg.eval_split} loss {ev['loss']:.4f} acc {ev['acc']:6.2f}%{top5_text(ev, ' top5 {:6.2f}%')} | "
              f"lr {lr:.6f} | {seconds:.1f}s, {rate}{eta}{'  BEST' if best else ''}")
+
+
+def top5_text(ev, form=" top-5 {:.2f}%"):
+    """The top-5 accuracy formatted, or nothing where it means nothing (5 classes or fewer)."""
+    return "" if math.isnan(ev["top5"]) else form.format(ev["top5"])
 
 
 def duration(seconds):
@@ -75,8 +82,9 @@ def changed_settings(cfg):
     """The flags that differ from the reference's defaults, as one would type them."""
     default = dataclasses.asdict(Config())
     flags = []
+    typed = {f.name for f in config_flags()}  # not what the data decides (val_folder)
     for k, v in dataclasses.asdict(cfg).items():
-        if v != default[k] and not (isinstance(v, list) and tuple(v) == tuple(default[k])):
+        if k in typed and v != default[k] and not (isinstance(v, list) and tuple(v) == tuple(default[k])):
             value = " ".join(map(str, v)) if isinstance(v, list) else v
             flag = "--" + k.replace("_", "-")
             flags.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {value}")

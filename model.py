@@ -199,6 +199,7 @@ class Classifier:
     class_names: list
     mean: tuple
     std: tuple
+    image_size: int = 32  # what the network was trained at (pictures are resized to it)
 
     @property
     def device(self):
@@ -212,13 +213,14 @@ def load_classifier(path, device="cpu"):
     note = fill_metadata(ckpt)
     if note:
         warnings.warn(f"{path}: {note}", stacklevel=2)
-    return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
+    return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]),
+                      int(ckpt["image_size"]))
 
 
 @torch.no_grad()
 def predict(clf, images, k=5):
     """Top-k (class name, probability) for each image (see load_image for what an image is)."""
-    batch = np.stack([load_image(im) for im in images])
+    batch = np.stack([load_image(im, clf.image_size) for im in images])
     probs = clf.model(normalize(batch, clf.mean, clf.std).to(clf.device)).float().softmax(1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return [[(clf.class_names[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]

@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ class Dist:
     """This process's place in a torchrun job; rank 0 of 1 under plain `python train.py`."""
     rank: int = 0
     world: int = 1
+    patient: object = None  # a gloo group whose barrier waits PATIENT_S (see barrier)
 
     @property
     def main(self):  # the one process that logs and writes files
@@ -67,9 +69,11 @@ class Dist:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return t
 
-    def barrier(self):
+    def barrier(self, patient=False):
+        """patient: wait up to PATIENT_S, not the process group's timeout (gloo's 30 min,
+        NCCL's 10): rank 0 may be decoding a big image folder for the first time."""
         if self.world > 1:
-            torch.distributed.barrier()
+            torch.distributed.barrier(group=self.patient if patient else None)
 
     def share_buffers(self, net):
         """Give every rank rank 0's BatchNorm statistics: each rank's last forward pass
@@ -77,6 +81,9 @@ class Dist:
         if self.world > 1:
             for b in net.buffers():
                 torch.distributed.broadcast(b, src=0)
+
+
+PATIENT_S = 6 * 3600  # the longest first decode a job waits for (a million photos, 8 cores)
 
 
 def init_distributed(device_name):
@@ -94,7 +101,8 @@ def init_distributed(device_name):
     elif device.type != "cpu":
         raise UserError(f"torchrun runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
     torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(torch.distributed.get_rank(), world), device
+    patient = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=PATIENT_S))
+    return Dist(torch.distributed.get_rank(), world, patient), device
 
 
 # -----------------------------------------------------------------------------
@@ -332,14 +340,16 @@ def collect_logits(model, loader, rt, tta=False):
 
 
 def score(logits, labels, dist=None):
-    """Plain cross-entropy (no smoothing), top-1 and top-5 accuracy (%), over all ranks."""
+    """Plain cross-entropy (no smoothing), top-1 and top-5 accuracy (%), over all ranks.
+    With 5 classes or fewer top-5 is always 100%: it is NaN then, and shown nowhere."""
     best = logits.topk(min(5, logits.shape[1]), dim=1).indices
     sums = torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
                         (best[:, 0] == labels).sum().double(),
                         (best == labels[:, None]).any(1).sum().double(),
                         torch.tensor(len(labels), dtype=torch.float64, device=logits.device)])
     loss, top1, top5, n = (dist or Dist()).all_sum(sums).tolist()  # one wait for the device
-    return {"loss": loss / n, "acc": 100 * top1 / n, "top5": 100 * top5 / n, "n": int(n)}
+    top5 = 100 * top5 / n if logits.shape[1] > 5 else float("nan")
+    return {"loss": loss / n, "acc": 100 * top1 / n, "top5": top5, "n": int(n)}
 
 
 def evaluate(model, loader, rt):

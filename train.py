@@ -306,29 +306,6 @@ def check_finite(longest, epoch, step):
 # Main
 
 
-def prepare_data(cfg, dist):
-    """((x, y) to train on, (x, y) evaluated after each epoch, (x, y) of the test set,
-    class names). The evaluated images are the test set (the reference's protocol) or,
-    with --val-split, training images held out. Rank 0 generates (--smoke) or downloads
-    the files, the others wait."""
-    data.check_dataset(cfg.data_dir, cfg.dataset)  # an image folder's one-line errors, first
-    if not cfg.val_split and not data.has_test_split(cfg.data_dir, cfg.dataset):
-        raise data.DataError(f"{os.path.abspath(cfg.data_dir)} has no test/ folder to evaluate "
-                             f"on: add one (the same class folders), or hold out training "
-                             f"images with --val-split N")
-    if dist.main:
-        if cfg.smoke and not data.dataset_present(cfg.data_dir, cfg.dataset):
-            log.info(f"smoke run: writing generated {cfg.dataset}-format data to {cfg.data_dir}")
-            data.write_synthetic_dataset(cfg.data_dir, cfg.dataset, seed=cfg.seed, **SMOKE_SIZES)
-        data.ensure_dataset(cfg.data_dir, cfg.dataset, cfg.download)
-    dist.barrier()
-    x_train, y_train, x_test, y_test, names = data.load_dataset(cfg.data_dir, cfg.dataset, download=False)
-    if not cfg.val_split:
-        return (x_train, y_train), (x_test, y_test), (x_test, y_test), names
-    kept, held = data.split_validation(y_train, cfg.val_split, cfg.seed, len(names))
-    return (x_train[kept], y_train[kept]), (x_train[held], y_train[held]), (x_test, y_test), names
-
-
 @dataclass
 class Run:
     """The objects a training run is made of, built once and passed around together."""
@@ -354,10 +331,11 @@ class Run:
                                self.hist, self.extra, position, progress)
 
 
-def build_run(cfg, device, dist, arrays, names):
-    """Data loaders, network, optimizer, schedule and scaler for a config, on this rank."""
-    (x_train, y_train), (x_eval, y_eval) = arrays
-    mean, std = data.normalization(cfg.data_dir, cfg.dataset)
+def build_run(cfg, device, dist, images):
+    """Data loaders, network, optimizer, schedule and scaler for a config, on this rank;
+    images: data.Prepared."""
+    (x_train, y_train), (x_eval, y_eval) = images.train, images.evaluated
+    mean, std, names, size = images.mean, images.std, images.names, cfg.image_size
     rt = make_runtime(device, cfg.precision, cfg.channels_last, mean, std, dist, cfg.step_mode)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, eval_loader = data.make_loaders(
@@ -368,9 +346,11 @@ def build_run(cfg, device, dist, arrays, names):
     net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout, cfg.block_dropout)
     if dist.main:
         log_model_summary(net)
-    evaluated = f"{len(x_eval):,} validation (held out)" if cfg.val_split else f"{len(x_eval):,} test"
+    evaluated = (f"{len(x_eval):,} validation (val/)" if cfg.val_folder else
+                 f"{len(x_eval):,} validation (held out)" if cfg.val_split else f"{len(x_eval):,} test")
+    pixels = "" if size == 32 else f" at {size}x{size} ({(size / 32) ** 2:.2g}x the compute per image of 32 px)"
     log.info(f"data: {cfg.dataset} in {cfg.data_dir}, {len(x_train):,} train / {evaluated} images"
-             f" | network: {count_parameters(net):,} parameters | device {device}, "
+             f"{pixels} | network: {count_parameters(net):,} parameters | device {device}, "
              f"{rt.precision}, step {rt.step_mode} | workers {workers} | "
              f"processes {dist.world} (batch {cfg.batch_size // dist.world} each)")
     log.info(f"settings that differ from the reference: {changed_settings(cfg)}")
@@ -383,11 +363,11 @@ def build_run(cfg, device, dist, arrays, names):
             net, device_ids=[device.index] if device.type == "cuda" else None)
     model = TrainingNetwork(model, rt.step_mode)  # `net` (saved, evaluated) stays as it is
     with rt.autocast():  # the fast version, for full batches, before any batch is loaded
-        model.prepare(rt.example_batch(cfg.batch_size // dist.world))
+        model.prepare(rt.example_batch(cfg.batch_size // dist.world, size))
     opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
     scaler = rt.grad_scaler()
     extra = {"model_args": dict(net.model_args), "class_names": list(names),
-             "mean": list(mean), "std": list(std)}
+             "mean": list(mean), "std": list(std), "image_size": size}
     return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, eval_loader, extra,
                {k: [] for k in history_keys(cfg)},
                LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")), workers)
@@ -400,8 +380,10 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
     dist, device = init_distributed(cfg.device)
     check_distributed(cfg, dist, device)
     setup_logging(cfg, resume_path, enabled=dist.main)
-    trained, evaluated, test, names = prepare_data(cfg, dist)
-    run = build_run(cfg, device, dist, (trained, evaluated), names)
+    images = data.prepare(cfg, dist, log.info, SMOKE_SIZES)
+    cfg.val_folder = images.val_folder  # val/ beside test/: the validation protocol
+    run = build_run(cfg, device, dist, images)
+    test = images.test
     start_epoch_table(cfg)
     epoch, step, progress = 0, 0, new_progress()
     if resume_ckpt:
@@ -426,7 +408,7 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
     if last is None or not run.hist["train_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
     try:
-        if cfg.val_split:
+        if cfg.eval_split == "val":
             last = final_test(run, *test, last)
         if dist.main:
             finish(run, last, *test)
@@ -609,10 +591,11 @@ def end_epoch(run, epoch, progress, started, clock):
     seconds = time.monotonic() - started[0]  # the whole epoch: training, evaluation, saving
     log_epoch(epoch, cfg, tr_loss, tr_acc, ev, hist["lrs"][-1], is_best, seconds, started[1],
               per_epoch * (cfg.epochs - 1 - epoch))
-    run.events.scalars(run.sched.last_epoch, {
+    scalars = {
         "train/loss": tr_loss, "train/accuracy": tr_acc, f"{split}/loss": ev["loss"],
         f"{split}/accuracy": ev["acc"], f"{split}/top5": ev["top5"], "lr": hist["lrs"][-1],
-        "speed/images_per_s": started[1] / max(seconds, 1e-9), "speed/epoch_seconds": seconds})
+        "speed/images_per_s": started[1] / max(seconds, 1e-9), "speed/epoch_seconds": seconds}
+    run.events.scalars(run.sched.last_epoch, {k: v for k, v in scalars.items() if v == v})  # no NaN top-5
     if target_reached(hist, cfg):
         log.info(f"{split} accuracy {ev['acc']:.2f}% reached the target "
                  f"{cfg.target_accuracy}%: stopping early")

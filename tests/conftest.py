@@ -14,6 +14,20 @@ def pytest_configure(config):
                                        "few seconds")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """The per-user cache folder (imagefolder.user_cache) of every test and the scripts it
+    runs: a temporary one, never the machine's ~/.cache."""
+    path = str(tmp_path_factory.mktemp("user-cache"))
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = path
+    yield path
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 def run_script(script, *args, cwd=None, timeout=600):
     """Run one of the repo's scripts as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],

@@ -34,7 +34,8 @@ def test_the_reader_decodes_every_format_and_mode_and_skips_what_it_cannot_read(
     assert np.bincount(y).tolist() == [12, 12, 12]  # notes.txt is not an image, broken*.png skipped
     assert said == [f"warning: skipped 2 files that are not a readable image: "
                     f"{tmp_path / 'train' / 'cat' / 'broken0.png'}, "
-                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'}"]
+                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'}",
+                    f"decoded images cached in {tmp_path / imagefolder.CACHE}"]
     # each class keeps its colour through every format (grey, palette and RGBA become RGB)
     means = np.stack([x[y == c].reshape(-1, 3).mean(0) for c in range(3)])
     assert np.abs(means[:, None] - means[None]).sum(-1)[~np.eye(3, dtype=bool)].min() > 20
@@ -42,11 +43,11 @@ def test_the_reader_decodes_every_format_and_mode_and_skips_what_it_cannot_read(
 
 def test_decoding_in_worker_processes_gives_the_same_arrays(folder, monkeypatch):
     root, _ = folder
-    files = imagefolder.list_files(root, "train", CLASSES)
-    alone = imagefolder.decode(files, "decoding")
+    files = imagefolder.Folder(root).splits["train"].files
+    alone = imagefolder.decode(files, 32, "decoding")
     monkeypatch.setattr(imagefolder, "POOL_FROM", 1)
     monkeypatch.setattr(imagefolder.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    pooled = imagefolder.decode(files, "decoding")
+    pooled = imagefolder.decode(files, 32, "decoding")
     assert np.array_equal(alone[0], pooled[0]) and np.array_equal(alone[1], pooled[1])
     assert alone[2] == pooled[2] == [os.path.join(root, "train", "cat", "broken0.png")]
 
@@ -57,8 +58,8 @@ def test_the_cache_is_reused_and_read_again_after_the_folder_changes(tmp_path, m
     assert [f for f in _cache_files(str(tmp_path)) if f.startswith("train-")]
     decoded = []
     real = imagefolder.decode
-    monkeypatch.setattr(imagefolder, "decode", lambda files, desc: (decoded.append(len(files)),
-                                                                    real(files, desc))[1])
+    monkeypatch.setattr(imagefolder, "decode", lambda files, size, desc: (
+        decoded.append(len(files)), real(files, size, desc))[1])
     x2, y2, _ = imagefolder.read_split(str(tmp_path), "train")
     assert not decoded and np.array_equal(x, x2) and np.array_equal(y, y2)  # from the cache
     path = tmp_path / "train" / "dog" / "000.png"
@@ -118,21 +119,21 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     for f in (empty / "train" / "frog").iterdir():
         f.unlink()
     assert _one_line(_train(empty, tmp_path / "o1")) == \
-        f"error: {empty / 'train' / 'frog'} holds no images (png, jpg, jpeg, webp, bmp)"
+        f"error: {empty / 'train' / 'frog'} holds no images (jpg, jpeg, png, ppm, bmp, pgm, tif, tiff, webp, gif)"
     stray = made("stray")
     os.makedirs(stray / "test" / "horse")
     assert _one_line(_train(stray, tmp_path / "o2")) == \
         f"error: {stray / 'test'} has class folder that train/ lacks: horse"
     one = made("one", classes=["cat"])
     assert "has 1 class folder; a classifier needs at least two" in _one_line(_train(one, tmp_path / "o3"))
-    assert "has no train/ folder" in _one_line(_train(tmp_path / "nothing", tmp_path / "o4"))
+    assert "nothing is not a folder" in _one_line(_train(tmp_path / "nothing", tmp_path / "o4"))
     blocked = tmp_path / "blocked"
     os.makedirs(blocked)
     (blocked / "train").write_text("a file where a folder should be")
     assert "has no train/ folder" in _one_line(_train(blocked, tmp_path / "o5"))
     no_test = made("no_test", test=False)
     assert _one_line(_train(no_test, tmp_path / "o6")) == (
-        f"error: {no_test} has no test/ folder to evaluate on: add one (the same class "
+        f"error: {no_test} has no test/ (or val/) folder to evaluate on: add one (the same class "
         f"folders), or hold out training images with --val-split N")
 
 

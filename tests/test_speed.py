@@ -213,8 +213,9 @@ def test_train_py_makes_the_fast_version_before_any_batch_on_a_synthetic_full_on
     cfg = config.resolve_config({"blocks": [1, 1, 1, 1], "width": 8, "batch_size": 48,
                                  "step_mode": "compile", "num_workers": 0, "data_dir": tiny_data})
     x, y = data.read_split(tiny_data, "cifar100", "train")
-    run = train.build_run(cfg, torch.device("cpu"), runtime.Dist(), ((x, y), (x[:10], y[:10])),
-                          data.CIFAR100_CLASSES)
+    images = data.Prepared((x, y), (x[:10], y[:10]), (x[:10], y[:10]), data.CIFAR100_CLASSES,
+                           *data.normalization(tiny_data, "cifar100"), False)
+    run = train.build_run(cfg, torch.device("cpu"), runtime.Dist(), images)
     assert made == [((48, 3, 32, 32), torch.float32, True)]
     assert run.model.fast is not None and run.train_loader._iterator is None  # nothing loaded yet
 

@@ -48,8 +48,9 @@ def test_every_config_field_is_a_flag_and_explicit_flags_beat_smoke_presets():
     assert cfg.smoke and cfg.epochs == 3 and cfg.batch_size == 16 and cfg.precision == "fp32"
     assert list(cfg.blocks) == config.SMOKE["blocks"] and cfg.width == config.SMOKE["width"]
     help_text = config.build_parser().format_help()
-    for f in dataclasses.fields(config.Config):
+    for f in config.flags():
         assert "--" + f.name.replace("_", "-") in help_text
+    assert "--val-folder" not in help_text  # decided by the data folder, never typed
 
 
 def test_cutmix_lambda_is_the_area_actually_kept():
