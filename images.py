@@ -26,16 +26,17 @@ def load_image(image, size=32):
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"expected a uint8 (H, W[, C]) array, got {image.dtype} {image.shape}")
-        image = Image.fromarray(image)
-    elif not isinstance(image, Image.Image):
+        image = Image.fromarray(image).convert("RGB")
+    elif isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    else:
         with Image.open(image) as f:  # OSError for unreadable or non-image files
             f.draft("RGB", (size, size))  # a no-op for every format but JPEG
             image = ImageOps.exif_transpose(f).convert("RGB")
-    image = ImageOps.exif_transpose(image).convert("RGB")
     w, h = image.size
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)
+    return np.array(image.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)  # writable
 
 
 def normalize(images, mean, std):

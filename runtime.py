@@ -195,6 +195,14 @@ class Runtime:
         return x.contiguous(memory_format=self.memory_format)
 
 
+def channels_last_crashes(device, width, size):
+    """Whether this torch's oneDNN would corrupt the heap (a segfault, or "double free")
+    in the backward pass of the network's strided 1x1 convs: on the CPU, channels_last,
+    fewer than 16 input channels at more than 48 px. Measured with torch 2.14.1; the
+    seed network (width 64) is never affected."""
+    return device.type == "cpu" and width < 16 and size > 48
+
+
 def make_runtime(device, precision, channels_last, mean, std, dist=None, step_mode="eager"):
     """precision and step_mode: names, "auto" included (see pick_precision, pick_step_mode).
     channels_last on CUDA and the CPU, where the benchmark shows it faster for this network

@@ -43,8 +43,8 @@ from logs import (changed_settings, log, log_epoch, log_model_summary, setup_log
 from metrics import LiveMetrics, write_metrics
 from model import ResNet, count_parameters
 from runlock import holding_out_dir
-from runtime import (BufferSnapshot, Runtime, TrainingNetwork, default_workers, evaluate,
-                     init_distributed, make_runtime)
+from runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
+                     default_workers, evaluate, init_distributed, make_runtime)
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
@@ -336,7 +336,11 @@ def build_run(cfg, device, dist, images):
     images: data.Prepared."""
     (x_train, y_train), (x_eval, y_eval) = images.train, images.evaluated
     mean, std, names, size = images.mean, images.std, images.names, cfg.image_size
-    rt = make_runtime(device, cfg.precision, cfg.channels_last, mean, std, dist, cfg.step_mode)
+    channels_last = cfg.channels_last and not channels_last_crashes(device, cfg.width, size)
+    if channels_last != cfg.channels_last:
+        log.warning(f"channels_last off: on the CPU, a --width under 16 at {size} px crashes "
+                    f"this torch's oneDNN in the backward pass")
+    rt = make_runtime(device, cfg.precision, channels_last, mean, std, dist, cfg.step_mode)
     workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
     train_loader, eval_loader = data.make_loaders(
         x_train, y_train, x_eval, y_eval, mean, cfg.batch_size,

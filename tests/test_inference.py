@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import imagefolder
 import runtime
 import train
 from conftest import run_script
@@ -148,3 +149,9 @@ def test_a_phone_photo_is_read_the_way_a_viewer_shows_it(classifier, tmp_path):
     assert square[0, :, 0].min() > 200 and square[-1, :, 2].min() > 200  # red on top, blue below
     paths = [str(tmp_path / "phone.png"), str(tmp_path / "turned.png")]
     assert predict(classifier, paths[:1], k=5) == predict(classifier, paths[1:], k=5)
+    # image folders decode the same way; a JPEG too (decoded at a reduced scale, then turned)
+    Image.fromarray(np.kron(left_red, np.ones((40, 40, 1), np.uint8))).save(tmp_path / "phone.jpg", exif=exif)
+    decoded, _, skipped = imagefolder.decode([(paths[0], 0), (paths[1], 1),
+                                              (str(tmp_path / "phone.jpg"), 0)], 32)
+    assert not skipped and np.array_equal(decoded[0], decoded[1])
+    assert decoded[2][0, :, 0].min() > 200 and decoded[2][-1, :, 2].min() > 200

@@ -233,3 +233,58 @@ def test_a_read_only_data_folder_caches_elsewhere_once(tmp_path, user_cache):
     assert not os.path.exists(os.path.join(root, imagefolder.CACHE))
     again = _read_only_run(root)
     assert again.returncode == 0 and "DECODED" not in again.stdout and "cache" not in again.stderr
+
+
+@pytest.mark.slow
+def test_image_size_64_end_to_end_on_train_val_test_with_two_classes(tmp_path, capsys):
+    import torch
+
+    import export
+    import gradcam_utils
+    import train
+    from images import load_image, normalize
+    from model import load_classifier, predict
+    # width 8 at 64 px would crash this torch's oneDNN with channels_last on the CPU: the
+    # run turns it off (runtime.channels_last_crashes), or this test would die
+    root = tmp_path / "pets"
+    write_image_folder(str(root), per_class=(10, 4), classes=["cat", "dog"], corrupt=0)
+    shutil.copytree(root / "test", root / "val")
+    out = tmp_path / "run"
+    flags = ["--dataset", "folder", "--data-dir", str(root), "--image-size", "64", "--blocks", "1",
+             "1", "1", "1", "--width", "8", "--batch-size", "8", "--num-workers", "0",
+             "--epochs", "2", "--save-every", "1", "--gradcam-images", "2", "--out-dir", str(out)]
+    assert train.main(flags) == 0
+    said = capsys.readouterr().out
+    assert "20 train / 8 validation (val/) images at 64x64 (4x the compute per image of 32 px)" in said
+    assert "test set, evaluated once, with the best model by validation accuracy" in said
+    assert "top5" not in said and "top-5" not in said  # two classes: always 100%, so never shown
+    assert "classes: 2, 20 training images; smallest cat (10), largest cat (10)" in said
+    ckpts = out / "checkpoints"
+    best = torch.load(ckpts / "best_model.pt", weights_only=True)
+    assert best["image_size"] == best["config"]["image_size"] == 64 and "val_acc" in best
+    assert np.isnan(best["val_top5"]).all()
+    uninterrupted = torch.load(ckpts / "last.pt", weights_only=True)["model_state_dict"]
+    # resumed after its first epoch, with no --image-size: the checkpoint's is kept
+    assert train.main(["--resume", str(ckpts / "checkpoint_epoch_0.pt"), "--out-dir", str(out)]) == 0
+    resumed = torch.load(ckpts / "last.pt", weights_only=True)["model_state_dict"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    capsys.readouterr()
+    assert train.main(["--evaluate", str(ckpts / "best_model.pt"), "--out-dir", str(tmp_path / "ev")]) == 0
+    said = capsys.readouterr().out
+    assert f"plain: top-1 {best['test_accuracy']:.2f}%  loss" in said  # its 64-px test images
+    photo = str(root / "test" / "dog" / "001.jpg")
+    assert gradcam_utils.main(["--checkpoint", str(ckpts / "best_model.pt"), "--images", photo,
+                               "--out-dir", str(tmp_path / "cams")]) == 0
+    assert gradcam_utils.main(["--checkpoint", str(ckpts / "best_model.pt"), "--num-images", "2",
+                               "--out-dir", str(tmp_path / "cams")]) == 0
+    clf = load_classifier(str(ckpts / "best_model.pt"))
+    (top,) = predict(clf, [photo], k=2)
+    x = normalize(load_image(photo, 64)[None], clf.mean, clf.std)
+    with torch.no_grad():
+        p = clf.model(x).softmax(1)[0]
+    assert clf.image_size == 64 and dict(top) == pytest.approx(
+        {name: float(p[i]) for i, name in enumerate(clf.class_names)}, abs=1e-6)
+    assert export.main([str(ckpts / "best_model.pt"), "--format", "pt2", "--out",
+                        str(tmp_path / "pets.pt2")]) == 0
+    program = torch.export.load(str(tmp_path / "pets.pt2"))
+    assert program.module()(torch.zeros(1, 64, 64, 3, dtype=torch.uint8))[0].shape == (1, 2)
