@@ -109,8 +109,7 @@ def check_packages(fmts):
                           f"onnx onnxscript onnxruntime (or --format pt2, which needs none)")
 
 
-def export_onnx(module, meta, path):
-    size = int(meta["image_size"])
+def export_onnx(module, meta, path, size):
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     program = torch.onnx.export(_exportable(module), (example,), dynamo=True, verbose=False,
                                 input_names=["images"], output_names=["logits", "probabilities"],
@@ -131,8 +130,7 @@ def run_onnx(path, images):
     return session.run(["logits", "probabilities"], {"images": images})
 
 
-def export_pt2(module, meta, path):
-    size = int(meta["image_size"])
+def export_pt2(module, meta, path, size):
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     program = torch.export.export(_exportable(module), (example,), dynamic_shapes=_dynamic_batch())
     torch.export.save(program, path, extra_files={"metadata.json": json.dumps(meta)})
@@ -160,7 +158,7 @@ def export(path, fmt, out, images, module, meta, say=print):
     tmp = f"{os.path.splitext(out)[0]}.checking{os.getpid()}{suffix}"  # the ending tools expect
     try:
         try:
-            how = write(module, meta, tmp)
+            how = write(module, meta, tmp, images.shape[1])  # the size the check images have
         except ExportError:
             raise
         except Exception as e:  # noqa: BLE001 -- the exporters raise many kinds
