@@ -135,7 +135,8 @@ def pick_resume(resume, out_dir, say=True):
 
 # What a reference checkpoint says of its run's config: the data set and network (from
 # the weights), and what its repo cannot do at all (no --val-split, --smoke, --init-from).
-KNOWN_OF_A_REFERENCE_RUN = {"dataset", "blocks", "width", "val_split", "smoke", "init_from"}
+KNOWN_OF_A_REFERENCE_RUN = {"dataset", "blocks", "width", "val_split", "smoke", "init_from",
+                            "image_size"}  # (CIFAR: 32 px)
 
 
 def adopt_reference(ckpt):

@@ -70,7 +70,13 @@ def test_train_val_and_test_evaluate_val_each_epoch_and_test_once(reference_tree
     root = _copy_as(reference_tree, tmp_path, test="val")
     shutil.copytree(os.path.join(reference_tree, "train"), os.path.join(root, "test"))
     cfg = config.resolve_config({"dataset": "folder", "data_dir": root})
-    images = data.prepare(cfg, Dist(), lambda line: None, {})
+    waits = []
+
+    class Recorded(Dist):  # what the other ranks of a torchrun job would wait on
+        def barrier(self, patient=False):
+            waits.append(patient)
+    images = data.prepare(cfg, Recorded(), lambda line: None, {})
+    assert waits == [True]  # for the first decode: not the process group's 30-minute timeout
     expected = imagefolder.Folder(reference_tree)
     assert images.val_folder and images.names == CLASSES
     assert _same(images.evaluated, _arrays(expected, "test")[:2])  # val/: what is selected on
@@ -81,6 +87,16 @@ def test_train_val_and_test_evaluate_val_each_epoch_and_test_once(reference_tree
     with pytest.raises(data.DataError, match="has both val/ and valid/"):
         os.makedirs(os.path.join(root, "valid"))
         imagefolder.Folder(root)
+
+
+def test_the_patient_barrier_uses_its_own_group(monkeypatch):
+    import torch
+    seen = []
+    monkeypatch.setattr(torch.distributed, "barrier", lambda group=None: seen.append(group))
+    dist = Dist(0, 2, patient="the long-timeout group")
+    dist.barrier(patient=True)
+    dist.barrier()
+    assert seen == ["the long-timeout group", None]
 
 
 def _png(path, colour=(200, 30, 30), size=(20, 20)):
