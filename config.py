@@ -47,6 +47,9 @@ class Config:
     epochs: int = _f(200, "epochs of the OneCycle schedule (training may stop earlier)")
     batch_size: int = _f(128, "training batch size; under torchrun the global batch, split "
                               "evenly over the processes (so the schedule stays the same)")
+    accum_steps: int = _f(1, "gradient accumulation: run each step's batch as this many "
+                             "micro-batches (for a GPU that cannot hold --batch-size at once); "
+                             "the steps, schedule and learning rates stay those of 1")
     max_lr: float = _f(0.1, "OneCycleLR peak learning rate")
     div_factor: float = _f(25.0, "initial LR = max_lr / div_factor")
     final_div_factor: float = _f(1000.0, "final LR = initial LR / final_div_factor")
@@ -115,10 +118,10 @@ FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_fa
          "image_size"}
 RECIPE = FIXED | {"dropout", "block_dropout", "weight_decay", "label_smoothing", "grad_clip",
                   "cutmix_prob", "cutmix_alpha", "cutmix_label_smoothing", "seed", "sync_bn",
-                  "aug_on_device"}
+                  "aug_on_device", "accum_steps"}
 # What a run saved before a field existed was trained with: a resumed run keeps it.
 OLDER_RUNS = {"cutmix_label_smoothing": True, "block_dropout": 0.0, "init_from": "",
-              "image_size": 32, "val_folder": False}
+              "image_size": 32, "val_folder": False, "accum_steps": 1}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,
@@ -221,6 +224,9 @@ def validate(cfg):
     checks = [
         (cfg.epochs >= 1, "epochs", "at least 1"),
         (cfg.batch_size >= 1, "batch_size", "at least 1"),
+        (cfg.accum_steps >= 1, "accum_steps", "at least 1"),
+        (cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps == 0, "batch_size",
+         f"a multiple of --accum-steps {cfg.accum_steps} (each step's micro-batches are equal)"),
         (cfg.eval_batch_size >= 1, "eval_batch_size", "at least 1"),
         (min(cfg.blocks) >= 1, "blocks", "four numbers, each at least 1"),
         (cfg.width >= 1, "width", "at least 1"),

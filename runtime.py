@@ -84,6 +84,38 @@ class Dist:
 
 
 PATIENT_S = 6 * 3600  # the longest first decode a job waits for (a million photos, 8 cores)
+# How long a rank waits for its peers (to join, or in a collective) before it ends with an
+# error: not the process group's default of 30 minutes, which keeps a rank whose peers died
+# sitting in the job. Every wait of a healthy job is far shorter (steps, evaluation);
+# rank 0's long work (decoding, the end of the run) is waited for with patient=True.
+PEERS_GONE_S = 300
+STORE_KEY = "enhanced-resnet34/store"
+
+
+def fresh_store(world, timeout):
+    """The store the process group is made in: a new one that rank 0 serves, for each
+    start of the workers. torchrun's agents keep one store for all restarts of an elastic
+    job, and its keys for the process group are not per restart (its restart counts differ
+    between agents: pytorch/pytorch#135712), so restarted ranks would read the killed
+    ranks' addresses and fail ("Gloo connectFullMesh failed ... Connection refused").
+    Rank 0 publishes its new store's port in the agent's store; a rank that reads a port
+    of the killed round finds nobody serving it and reads again."""
+    from torch.distributed import TCPStore
+    host, rank = os.environ["MASTER_ADDR"], int(os.environ["RANK"])
+    agent = TCPStore(host, int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    if rank == 0:
+        store = TCPStore(host, 0, world, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent.set(STORE_KEY, str(store.port))
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        port = int(agent.get(STORE_KEY))  # waits until rank 0 (of this round or the last) set it
+        try:
+            return TCPStore(host, port, world, is_master=False, timeout=timedelta(seconds=5))
+        except Exception:  # noqa: BLE001 -- refused, reset or timed out: the killed round's port
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def init_distributed(device_name):
@@ -100,7 +132,13 @@ def init_distributed(device_name):
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise UserError(f"torchrun runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend, timeout = "nccl" if device.type == "cuda" else "gloo", timedelta(seconds=PEERS_GONE_S)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        torch.distributed.init_process_group(backend, store=fresh_store(world, timeout),
+                                             rank=int(os.environ["RANK"]), world_size=world,
+                                             timeout=timeout)
+    else:
+        torch.distributed.init_process_group(backend, timeout=timeout)
     patient = torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=PATIENT_S))
     return Dist(torch.distributed.get_rank(), world, patient), device
 

@@ -133,23 +133,24 @@ class Diverged(Exception):
 def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     """One optimizer step with CutMix that never waits for the device.
 
+    With --accum-steps K the batch runs as K micro-batches, each with its own CutMix draw
+    (from the step's keyed rng, in turn) and its loss weighted by its share of the batch,
+    so the summed gradient is the whole batch's; clipping, the loss scaler and the update
+    then happen once, as for K = 1. Under DDP the gradients are averaged over the ranks
+    once, after the last micro-batch.
+
     Returns device tensors: (summed loss, lambda-weighted correct count, whether the loss
     was non-finite). A step whose gradients are not finite leaves weights and momentum
     untouched: under AMP the GradScaler skips it, in fp32 the fused SGD is told to.
     The schedule advances either way, so it stays tied to the batch count.
     """
-    mixed = rng.random() < cfg.cutmix_prob  # the same draw as cutmix()'s gate
-    x, ya, yb, lam = paste_box(x, y, rng, cfg.cutmix_alpha) if mixed else (x, y, y, 1.0)
-    # As the reference's code: CutMix's mixed targets are soft already, so label smoothing
-    # applies to the other batches only (--cutmix-label-smoothing: to both)
-    eps = cfg.label_smoothing if not mixed or cfg.cutmix_label_smoothing else 0.0
-    with rt.autocast():
-        out = model(x)
-        loss = F.cross_entropy(out, ya, label_smoothing=eps)
-        if mixed:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(out, yb, label_smoothing=eps)
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    micro = list(zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps)))
+    sums = []
+    for i, (xm, ym) in enumerate(micro):
+        with no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():
+            sums.append(micro_step(model, xm, ym, scaler, rt, cfg, rng, len(xm) / len(x)))
+    loss_sum, correct, bad = (torch.stack(t).sum(0) for t in zip(*sums))
     scaler.unscale_(opt)  # clip the true gradient, not the loss-scaled one (no-op in fp32)
     # The norm is taken even without clipping (max_norm inf): it says on the device whether
     # the gradient, already summed over all ranks, is finite, so every rank skips together.
@@ -162,11 +163,37 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
         else:
             step_unless(opt, ~torch.isfinite(norm))
         sched.step()
+    bad = bad > 0
+    return torch.where(bad, 0.0, loss_sum), correct, bad
+
+
+def micro_step(model, x, y, scaler, rt, cfg, rng, share):
+    """Forward and backward of one (micro-)batch, its loss weighted by its share of the
+    step's batch. Returns (loss x images, correct count, 1.0 if the loss was non-finite)."""
+    mixed = rng.random() < cfg.cutmix_prob  # the same draw as cutmix()'s gate
+    x, ya, yb, lam = paste_box(x, y, rng, cfg.cutmix_alpha) if mixed else (x, y, y, 1.0)
+    # As the reference's code: CutMix's mixed targets are soft already, so label smoothing
+    # applies to the other batches only (--cutmix-label-smoothing: to both)
+    eps = cfg.label_smoothing if not mixed or cfg.cutmix_label_smoothing else 0.0
+    with rt.autocast():
+        out = model(x)
+        loss = F.cross_entropy(out, ya, label_smoothing=eps)
+        if mixed:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(out, yb, label_smoothing=eps)
+    scaler.scale(loss * share if share != 1 else loss).backward()
     loss = loss.detach().float()
-    bad = ~torch.isfinite(loss)
     pred = out.detach().argmax(1)
     correct = lam * (pred == ya).sum() + (1 - lam) * (pred == yb).sum()
-    return torch.where(bad, 0.0, loss * len(x)), correct, bad
+    return loss * len(x), correct.float(), (~torch.isfinite(loss)).float()
+
+
+def no_sync(model):
+    """DDP's no_sync (no gradient all-reduce in this backward pass), for every micro-batch
+    of a step but the last; nothing to do without DDP."""
+    ddp = getattr(model, "net", model)  # (TrainingNetwork holds DDP(net) under torchrun)
+    if isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
 
 
 def augment_on_device(x, y, rt, cfg, key):
@@ -356,7 +383,8 @@ def build_run(cfg, device, dist, images):
     log.info(f"data: {cfg.dataset} in {cfg.data_dir}, {len(x_train):,} train / {evaluated} images"
              f"{pixels} | network: {count_parameters(net):,} parameters | device {device}, "
              f"{rt.precision}, step {rt.step_mode} | workers {workers} | "
-             f"processes {dist.world} (batch {cfg.batch_size // dist.world} each)")
+             f"processes {dist.world} (batch {cfg.batch_size // dist.world} each"
+             f"{accumulation(cfg, dist)})")
     log.info(f"settings that differ from the reference: {changed_settings(cfg)}")
     if cfg.sync_bn:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -367,7 +395,7 @@ def build_run(cfg, device, dist, images):
             net, device_ids=[device.index] if device.type == "cuda" else None)
     model = TrainingNetwork(model, rt.step_mode)  # `net` (saved, evaluated) stays as it is
     with rt.autocast():  # the fast version, for full batches, before any batch is loaded
-        model.prepare(rt.example_batch(cfg.batch_size // dist.world, size))
+        model.prepare(rt.example_batch(cfg.batch_size // dist.world // cfg.accum_steps, size))
     opt, sched = make_optimizer(net, cfg, steps_per_epoch(train_loader))
     scaler = rt.grad_scaler()
     extra = {"model_args": dict(net.model_args), "class_names": list(names),
@@ -465,10 +493,18 @@ def make_events(cfg, dist, done, name):
     return events
 
 
+def accumulation(cfg, dist):
+    if cfg.accum_steps == 1:
+        return ""
+    return (f", as {cfg.accum_steps} micro-batches of {cfg.batch_size // dist.world // cfg.accum_steps}: "
+            f"BatchNorm sees those")
+
+
 def check_distributed(cfg, dist, device):
-    if cfg.batch_size % dist.world:
+    if cfg.batch_size % (dist.world * cfg.accum_steps):
+        each = f" times --accum-steps {cfg.accum_steps}" if cfg.accum_steps > 1 else ""
         raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
-                        f"the {dist.world} processes")
+                        f"the {dist.world} processes{each}")
     if cfg.sync_bn and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on "
                         f"{device.type}")

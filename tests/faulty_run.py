@@ -5,6 +5,8 @@
 FAULT is one of
     step:N:SIG     send SIG (KILL, INT, TERM) to this process after the N-th training step
     step:N:SIG:R   the same, under torchrun in the process of rank R only
+    micro:N        SIGKILL this process after the N-th micro-batch's backward pass
+                   (--accum-steps: between two micro-batches of a step)
     write:N        die (SIGKILL) half-way through writing the N-th checkpoint file
     rename:N       die (SIGKILL) after writing the N-th checkpoint file, before renaming it
     full:N         the N-th checkpoint write fails half-way: no space left on the device
@@ -18,7 +20,8 @@ FAULT is one of
     raise:N        a RuntimeError inside the network's forward pass of the N-th step
     update:N       a RuntimeError in the N-th step after the optimizer changed the weights
     none           no fault
-Steps and checkpoint writes are counted from this process's start.
+Steps and checkpoint writes are counted from this process's start; FAULTY_ONCE=PATH
+makes a step fault fire once (see once()).
 """
 import errno
 import os
@@ -136,6 +139,16 @@ def inject(fault):
         return inject_in_network("forward", int(args[0]), RuntimeError("a bug (injected)"))
     if kind == "update":
         return fail_after_update(int(args[0]))
+    if kind == "micro":
+        real_micro = train.micro_step
+
+        def micro_step(*a):
+            out = real_micro(*a)
+            calls["n"] += 1
+            if calls["n"] == int(args[0]):
+                die()
+            return out
+        train.micro_step = micro_step
     if kind in ("step", "nan"):
         real_step = train.train_step
 
@@ -144,7 +157,7 @@ def inject(fault):
             if kind == "nan" and calls["n"] >= int(args[0]):
                 x = x * float("nan")
             out = real_step(model_, x, *rest)
-            if kind == "step" and calls["n"] == int(args[0]):
+            if kind == "step" and calls["n"] == int(args[0]) and once():
                 os.kill(os.getpid(), getattr(signal, "SIG" + args[1]))
             return out
         train.train_step = step
@@ -162,6 +175,19 @@ def inject(fault):
                     os.truncate(path, os.path.getsize(path) // 2)
                 die()
         torch.save = save  # as checkpoint_files calls it
+
+
+def once():
+    """With FAULTY_ONCE=PATH the fault fires in one process only, the first to reach it
+    (a restarted torchrun worker runs without it): PATH is created just before."""
+    path = os.environ.get("FAULTY_ONCE")
+    if not path:
+        return True
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
 
 
 if __name__ == "__main__":

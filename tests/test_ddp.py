@@ -36,14 +36,17 @@ def odd_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, odd_data):
     out = tmp_path_factory.mktemp("ddp")
-    proc = torchrun("--smoke", "--data-dir", odd_data, "--out-dir", out, "--num-workers", "0")
+    # with gradient accumulation: each rank's 32 images as 2 micro-batches of 16, the
+    # gradients averaged over the ranks once per step (train.no_sync)
+    proc = torchrun("--smoke", "--data-dir", odd_data, "--out-dir", out, "--num-workers", "0",
+                    "--accum-steps", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "processes 2 (batch 32 each, as 2 micro-batches of 16: BatchNorm sees those)" in proc.stdout
     return out, proc
 
 
 def test_two_processes_write_every_output_once(ddp_run):
     out, proc = ddp_run
-    assert "processes 2 (batch 32 each)" in proc.stdout
     log = (out / "training_logs.md").read_text()
     assert log.count("Total params") == 1  # only rank 0 prints and writes
     assert log.count("### Run started") == 1 and log.count("| 0 |") == 1 and log.count("| 1 |") == 1
@@ -73,24 +76,75 @@ def test_logged_accuracy_equals_a_single_process_evaluation_of_the_checkpoint(dd
     assert f"on {TEST_IMAGES} cifar100 test images" in proc.stdout
 
 
-def test_a_resumed_two_process_run_continues_from_the_saved_epoch(ddp_run, tmp_path):
-    out, _ = ddp_run
-    proc = torchrun("--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
-                    "--out-dir", tmp_path, "--gradcam-images", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "at epoch 1, step 0" in proc.stdout and "epoch   0/1" not in proc.stdout
-    straight = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert straight["test_acc"] == resumed["test_acc"]
+def readme_multi_node_command():
+    """The README's two-machine torchrun command, as printed (its two lines joined)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    found = re.search(r"^(torchrun --nnodes=2 .*?\\\n.*?)\s+#", text, re.M)
+    return found.group(1).replace("\\\n", " ").split()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_readme_multi_node(out, data_dir, fault="none"):
+    """The README's command on two torchrun agents on this host, as two machines run it
+    (HOST = 127.0.0.1, one process each, the smoke run): the agents' outputs."""
+    command = readme_multi_node_command()
+    assert "--max-restarts=3" in command and command[-2:] == ["--resume", "auto"]
+    port = free_port()
+    args = [a.replace("HOST:29500", f"127.0.0.1:{port}").replace("--nproc_per_node=8", "--nproc_per_node=1")
+            .replace("/shared/run1", str(out)) for a in command[1:]]
+    script = args.index("train.py")
+    args[script:script + 1] = [os.path.join(ROOT, "tests", "faulty_run.py"), fault]
+    args += ["--smoke", "--data-dir", str(data_dir), "--num-workers", "0", "--accum-steps", "2"]
+    env = dict(os.environ, FAULTY_ONCE=str(out / "killed-once"))
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    try:
+        outputs = [agent.communicate(timeout=400)[0] for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [a.returncode for a in agents] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return "".join(outputs)
+
+
+@pytest.fixture(scope="module")
+def elastic_run(tmp_path_factory, odd_data):
+    out = tmp_path_factory.mktemp("elastic")
+    return out, run_readme_multi_node(out, odd_data)
+
+
+def test_the_readme_multi_node_command_survives_a_killed_worker_bit_identical(elastic_run, odd_data,
+                                                                             tmp_path):
+    """Rank 1 is SIGKILLed in epoch 1; torchrun restarts both workers, and the job resumes
+    from last.pt (epoch 1, step 0) and ends exactly where the uninterrupted job ended.
+    Before runtime.fresh_store the restarted ranks took the killed round's addresses,
+    left in torchrun's store, for the new ones: 2 of 2 such runs failed or hung."""
+    said = run_readme_multi_node(tmp_path, odd_data, "step:40:KILL:1")
+    assert (tmp_path / "killed-once").exists()  # the kill happened
+    assert "resumed from" in said and "at epoch 1, step 0" in said
+    straight = torch.load(elastic_run[0] / "checkpoints" / "last.pt", weights_only=True)
+    elastic = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    for k in ("train_losses", "test_losses", "train_acc", "test_acc", "lrs"):
+        assert straight[k] == elastic[k], k
     for k, v in straight["model_state_dict"].items():
-        assert torch.equal(v, resumed["model_state_dict"][k]), k
+        assert torch.equal(v, elastic["model_state_dict"][k]), k
+    sa, sb = straight["optimizer_state_dict"]["state"], elastic["optimizer_state_dict"]["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
 
 
 def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(ddp_run, odd_data,
                                                                              tmp_path):
     out, _ = ddp_run
     flags = ["--smoke", "--data-dir", odd_data, "--out-dir", tmp_path, "--num-workers", "0",
-             "--gradcam-images", "0"]
+             "--gradcam-images", "0", "--accum-steps", "2"]  # as ddp_run
     proc = torchrun("step:3:TERM:1", *flags, script="tests/faulty_run.py")  # rank 1 only
     assert proc.returncode != 0
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

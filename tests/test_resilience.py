@@ -40,6 +40,19 @@ def reference(small_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def reference_accumulated(small_data, tmp_path_factory):
+    """The same run with --accum-steps 2 (micro-batches of 16), never interrupted."""
+    out = tmp_path_factory.mktemp("reference-accum")
+    proc = faulty("none", *flags(small_data, out, *ACCUM))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "as 2 micro-batches of 16: BatchNorm sees those" in proc.stdout
+    return out
+
+
+ACCUM = ("--accum-steps", "2")
+
+
 def load(out, name="last.pt"):
     return torch.load(os.path.join(out, "checkpoints", name), weights_only=True)
 
@@ -54,27 +67,31 @@ def assert_same_run(a, b):
 
 
 @pytest.mark.slow
-def test_killed_anywhere_and_resumed_each_time_ends_bit_identical(small_data, reference, tmp_path):
+def test_killed_anywhere_and_resumed_each_time_ends_bit_identical(small_data, reference,
+                                                                  reference_accumulated, tmp_path):
+    # with gradient accumulation, whose micro-batches a kill may fall between
     # Counted per process: steps since that process started, checkpoint files it wrote.
     faults = ["step:3:KILL",   # epoch 0, before any checkpoint exists
               "write:2",       # half-way through writing a checkpoint file
               "step:5:INT",    # Ctrl-C mid-epoch: saves the position inside the epoch
               "rename:1",      # checkpoint written but not yet renamed into place
               "step:6:TERM",   # preemption mid-epoch
+              "micro:7:KILL",  # between the two micro-batches of a step (--accum-steps 2)
               "step:4:KILL"]
     kills = []
     for fault in faults:
-        proc = faulty(fault, *flags(small_data, tmp_path, "--resume", "auto"))
+        proc = faulty(fault, *flags(small_data, tmp_path, "--resume", "auto", *ACCUM))
         kills.append((fault, proc.returncode))
         if proc.returncode == 0:
             break
     while proc.returncode != 0:  # finish the run
-        proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto"))
+        proc = faulty("none", *flags(small_data, tmp_path, "--resume", "auto", *ACCUM))
         assert proc.returncode in (0,), proc.stderr[-2000:]
     codes = dict(kills)
     assert codes["step:3:KILL"] == -signal.SIGKILL and codes["step:5:INT"] == 130
-    assert codes["step:6:TERM"] == 143
-    assert_same_run(load(reference), load(tmp_path))
+    assert codes["step:6:TERM"] == 143 and codes["micro:7:KILL"] == -signal.SIGKILL
+    assert_same_run(load(reference_accumulated), load(tmp_path))
+    assert load(reference_accumulated)["lrs"] == load(reference)["lrs"]  # the same schedule
     leftovers = [f for f in os.listdir(tmp_path / "checkpoints") if ".tmp" in f]
     assert not any(f.endswith(".pt") for f in leftovers)  # temporary names never look final
 

@@ -1,6 +1,7 @@
 """The speed machinery as far as a CPU can check it: which precision and step mode a
 device gets, the fast path's dispatch and its fallback to eager, the input-wait warning,
 and the benchmark's GPU helpers. (The CUDA paths themselves run in benchmarks/gpu_check.sh.)"""
+import dataclasses
 import json
 import logging
 import os
@@ -110,11 +111,11 @@ def _net():
     return train.ResNet((1, 1, 1, 1), 8, 10, dropout=0.3)
 
 
-def _train(model, net, batches, full=16):
+def _train(model, net, batches, full=16, accum=1):
     """train_step over (x, y) batches, each keyed as train_epoch keys its steps, after the
     model's fast version is made for `full` images as train.py makes it; returns the
     losses, and the network's state and momentum at the end."""
-    cfg = config.Config(cutmix_prob=0.5)
+    cfg = config.Config(cutmix_prob=0.5, accum_steps=accum)
     opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=len(batches))
     rt = runtime.make_runtime(torch.device("cpu"), "fp32", True, data.DATASETS["cifar100"]["mean"],
                               data.DATASETS["cifar100"]["std"])
@@ -199,6 +200,11 @@ def test_a_run_resumed_at_an_epochs_last_batch_gets_the_fast_version_for_full_ba
     model = runtime.TrainingNetwork(net, "graphs")
     _train(model, net, _batches((8, 16, 16)))  # resumed at the last step: a smaller batch first
     assert made == [(16, 3, 32, 32)] and calls == [16, 16]
+    # --accum-steps 2: made for the micro-batch, which every full step's two halves use
+    made.clear(), calls.clear()
+    model = runtime.TrainingNetwork(_net(), "graphs")
+    _train(model, model.net, _batches((16, 16, 10)), full=8, accum=2)
+    assert made == [(8, 3, 32, 32)] and calls == [8, 8, 8, 8]  # the last step's 5 + 5: eager
 
 
 def test_train_py_makes_the_fast_version_before_any_batch_on_a_synthetic_full_one(monkeypatch,
@@ -216,7 +222,8 @@ def test_train_py_makes_the_fast_version_before_any_batch_on_a_synthetic_full_on
     images = data.Prepared((x, y), (x[:10], y[:10]), (x[:10], y[:10]), data.CIFAR100_CLASSES,
                            *data.normalization(tiny_data, "cifar100"), False)
     run = train.build_run(cfg, torch.device("cpu"), runtime.Dist(), images)
-    assert made == [((48, 3, 32, 32), torch.float32, True)]
+    train.build_run(dataclasses.replace(cfg, accum_steps=3), torch.device("cpu"), runtime.Dist(), images)
+    assert made == [((48, 3, 32, 32), torch.float32, True), ((16, 3, 32, 32), torch.float32, True)]
     assert run.model.fast is not None and run.train_loader._iterator is None  # nothing loaded yet
 
 

@@ -234,3 +234,74 @@ def test_training_stops_once_the_target_accuracy_is_reached(tmp_path, tiny_data,
     assert len(acc) < 4, "the learnable data should pass 2% before the last epoch"
     assert acc[-1] >= 2 and all(a < 2 for a in acc[:-1])  # stopped at the first hit
     assert "reached the target" in capsys.readouterr().out
+
+
+def _resnet_in_eval_mode():
+    """A reduced network whose BatchNorm uses its running statistics: without batch
+    statistics, micro-batches and the whole batch compute the same gradient."""
+    from model import ResNet
+    torch.manual_seed(0)
+    return ResNet((1, 1, 1, 1), 8, 10, dropout=0.0).eval()
+
+
+def test_two_micro_batches_make_the_update_of_the_whole_batch():
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    results = {}
+    for k in (1, 2, 4):
+        model, cfg = _resnet_in_eval_mode(), config.Config(cutmix_prob=0.0, accum_steps=k)
+        opt, sched = train.make_optimizer(model, cfg, steps_per_epoch=10)
+        lrs = []
+        for _ in range(3):
+            (loss_sum, correct, bad), _ = _step(model, cfg, x, y, opt, sched)
+            lrs.append(sched.get_last_lr()[0])
+        results[k] = float(loss_sum), float(correct), _params_and_momentum(model, opt), lrs
+    for k in (2, 4):
+        assert results[k][0] == pytest.approx(results[1][0], rel=1e-5)
+        assert results[k][1] == results[1][1] and results[k][3] == results[1][3]
+        assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+                   for a, b in zip(results[k][2], results[1][2]))
+    # in training mode BatchNorm normalises each micro-batch by its own statistics
+    stats = {}
+    for k in (1, 2):
+        model, cfg = _resnet_in_eval_mode().train(), config.Config(cutmix_prob=0.0, accum_steps=k)
+        (loss_sum, _, _), _ = _step(model, cfg, x, y)
+        stats[k] = float(loss_sum), model.bn1.running_var.clone()
+    assert stats[1][0] != pytest.approx(stats[2][0], rel=1e-4)
+    assert not torch.allclose(stats[1][1], stats[2][1])
+
+
+def test_a_batch_that_micro_batches_do_not_split_evenly_is_refused():
+    with pytest.raises(config.UserError, match=r"--batch-size must be a multiple of "
+                                               r"--accum-steps 3 .*\(got 128\)"):
+        config.resolve_config({"accum_steps": 3})
+    with pytest.raises(config.UserError, match=r"--accum-steps must be at least 1 \(got 0\)"):
+        config.resolve_config({"accum_steps": 0})
+    from runtime import Dist
+    cfg = config.resolve_config({"accum_steps": 2, "batch_size": 66})  # 33 per micro-batch
+    with pytest.raises(config.UserError, match=r"--batch-size 66 is the global batch and must "
+                                               r"divide by the 2 processes times --accum-steps 2"):
+        train.check_distributed(cfg, Dist(0, 2), torch.device("cpu"))
+
+
+def test_under_ddp_the_gradients_are_averaged_once_per_step(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(_resnet_in_eval_mode())
+        reductions = []
+
+        def count(state, bucket):
+            reductions.append(bucket.index())
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+        model.register_comm_hook(None, count)
+        cfg = config.Config(cutmix_prob=0.0, accum_steps=4)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        opt, sched = train.make_optimizer(model, cfg, steps_per_epoch=10)
+        _step(model, cfg, x, y, opt, sched)
+        buckets = len(set(reductions))
+        assert len(reductions) == buckets  # each bucket once, after the fourth micro-batch
+    finally:
+        dist.destroy_process_group()
