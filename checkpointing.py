@@ -134,9 +134,10 @@ def pick_resume(resume, out_dir, say=True):
 
 
 # What a reference checkpoint says of its run's config: the data set and network (from
-# the weights), and what its repo cannot do at all (no --val-split, --smoke, --init-from).
+# the weights), and what its repo cannot do at all (no --val-split, --smoke, --init-from,
+# --accum-steps).
 KNOWN_OF_A_REFERENCE_RUN = {"dataset", "blocks", "width", "val_split", "smoke", "init_from",
-                            "image_size"}  # (CIFAR: 32 px)
+                            "image_size", "accum_steps"}  # (CIFAR: 32 px; no accumulation)
 
 
 def adopt_reference(ckpt):

@@ -8,7 +8,7 @@ from conftest import ROOT
 
 # Lowest first; a module may import any module of a lower floor, none of its own or higher.
 FLOORS = [
-    ["cifar", "images", "failures"],
+    ["cifar", "images", "failures", "progress"],
     ["checkpoint_files", "imagefolder"],
     ["model", "data", "metrics"],
     ["config"],
