@@ -404,7 +404,7 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
                       cfg.out_dir) from e
     finally:
         run.events.close()
-    dist.barrier()  # ranks leave together: one tearing down early can abort the others
+    dist.barrier(patient=True)  # ranks leave together, however long rank 0 took to finish
 
 
 def resume_into(run, ckpt, path, given):
