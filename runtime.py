@@ -5,6 +5,7 @@ its --evaluate uses them on a saved checkpoint.
 """
 import contextlib
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -95,11 +96,11 @@ STORE_KEY = "enhanced-resnet34/store"
 def fresh_store(world, timeout):
     """The store the process group is made in: a new one that rank 0 serves, for each
     start of the workers. torchrun's agents keep one store for all restarts of an elastic
-    job, and its keys for the process group are not per restart (its restart counts differ
-    between agents: pytorch/pytorch#135712), so restarted ranks would read the killed
-    ranks' addresses and fail ("Gloo connectFullMesh failed ... Connection refused").
-    Rank 0 publishes its new store's port in the agent's store; a rank that reads a port
-    of the killed round finds nobody serving it and reads again."""
+    job, with the process group's keys in it: a restarted rank that comes before its peer
+    reads the killed peer's address there and fails ("Gloo connectFullMesh failed ...
+    Connection refused") or waits for ever (pytorch/pytorch#135712). Rank 0 publishes its
+    new store's port in the agent's store; a rank that reads the port of a killed rank 0
+    finds nobody serving it and reads again."""
     from torch.distributed import TCPStore
     host, rank = os.environ["MASTER_ADDR"], int(os.environ["RANK"])
     agent = TCPStore(host, int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout)
@@ -110,12 +111,25 @@ def fresh_store(world, timeout):
     deadline = time.monotonic() + timeout.total_seconds()
     while True:
         port = int(agent.get(STORE_KEY))  # waits until rank 0 (of this round or the last) set it
-        try:
-            return TCPStore(host, port, world, is_master=False, timeout=timedelta(seconds=5))
-        except Exception:  # noqa: BLE001 -- refused, reset or timed out: the killed round's port
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+        if serves(host, port):
+            try:
+                return TCPStore(host, port, world, is_master=False, timeout=timeout)
+            except Exception:  # noqa: BLE001 -- the port was the killed round's, now another's
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 of the torchrun job did not start its store in "
+                               f"{timeout.total_seconds():.0f} s")
+        time.sleep(0.2)
+
+
+def serves(host, port):
+    """Whether anybody accepts connections at host:port: a plain connect, answered at once
+    (TCPStore's own client retries a refused port until its timeout)."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
 
 
 def init_distributed(device_name):
