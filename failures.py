@@ -11,6 +11,7 @@ step when the state is intact, and turns it into Crashed once it has saved what 
 """
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -104,6 +105,16 @@ def _last_line(text):
     return lines[-1][:200] if lines else ""
 
 
+def _peers_timeout(text):
+    """For a collective that gave up waiting: ' (after N s)', or '' where gloo does not say
+    how long (a second operation on the closed connection). None for other errors."""
+    found = (re.search(r"Timed out waiting (\d+)\s?ms for \w+ operation", text)  # gloo
+             or re.search(r"collective operation timeout.*?Timeout\(ms\)=(\d+)", text, re.S))
+    if found:
+        return f" (after {int(found.group(1)) / 1000:.0f} s)"
+    return "" if "Application timeout caused pair closure" in text else None
+
+
 def describe(exc, device=None, batch_size=None, eval_batch_size=None, phase=None):
     """(what happened, what to try or None) for an unexpected exception.
 
@@ -126,6 +137,11 @@ def describe(exc, device=None, batch_size=None, eval_batch_size=None, phase=None
                 "fewer workers use less memory: add --num-workers 1")
     if "in DataLoader worker process" in text:  # the worker's own exception, re-raised here
         return f"a data-loading worker failed: {_last_line(text)}", "check the data files"
+    waited = _peers_timeout(text)
+    if waited is not None:
+        return (f"the other processes of the torchrun job stopped answering{waited}: one of "
+                f"them hung, or its machine or network is gone",
+                "the other machines' output says which")
     if isinstance(exc, getattr(torch.distributed, "DistError", ())) or "closed by peer" in text:
         return ("another process of the torchrun job failed or lost its connection",
                 "its own error line says why")

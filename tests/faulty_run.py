@@ -5,6 +5,8 @@
 FAULT is one of
     step:N:SIG     send SIG (KILL, INT, TERM) to this process after the N-th training step
     step:N:SIG:R   the same, under torchrun in the process of rank R only
+    hang:N:R       under torchrun, the process of rank R stops answering after the N-th
+                   step (sleeps; SIGTERM ends it), as a hung rank or a lost machine
     micro:N        SIGKILL this process after the N-th micro-batch's backward pass
                    (--accum-steps: between two micro-batches of a step)
     write:N        die (SIGKILL) half-way through writing the N-th checkpoint file
@@ -21,7 +23,8 @@ FAULT is one of
     update:N       a RuntimeError in the N-th step after the optimizer changed the weights
     none           no fault
 Steps and checkpoint writes are counted from this process's start; FAULTY_ONCE=PATH
-makes a step fault fire once (see once()).
+makes a step fault fire once (see once()); PEERS_GONE_S=S shortens how long a rank waits
+for its torchrun peers (runtime.PEERS_GONE_S).
 """
 import errno
 import os
@@ -123,7 +126,7 @@ def fail_after_update(n):
 def inject(fault):
     kind, *args = fault.split(":")
     calls = {"n": 0}
-    rank_arg = {"step": 2, "worker": 1}.get(kind)
+    rank_arg = {"step": 2, "worker": 1, "hang": 1}.get(kind)
     if rank_arg is not None and len(args) > rank_arg and os.environ.get("RANK", "0") != args[rank_arg]:
         return  # another rank's fault
     if kind == "worker":
@@ -149,6 +152,17 @@ def inject(fault):
                 die()
             return out
         train.micro_step = micro_step
+    if kind == "hang":
+        real_step = train.train_step
+
+        def step(*a):
+            out = real_step(*a)
+            calls["n"] += 1
+            if calls["n"] == int(args[0]):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(3600)
+            return out
+        train.train_step = step
     if kind in ("step", "nan"):
         real_step = train.train_step
 
@@ -191,6 +205,9 @@ def once():
 
 
 if __name__ == "__main__":
+    if os.environ.get("PEERS_GONE_S"):
+        import runtime
+        runtime.PEERS_GONE_S = float(os.environ["PEERS_GONE_S"])
     if sys.argv[1] != "none":
         inject(sys.argv[1])
     sys.exit(train.main(sys.argv[2:]))
