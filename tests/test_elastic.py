@@ -43,6 +43,28 @@ def test_a_restarted_rank_skips_the_killed_rank_0s_store_and_joins_the_new_one(m
     assert mine.port not in (agent.port, new["store"].port)
 
 
+def test_under_an_elastic_agent_the_process_group_is_made_in_a_fresh_store(monkeypatch):
+    """The wiring the race test can only catch most of the time: with torchrun's agent
+    store (elastic), init_distributed makes the process group in fresh_store's store, with
+    the bound for gone peers; without it (--standalone), in torch's own env:// set-up."""
+    made = []
+    monkeypatch.setattr(runtime, "fresh_store", lambda world, timeout: ("fresh", world, timeout))
+    monkeypatch.setattr(runtime.torch.distributed, "init_process_group",
+                        lambda backend, **kw: made.append((backend, kw)))
+    monkeypatch.setattr(runtime.torch.distributed, "new_group", lambda **kw: None)
+    monkeypatch.setattr(runtime.torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    runtime.init_distributed("cpu")
+    bound = timedelta(seconds=runtime.PEERS_GONE_S)
+    assert made[-1] == ("gloo", {"store": ("fresh", 2, bound), "rank": 1, "world_size": 2,
+                                 "timeout": bound})
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    runtime.init_distributed("cpu")
+    assert made[-1] == ("gloo", {"timeout": bound})
+
+
 @pytest.mark.slow
 def test_an_elastic_job_meets_again_after_each_of_three_killed_workers(tmp_path):
     """Each restart has one rank come a second late, so the other finds the killed round's
