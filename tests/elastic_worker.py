@@ -4,12 +4,12 @@ benchmarks/elastic.py: a restart costs seconds here, not a training run's start.
     torchrun ... tests/elastic_worker.py FOLDER KILLS [plain]
 
 Each start appends a line to FOLDER/starts-rank<R>. Rank 1 SIGKILLs itself on its first
-KILLS starts, after the ranks have met (torchrun then restarts both workers). On a
-restart the rank that starts second waits DELAY seconds (env, default 1) before it joins:
-the first then finds its peer's address of the killed round in torchrun's store, the
-race that runtime.fresh_store ends. With STAY=1 rank 1 then waits to be killed with its
-agent (a lost machine). `plain` joins with torch's own env:// set-up instead
-of runtime.init_distributed, to show that race.
+KILLS starts, after the ranks have met (torchrun then restarts both workers). At each
+restart one rank (rank 0, then rank 1, in turn) waits DELAY seconds (env, default 1)
+before it joins: the other then finds its peer's address of the killed round in
+torchrun's store, the race that runtime.fresh_store ends. With STAY=1 rank 1 then waits
+to be killed with its agent (a lost machine). `plain` joins with torch's own env://
+set-up instead of runtime.init_distributed, to show that race.
 """
 import contextlib
 import os

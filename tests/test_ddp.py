@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
+from elastic_worker import free_port
 from train import SYNC_EVERY
 
 pytestmark = pytest.mark.slow  # every test here starts a torchrun job
@@ -81,13 +82,6 @@ def readme_multi_node_command():
         text = f.read()
     found = re.search(r"^(torchrun --nnodes=2 .*?\\\n.*?)\s+#", text, re.M)
     return found.group(1).replace("\\\n", " ").split()
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_readme_multi_node(out, data_dir, fault="none"):
