@@ -123,6 +123,25 @@ def fail_after_update(n):
     train.step_unless = step_unless
 
 
+def after_call(module, name, n, action):
+    """Run action() after the n-th call of module.name (counted from this process's start)."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def wrapper(*a):
+        out = real(*a)
+        calls["n"] += 1
+        if calls["n"] == n:
+            action()
+        return out
+    setattr(module, name, wrapper)
+
+
+def hang():
+    """Stop answering, as a hung rank or a machine gone silent; SIGTERM still ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(3600)
+
+
 def inject(fault):
     kind, *args = fault.split(":")
     calls = {"n": 0}
@@ -143,26 +162,9 @@ def inject(fault):
     if kind == "update":
         return fail_after_update(int(args[0]))
     if kind == "micro":
-        real_micro = train.micro_step
-
-        def micro_step(*a):
-            out = real_micro(*a)
-            calls["n"] += 1
-            if calls["n"] == int(args[0]):
-                die()
-            return out
-        train.micro_step = micro_step
+        return after_call(train, "micro_step", int(args[0]), die)
     if kind == "hang":
-        real_step = train.train_step
-
-        def step(*a):
-            out = real_step(*a)
-            calls["n"] += 1
-            if calls["n"] == int(args[0]):
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                time.sleep(3600)
-            return out
-        train.train_step = step
+        return after_call(train, "train_step", int(args[0]), hang)
     if kind in ("step", "nan"):
         real_step = train.train_step
 
