@@ -9,7 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-import data
+from . import data
 
 
 def _f(default, help, **kw):

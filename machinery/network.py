@@ -35,14 +35,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint_files import (check_model_args, fill_metadata, load_checkpoint, load_weights,
+from .checkpoint_files import (check_model_args, fill_metadata, load_checkpoint, load_weights,
                               model_args_from_state_dict, upgrade_state_dict)
-from images import load_image, normalize
+from .images import load_image, normalize
 # Defined elsewhere since the house was split; imported from here by earlier code.
-from checkpoint_files import (CheckpointError, atomic_path, dataset_of,  # noqa: F401
+from .checkpoint_files import (CheckpointError, atomic_path, dataset_of,  # noqa: F401
                               find_latest_checkpoint, init_from_checkpoint, network_name,
                               periodic_checkpoints, position_of, save_checkpoint)
-from images import standardize  # noqa: F401
+from .images import standardize  # noqa: F401
 
 SEED_BLOCKS = (5, 5, 5, 5)
 SEED_WIDTH = 64

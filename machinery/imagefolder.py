@@ -29,8 +29,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from cifar import DataError
-from images import load_image
+from .cifar import DataError
+from .images import load_image
 
 # torchvision's ImageFolder's extensions, and GIF (its first frame)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")

@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from config import Config
-from config import flags as config_flags
+from .config import Config
+from .config import flags as config_flags
 
 log = logging.getLogger("train")
 table = logging.getLogger("train.table")  # the markdown epoch table in training_logs.md

@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
-from failures import one_line, report
-from images import load_image, normalize
-from metrics import new_figure, save_figure
-from model import model_from_checkpoint
+from .checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
+from .failures import one_line, report
+from .images import load_image, normalize
+from .metrics import new_figure, save_figure
+from .network import model_from_checkpoint
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
 
@@ -209,9 +209,9 @@ def main(argv=None):
                    help="on a crash, print the full traceback too (it always goes to "
                         "<out-dir>/crash.log)")
     args = p.parse_args(argv)
-    import data
-    from config import UserError
-    from runtime import pick_device
+    from . import data
+    from .config import UserError
+    from .runtime import pick_device
     try:
         if args.num_images < 1:
             raise ValueError(f"--num-images must be at least 1 (got {args.num_images})")

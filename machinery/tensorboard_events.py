@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from config import UserError
+from .config import UserError
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from checkpoint_files import CheckpointError, atomic_path
+from .checkpoint_files import CheckpointError, atomic_path
 
 
 # Figures use matplotlib's object API: no global pyplot state, no display needed.

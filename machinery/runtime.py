@@ -13,10 +13,10 @@ from datetime import timedelta
 import torch
 import torch.nn.functional as F
 
-from config import UserError
-from failures import one_line
-from logs import log
-from images import normalize
+from .config import UserError
+from .failures import one_line
+from .logs import log
+from .images import normalize
 
 
 # -----------------------------------------------------------------------------

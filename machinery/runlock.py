@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 
-from config import UserError
+from .config import UserError
 
 LOCK_NAME = "run.lock"
 # what the lock raises when another process holds it: flock's EWOULDBLOCK (EAGAIN),

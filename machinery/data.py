@@ -21,12 +21,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import cifar  # noqa: E402
-import imagefolder  # noqa: E402
+from . import cifar  # noqa: E402
+from . import imagefolder  # noqa: E402
 # the CIFAR files' names, re-exported so that data.DATASETS & co. keep working for callers
-from cifar import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES,  # noqa: E402,F401
+from .cifar import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES,  # noqa: E402,F401
                    DATASETS, DataError, write_synthetic_dataset)
-from images import standardize  # noqa: E402
+from .images import standardize  # noqa: E402
 
 
 # -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import torch
 
-import cifar
+from . import cifar
 
 # The seed network's shape (model.SEED_BLOCKS / SEED_WIDTH), named "ResNet34" in messages
 # as the reference names it; tests/test_model.py checks the two agree.

@@ -14,15 +14,15 @@ import dataclasses
 import os
 import sys
 
-import data
-import gradcam_utils
-from checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_checkpoint
-from config import Config
-from failures import Crashed, one_line
-from logs import log, table, top5_text
-from metrics import write_evaluation_report, write_metrics
-from model import model_from_checkpoint
-from runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
+from . import data
+from . import gradcam
+from .checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_checkpoint
+from .config import Config
+from .failures import Crashed, one_line
+from .logs import log, table, top5_text
+from .metrics import write_evaluation_report, write_metrics
+from .network import model_from_checkpoint
+from .runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
 
 
 def evaluate_checkpoint(path, tta, explicit):
@@ -135,7 +135,7 @@ def finish(run, last, x_test, y_test):
         log.info(f"the best model's per-class test accuracy and confusion matrix: {folder}")
         if cfg.gradcam_images:
             out = os.path.join(cfg.out_dir, "gradcam_outputs")
-            gradcam_utils.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
+            gradcam.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
             run.events.image("gradcam", os.path.join(out, "gradcam_grid.png"), step)
             log.info(f"Grad-CAM of the best model (epoch {best['epoch']}, "
                      f"{best['test_accuracy']:.2f}%): {out}")

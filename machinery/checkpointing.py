@@ -15,11 +15,11 @@ import warnings
 
 import torch
 
-from checkpoint_files import (CheckpointError, check_model_args, dataset_of, fill_metadata,
+from .checkpoint_files import (CheckpointError, check_model_args, dataset_of, fill_metadata,
                               find_latest_checkpoint, load_checkpoint, load_weights,
                               model_args_from_state_dict, periodic_checkpoints, position_of,
                               save_checkpoint)
-from config import RECIPE, Config
+from .config import RECIPE, Config
 
 
 def history_keys(cfg):
