@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
-from images import standardize
-from model import model_from_checkpoint
+from machinery.checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
+from machinery.images import standardize
+from machinery.network import model_from_checkpoint
 
 CHECK_IMAGES = 64
 TOLERANCE = 1e-4  # max |difference| of a probability, fp32
@@ -71,7 +71,7 @@ def deployable(path):
 def check_images(ckpt):
     """64 uint8 (N, size, size, 3) images: the checkpoint's test set if it is on disk
     (never downloaded for this), else generated. Returns (images, where they came from)."""
-    import data
+    from machinery import data
     cfg = ckpt.get("config") or {}
     name = cfg.get("dataset") or dataset_of(ckpt) or "cifar100"
     size = ckpt["image_size"]

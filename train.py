@@ -27,25 +27,27 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import data
-import tensorboard_events
-from checkpoint_files import CheckpointError, init_from_checkpoint, load_checkpoint, save_checkpoint
-from checkpointing import (CheckpointWriter, adopt_reference, history_keys, is_reference,
-                           make_checkpoint, others_periodic, pick_resume, replay_schedule, restore,
-                           resumed_line, retention, saved_lr_mismatch, save_epoch_checkpoints,
-                           settings_line, to_host, why_not_resumable)
-from config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
-from evaluation import evaluate_checkpoint, final_test, finish
-from failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, changing_state,
-                      describe, one_line, report)
-from logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
-                  start_epoch_table)
-from metrics import LiveMetrics, write_metrics
-from model import ResNet, count_parameters
-from progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
-from runlock import holding_out_dir
-from runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
-                     default_workers, evaluate, init_distributed, make_runtime)
+from machinery import data, tensorboard_events
+from machinery.checkpoint_files import (CheckpointError, init_from_checkpoint, load_checkpoint,
+                                        save_checkpoint)
+from machinery.checkpointing import (CheckpointWriter, adopt_reference, history_keys,
+                                     is_reference, make_checkpoint, others_periodic, pick_resume,
+                                     replay_schedule, restore, resumed_line, retention,
+                                     saved_lr_mismatch, save_epoch_checkpoints, settings_line,
+                                     to_host, why_not_resumable)
+from machinery.config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
+from machinery.evaluation import evaluate_checkpoint, final_test, finish
+from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped,
+                                changing_state, describe, one_line, report)
+from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
+                            start_epoch_table)
+from machinery.metrics import LiveMetrics, write_metrics
+from machinery.network import ResNet, count_parameters
+# train.new_progress & co. were defined here once; imported from here by earlier code
+from machinery.progress import Tally, new_progress, timed  # noqa: F401
+from machinery.runlock import holding_out_dir
+from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
+                               default_workers, evaluate, init_distributed, make_runtime)
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 

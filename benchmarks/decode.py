@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from images import load_image  # noqa: E402
+from machinery.images import load_image  # noqa: E402
 
 
 def photo(rng, w, h, noise):

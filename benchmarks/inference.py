@@ -24,7 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import cifar  # noqa: E402
+from machinery import cifar  # noqa: E402
 import export  # noqa: E402
 from model import ResNet, ResNet34  # noqa: E402
 

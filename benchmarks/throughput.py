@@ -42,12 +42,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import data  # noqa: E402
+from machinery import data  # noqa: E402
 import train  # noqa: E402
-from config import Config  # noqa: E402
+from machinery.config import Config  # noqa: E402
 from gpu_busy import GpuBusy, breakdown, nvidia_smi_id  # noqa: E402
 from model import ResNet  # noqa: E402
-from runtime import (DTYPES, TrainingNetwork, default_workers, has_native_bf16,  # noqa: E402
+from machinery.runtime import (DTYPES, TrainingNetwork, default_workers, has_native_bf16,  # noqa: E402
                      make_runtime, pick_device)
 
 SPEC = data.DATASETS["cifar100"]

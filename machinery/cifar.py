@@ -6,7 +6,7 @@ One small reader turns the standard pickle files (`cifar-100-python/{train,test,
 torchvision (which verifies their checksums); tests and `train.py --smoke` write generated
 files in exactly the same format, so both go through the same reader.
 
-Light on purpose (numpy and the standard library): model.py takes the class names and
+Light on purpose (numpy and the standard library): the checkpoint loaders take the class names and
 statistics from here for checkpoints that do not carry them, without importing the
 augmentation pipeline.
 """

@@ -1,30 +1,18 @@
 """Grad-CAM pictures: where the network looks when it makes a prediction.
 
-    python gradcam_utils.py --checkpoint checkpoints/best_model.pt [--num-images 6]
-                            [--out-dir gradcam_outputs] [--misclassified]
-    python gradcam_utils.py --checkpoint checkpoints/best_model.pt --images cat.jpg dog.png
-
-The network is rebuilt from the checkpoint alone; the test images come from the data set
-the checkpoint was trained on. Writes gradcam_grid.png (image and heat-map overlay per
-sample, with predicted and true class) and gradcam_idx{i}_overlay.png for each sample.
-With --images it explains your own pictures instead: the top-3 classes and an overlay,
-gradcam_<name>.png, for each. Grad-CAM is taken at the last BasicBlock of layer4 (a 4x4 map for 32x32 inputs, upsampled).
-train.py calls the same functions after training.
+The heat maps and the pictures drawn from them; gradcam_utils.py is their command line,
+and the end of a training run (evaluation.finish) calls the same functions. Grad-CAM is
+taken at the last BasicBlock of layer4 (a 4x4 map for 32x32 inputs, upsampled).
 """
-import argparse
 import math
 import os
-import sys
 
 import cv2
 import numpy as np
 import torch
 
-from .checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
-from .failures import one_line, report
 from .images import load_image, normalize
 from .metrics import new_figure, save_figure
-from .network import model_from_checkpoint
 
 DISPLAY = 128  # pixels per side when drawing a 32x32 image
 
@@ -138,7 +126,7 @@ def save_grid(samples, path, cols=3):
 
 
 # -----------------------------------------------------------------------------
-# Command line
+# The user's own pictures
 
 def explain_pictures(model, ckpt, sources, out_dir, k=3):
     """Grad-CAM and top-k classes for the user's own pictures (paths, any size or format).
@@ -183,70 +171,3 @@ def save_picture_overlay(image, cam, guesses, title, path):
     fig.suptitle(os.path.basename(title), fontsize=9)
     save_figure(fig, path)
     return path
-
-
-def print_table(rows):
-    for src, guesses, path in rows:
-        top = "  ".join(f"{n} {100 * p:5.1f}%" for n, p in guesses)
-        print(f"{src}: {top}  -> {path}")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Grad-CAM pictures for a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="e.g. checkpoints/best_model.pt")
-    p.add_argument("--images", nargs="+", metavar="FILE",
-                   help="explain these pictures (any size; centre-cropped, resized to the "
-                        "checkpoint's image size, 32x32 for CIFAR) "
-                        "instead of test images")
-    p.add_argument("--num-images", type=int, default=6, help="how many test images (default 6)")
-    p.add_argument("--out-dir", default="gradcam_outputs", help="default: gradcam_outputs")
-    p.add_argument("--misclassified", action="store_true",
-                   help="explain images the model gets wrong instead of the first ones")
-    p.add_argument("--data-dir", default=None,
-                   help="data set folder (default: the one the checkpoint was trained from)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
-    p.add_argument("--debug", action="store_true",
-                   help="on a crash, print the full traceback too (it always goes to "
-                        "<out-dir>/crash.log)")
-    args = p.parse_args(argv)
-    from . import data
-    from .config import UserError
-    from .runtime import pick_device
-    try:
-        if args.num_images < 1:
-            raise ValueError(f"--num-images must be at least 1 (got {args.num_images})")
-        device = pick_device(args.device)
-        ckpt = load_checkpoint(args.checkpoint)
-        cfg = ckpt.get("config", {})
-        name = dataset_of(ckpt) or "cifar100"
-        root = args.data_dir or cfg.get("data_dir", "./data")
-        note = fill_metadata(ckpt)  # the reference's files: names and statistics of CIFAR
-        model, _ = model_from_checkpoint(ckpt, device,
-                                         expected={"num_classes": len(ckpt["class_names"])})
-        if not args.images:
-            if name != data.FOLDER:
-                data.ensure_dataset(root, name)
-            x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"],
-                                             cfg.get("cache_dir") or None)
-        if note:  # said once everything is in place: a failure above gets its one line alone
-            print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
-        if args.images:
-            rows, errors = explain_pictures(model, ckpt, args.images, args.out_dir)
-            print_table(rows)
-            for line in errors:
-                print(line, file=sys.stderr)
-            return 1 if errors else 0
-        paths = explain_test_images(model, ckpt, x_test, y_test, args.out_dir,
-                                    args.num_images, args.misclassified)
-    except (CheckpointError, data.DataError, UserError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # not the user's fault (out of memory, a bug): one line all the same
-        return report(e, one_line(e, device=args.device), args.out_dir, debug=args.debug)
-    for path in paths:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

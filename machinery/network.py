@@ -1,4 +1,5 @@
-"""Enhanced ResNet34 for 32x32 images (CIFAR-100), and the one loader its users need.
+"""Enhanced ResNet34 for 32x32 images (CIFAR-100): the network, and rebuilding it from a
+checkpoint. Users import it through the top-level model.py.
 
 The seed network is `ResNet34(num_classes=100)`: a 3x3 stride-1 stem with no max-pool (a
 32x32 image keeps its full resolution through the first stage), BasicBlocks [5, 5, 5, 5]
@@ -8,41 +9,13 @@ any depth and width, so tests and quick runs use a reduced one through the same 
 The reference repo's names work as its users wrote them (`ResNet34(num_classes, dropout)`,
 `get_resnet34`, `BasicBlock(in, out, stride, downsample, dropout)`, `BasicBlock.expansion`)
 and its state-dict keys are this network's, so its checkpoints load as they are.
-
-Inference, as in the reference README (its checkpoints or this repo's):
-
-    model = ResNet34(num_classes=100)
-    model.load_state_dict(torch.load("checkpoints/best_model.pt")["model_state_dict"])
-
-or, rebuilding whatever network a checkpoint holds from the file alone:
-
-    model, ckpt = model_from_checkpoint("checkpoints/best_model.pt")
-
-or, for predictions on your own pictures (paths, PIL images or uint8 arrays, any size):
-
-    clf = load_classifier("checkpoints/best_model.pt")
-    predict(clf, ["cat.jpg"], k=3)   # [[("cat", 0.71), ("tiger", 0.08), ("fox", 0.05)]]
-
-Checkpoint files live in checkpoint_files.py and image decoding in images.py; the names
-that used to be defined here are imported below, so `from model import load_checkpoint`
-and the like keep working.
 """
-import warnings
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint_files import (check_model_args, fill_metadata, load_checkpoint, load_weights,
-                              model_args_from_state_dict, upgrade_state_dict)
-from .images import load_image, normalize
-# Defined elsewhere since the house was split; imported from here by earlier code.
-from .checkpoint_files import (CheckpointError, atomic_path, dataset_of,  # noqa: F401
-                              find_latest_checkpoint, init_from_checkpoint, network_name,
-                              periodic_checkpoints, position_of, save_checkpoint)
-from .images import standardize  # noqa: F401
+from .checkpoint_files import (check_model_args, load_checkpoint, load_weights,
+                               model_args_from_state_dict, upgrade_state_dict)
 
 SEED_BLOCKS = (5, 5, 5, 5)
 SEED_WIDTH = 64
@@ -169,7 +142,7 @@ def count_parameters(model):
 
 
 # -----------------------------------------------------------------------------
-# From a checkpoint to predictions
+# From a checkpoint to the network
 
 def model_from_checkpoint(ckpt, device="cpu", expected=None):
     """Rebuild the network a checkpoint (a path or a loaded dict) holds, in eval mode:
@@ -189,39 +162,3 @@ def model_from_checkpoint(ckpt, device="cpu", expected=None):
     model = build_model(args)
     load_weights(model, state)
     return model.to(device).eval(), ckpt
-
-
-
-@dataclass
-class Classifier:
-    """A trained network with what it takes to use it: class names and normalisation."""
-    model: nn.Module
-    class_names: list
-    mean: tuple
-    std: tuple
-    image_size: int = 32  # what the network was trained at (pictures are resized to it)
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-
-def load_classifier(path, device="cpu"):
-    """One call from a checkpoint file to a ready model (eval mode) with its class names.
-    A file without names or normalisation (the reference's) gets CIFAR's, with a warning."""
-    model, ckpt = model_from_checkpoint(path, device)
-    note = fill_metadata(ckpt)
-    if note:
-        warnings.warn(f"{path}: {note}", stacklevel=2)
-    return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]),
-                      int(ckpt["image_size"]))
-
-
-@torch.no_grad()
-def predict(clf, images, k=5):
-    """Top-k (class name, probability) for each image (see load_image for what an image is)."""
-    batch = np.stack([load_image(im, clf.image_size) for im in images])
-    probs = clf.model(normalize(batch, clf.mean, clf.std).to(clf.device)).float().softmax(1)
-    top = probs.topk(min(k, probs.shape[1]), dim=1)
-    return [[(clf.class_names[i], float(p)) for p, i in zip(ps.tolist(), idx.tolist())]
-            for ps, idx in zip(top.values.cpu(), top.indices.cpu())]

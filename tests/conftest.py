@@ -46,7 +46,7 @@ def smoke_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small generated CIFAR-100 data set on disk, in the real file format."""
-    import data
+    from machinery import data
     root = tmp_path_factory.mktemp("cifar")
     data.write_synthetic_dataset(str(root), "cifar100", n_train=300, n_test=100, seed=3)
     return str(root)

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-import runtime  # noqa: E402
+from machinery import runtime  # noqa: E402
 
 
 def count_start(folder, rank):

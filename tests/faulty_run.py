@@ -36,8 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import data  # noqa: E402
-import evaluation  # noqa: E402
+from machinery import data, evaluation  # noqa: E402
 import train  # noqa: E402
 
 
@@ -208,7 +207,7 @@ def once():
 
 if __name__ == "__main__":
     if os.environ.get("PEERS_GONE_S"):
-        import runtime
+        from machinery import runtime
         runtime.PEERS_GONE_S = float(os.environ["PEERS_GONE_S"])
     if sys.argv[1] != "none":
         inject(sys.argv[1])

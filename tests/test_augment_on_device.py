@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import data
-from images import normalize
+from machinery import data
+from machinery.images import normalize
 
 SPEC = data.DATASETS["cifar100"]
 N = 20_000  # samples from each pipeline: 5,000 of each of 4 images

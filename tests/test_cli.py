@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint_files import save_checkpoint
+from machinery.checkpoint_files import save_checkpoint
 from conftest import run_script
 from model import ResNet
 
@@ -64,8 +64,8 @@ def test_smoke_checkpoint_has_every_key_and_loads_safely(smoke_run):
 def test_the_readme_snippets_way_predicts_what_evaluate_reports(smoke_run, tmp_path):
     # The README's snippet (build, torch.load, load_state_dict, eval, argmax) on the smoke
     # run's trained checkpoint: its predictions give --evaluate's per-class counts.
-    import data
-    from images import normalize
+    from machinery import data
+    from machinery.images import normalize
     from model import build_model
     out, _ = smoke_run
     path = out / "checkpoints" / "best_model.pt"
@@ -247,7 +247,7 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
 @pytest.mark.slow
 def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_path):
     from test_data import poison
-    import data
+    from machinery import data
     out, _ = smoke_run
     root, marker = tmp_path / "data", tmp_path / "payload_ran"
     data.write_synthetic_dataset(str(root), "cifar100", n_train=100, n_test=100)
@@ -271,12 +271,13 @@ def test_inference_tools_end_in_one_line_on_an_unexpected_failure(smoke_run, tmp
                                                                    monkeypatch, capsys):
     import gradcam_utils
     import train
+    from machinery import gradcam
     out, _ = smoke_run
     best = out / "checkpoints" / "best_model.pt"
 
     def out_of_memory(*_):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-    monkeypatch.setattr(gradcam_utils, "gradcam_maps", out_of_memory)
+    monkeypatch.setattr(gradcam, "gradcam_maps", out_of_memory)
     code = gradcam_utils.main(["--checkpoint", str(best), "--out-dir", str(tmp_path / "cam")])
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()

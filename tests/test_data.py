@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import runtime
-from images import normalize
+from machinery import data, runtime
+from machinery.images import normalize
 
 
 def test_generated_files_have_the_real_layout_and_read_back_exactly(tmp_path):

@@ -28,7 +28,7 @@ TEST_IMAGES = 499
 
 @pytest.fixture(scope="module")
 def odd_data(tmp_path_factory):
-    import data
+    from machinery import data
     root = tmp_path_factory.mktemp("odd")
     data.write_synthetic_dataset(str(root), "cifar100", n_train=2000, n_test=TEST_IMAGES, seed=1)
     return root

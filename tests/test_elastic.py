@@ -11,7 +11,7 @@ import pytest
 from torch.distributed import TCPStore
 
 import elastic_worker
-import runtime
+from machinery import runtime
 
 
 def test_a_restarted_rank_skips_the_killed_rank_0s_store_and_joins_the_new_one(monkeypatch):

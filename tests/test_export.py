@@ -16,9 +16,9 @@ from PIL import Image
 import export
 import gradcam_utils
 import train
-from checkpoint_files import CheckpointError, load_checkpoint
+from machinery.checkpoint_files import CheckpointError, load_checkpoint
 from conftest import ROOT
-from images import standardize
+from machinery.images import standardize
 from model import ResNet, load_classifier, model_from_checkpoint, predict
 from reference_format import reference_checkpoint, reference_network
 
@@ -149,6 +149,26 @@ def test_torch_hub_loads_the_network_with_a_files_weights(tmp_path):
     assert torch.equal(hub(x), net.eval()(x)) and not hub.training
     fresh = torch.hub.load(ROOT, "resnet34", source="local", num_classes=10)
     assert fresh.fc.out_features == 10 and sum(p.numel() for p in fresh.parameters()) > 21e6
+
+
+def test_torch_hub_works_beside_a_programs_own_model_and_data(tmp_path):
+    """A user's project with its own model.py and data.py, imported first: torch.hub loads
+    this repo's network all the same, and the program's modules are still its own."""
+    net = ResNet((1, 1, 1, 1), 8, 10)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "model.py").write_text("WHO = 'user model'\n")
+    (tmp_path / "data.py").write_text("WHO = 'user data'\n")
+    code = ("import sys, torch\n"
+            "import model, data\n"
+            f"hub = torch.hub.load({ROOT!r}, 'resnet34', source='local', checkpoint='weights.pt')\n"
+            "assert hub.fc.out_features == 10 and not hub.training\n"
+            "import model as again, data as again_data\n"
+            "assert (again.WHO, again_data.WHO) == ('user model', 'user data')\n"
+            "assert sys.modules['model'] is model and sys.modules['data'] is data\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
 # -----------------------------------------------------------------------------

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import imagefolder
+from machinery import data, imagefolder
 from conftest import run_script
 from image_folders import CLASSES, write_image_folder
 from model import load_classifier, predict

@@ -7,13 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-import data
-import imagefolder
-import runtime
+from machinery import data, imagefolder, runtime
 import train
 from conftest import run_script
-from images import load_image
-from metrics import write_evaluation_report
+from machinery.images import load_image
+from machinery.metrics import write_evaluation_report
 from model import load_classifier, predict
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from checkpoint_files import CheckpointError, load_checkpoint, network_name, save_checkpoint
+from machinery.checkpoint_files import CheckpointError, load_checkpoint, network_name, save_checkpoint
 from model import ResNet, ResNet34, count_parameters, model_from_checkpoint
 
 

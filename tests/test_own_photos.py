@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import config
-import data
-import imagefolder
+from machinery import config, data, imagefolder
 from conftest import ROOT
 from image_folders import CLASSES, write_image_folder
-from runtime import Dist
+from machinery.runtime import Dist
 
 
 def _arrays(folder, split):
@@ -168,7 +166,7 @@ def test_the_class_counts_and_the_classes_too_small(tmp_path):
 
 
 def test_a_jpeg_is_decoded_at_a_reduced_scale_and_looks_the_same(tmp_path, monkeypatch):
-    from images import load_image
+    from machinery.images import load_image
     rng = np.random.default_rng(0)
     small = np.kron(rng.integers(0, 256, (12, 16, 3)), np.ones((200, 200, 1))).astype(np.uint8)
     path = str(tmp_path / "big.jpg")
@@ -223,9 +221,10 @@ def test_image_size_is_checked_and_scales_the_augmentation():
 
 def _read_only_run(root, *argv):
     """A Python script run with `root` mounted read-only (a user namespace's bind mount)."""
-    script = (f"import sys; sys.path.insert(0, {ROOT!r}); import imagefolder; real = imagefolder.decode\n"
+    script = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
+              "from machinery import imagefolder; real = imagefolder.decode\n"
               "imagefolder.decode = lambda f, s, d: (print('DECODED', d), real(f, s, d))[1]\n"
-              "import config, data, runtime\n"
+              "from machinery import config, data, runtime\n"
               f"cfg = config.resolve_config({{'dataset': 'folder', 'data_dir': {root!r}}})\n"
               "data.prepare(cfg, runtime.Dist(), print, {})\n"
               "imagefolder.Folder(cfg.data_dir).read('test')  # another tool of the run\n")
@@ -258,7 +257,7 @@ def test_image_size_64_end_to_end_on_train_val_test_with_two_classes(tmp_path, c
     import export
     import gradcam_utils
     import train
-    from images import load_image, normalize
+    from machinery.images import load_image, normalize
     from model import load_classifier, predict
     # width 8 at 64 px would crash this torch's oneDNN with channels_last on the CPU: the
     # run turns it off (runtime.channels_last_crashes), or this test would die

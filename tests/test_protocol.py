@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import evaluation
-import metrics
+from machinery import data, evaluation, metrics
 import train
 from conftest import ROOT, run_script
 
@@ -151,7 +149,7 @@ def test_importing_the_data_pipeline_makes_no_network_call(tmp_path):
             "socket.socket.connect = refuse\n"
             "socket.create_connection = refuse\n"
             "socket.getaddrinfo = refuse\n"
-            "import data\n"
+            "from machinery import data\n"
             "print('imported')\n")
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -10,9 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpointing
-import config
-import data
+from machinery import checkpointing, config, data
 import train
 from conftest import ROOT, run_script
 from model import (BasicBlock, CheckpointError, ResNet, ResNet34, get_resnet34,
@@ -136,7 +134,7 @@ def test_metrics_from_a_reference_checkpoint_have_the_reference_schedule_and_its
 
 
 def test_metric_files_written_before_the_reference_key_names_still_read(tmp_path):
-    from metrics import read_metrics
+    from machinery.metrics import read_metrics
     cols = {"epoch": np.arange(3), "train_loss": np.ones(3), "test_loss": np.ones(3) * 2,
             "train_acc": np.arange(3.0), "test_acc": np.arange(3.0) + 1, "lr": np.full(3, 0.1)}
     np.savez(tmp_path / "old.npz", **cols)

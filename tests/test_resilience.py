@@ -25,7 +25,7 @@ def faulty(fault, *args):
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    import data
+    from machinery import data
     root = str(tmp_path_factory.mktemp("cifar_small"))
     data.write_synthetic_dataset(root, "cifar100", n_train=256, n_test=64, seed=7)
     return root

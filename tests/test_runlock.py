@@ -13,8 +13,7 @@ import types
 
 import pytest
 
-import config
-import runlock
+from machinery import config, runlock
 from conftest import ROOT, run_script
 from test_ddp import torchrun
 
@@ -93,7 +92,7 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
 def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, runlock\n"
+        [sys.executable, "-c", "import sys, time\nfrom machinery import runlock\n"
          f"with runlock.holding_out_dir({str(out)!r}):\n"
          "    print('held', flush=True)\n    time.sleep(120)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import config
-import data
-import logs
-import runtime
+from machinery import config, data, logs, runtime
 import train
 from conftest import ROOT
 
@@ -482,8 +479,8 @@ def test_gpu_check_refuses_in_one_line_without_a_gpu():
 
 def test_a_background_checkpoint_holds_the_state_it_was_given(tmp_path):
     import threading
-    import checkpointing
-    from checkpoint_files import load_checkpoint, save_checkpoint
+    from machinery import checkpointing
+    from machinery.checkpoint_files import load_checkpoint, save_checkpoint
     weights, go = torch.zeros(1000), threading.Event()
 
     def save_later(ckpt, path):
@@ -500,7 +497,7 @@ def test_a_background_checkpoint_holds_the_state_it_was_given(tmp_path):
 
 
 def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path):
-    import checkpointing
+    from machinery import checkpointing
 
     def full(*_):
         raise OSError(28, "No space left on device", "last.pt")

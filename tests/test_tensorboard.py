@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import torch
 
-import tensorboard_events
+from machinery import tensorboard_events
 import train
 from conftest import ROOT, run_script
 

@@ -8,12 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import config
-import data
-import logs
+from machinery import config, data, logs
 import train
 from model import ResNet34
-from runtime import make_runtime
+from machinery.runtime import make_runtime
 
 
 def test_onecycle_reproduces_the_reference_log_learning_rates():
@@ -276,7 +274,7 @@ def test_a_batch_that_micro_batches_do_not_split_evenly_is_refused():
         config.resolve_config({"accum_steps": 3})
     with pytest.raises(config.UserError, match=r"--accum-steps must be at least 1 \(got 0\)"):
         config.resolve_config({"accum_steps": 0})
-    from runtime import Dist
+    from machinery.runtime import Dist
     cfg = config.resolve_config({"accum_steps": 2, "batch_size": 66})  # 33 per micro-batch
     with pytest.raises(config.UserError, match=r"--batch-size 66 is the global batch and must "
                                                r"divide by the 2 processes times --accum-steps 2"):
