@@ -227,10 +227,11 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert any(n.startswith("augmentation batched") for n in names)
     assert sum(n.startswith("raw train step, eager, fp32") for n in names) == 2  # NCHW, channels_last
     assert sum(n.startswith("real training loop") for n in names) == 2  # both augmentations
-    # the network is convolutions: they take the largest share of a step's operator time
-    # (about half in this reduced network, against a third for batch norm)
+    # a share of each kind of operator, adding up to the whole step (which kind is largest
+    # is a measurement, printed by the benchmark: under load batch norm can lead)
     shares = res["step_breakdown"]
-    assert max(shares, key=shares.get) == "convolution and matmul"
+    assert "convolution and matmul" in shares and "batch norm" in shares
+    assert all(v >= 0 for v in shares.values()) and sum(shares.values()) == pytest.approx(1, abs=0.01)
     assert all(r["images_per_s"] > 0 for r in res["rows"])
     assert res["sgd_step_ms"]["fused"] > 0 and res["sgd_step_ms"]["loop"] > 0
     assert "SGD update of the network's parameters: fused kernel" in proc.stdout
