@@ -128,6 +128,7 @@ def finish(run, last, x_test, y_test):
         best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
         model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last,
                                             rt.device)
+        fill_metadata(best)  # a continued reference run's best model may still be its file
         loader = data.make_test_loader(x_test, y_test, cfg.eval_batch_size)
         logits, labels = collect_logits(model.to(memory_format=rt.memory_format), loader, rt)
         write_report(logits, labels, best["class_names"], cfg.dataset, folder)
