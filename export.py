@@ -15,13 +15,16 @@ recommends (through torch.export, onnxscript translating), at its default opset.
 
 Every export is checked: on 64 images (the checkpoint's test set when it is on disk,
 else generated) the exported model's top-1 must equal PyTorch's and its probabilities
-differ by at most 1e-4. A file that fails is not kept (exit 1, one line).
+differ by at most 1e-4. A file that fails is not kept (exit 1, one line). An --out that
+is the checkpoint itself, or any existing file but an earlier export of the same format
+(which is replaced), is refused before anything is exported (exit 2, one line).
 """
 import argparse
 import copy
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -145,6 +148,35 @@ def run_pt2(path, images):
 FORMATS = {"onnx": (".onnx", export_onnx, run_onnx), "pt2": (".pt2", export_pt2, run_pt2)}
 
 
+def is_export(path, fmt):
+    """Whether `path` is a file this tool exported in format `fmt` (its metadata inside)."""
+    if fmt == "pt2":
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/extra/metadata.json") for n in z.namelist())
+    import onnx
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 -- protobuf's decode errors: not an ONNX file
+        return False
+    return any(p.key == "class_names" for p in proto.metadata_props)
+
+
+def check_out(out, fmt, checkpoint):
+    """Refuse, before anything is exported, an `out` that is the checkpoint itself or an
+    existing file that is not an earlier export of the same kind (which is replaced)."""
+    if not os.path.lexists(out):
+        return
+    if os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+        raise CheckpointError(f"refusing to write {out}: it is the checkpoint being exported; "
+                              f"choose another --out")
+    if not os.path.isfile(out) or not is_export(out, fmt):
+        kind = {"onnx": "an ONNX", "pt2": "a .pt2"}[fmt]
+        raise CheckpointError(f"refusing to write {out}: it exists and is not {kind} export; "
+                              f"choose another --out, or move that file first")
+
+
 def compare(reference, exported):
     """(top-1 agreement, max |difference| of the probabilities) of two (logits, probs)."""
     same = bool((reference[0].argmax(1) == exported[0].argmax(1)).all())
@@ -201,9 +233,12 @@ def main(argv=None):
         if note:
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         images, source = check_images(ckpt)
+        outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
+                for fmt in fmts}
+        for fmt, out in outs.items():
+            check_out(out, fmt, args.checkpoint)
         print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
-        for fmt in fmts:
-            out = args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
+        for fmt, out in outs.items():
             export(args.checkpoint, fmt, out, images, module, meta)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -31,7 +31,7 @@ from machinery import data, tensorboard_events
 from machinery.checkpoint_files import (CheckpointError, init_from_checkpoint, load_checkpoint,
                                         save_checkpoint)
 from machinery.checkpointing import (CheckpointWriter, adopt_reference, history_keys,
-                                     is_reference, make_checkpoint, others_periodic, pick_resume,
+                                     is_reference, make_checkpoint, pick_resume,
                                      replay_schedule, restore, resumed_line, retention,
                                      saved_lr_mismatch, save_epoch_checkpoints, settings_line,
                                      to_host, why_not_resumable)
@@ -45,6 +45,7 @@ from machinery.metrics import LiveMetrics, write_metrics
 from machinery.network import ResNet, count_parameters
 # train.new_progress & co. were defined here once; imported from here by earlier code
 from machinery.progress import Tally, new_progress, timed  # noqa: F401
+from machinery.run_folder import claim, new_run_id, others_periodic, resumed_here
 from machinery.runlock import holding_out_dir
 from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
                                default_workers, evaluate, init_distributed, make_runtime)
@@ -147,7 +148,10 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     untouched: under AMP the GradScaler skips it, in fp32 the fused SGD is told to.
     The schedule advances either way, so it stays tied to the batch count.
     """
-    opt.zero_grad(set_to_none=True)
+    if cfg.accum_steps == 1:
+        opt.zero_grad(set_to_none=True)  # the backward's gradient becomes .grad as it is
+    else:
+        fresh_gradients(opt)
     micro = list(zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps)))
     sums = []
     for i, (xm, ym) in enumerate(micro):
@@ -168,6 +172,17 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
         sched.step()
     bad = bad > 0
     return torch.where(bad, 0.0, loss_sum), correct, bad
+
+
+def fresh_gradients(opt):
+    """Zeroed gradient buffers of the run's own as every parameter's .grad, for the
+    micro-batches' backward passes to add into. Were .grad None, it would become the tensor
+    the first backward hands over, and under CUDA graphs (torch.compile's too) that aliases
+    the graph's static gradient buffer, which the next replay overwrites instead of adding
+    to: the update would use K x the last micro-batch's gradient (pytorch/pytorch#181723)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
 
 
 def micro_step(model, x, y, scaler, rt, cfg, rng, share):
@@ -378,7 +393,7 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
         epoch, step, progress = resume_into(run, resume_ckpt, resume_path, given)
     elif cfg.init_from:
         log.info(init_from_checkpoint(run.net, cfg.init_from))
-    claim_files(run, resume_ckpt)
+    claim_files(run, resume_ckpt, resume_path)
     run.events = make_events(cfg, dist, epoch * steps_per_epoch(run.train_loader) + step,
                              run.extra["tensorboard_run"])
     try:
@@ -423,14 +438,18 @@ def resume_into(run, ckpt, path, given):
     return epoch, step, {**new_progress(), **(progress or {})}  # older files lack input_wait
 
 
-def claim_files(run, resumed):
-    """What in --out-dir the run counts as its own: the periodic checkpoints its resumed
-    checkpoint lists (no others are ever pruned) and its TensorBoard folder."""
-    out = run.cfg.out_dir
-    run.extra["own_periodic"] = list((resumed or {}).get("own_periodic", []))
-    run.extra["tensorboard_run"] = tensorboard_events.run_name(resumed,
+def claim_files(run, resumed, resume_path):
+    """What in --out-dir the run counts as its own: its id (a resumed run's is its
+    checkpoint's), the periodic checkpoints its resumed checkpoint lists when it continues
+    in that checkpoint's folder (a run prunes nothing a new folder held), its TensorBoard
+    folder."""
+    out, resumed = run.cfg.out_dir, resumed or {}
+    run.extra["run_id"] = resumed.get("run_id") or new_run_id()
+    here = resumed_here(resume_path, out)
+    run.extra["own_periodic"] = list(resumed.get("own_periodic", [])) if here else []
+    run.extra["tensorboard_run"] = tensorboard_events.run_name(resumed or None,
                                                                os.path.join(out, "tensorboard"))
-    others = others_periodic(os.path.join(out, "checkpoints"), run.extra["own_periodic"])
+    others = others_periodic(os.path.join(out, "checkpoints"), run.extra["run_id"])
     if others and run.rt.dist.main:
         log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
                  f"written by this run: they are kept (--keep-checkpoints prunes only its own)")
@@ -573,10 +592,15 @@ def end_epoch(run, epoch, progress, started, clock):
         log.warning(f"epoch {epoch}: loss not finite for the last {progress['nonfinite']} "
                     f"steps; checkpoints not updated")
     elif run.rt.dist.main:  # written while the next epoch trains
-        own, remove = retention(run.extra["own_periodic"], epoch, cfg)
+        folder = os.path.join(cfg.out_dir, "checkpoints")
+        own, remove, taken = retention(run.extra["own_periodic"], epoch, cfg, folder,
+                                       run.extra["run_id"])
+        if taken:
+            log.warning(f"{taken} is another run's: kept, and this epoch's periodic checkpoint "
+                        f"is not written (last.pt holds it)")
         run.extra["own_periodic"] = ckpt["own_periodic"] = own
-        run.writer.submit(save_epoch_checkpoints, to_host(ckpt),
-                          os.path.join(cfg.out_dir, "checkpoints"), cfg, is_best, remove)
+        run.writer.submit(save_epoch_checkpoints, to_host(ckpt), folder, cfg, is_best, remove,
+                          not taken)
     if run.rt.dist.main:
         try:
             run.live.update(ckpt)
@@ -633,6 +657,8 @@ def run(args, modes):
         raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {e.strerror}") from None
     # one run per folder; under torchrun rank 0 holds the lock for the whole job
     with holding_out_dir(cfg.out_dir) if env_rank() == 0 else contextlib.nullcontext():
+        if env_rank() == 0:  # nothing of another run is overwritten (torchrun ends the others)
+            claim(cfg.out_dir, ckpt, resumed_here(resume, cfg.out_dir), modes["archive"])
         train(cfg, ckpt, resume, given=set(args))
     return 0
 

@@ -139,10 +139,10 @@ class Trainer:
     TrainingNetwork in one step mode; step() is train.train_step on one fixed batch."""
 
     def __init__(self, args, device, mode="eager", precision="auto", channels_last=True,
-                 dropout=0.3):
+                 dropout=0.3, accum=1):
         self.cfg = Config(cutmix_prob=0.0, blocks=list(args.blocks), width=args.width,
                           batch_size=args.batch, precision=precision, step_mode=mode,
-                          channels_last=channels_last, dropout=dropout)
+                          channels_last=channels_last, dropout=dropout, accum_steps=accum)
         self.rt = make_runtime(device, precision, channels_last, SPEC["mean"], SPEC["std"],
                                step_mode=mode)
         torch.manual_seed(0)
@@ -150,7 +150,7 @@ class Trainer:
             device, memory_format=self.rt.memory_format)
         self.model = TrainingNetwork(self.net, self.rt.step_mode)
         with self.rt.autocast():  # as train.py: the fast version first, on a synthetic batch
-            self.model.prepare(self.rt.example_batch(args.batch))
+            self.model.prepare(self.rt.example_batch(args.batch // accum))  # a micro-batch
         self.opt, self.sched = train.make_optimizer(self.net, self.cfg, steps_per_epoch=10**6)
         self.scaler = self.rt.grad_scaler()
         self.x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(

@@ -36,9 +36,16 @@ class CheckpointError(Exception):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, replaces_checkpoint=False):
     """Yield a temporary name beside `path`; move it into place only once writing succeeded,
-    so a crash mid-write leaves the previous file, never a truncated one."""
+    so a crash mid-write leaves the previous file, never a truncated one.
+
+    Only a checkpoint replaces a checkpoint (replaces_checkpoint): a picture, table or
+    report pointed at one is refused before anything is written, so no tool can write
+    over a checkpoint by a wrong name."""
+    if not replaces_checkpoint and is_checkpoint_file(path):
+        raise CheckpointError(f"refusing to write {path}: it is a checkpoint, and this "
+                              f"writes another kind of file; choose another name or folder")
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
@@ -53,8 +60,30 @@ def atomic_path(path):
 
 
 def save_checkpoint(ckpt, path):
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replaces_checkpoint=True) as tmp:
         torch.save(ckpt, tmp)
+
+
+def is_checkpoint_file(path):
+    """Whether `path` is a file torch.save wrote (a zip archive holding a data.pkl)."""
+    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+        return False
+    with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as z:
+        return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    return False
+
+
+def peek_checkpoint(path):
+    """A checkpoint's contents with its tensors mapped from the file, not read (a 230 MB
+    file opens in milliseconds), to look at its keys; None for a file that is not a
+    readable checkpoint. Never for the weights' use: load_checkpoint checks far more."""
+    if not is_checkpoint_file(path):
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 -- any unreadable file is simply "not a checkpoint" here
+        return None
+    return ckpt if isinstance(ckpt, dict) else None
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -20,6 +20,7 @@ from .checkpoint_files import (CheckpointError, check_model_args, dataset_of, fi
                               model_args_from_state_dict, periodic_checkpoints, position_of,
                               save_checkpoint)
 from .config import RECIPE, Config
+from .run_folder import its_own, run_id_of
 
 
 def history_keys(cfg):
@@ -53,45 +54,46 @@ def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progr
     }
 
 
-def save_epoch_checkpoints(ckpt, folder, cfg, is_best, remove=()):
+def save_epoch_checkpoints(ckpt, folder, cfg, is_best, remove=(), periodic=True):
     """last.pt, best_model.pt when the epoch is the best so far, and every save_every
-    epochs checkpoint_epoch_N.pt; then the periodic files of this run's own that
-    retention() dropped (`remove`)."""
+    epochs checkpoint_epoch_N.pt (unless `periodic` is False: the name holds another run's
+    file); then those of the periodic files retention() dropped (`remove`) that say they
+    are this run's own."""
     os.makedirs(folder, exist_ok=True)
     epoch = ckpt["epoch"]
     save_checkpoint(ckpt, os.path.join(folder, "last.pt"))
     if is_best:
         save_checkpoint(ckpt, os.path.join(folder, "best_model.pt"))
-    if (epoch + 1) % cfg.save_every == 0:
+    if periodic and (epoch + 1) % cfg.save_every == 0:
         save_checkpoint(ckpt, os.path.join(folder, periodic_name(epoch)))
     for name in remove:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(folder, name))
+        path = os.path.join(folder, name)
+        if its_own(path, ckpt["run_id"]):  # read before it goes: never another run's file
+            os.remove(path)
 
 
 def periodic_name(epoch):
     return f"checkpoint_epoch_{epoch}.pt"  # named by the log's 0-based epoch number
 
 
-def retention(own, epoch, cfg):
-    """The periodic files a run keeps once epoch `epoch`'s files are written, and those it
-    removes: (own, remove). `own` lists the checkpoint_epoch_N.pt files the run wrote
-    itself (its checkpoints carry the list, so a resumed run knows them); only those are
-    ever pruned to --keep-checkpoints. Files it did not write (the reference's, another
-    run's, a user's copies) are never touched."""
+def retention(own, epoch, cfg, folder, run_id):
+    """The periodic files a run keeps once epoch `epoch`'s files are written, those it
+    removes, and another run's file that holds this epoch's name (None, or its path: then
+    the run does not write that file). `own` lists the checkpoint_epoch_N.pt files the run
+    wrote into this folder (its checkpoints carry the list, so a resumed run knows them);
+    only those are ever pruned to --keep-checkpoints, each after it says it is the run's.
+    Files it did not write (the reference's, another run's, a user's copies) are never
+    touched: returns (own, remove, taken)."""
     own = list(own)
     if (epoch + 1) % cfg.save_every:
-        return own, []
-    own = [n for n in own if n != periodic_name(epoch)] + [periodic_name(epoch)]
+        return own, [], None
+    name = periodic_name(epoch)
+    taken = os.path.join(folder, name)
+    if os.path.exists(taken) and name not in own and not its_own(taken, run_id):
+        return own, [], taken
+    own = [n for n in own if n != name] + [name]
     keep = cfg.keep_checkpoints
-    return (own[-keep:], own[:-keep]) if keep else (own, [])
-
-
-def others_periodic(folder, own):
-    """The checkpoint_epoch_N.pt files in `folder` that a run with `own` did not write."""
-    if not os.path.isdir(folder):
-        return []
-    return [p for p in periodic_checkpoints(folder) if os.path.basename(p) not in set(own)]
+    return (own[-keep:], own[:-keep], None) if keep else (own, [], None)
 
 
 RESUME_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
@@ -124,8 +126,14 @@ def pick_resume(resume, out_dir, say=True):
     newest good one (saying which, and why it passed over the others, when `say`)."""
     if resume != "auto":
         return resume, load_checkpoint(resume) if resume else None
-    path, ckpt, skipped = find_latest_checkpoint(os.path.join(out_dir, "checkpoints"),
-                                                 why_not_resumable)
+    folder = os.path.join(out_dir, "checkpoints")
+    lead = run_id_of(os.path.join(folder, "last.pt"))  # the run that last trained here
+
+    def refuse(ckpt):
+        if lead and ckpt.get("run_id") not in (None, lead):
+            return "it is another run's (not the run of last.pt)"
+        return why_not_resumable(ckpt)
+    path, ckpt, skipped = find_latest_checkpoint(folder, refuse)
     if say:
         for reason in skipped:
             print(f"skipping {reason}", file=sys.stderr)

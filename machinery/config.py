@@ -166,6 +166,10 @@ def build_parser():
                         "run if there is none")
     p.add_argument("--resume-force", action="store_true", default=False,
                    help="allow recipe flags that differ from the resumed run's")
+    p.add_argument("--archive", action="store_true", default=False,
+                   help="<out-dir>/checkpoints holds another run's checkpoints: move them to "
+                        "checkpoints/archive/<time>/ and train (without it such a run is "
+                        "refused; a --smoke run's files are simply replaced)")
     p.add_argument("--metrics-from-ckpt", metavar="PATH", default=None,
                    help="only rebuild training_metrics_from_ckpt/ from this checkpoint")
     p.add_argument("--evaluate", metavar="PATH", default=None,
@@ -182,7 +186,7 @@ def build_parser():
 def parse_args(argv=None):
     """(flags given explicitly, as a dict of Config fields; the mode flags)"""
     args = vars(build_parser().parse_args(argv))
-    modes = {k: args.pop(k) for k in ("resume", "resume_force", "metrics_from_ckpt",
+    modes = {k: args.pop(k) for k in ("resume", "resume_force", "archive", "metrics_from_ckpt",
                                       "evaluate", "tta", "debug")}
     return args, modes
 

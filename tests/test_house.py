@@ -22,8 +22,8 @@ FLOORS = [
     ["checkpoint_files", "imagefolder"],
     ["network", "data", "metrics"],
     ["config", "gradcam"],
-    ["checkpointing", "logs", "runlock", "tensorboard_events"],
-    ["runtime"],
+    ["logs", "run_folder", "runlock", "tensorboard_events"],
+    ["checkpointing", "runtime"],
     ["evaluation"],
 ]
 

@@ -417,7 +417,7 @@ def test_gpu_check_dry_run_lists_its_rows_and_budget_anywhere():
     lines = proc.stdout.strip().splitlines()
     budget = int(re.fullmatch(r"budget (\d+) .*", lines[-1]).group(1))
     estimates = [float(re.match(r" *(\d+)s ", ln).group(1)) for ln in lines[:-1]]
-    assert budget <= 360 and sum(estimates) <= budget and len(estimates) == 12
+    assert budget <= 360 and sum(estimates) <= budget and len(estimates) == 13
     assert any("graphs against eager" in ln for ln in lines)
 
 
@@ -440,6 +440,8 @@ def test_gpu_check_rows_rehearse_on_the_cpu(monkeypatch, tmp_path):
     assert not failed and res["complete"]
     agree = next(r for r in res["rows"] if r["name"].startswith("graphs against eager"))
     assert agree["agree"] and agree["max_rel_diff"] == 0.0  # eager against eager, on a CPU
+    accum = next(r for r in res["rows"] if r["name"].startswith("--accum-steps 2"))
+    assert accum["adds_up"] and accum["rel_diff"] == 0.0  # eager against eager, on a CPU
     waits = next(r for r in res["rows"] if r["name"].startswith("no waits"))
     assert waits["waits_for_the_device"] == "none" and modes.count("error") >= gpu_check.SYNC_STEPS
     assert all(r["images_per_s"] for r in res["rows"] if "images_per_s" in r)

@@ -268,6 +268,46 @@ def test_two_micro_batches_make_the_update_of_the_whole_batch():
     assert not torch.allclose(stats[1][1], stats[2][1])
 
 
+def _aliasing_graphed(net):
+    """A stand-in a CPU can run for what torch.cuda.make_graphed_callables returns: its
+    backward writes each parameter's gradient into one static buffer, the same tensor at
+    every call, and hands back a detached alias of it, as the graphed backward does (its
+    replay overwrites those buffers in place: pytorch/pytorch#181723)."""
+    params = tuple(net.parameters())
+    static = [torch.zeros_like(p) for p in params]
+
+    class Graphed(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *_):
+            with torch.enable_grad():
+                ctx.out = net(x)
+            return ctx.out.detach()
+
+        @staticmethod
+        def backward(ctx, grad):
+            for buffer, g in zip(static, torch.autograd.grad(ctx.out, params, grad)):
+                buffer.copy_(g)  # the replay
+            return (None, *(buffer.detach() for buffer in static))
+    return lambda x: Graphed.apply(x, *params)
+
+
+def test_micro_batches_add_up_under_cuda_graphs_whose_backward_hands_over_static_buffers():
+    from machinery.runtime import TrainingNetwork
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    results = {}
+    for k, mode in ((1, "eager"), (2, "graphs")):
+        net, cfg = _resnet_in_eval_mode(), config.Config(cutmix_prob=0.0, accum_steps=k)
+        model = TrainingNetwork(net, mode)
+        if mode == "graphs":  # made for the micro-batch, as train.py makes it
+            model.fast, model.shape = _aliasing_graphed(net), (16 // k, 3, 32, 32)
+        model.training = True  # the wrapper trains; the network's BatchNorm stays in eval mode
+        opt, sched = train.make_optimizer(net, cfg, steps_per_epoch=10)
+        for _ in range(2):
+            _step(model, cfg, x, y, opt, sched)
+        results[k] = _params_and_momentum(net, opt)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(results[2], results[1]))
+
+
 def test_a_batch_that_micro_batches_do_not_split_evenly_is_refused():
     with pytest.raises(config.UserError, match=r"--batch-size must be a multiple of "
                                                r"--accum-steps 3 .*\(got 128\)"):
