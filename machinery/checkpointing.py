@@ -5,7 +5,6 @@ Files are written atomically (checkpoint_files.save_checkpoint), hold plain type
 torch.load(weights_only=True) reads them), and carry the run's config, its history and
 everything needed to continue from the exact step.
 """
-import contextlib
 import dataclasses
 import math
 import os
@@ -16,9 +15,8 @@ import warnings
 import torch
 
 from .checkpoint_files import (CheckpointError, check_model_args, dataset_of, fill_metadata,
-                              find_latest_checkpoint, load_checkpoint, load_weights,
-                              model_args_from_state_dict, periodic_checkpoints, position_of,
-                              save_checkpoint)
+                               find_latest_checkpoint, load_checkpoint, load_weights,
+                               model_args_from_state_dict, position_of, save_checkpoint)
 from .config import RECIPE, Config
 from .run_folder import its_own, run_id_of
 

@@ -94,7 +94,7 @@ def find_splits(root):
     return splits
 
 
-def _images_under(folder):
+def images_under(folder):
     """Every image file under a class folder, its sub-folders included (as torchvision
     finds them), sorted."""
     found = []
@@ -121,7 +121,7 @@ class Split:
             path = os.path.join(folder, cls)
             if not os.path.isdir(path):
                 continue  # an evaluation split may lack a class
-            images = _images_under(path)
+            images = images_under(path)
             if not images:
                 raise DataError(f"{shown(path)} holds no images "
                                 f"({', '.join(e[1:] for e in EXTENSIONS)})")

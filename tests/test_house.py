@@ -12,7 +12,7 @@ PACKAGE = "machinery"
 # the rows before its own.
 COMMANDS = [
     ["model"],
-    ["gradcam_utils", "export", "hubconf"],
+    ["gradcam_utils", "export", "hubconf", "predict"],
     ["train"],
 ]
 # The package's floors, lowest first: a module may import any module of a lower floor,
@@ -24,7 +24,7 @@ FLOORS = [
     ["config", "gradcam"],
     ["logs", "run_folder", "runlock", "tensorboard_events"],
     ["checkpointing", "runtime"],
-    ["evaluation"],
+    ["evaluation", "predicting"],
 ]
 
 

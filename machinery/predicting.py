@@ -1,0 +1,253 @@
+"""Predictions for many pictures, as fast as the decoder and the network allow: files
+listed as --dataset folder lists them, decoded in worker processes (the reduced JPEG
+decode of images.load_image), batched through the network on its device while the next
+batches decode. One Prediction per picture, in the order given, a bad file included (its
+error instead of classes), so that one unreadable photo among thousands stops nothing.
+
+    clf = load_classifier("checkpoints/best_model.pt", device="auto")
+    for p in predictions(clf, ["photos/"], k=3):       # a generator: any number of files
+        print(p.source, p.top or p.error)
+
+model.predict() is the list form of the same path. The network may also be an exported
+ONNX file (onnx_classifier): onnxruntime runs it, with the preprocessing inside.
+"""
+import glob
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint_files import fill_metadata
+from .cifar import DataError
+from .imagefolder import images_under
+from .images import load_image, normalize
+from .network import model_from_checkpoint
+from .runtime import default_workers, make_runtime, pick_device
+
+BATCH = 256  # pictures per batch through the network
+FILES_PER_WORKER = 64  # fewer pictures than this per worker: decoding in this process is faster
+
+
+@dataclass
+class Classifier:
+    """A trained network with what it takes to use it: class names and normalisation."""
+    model: nn.Module
+    class_names: list
+    mean: tuple
+    std: tuple
+    image_size: int = 32  # what the network was trained at (pictures are resized to it)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def load_classifier(path, device="cpu"):
+    """One call from a checkpoint file to a ready model (eval mode) with its class names.
+    A file without names or normalisation (the reference's) gets CIFAR's, with a warning.
+    device: "cpu", "cuda", ..., or "auto" (cuda > mps > cpu)."""
+    import warnings
+    model, ckpt = model_from_checkpoint(path, pick_device(device) if device == "auto" else device)
+    note = fill_metadata(ckpt)
+    if note:
+        warnings.warn(f"{path}: {note}", stacklevel=2)
+    return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]),
+                      int(ckpt["image_size"]))
+
+
+@dataclass
+class OnnxClassifier:
+    """An exported ONNX file (export.py) and what its metadata says."""
+    session: object  # onnxruntime.InferenceSession
+    class_names: list
+    image_size: int
+
+
+def onnx_classifier(path):
+    """An export.py ONNX file, run by onnxruntime on the CPU (DataError if it cannot be)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DataError("--onnx needs onnxruntime: pip install onnxruntime") from None
+    try:
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        return OnnxClassifier(session, json.loads(meta["class_names"]), int(meta["image_size"]))
+    except Exception as e:  # noqa: BLE001 -- onnxruntime's load errors have no common type
+        raise DataError(f"{path} is not an ONNX file of export.py "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+
+
+@dataclass
+class Prediction:
+    source: object  # the path (or the picture) given
+    top: list  # [(class name, probability)] best first; None where the picture failed
+    error: str = ""  # why it failed: "cannot identify image file", ...
+
+
+# -----------------------------------------------------------------------------
+# Pictures: what to read, and reading them in worker processes
+
+def expand(sources):
+    """Paths to pictures, in a stable order: a folder's images as --dataset folder lists
+    them (sub-folders, every format it reads, what tools leave behind skipped), a glob's
+    matches sorted, @list.txt's lines (one path each, in turn expanded), anything else as
+    it is: a file, a PIL image, an array. (source, root) pairs: root is the folder a file
+    was found under, None for what was named directly. DataError for a path that does
+    not exist or a glob that matches nothing."""
+    out = []
+    for src in sources:
+        if not isinstance(src, (str, os.PathLike)):
+            out.append((src, None))
+            continue
+        src = os.fspath(src)
+        if src.startswith("@") and not os.path.exists(src):
+            out += expand(_lines(src[1:]))
+        elif os.path.isdir(src):
+            out += [(p, src) for p in images_under(src)]
+        elif os.path.lexists(src):
+            out.append((src, None))
+        elif glob.has_magic(src):
+            found = sorted(glob.glob(src, recursive=True))
+            if not found:
+                raise DataError(f"{src} matches no file")
+            out += expand(found)
+        else:
+            raise DataError(f"{src} does not exist")
+    return out
+
+
+def _lines(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    except OSError as e:
+        raise DataError(f"cannot read the list @{path}: {e.strerror}") from None
+
+
+def truth(source, root, classes):
+    """The class a picture's folder names, where that folder is one of `classes`: the
+    first folder under the folder given (root/<class>/...), or the given folder itself or
+    a named file's own folder; None otherwise."""
+    if not isinstance(source, str):
+        return None
+    names = set(classes)
+    if root is not None:
+        first = os.path.relpath(source, root).split(os.sep)[0]
+        if first != os.path.basename(source) and first in names:
+            return first
+        here = os.path.basename(os.path.normpath(root))
+    else:
+        here = os.path.basename(os.path.dirname(os.path.abspath(source)))
+    return here if here in names else None
+
+
+def error_text(e, source):
+    """A one-line reason a picture could not be read (without its path: the row has it)."""
+    from PIL import UnidentifiedImageError
+    if isinstance(source, str) and os.path.isfile(source) and os.path.getsize(source) == 0:
+        return "an empty file"
+    if isinstance(e, UnidentifiedImageError):
+        return "not a picture (or in a format Pillow cannot read)"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = (str(e).strip().splitlines() or [""])[0].replace(f"'{source}'", "").strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class Pictures(torch.utils.data.Dataset):
+    """The pictures as the network's uint8 squares: (index, square or None, error)."""
+
+    def __init__(self, sources, size):
+        self.sources, self.size = sources, size
+
+    def __len__(self):
+        return len(self.sources)
+
+    def __getitem__(self, i):
+        try:
+            return i, load_image(self.sources[i], self.size), ""
+        except Exception as e:  # noqa: BLE001 -- a bad picture is a row with its error
+            return i, None, error_text(e, self.sources[i])
+
+
+def _collate(items):
+    """(uint8 (n, s, s, 3) of the pictures read, their indices, (index, error) of the rest)."""
+    good = [(i, im) for i, im, _ in items if im is not None]
+    images = torch.from_numpy(np.stack([im for _, im in good])) if good else None
+    return images, [i for i, _ in good], [(i, err) for i, im, err in items if im is None]
+
+
+def batches(sources, size, batch_size=BATCH, workers=None):
+    """The pictures decoded and batched, in order, in `workers` processes (default: one per
+    usable core, at most 8, fewer for few pictures) while the caller runs the network."""
+    if workers is None:
+        workers = min(default_workers(), len(sources) // FILES_PER_WORKER)
+    return torch.utils.data.DataLoader(
+        Pictures(sources, size), batch_size=batch_size, num_workers=workers,
+        collate_fn=_collate, prefetch_factor=4 if workers else None,
+        multiprocessing_context="fork" if workers and "fork" in
+        torch.multiprocessing.get_all_start_methods() else None)
+
+
+# -----------------------------------------------------------------------------
+# The network: PyTorch or onnxruntime
+
+def torch_probabilities(clf, tta=False):
+    """uint8 (n, s, s, 3) -> probabilities (n, classes), on the classifier's device at its
+    precision (bf16 or fp16 autocast on GPUs, fp32 on the CPU); tta: averaged with the
+    mirrored pictures' logits."""
+    rt = make_runtime(clf.device, "auto", False, clf.mean, clf.std)
+
+    @torch.no_grad()
+    def run(images):
+        x = normalize(images.to(clf.device, non_blocking=True), rt.mean, rt.std)
+        with rt.autocast():
+            logits = clf.model(x).float()
+            if tta:
+                logits = (logits + clf.model(x.flip(3)).float()) / 2
+        return logits.softmax(1).cpu()
+    return run
+
+
+def onnx_probabilities(clf, tta=False):
+    def run(images):
+        x = images.numpy()
+        logits = clf.session.run(["logits"], {"images": x})[0]
+        if tta:
+            logits = (logits + clf.session.run(["logits"], {"images": x[:, :, ::-1].copy()})[0]) / 2
+        return torch.from_numpy(logits).float().softmax(1)
+    return run
+
+
+def predictions(clf, sources, k=5, tta=False, batch_size=BATCH, workers=None, expanded=None):
+    """A Prediction for each picture of `sources` (paths, folders, globs, @lists, PIL images,
+    arrays: see expand), in order, as a generator. clf: a Classifier or an OnnxClassifier.
+    expanded: expand(sources) when the caller has it already."""
+    found = expand(sources) if expanded is None else expanded
+    items = [src for src, _ in found]
+    run = (onnx_probabilities if isinstance(clf, OnnxClassifier) else torch_probabilities)(clf, tta)
+    k = min(k, len(clf.class_names))
+    for images, good, bad in batches(items, clf.image_size, batch_size, workers):
+        result = dict((i, Prediction(items[i], None, err)) for i, err in bad)
+        if good:
+            top = run(images).topk(k, dim=1)
+            for i, ps, idx in zip(good, top.values.tolist(), top.indices.tolist()):
+                result[i] = Prediction(items[i], [(clf.class_names[c], p) for p, c in zip(ps, idx)])
+        for i in sorted(result):
+            yield result[i]
+
+
+def predict(clf, images, k=5, tta=False):
+    """Top-k (class name, probability) for each picture, in order: paths, folders (their
+    pictures), globs, PIL images or uint8 arrays, any size (see images.load_image). A
+    picture that cannot be read raises OSError naming it; predictions() goes on instead."""
+    out = []
+    for p in predictions(clf, images, k, tta):
+        if p.top is None:
+            raise OSError(f"cannot read {p.source}: {p.error}")
+        out.append(p.top)
+    return out

@@ -1,0 +1,181 @@
+"""Predict the classes of many pictures into a table.
+
+    python predict.py photos/ --checkpoint checkpoints/best_model.pt      # -> predictions.csv
+    python predict.py "shots/*.jpg" @more.txt --format jsonl --out preds.jsonl
+    python predict.py test/ --checkpoint best_model.pt --format submission   # Kaggle: id,label
+    python predict.py photos/ --onnx best_model.onnx                       # onnxruntime runs it
+
+PATH: files, folders (searched as `--dataset folder` searches them: sub-folders, every
+format it reads, what tools leave behind skipped), globs, or @list.txt (a path a line).
+One row per file, in a stable order (as given; a folder's files sorted): the path, the
+top-k classes with their probabilities and an error column (CSV); JSON Lines with
+--format jsonl; `id,label` with --format submission (id: the file's name without its
+ending). Files are decoded in worker processes while the network works through the
+batches before them on its device (the GPU when there is one). A file that cannot be read
+(truncated, empty, not an image, too large) gets its row with the error, and the run goes
+on. Where the files sit in class folders named after the checkpoint's classes, the summary
+line also gives the accuracy against those names.
+
+Exit status: 0 when every file was predicted; 1 when some could not be read (their rows
+say why); 2 for bad input (a PATH that does not exist, a checkpoint that is not one, an
+--out that exists without --force), before anything is written. The table is written
+atomically: it appears whole, or not at all.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from machinery.checkpoint_files import CheckpointError, atomic_path, is_checkpoint_file
+from machinery.cifar import DataError
+from machinery.config import UserError
+from machinery.imagefolder import shown
+from machinery.predicting import expand, onnx_classifier, predictions, truth
+from machinery.runtime import pick_device
+from model import load_classifier
+
+FORMATS = {"csv": "predictions.csv", "jsonl": "predictions.jsonl", "submission": "submission.csv"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Predict the classes of many pictures into a table.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="files, folders, globs, or @list.txt (one path a line)")
+    p.add_argument("--checkpoint", default=None,
+                   help="the trained model (default: checkpoints/best_model.pt)")
+    p.add_argument("--onnx", metavar="FILE", default=None,
+                   help="an export.py ONNX file instead of a checkpoint, run by onnxruntime")
+    p.add_argument("--out", default=None,
+                   help="the table to write (default: " + ", ".join(
+                       f"{v} for {k}" for k, v in FORMATS.items()) + ")")
+    p.add_argument("--format", choices=list(FORMATS), default="csv",
+                   help="csv (default), jsonl, or submission (id,label)")
+    p.add_argument("--top-k", type=int, default=5, help="classes per file (default 5)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="pictures per batch through the network (default 256)")
+    p.add_argument("--num-workers", type=int, default=-1,
+                   help="decoding processes (default -1: one per usable core, at most 8)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps, cpu")
+    p.add_argument("--tta", action="store_true",
+                   help="average each picture's logits with its mirror's, as --evaluate --tta")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    return p.parse_args(argv)
+
+
+def check(args):
+    """The one-line refusals, before anything is read or written."""
+    for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1 (got {value})")
+    if args.checkpoint and args.onnx:
+        raise UserError("give --checkpoint or --onnx, not both")
+    args.out = args.out or FORMATS[args.format]
+    if is_checkpoint_file(args.out):
+        raise UserError(f"refusing to write {args.out}: it is a checkpoint; choose another --out")
+    if os.path.lexists(args.out) and not args.force:
+        raise UserError(f"{args.out} exists: add --force to replace it, or choose another --out")
+
+
+def rows(found, results, k, fmt):
+    """The table's rows (header first) for the predictions, in the order of `found`."""
+    if fmt == "submission":
+        yield ["id", "label"]
+    elif fmt == "csv":
+        yield ["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")] + ["error"]
+    for (source, _), p in zip(found, results):
+        path = shown(source) if isinstance(source, str) else repr(source)
+        top = (p.top or [])[:k]
+        if fmt == "submission":
+            yield [os.path.splitext(os.path.basename(path))[0], top[0][0] if top else ""]
+        elif fmt == "csv":
+            cells = [v for name, prob in top for v in (name, f"{prob:.6f}")]
+            yield [path] + cells + [""] * (2 * k - len(cells)) + [p.error]
+        else:
+            yield {"path": path, "top": [{"class": n, "probability": round(pr, 6)} for n, pr in top],
+                   "error": p.error}
+
+
+def write_table(path, table, fmt):
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        if fmt == "jsonl":
+            for row in table:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            csv.writer(f).writerows(table)
+
+
+class Tally:
+    """Counts for the summary line: files, failures, and the accuracy against class folders."""
+
+    def __init__(self, classes):
+        self.classes, self.n, self.failed, self.labelled, self.top1, self.top5 = classes, 0, 0, 0, 0, 0
+
+    def add(self, p, source, root):
+        self.n += 1
+        if p.top is None:
+            self.failed += 1
+            return
+        label = truth(source, root, self.classes)
+        if label is not None:
+            names = [name for name, _ in p.top]
+            self.labelled += 1
+            self.top1 += names[0] == label
+            self.top5 += label in names[:5]
+
+    def line(self, out, seconds):
+        text = (f"{self.n:,} files: {self.n - self.failed:,} predicted, {self.failed:,} could "
+                f"not be read; {out} ({seconds:.1f} s, {self.n / max(seconds, 1e-9):.0f} files/s)")
+        if self.labelled:
+            top5 = f", top-5 {100 * self.top5 / self.labelled:.2f}%" if len(self.classes) > 5 else ""
+            text += (f"\nagainst their class folders ({self.labelled:,} files): top-1 "
+                     f"{100 * self.top1 / self.labelled:.2f}%{top5}")
+        return text
+
+
+def run(args):
+    check(args)
+    clf = (onnx_classifier(args.onnx) if args.onnx else
+           load_classifier(args.checkpoint or os.path.join("checkpoints", "best_model.pt"),
+                           pick_device(args.device)))
+    found = expand(args.paths)
+    tally, results, t0 = Tally(clf.class_names), [], time.perf_counter()
+    stream = predictions(clf, args.paths, max(args.top_k, 5), args.tta, args.batch_size,
+                         None if args.num_workers < 0 else args.num_workers, expanded=found)
+    with tqdm(total=len(found), desc="predicting", unit="file", file=sys.stderr) as bar:
+        for (source, root), p in zip(found, stream):
+            tally.add(p, source, root)
+            results.append(p)
+            bar.update()
+    write_table(args.out, rows(found, results, min(args.top_k, len(clf.class_names)),
+                               args.format), args.format)
+    print(tally.line(args.out, time.perf_counter() - t0))
+    for p in [p for p in results if p.top is None][:5]:
+        print(f"could not read {shown(p.source) if isinstance(p.source, str) else p.source}: "
+              f"{p.error}", file=sys.stderr)
+    return 1 if tally.failed else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (UserError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a decoding worker killed (out of memory on a huge picture?)
+        if "DataLoader worker" not in str(e):
+            raise
+        print(f"error: a decoding worker died, out of memory on a very large picture or killed "
+              f"({str(e).splitlines()[0]}); nothing was written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped: nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
