@@ -1,9 +1,12 @@
 """Take a trained model where it is used: ONNX (onnxruntime, any language) or a torch.export
-program (.pt2), with the preprocessing inside, checked against PyTorch before it is kept.
+program (.pt2), with the preprocessing inside, checked against PyTorch before it is kept;
+or a Hugging Face Space folder around the ONNX file, with the model card.
 
     python export.py checkpoints/best_model.pt                  # -> best_model.onnx
     python export.py checkpoints/best_model.pt --format all     # .onnx and .pt2
     python export.py best_model.pt --format pt2 --out model.pt2
+    python export.py best_model.pt --format space --out my-space/   # the demo page + card
+    python export.py best_model.pt --format card --out MODEL_CARD.md
 
 Any checkpoint the other tools take: this repo's, the reference's, a bare state dict.
 The exported model takes what a decoder gives: `images`, uint8 RGB (batch, N, N, 3), any
@@ -20,16 +23,21 @@ is the checkpoint itself, or any existing file but an earlier export of the same
 (which is replaced), is refused before anything is exported (exit 2, one line).
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
+import shutil
 import sys
+import tempfile
 import zipfile
 
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
+from machinery.card import card, summary
 from machinery.checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
 from machinery.images import standardize
 from machinery.network import model_from_checkpoint
@@ -67,7 +75,7 @@ def deployable(path):
             "mean": json.dumps(list(ckpt["mean"])), "std": json.dumps(list(ckpt["std"])),
             "epoch": str(ckpt.get("epoch", "")),
             "test_accuracy": "" if ckpt.get("test_accuracy") is None else str(ckpt["test_accuracy"]),
-            "source": os.path.basename(path)}
+            "source": os.path.basename(path), "summary": summary(ckpt)}
     return Pixels(net, ckpt["mean"], ckpt["std"]).eval(), meta, note, ckpt
 
 
@@ -216,23 +224,102 @@ def export(path, fmt, out, images, module, meta, say=print):
     return out
 
 
+# -----------------------------------------------------------------------------
+# A Hugging Face Space, and the model card alone
+
+SPACE_FILES = ("app.py", "pictures.py", "model.onnx", "requirements.txt", "README.md")
+# what the Space installs (CPU): the versions this repo's tests ran the page with
+SPACE_PINS = {"gradio": "6.31.0", "onnxruntime": None, "numpy": None, "pillow": None}
+EXAMPLES = 6
+
+
+def pins():
+    from importlib.metadata import PackageNotFoundError, version
+    lines = []
+    for name, fixed in SPACE_PINS.items():
+        try:
+            lines.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            lines.append(f"{name}=={fixed}" if fixed else name)
+    return "\n".join(lines) + "\n"
+
+
+def check_space(out):
+    """An --out folder that is new, empty, or an earlier Space of this tool (replaced)."""
+    if os.path.isdir(out) and os.listdir(out) and not all(
+            os.path.isfile(os.path.join(out, f)) for f in SPACE_FILES):
+        raise CheckpointError(f"refusing to write into {out}: it holds files and is not an "
+                              f"earlier Space of export.py; choose another --out")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CheckpointError(f"refusing to write {out}: it is a file; a Space is a folder")
+
+
+def export_space(path, out, images, module, meta, ckpt, examples=()):
+    """A folder that runs as a Hugging Face Space (Gradio SDK) without this repo: the page
+    (machinery/space_app.py as app.py, images.py as pictures.py), the checked ONNX model,
+    pinned CPU requirements, a few examples, the training curves and the model card."""
+    from machinery.metrics import write_metrics
+    os.makedirs(out, exist_ok=True)
+    export(path, "onnx", os.path.join(out, "model.onnx"), images, module, meta)
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machinery")
+    shutil.copyfile(os.path.join(here, "space_app.py"), os.path.join(out, "app.py"))
+    shutil.copyfile(os.path.join(here, "images.py"), os.path.join(out, "pictures.py"))
+    with open(os.path.join(out, "requirements.txt"), "w") as f:
+        f.write(pins())
+    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+    for i, image in enumerate(examples[:EXAMPLES]):
+        Image.fromarray(image).save(os.path.join(out, "examples", f"{i}.png"))
+    curve = None
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(CheckpointError):
+        write_metrics(ckpt, tmp)
+        curve = "training_curves.png"
+        shutil.copyfile(os.path.join(tmp, "metrics_overview.png"), os.path.join(out, curve))
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(card(ckpt, "model.onnx", curve))
+    print(f"{out}: a Space (Gradio) with the model card; try it: pip install -r "
+          f"{os.path.join(out, 'requirements.txt')} && python {os.path.join(out, 'app.py')}")
+
+
+def write_card(ckpt, out):
+    if os.path.exists(out) and not open(out, errors="replace").read(4) == "---\n":
+        raise CheckpointError(f"refusing to write {out}: it exists and is not a model card; "
+                              f"choose another --out")
+    with open(out, "w") as f:
+        f.write(card(ckpt, "model.onnx"))
+    print(f"{out}: the model card")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Export a checkpoint to ONNX or torch.export, "
                                             "preprocessing included, checked against PyTorch.")
     p.add_argument("checkpoint", help="e.g. checkpoints/best_model.pt")
-    p.add_argument("--format", choices=("onnx", "pt2", "all"), default="onnx",
-                   help="onnx (default), pt2 (torch.export), or all")
+    p.add_argument("--format", choices=("onnx", "pt2", "all", "space", "card"), default="onnx",
+                   help="onnx (default), pt2 (torch.export), all (both), space (a Hugging Face "
+                        "Space folder: the page, the ONNX model, the card), card (the model "
+                        "card alone)")
     p.add_argument("--out", help="the file to write (default: the checkpoint's name with the "
-                                 "format's ending); with --format all, the name without it")
+                                 "format's ending); with --format all, the name without it; "
+                                 "with space, a folder (default: <name>-space)")
     args = p.parse_args(argv)
-    fmts = ["onnx", "pt2"] if args.format == "all" else [args.format]
+    fmts = {"all": ["onnx", "pt2"], "space": ["onnx"], "card": []}.get(args.format, [args.format])
     stem = os.path.splitext(args.out or args.checkpoint)[0]
     try:
         check_packages(fmts)
+        if args.format == "space":
+            check_space(args.out or stem + "-space")
         module, meta, note, ckpt = deployable(args.checkpoint)
         if note:
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
+        if args.format == "card":
+            write_card(ckpt, args.out or stem + "_card.md")
+            return 0
         images, source = check_images(ckpt)
+        if args.format == "space":
+            print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
+            real = not source.endswith("generated images")  # the test set's: worth showing
+            export_space(args.checkpoint, args.out or stem + "-space", images, module, meta, ckpt,
+                         images if real else ())
+            return 0
         outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
                 for fmt in fmts}
         for fmt, out in outs.items():

@@ -3,13 +3,14 @@ uint8 RGB square every tool uses, and a batch of those normalised for the networ
 
 The bottom floor of the house: it imports nothing of this project, so the network's
 `predict`, the image-folder reader and Grad-CAM on your own pictures all decode a file
-the same way, and training, evaluation and inference all normalise the same way.
+the same way, and training, evaluation and inference all normalise the same way. Decoding
+needs only Pillow and numpy (PyTorch is imported where a tensor is made), so a copy of
+this file reads pictures where PyTorch is not installed: the demo Space of export.py.
 
     square = load_image("cat.jpg")               # uint8 (32, 32, 3) RGB
     x = normalize(square[None], mean, std)       # float (1, 3, 32, 32), channels_last
 """
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 
@@ -47,6 +48,7 @@ def normalize(images, mean, std):
     over uint8 (a quarter of the bytes of float32) and the conversion runs on the device
     as one batched op. The result is an NCHW view of NHWC memory, i.e. channels_last.
     """
+    import torch
     x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
     return standardize(x.permute(0, 3, 1, 2).float(), mean, std)
 
@@ -55,6 +57,7 @@ def standardize(x, mean, std):
     """float (N, 3, H, W) pixel values 0..255 -> (x / 255 - mean) / std per channel, as one
     multiply-add. mean/std: sequences, or tensors already on x's device (a host list would
     be copied to the device on every call, and on CUDA that copy waits for the GPU)."""
+    import torch
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return torch.addcmul(-mean / std, x, 1 / (255 * std))

@@ -89,10 +89,10 @@ def test_both_formats_hold_the_preprocessing_and_match_pytorch(exported):
 
 
 @pytest.mark.slow
-def test_the_readme_snippet_classifies_a_photo_without_torch_or_this_repo(exported, tmp_path):
+def test_the_docs_snippet_classifies_a_photo_without_torch_or_this_repo(exported, tmp_path):
     ckpt_path, stem, _ = exported
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+    page = open(os.path.join(ROOT, "docs", "export.md")).read()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", page, re.S)
                    if "onnxruntime.InferenceSession" in b)
     assert len(snippet.strip().splitlines()) <= 16
     clf = load_classifier(str(ckpt_path))

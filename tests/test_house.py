@@ -12,18 +12,18 @@ PACKAGE = "machinery"
 # the rows before its own.
 COMMANDS = [
     ["model"],
-    ["gradcam_utils", "export", "hubconf", "predict"],
+    ["gradcam_utils", "export", "hubconf", "predict", "app"],
     ["train"],
 ]
 # The package's floors, lowest first: a module may import any module of a lower floor,
 # none of its own or higher, and nothing at the top.
 FLOORS = [
     ["cifar", "images", "failures", "progress"],
-    ["checkpoint_files", "imagefolder"],
+    ["checkpoint_files", "imagefolder", "space_app"],
     ["network", "data", "metrics"],
     ["config", "gradcam"],
     ["logs", "run_folder", "runlock", "tensorboard_events"],
-    ["checkpointing", "runtime"],
+    ["checkpointing", "runtime", "card"],
     ["evaluation", "predicting"],
 ]
 

@@ -71,6 +71,7 @@ def test_a_folder_of_hundreds_becomes_a_row_per_file_bad_files_included(folder_m
                                             f"top-1 {100 * right / (3 * PER_CLASS):.2f}%")
 
 
+@pytest.mark.slow
 def test_the_generator_gives_every_picture_in_order_and_predict_raises_on_a_bad_one(folder_model):
     best, photos = folder_model
     clf = load_classifier(str(best))
@@ -85,6 +86,7 @@ def test_the_generator_gives_every_picture_in_order_and_predict_raises_on_a_bad_
     assert predict(clf, sources[1:], k=2) == [got[1].top, got[2].top]
 
 
+@pytest.mark.slow
 def test_a_submission_is_id_and_label_for_a_numbered_folder(folder_model, tmp_path):
     best, photos = folder_model
     test = tmp_path / "test"
@@ -117,6 +119,7 @@ def test_an_onnx_file_gives_the_checkpoints_top_class_for_every_readable_file(fo
     assert len(tops) == 3 * PER_CLASS and all(a == b for a, b in tops)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_writes_nothing(folder_model, tmp_path):
     best, photos = folder_model
     out = tmp_path / "p.csv"

@@ -305,7 +305,8 @@ def test_init_from_trains_cifar10_from_cifar100_weights(reference_file, tmp_path
             f"there, 10 here, so it starts from fresh weights") in proc.stdout
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert last["config"]["init_from"] == str(path) and len(last["class_names"]) == 10
-    wrong = run_script("train.py", "--init-from", path, "--width", "16", *flags)
+    wrong = run_script("train.py", "--init-from", path, "--width", "16", *flags[:-1],
+                       tmp_path / "another")  # (the first run's folder is its own)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
     assert "this run builds ResNet(blocks=[1, 1, 1, 1], width=16) (10 classes)" in wrong.stderr
 

@@ -32,6 +32,7 @@ def finished(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_fresh_run_in_a_used_folder_is_refused_and_touches_nothing(finished, tiny_data,
                                                                      tmp_path, capsys):
     out = tmp_path / "run"
@@ -51,6 +52,7 @@ def test_a_fresh_run_in_a_used_folder_is_refused_and_touches_nothing(finished, t
     assert _bytes(out / "checkpoints") == before
 
 
+@pytest.mark.slow
 def test_archive_moves_the_earlier_run_aside_byte_for_byte(finished, tiny_data, tmp_path,
                                                            capsys):
     out = tmp_path / "run"
@@ -66,6 +68,7 @@ def test_archive_moves_the_earlier_run_aside_byte_for_byte(finished, tiny_data, 
     assert now["config"]["seed"] == 5 and len(now["train_acc"]) == 1
 
 
+@pytest.mark.slow
 def test_a_smoke_runs_files_are_replaced_by_the_next_run_without_a_flag(smoke_run, tiny_data,
                                                                         tmp_path, capsys):
     out = tmp_path / "run"
@@ -78,6 +81,7 @@ def test_a_smoke_runs_files_are_replaced_by_the_next_run_without_a_flag(smoke_ru
     assert not torch.load(out / "checkpoints" / "last.pt", weights_only=True)["config"]["smoke"]
 
 
+@pytest.mark.slow
 def test_a_run_resumed_into_another_folder_prunes_nothing_that_folder_held(finished, tiny_data,
                                                                            tmp_path, capsys):
     other = tmp_path / "other"  # another run (seed 7): only its checkpoint_epoch_0.pt is left
@@ -98,6 +102,7 @@ def test_a_run_resumed_into_another_folder_prunes_nothing_that_folder_held(finis
                              "last.pt"]
 
 
+@pytest.mark.slow
 def test_a_continued_reference_run_whose_best_model_is_still_its_file_finishes(tiny_data,
                                                                                tmp_path):
     """The end of the run reads the best model as every tool does: the reference's file has
@@ -117,9 +122,9 @@ def test_a_continued_reference_run_whose_best_model_is_still_its_file_finishes(t
     assert (tmp_path / "gradcam_outputs" / "gradcam_grid.png").is_file()
 
 
-def test_no_picture_or_table_is_written_over_a_checkpoint(finished, tmp_path):
+def test_no_picture_or_table_is_written_over_a_checkpoint(smoke_run, tmp_path):
     path = tmp_path / "best_model.pt"
-    shutil.copy(finished / "checkpoints" / "best_model.pt", path)
+    shutil.copy(smoke_run[0] / "checkpoints" / "best_model.pt", path)
     blob = path.read_bytes()
     with pytest.raises(CheckpointError, match="it is a checkpoint"):
         save_figure(new_figure(figsize=(2, 2)), str(path))
@@ -129,6 +134,7 @@ def test_no_picture_or_table_is_written_over_a_checkpoint(finished, tmp_path):
     assert path.read_bytes() == blob and os.listdir(tmp_path) == ["best_model.pt"]
 
 
+@pytest.mark.slow
 def test_export_refuses_to_write_over_its_checkpoint(finished, tmp_path):
     path = tmp_path / "model.pt"
     shutil.copy(finished / "checkpoints" / "best_model.pt", path)

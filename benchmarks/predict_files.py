@@ -2,8 +2,8 @@
 in the same run: decoding alone (the same worker processes), the network alone (the same
 batches, already decoded), and a loop calling predict() one file at a time.
 
-    python benchmarks/predict.py                          # 2,000 CIFAR-sized, 2,000 12-MP
-    python benchmarks/predict.py --files 500 --kinds cifar --reduced
+    python benchmarks/predict_files.py                          # 2,000 CIFAR-sized, 2,000 12-MP
+    python benchmarks/predict_files.py --files 500 --kinds cifar --reduced
 
 The network is the seed ResNet34 with fresh weights (speed does not depend on them; --reduced:
 [1, 1, 1, 1] at width 16), on the GPU when there is one. The JPEGs are generated into a

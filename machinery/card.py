@@ -1,0 +1,149 @@
+"""A model card from a checkpoint: what the network classifies, how well, how it was
+trained, and how to use it. Every number comes from the file, none is typed in.
+
+    card(ckpt, "model.onnx")            # markdown, with the Hugging Face front matter
+    summary(ckpt)                       # the short card the demo page shows
+
+The front matter is what a Hugging Face Space or model repository reads: title, sdk,
+app_file, license and model-index results (the accuracy, on which split).
+"""
+import dataclasses
+
+from .checkpoint_files import dataset_of
+from .config import Config
+from .logs import changed_settings
+
+NAMES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "folder": "an image folder"}
+
+
+def facts(ckpt):
+    """What a card says, from the checkpoint: a dict of plain values."""
+    cfg = {**dataclasses.asdict(Config()), **(ckpt.get("config") or {})}
+    split = "val" if cfg.get("val_split") or cfg.get("val_folder") else "test"
+    accs = ckpt.get(f"{split}_acc") or []
+    top5s = ckpt.get(f"{split}_top5") or []
+    epoch = ckpt.get("epoch", len(accs) - 1)
+    test = ckpt.get("test_accuracy") if split == "val" else (accs[epoch] if 0 <= epoch < len(accs)
+                                                               else ckpt.get("test_accuracy"))
+    params = sum(v.numel() for k, v in ckpt["model_state_dict"].items()
+                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    names = list(ckpt["class_names"])
+    return {
+        "dataset": dataset_of(ckpt) or "cifar100", "classes": names, "image_size": ckpt["image_size"],
+        "epoch": epoch, "epochs": len(ckpt.get("train_acc") or []), "planned": cfg.get("epochs"),
+        "split": split, "accuracy": test,
+        "top5": (top5s[epoch] if split == "test" and 0 <= epoch < len(top5s) else ckpt.get("test_top5"))
+        if len(names) > 5 else None,
+        "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
+        "test_images": ckpt.get("test_images"), "parameters": params,
+        "settings": changed_settings(Config(**{k: v for k, v in cfg.items()
+                                               if k in Config.__dataclass_fields__})),
+        "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
+        "hours": ckpt.get("train_seconds", 0) / 3600 or None,
+    }
+
+
+def _pct(v):
+    return "n/a" if v is None or v != v else f"{v:.2f}%"
+
+
+def protocol(f):
+    if f["split"] == "val":
+        return ("the test set, evaluated once at the end with the model that did best on held-out "
+                f"validation images ({_pct(f['val_accuracy'])} there)")
+    return ("the test set, which also chose the best epoch (as the reference did: this flatters "
+            "the figure a little)")
+
+
+def summary(ckpt):
+    """The short card of the demo page: data set, classes, size, epoch, accuracy, size."""
+    f = facts(ckpt)
+    top5 = f" (top-5 {_pct(f['top5'])})" if f["top5"] is not None else ""
+    smoke = (" **A `--smoke` demo model: generated pictures, not real data; its numbers say "
+             "nothing about photos.**" if f["smoke"] else "")
+    return (f"**{NAMES.get(f['dataset'], f['dataset'])}**, {len(f['classes'])} classes, "
+            f"{f['image_size']}x{f['image_size']} px | epoch {f['epoch']} of {f['epochs']} | "
+            f"test accuracy {_pct(f['accuracy'])}{top5} | {f['parameters']:,} parameters.{smoke}")
+
+
+def front_matter(f, title, app_file):
+    dataset = NAMES.get(f["dataset"], f["dataset"])
+    lines = ["---", f"title: {title}", "emoji: 🔍", "colorFrom: indigo", "colorTo: gray",
+             "sdk: gradio", f"app_file: {app_file}", "license: mit", "pinned: false",
+             "tags:", "- image-classification", "- resnet", "- onnx",
+             "model-index:", f"- name: {title}", "  results:", "  - task:",
+             "      type: image-classification", "      name: Image classification",
+             "    dataset:", f"      name: {dataset}", f"      type: {f['dataset']}",
+             "      split: test", "    metrics:", "    - type: accuracy",
+             f"      value: {round(f['accuracy'], 2) if f['accuracy'] is not None else 'null'}",
+             "      name: top-1 accuracy (%)"]
+    if f["top5"] is not None and f["top5"] == f["top5"]:
+        lines += ["    - type: top_5_accuracy", f"      value: {round(f['top5'], 2)}",
+                  "      name: top-5 accuracy (%)"]
+    return "\n".join(lines + ["---", ""])
+
+
+def card(ckpt, model_file="model.onnx", curve=None, title=None, app_file="app.py"):
+    """The model card, markdown with Hugging Face's front matter. curve: the file name of
+    the training curves' picture beside it, if any."""
+    f = facts(ckpt)
+    dataset = NAMES.get(f["dataset"], f["dataset"])
+    title = title or f"Enhanced ResNet34 on {dataset}"
+    classes = ", ".join(f["classes"][:12]) + (", ..." if len(f["classes"]) > 12 else "")
+    net = f["network"]
+    shape = (f"ResNet with {net.get('blocks')} BasicBlocks at width {net.get('width')}"
+             if net else "ResNet")
+    top5 = f", top-5 {_pct(f['top5'])}" if f["top5"] is not None else ""
+    hours = f" Training took {f['hours']:.1f} h." if f["hours"] else ""
+    smoke = ("\n> **This is a `--smoke` demo model**, trained for seconds on generated "
+             "pictures (coloured squares), not on real data: its accuracy says nothing about "
+             "photos.\n" if f["smoke"] else "")
+    body = f"""# {title}
+{smoke}
+A {shape} ({f['parameters']:,} parameters) that sorts {f['image_size']}x{f['image_size']}
+pictures into the {len(f['classes'])} classes of {dataset}: {classes}.
+
+## Results
+
+| | |
+|---|---|
+| top-1 accuracy | **{_pct(f['accuracy'])}**{top5} |
+| measured on | {protocol(f)}{f", {f['test_images']:,} images" if f['test_images'] else ""} |
+| epoch | {f['epoch']} (of {f['epochs']} trained, {f['planned']} planned) |
+{f"{chr(10)}![training curves]({curve}){chr(10)}" if curve else ""}
+## Training
+
+The recipe of the enhanced ResNet34 on CIFAR-100 (SGD with Nesterov momentum, OneCycleLR
+up to 0.1, CutMix on 30% of batches, label smoothing 0.1, random crops, flips, affine
+jitter, cut-out and noise). Settings that differ from it: `{f['settings']}`.{hours}
+
+## Use
+
+Intended for pictures of these {len(f['classes'])} classes only: anything else still gets
+one of them. Every picture is turned by its EXIF orientation, cropped to its largest
+centred square and shrunk to {f['image_size']}x{f['image_size']} px, so small details are
+lost, and the figures above hold for pictures like the training set's, not for photos of
+another kind.
+
+Without PyTorch, with `onnxruntime`, `numpy` and Pillow (`{model_file}` takes uint8 RGB
+`(batch, {f['image_size']}, {f['image_size']}, 3)` and scales and normalises inside; its
+metadata holds the class names):
+
+```python
+import json, numpy as np, onnxruntime
+from PIL import Image, ImageOps
+session = onnxruntime.InferenceSession("{model_file}")
+names = json.loads(session.get_modelmeta().custom_metadata_map["class_names"])
+image = Image.open("cat.jpg"); image.draft("RGB", ({f['image_size']}, {f['image_size']}))
+image = ImageOps.exif_transpose(image).convert("RGB")
+(w, h), s = image.size, min(image.size)
+square = image.resize(({f['image_size']}, {f['image_size']}), Image.BICUBIC,
+                      box=((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+probs = session.run(["probabilities"], {{"images": np.asarray(square)[None]}})[0][0]
+print(names[int(probs.argmax())], float(probs.max()))
+```
+
+With PyTorch and the training repo: `load_classifier("best_model.pt")` and
+`predict(clf, ["cat.jpg"])` from its `model.py`, or `python predict.py photos/`.
+"""
+    return front_matter(f, title, app_file) + body

@@ -1,0 +1,151 @@
+"""The demo page: drop a picture, see the five classes the network finds most likely, the
+picture as the network saw it and, with PyTorch, where it looked (Grad-CAM).
+
+    python app.py                    # in a Space folder (export.py --format space)
+
+This file is the page for the repo's app.py (which adds the checkpoint and Grad-CAM) and,
+copied by `export.py --format space` beside `pictures.py` (a copy of images.py) and
+`model.onnx`, a Hugging Face Space's app.py. There it needs only gradio, onnxruntime,
+numpy and Pillow: nothing here imports PyTorch or the rest of the repo.
+
+Every picture is read as predict() reads it (images.load_image: EXIF orientation, the
+largest centred square, the model's size, the reduced JPEG decode), so the page,
+predict(), --evaluate and the exported files give the same answer for the same file.
+Nothing is fetched from the internet: Gradio serves its page from its package, and its
+analytics are off.
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+
+import numpy as np
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home, before import
+try:
+    from .images import load_image  # in the repo's package
+except ImportError:
+    from pictures import load_image  # in a Space folder, beside this file
+
+DISPLAY = 256  # pixels per side of the picture as the network saw it, upscaled to be seen
+TOP = 5
+
+
+class OnnxModel:
+    """An export.py ONNX file: uint8 squares in, probabilities out; its metadata names the
+    classes, the size and, in `summary`, the card's numbers."""
+
+    explains = False
+    no_explaining = "No Grad-CAM here: it needs PyTorch and the checkpoint, and this model is an ONNX file."
+
+    def __init__(self, path):
+        import onnxruntime
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.names, self.size = json.loads(meta["class_names"]), int(meta["image_size"])
+        self.summary = meta.get("summary") or f"{len(self.names)} classes, {self.size} px"
+
+    def probabilities(self, square):
+        return self.session.run(["probabilities"], {"images": square[None]})[0][0]
+
+
+def upscaled(square):
+    return np.asarray(Image.fromarray(square).resize((DISPLAY, DISPLAY), Image.NEAREST))
+
+
+def reason(e):
+    """A picture's failure in words a visitor understands."""
+    from PIL import UnidentifiedImageError
+    if isinstance(e, UnidentifiedImageError):
+        return "this file is not a picture (or in a format that cannot be read)"
+    if isinstance(e, Image.DecompressionBombError):
+        return "this picture is too large to open safely"
+    return f"this picture cannot be read ({type(e).__name__}: {str(e).strip()[:120]})"
+
+
+def classifier(model):
+    """The page's function: a picture's path -> (top classes, the picture as the network
+    saw it, a note). It never raises: a bad file is a note, and the next picture is
+    answered as usual. One picture at a time through the model (a lock): Grad-CAM's hooks
+    on the network are not for two requests at once."""
+    lock = threading.Lock()
+
+    def classify(path):
+        if not path:
+            return {}, None, "Drop a picture above first."
+        try:
+            square = load_image(path, model.size)
+        except Exception as e:  # noqa: BLE001 -- Pillow raises many kinds for a broken file
+            return {}, None, f"**Could not read it:** {reason(e)}."
+        with lock:
+            if model.explains:
+                probs, shown = model.explain(square)
+            else:
+                probs, shown = model.probabilities(square), upscaled(square)
+        top = np.argsort(probs)[::-1][:TOP]
+        note = "" if model.explains else model.no_explaining
+        return {model.names[i]: float(probs[i]) for i in top}, shown, note
+    return classify
+
+
+def picture_input():
+    """gr.Image, but handing the function the file as it was uploaded. gr.Image opens it
+    with Pillow first (a file that is not a picture, or a decompression bomb, would fail
+    there with Gradio's bare "Error") and re-saves a picture not in RGB; load_image then
+    reads the file itself, exactly as predict() reads it. (Set on the instance: a subclass
+    of a Gradio component makes Gradio write a .pyi stub beside this file.)"""
+    import gradio as gr
+    picture = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
+                       label="A picture (upload, drop, paste or webcam)")
+    opened = picture.preprocess
+
+    def as_uploaded(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return opened(payload)  # a pasted picture, as a data URL
+    picture.preprocess = as_uploaded
+    return picture
+
+
+def page(model, examples=(), title="What does the network see?"):
+    """The Gradio page for a model (OnnxModel, or the repo's app.TorchModel)."""
+    import gradio as gr
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"# {title}\n{model.summary}")
+        with gr.Row():
+            with gr.Column():
+                picture = picture_input()
+                submit = gr.Button("Submit", variant="primary")
+            with gr.Column():
+                label = gr.Label(num_top_classes=TOP, label="What the network thinks")
+                seen = gr.Image(label="As the network saw it" + (
+                    ", and where it looked (Grad-CAM: red most)" if model.explains else ""),
+                    interactive=False)
+                note = gr.Markdown()
+        submit.click(classifier(model), inputs=picture, outputs=[label, seen, note],
+                     api_name="classify")
+        if examples:
+            gr.Examples([[e] for e in examples], inputs=picture, label="Examples")
+    return demo
+
+
+def main(argv=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser(description="The demo page of an exported model.")
+    p.add_argument("--onnx", default=os.path.join(here, "model.onnx"), help="default: model.onnx beside this file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
+    p.add_argument("--share", action="store_true", help="a public link (from Colab, say)")
+    args = p.parse_args(argv)
+    folder = os.path.join(here, "examples")
+    examples = sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
+    page(OnnxModel(args.onnx), examples).queue(default_concurrency_limit=4).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", args.host), server_port=args.port,
+        share=args.share)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

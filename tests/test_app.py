@@ -1,0 +1,201 @@
+"""The demo page (app.py) and the Space folder (export.py --format space): a real browser,
+the HTTP API, bad pictures, concurrent requests; the Space run from outside the repo."""
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_script
+from model import load_classifier, predict
+
+gradio_client = pytest.importorskip("gradio_client")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(command, cwd, env=None, timeout=180):
+    """Start a page's process; (process, url) once it answers, or fail with its output."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    proc = subprocess.Popen(command + ["--port", str(port)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the page exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"the page did not answer within {timeout} s")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Pictures as people have them: a JPEG photo large enough for the reduced decode, and
+    16 distinct small ones for the concurrent requests."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    big = folder / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).resize(
+        (800, 600), Image.BICUBIC).save(big, quality=90)
+    many = []
+    for i in range(16):
+        many.append(folder / f"{i}.png")
+        Image.fromarray(np.full((32, 32, 3), rng.integers(0, 256, 3), np.uint8)).save(many[-1])
+    return big, many
+
+
+@pytest.fixture(scope="module")
+def page(smoke_run):
+    best = smoke_run[0] / "checkpoints" / "best_model.pt"
+    proc, url = serve([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint", str(best)],
+                      cwd=ROOT)
+    yield url, best
+    stop(proc)
+
+
+def _ask(url, path):
+    client = gradio_client.Client(url, verbose=False)
+    return client.predict(gradio_client.handle_file(str(path)), api_name="/classify")
+
+
+def _top(answer):
+    label = answer[0]
+    return label.get("label") if isinstance(label, dict) else None
+
+
+@pytest.mark.slow
+def test_a_real_browser_uploads_a_photo_and_reads_the_top_class(page, photos, tmp_path):
+    if not os.path.exists(CHROMIUM):  # CI must have it: .ci/run installs Debian's
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no {CHROMIUM} here")
+    from playwright.sync_api import sync_playwright
+    url, best = page
+    want = predict(load_classifier(str(best)), [photos[0]], k=1)[0][0][0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        view = browser.new_page(viewport={"width": 1280, "height": 900})
+        view.goto(url)
+        view.set_input_files("input[type=file]", str(photos[0]))
+        view.get_by_role("button", name="Submit").click()
+        view.locator("[data-testid=label-output-value]").first.wait_for(timeout=60_000)
+        shown = view.locator("[data-testid=label-output-value]").first.inner_text().strip()
+        overlay = view.locator("img").count()
+        view.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    assert shown == want
+    assert overlay >= 2  # the upload and the Grad-CAM overlay
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def _png(path, width, height):
+    """A PNG that says it is width x height (a decompression bomb's header), with a tiny body."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def bad_pictures(folder, photo):
+    """Every kind of awkward file a visitor drops, {name: path}."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    files = {}
+    (folder / "notes.jpg").write_text("not a picture")
+    files["not a picture"] = folder / "notes.jpg"
+    blob = photo.read_bytes()
+    (folder / "truncated.jpg").write_bytes(blob[: len(blob) // 3])
+    files["truncated JPEG"] = folder / "truncated.jpg"
+    Image.fromarray(rgb[:1, :1]).save(folder / "one.png")
+    files["1x1"] = folder / "one.png"
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(folder / "sixteen.png")
+    files["16-bit PNG"] = folder / "sixteen.png"
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg")
+    files["CMYK JPEG"] = folder / "cmyk.jpg"
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(folder / "palette.png")
+    files["palette PNG"] = folder / "palette.png"
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(folder / "alpha.png")
+    files["transparent PNG"] = folder / "alpha.png"
+    frames = [Image.fromarray(np.full((30, 30, 3), c, np.uint8)) for c in (0, 255)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    files["animated GIF"] = folder / "anim.gif"
+    files["20,000 x 20,000 PNG"] = _png(folder / "bomb.png", 20000, 20000)
+    return files
+
+
+@pytest.mark.slow
+def test_bad_pictures_get_a_message_or_an_answer_and_the_page_goes_on(page, photos, tmp_path):
+    url, best = page
+    clf = load_classifier(str(best))
+    want = predict(clf, [photos[0]], k=1)[0][0][0]
+    readable = {"1x1", "16-bit PNG", "CMYK JPEG", "palette PNG", "transparent PNG", "animated GIF"}
+    for name, path in bad_pictures(tmp_path, photos[0]).items():
+        answer = _ask(url, path)
+        if name in readable:
+            assert _top(answer) == predict(clf, [path], k=1)[0][0][0], name
+        else:
+            assert _top(answer) is None and answer[2].startswith("**Could not read it:**"), name
+        assert _top(_ask(url, photos[0])) == want, f"after the {name}"
+
+
+@pytest.mark.slow
+def test_sixteen_requests_at_once_each_get_their_own_answer(page, photos):
+    url, best = page
+    clf = load_classifier(str(best))
+    want = [p[0][0] for p in predict(clf, photos[1], k=1)]
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda path: _top(_ask(url, path)), photos[1]))
+    assert got == want
+
+
+@pytest.mark.slow
+def test_the_space_folder_runs_alone_and_its_card_states_the_checkpoints_accuracy(
+        smoke_run, photos, tmp_path):
+    import yaml
+    import torch
+    best = smoke_run[0] / "checkpoints" / "best_model.pt"
+    made = run_script("export.py", best, "--format", "space", "--out", tmp_path / "made")
+    assert made.returncode == 0, made.stderr[-2000:]
+    space = tmp_path / "elsewhere" / "space"
+    shutil.copytree(tmp_path / "made", space)  # nothing of the repo beside it
+    readme = (space / "README.md").read_text()
+    front = yaml.safe_load(readme.split("---\n")[1])
+    ckpt = torch.load(best, weights_only=True)
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
+    metrics = front["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0]["value"] == round(ckpt["test_accuracy"], 2)
+    assert "--smoke" in readme and "![training curves](training_curves.png)" in readme
+    env = {"PYTHONPATH": ""}  # the Space folder alone: its own files, the packages
+    proc, url = serve([sys.executable, str(space / "app.py")], cwd=space, env=env)
+    try:
+        answer = _ask(url, photos[0])
+    finally:
+        stop(proc)
+    assert _top(answer) == predict(load_classifier(str(best)), [photos[0]], k=1)[0][0][0]
+    assert "ONNX" in answer[2]  # no Grad-CAM there, and the page says so
