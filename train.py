@@ -43,12 +43,12 @@ from machinery.logs import (changed_settings, log, log_epoch, log_model_summary,
                             start_epoch_table)
 from machinery.metrics import LiveMetrics, write_metrics
 from machinery.network import ResNet, count_parameters
-# train.new_progress & co. were defined here once; imported from here by earlier code
-from machinery.progress import Tally, new_progress, timed  # noqa: F401
+from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
 from machinery.run_folder import claim, new_run_id, others_periodic, resumed_here
 from machinery.runlock import holding_out_dir
 from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
-                               default_workers, evaluate, init_distributed, make_runtime)
+                               default_workers, evaluate, fresh_gradients, init_distributed,
+                               make_runtime)
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
@@ -148,10 +148,10 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
     untouched: under AMP the GradScaler skips it, in fp32 the fused SGD is told to.
     The schedule advances either way, so it stays tied to the batch count.
     """
-    if cfg.accum_steps == 1:
-        opt.zero_grad(set_to_none=True)  # the backward's gradient becomes .grad as it is
-    else:
+    if cfg.accum_steps > 1:
         fresh_gradients(opt)
+    else:
+        opt.zero_grad(set_to_none=True)  # the backward's gradient becomes .grad as it is
     micro = list(zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps)))
     sums = []
     for i, (xm, ym) in enumerate(micro):
@@ -172,17 +172,6 @@ def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
         sched.step()
     bad = bad > 0
     return torch.where(bad, 0.0, loss_sum), correct, bad
-
-
-def fresh_gradients(opt):
-    """Zeroed gradient buffers of the run's own as every parameter's .grad, for the
-    micro-batches' backward passes to add into. Were .grad None, it would become the tensor
-    the first backward hands over, and under CUDA graphs (torch.compile's too) that aliases
-    the graph's static gradient buffer, which the next replay overwrites instead of adding
-    to: the update would use K x the last micro-batch's gradient (pytorch/pytorch#181723)."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            p.grad = torch.zeros_like(p)
 
 
 def micro_step(model, x, y, scaler, rt, cfg, rng, share):
@@ -439,10 +428,8 @@ def resume_into(run, ckpt, path, given):
 
 
 def claim_files(run, resumed, resume_path):
-    """What in --out-dir the run counts as its own: its id (a resumed run's is its
-    checkpoint's), the periodic checkpoints its resumed checkpoint lists when it continues
-    in that checkpoint's folder (a run prunes nothing a new folder held), its TensorBoard
-    folder."""
+    """The run's id (a resumed run's is its checkpoint's), the periodic files it owns (its
+    checkpoint's list, in that checkpoint's own folder only) and its TensorBoard folder."""
     out, resumed = run.cfg.out_dir, resumed or {}
     run.extra["run_id"] = resumed.get("run_id") or new_run_id()
     here = resumed_here(resume_path, out)

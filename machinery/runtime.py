@@ -355,6 +355,17 @@ def compile_network(net, x, warmup=3):
     return fast
 
 
+def fresh_gradients(opt):
+    """Zeroed gradient buffers of the run's own as every parameter's .grad, for the
+    micro-batches' backward passes to add into. Were .grad None, it would become the tensor
+    the first backward hands over, and under CUDA graphs (torch.compile's too) that aliases
+    the graph's static gradient buffer, which the next replay overwrites instead of adding
+    to: the update would use K x the last micro-batch's gradient (pytorch/pytorch#181723)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+
+
 class BufferSnapshot:
     """A network's buffers (BatchNorm running statistics) as of when it was last taken.
     A training forward pass updates them before the step may still fail (out of memory in
