@@ -71,7 +71,7 @@ def test_examples(model, folder, n=EXAMPLES):
     try:
         if name != data.FOLDER and not data.dataset_present(root, name):
             return []
-        images, labels = data.read_split(root, name, "test", model.size, cfg.get("cache_dir") or None)
+        images, labels = data.read_split(root, name, "test", model.size, **data.folder_options(cfg))
     except (data.DataError, OSError):
         return []
     paths, seen = [], set()

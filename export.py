@@ -88,9 +88,9 @@ def check_images(ckpt):
     size = ckpt["image_size"]
     try:
         x, _ = data.read_split(cfg.get("data_dir", "./data"), name, "test", size,
-                               cfg.get("cache_dir") or None)
-        if len(x):
-            return x[:CHECK_IMAGES], f"{min(len(x), CHECK_IMAGES)} {name} test images"
+                               **data.folder_options(cfg))
+        if len(x):  # (copied out of a folder's read-only memory map)
+            return np.array(x[:CHECK_IMAGES]), f"{min(len(x), CHECK_IMAGES)} {name} test images"
     except (data.DataError, OSError, KeyError, ValueError):
         pass
     rng = np.random.default_rng(0)

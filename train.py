@@ -49,6 +49,7 @@ from machinery.runlock import holding_out_dir
 from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
                                default_workers, evaluate, fresh_gradients, init_distributed,
                                make_runtime)
+from machinery.workers import chosen_workers
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
@@ -328,7 +329,7 @@ def build_run(cfg, device, dist, images):
         log.warning(f"channels_last off: on the CPU, a --width under 16 at {size} px crashes "
                     f"this torch's oneDNN in the backward pass")
     rt = make_runtime(device, cfg.precision, channels_last, mean, std, dist, cfg.step_mode)
-    workers = default_workers() if cfg.num_workers < 0 else cfg.num_workers
+    workers = chosen_workers(cfg.num_workers)
     train_loader, eval_loader = data.make_loaders(
         x_train, y_train, x_eval, y_eval, mean, cfg.batch_size,
         cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world,
@@ -360,6 +361,8 @@ def build_run(cfg, device, dist, images):
     scaler = rt.grad_scaler()
     extra = {"model_args": dict(net.model_args), "class_names": list(names),
              "mean": list(mean), "std": list(std), "image_size": size}
+    if images.ids:  # a folder's class ids behind the names shown (Tiny ImageNet's wnids)
+        extra["class_ids"] = list(images.ids)
     return Run(cfg, rt, net, model, opt, sched, scaler, train_loader, eval_loader, extra,
                {k: [] for k in history_keys(cfg)},
                LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")), workers)

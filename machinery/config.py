@@ -32,7 +32,13 @@ class Config:
     cache_dir: str = _f("", "folder data: where the decoded images are cached (default: "
                             "DIR/.imagefolder-cache, or ~/.cache/enhanced-resnet34 where DIR "
                             "cannot be written)")
-    num_workers: int = _f(-1, "DataLoader workers; -1: one per CPU core this process may use, at most 8")
+    labels: str = _f("", "folder data: a table (CSV or tab-separated) of the training images' "
+                         "labels, e.g. Kaggle's trainLabels.csv (found by itself where it is the "
+                         "only one beside the images)")
+    label_column: str = _f("", "folder data: the table's column of labels, by name or number "
+                               "(default: label, class, ... or the only other column)")
+    num_workers: int = _f(-1, "DataLoader and image-decoding workers; -1: one per CPU core this "
+                              "process may use, at most 8")
     # model
     blocks: list = _f((5, 5, 5, 5), "BasicBlocks per stage (4 numbers)", nargs=4)
     width: int = _f(64, "channels of the first stage, doubled at each of the next three")
@@ -118,10 +124,11 @@ FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_fa
          "image_size"}
 RECIPE = FIXED | {"dropout", "block_dropout", "weight_decay", "label_smoothing", "grad_clip",
                   "cutmix_prob", "cutmix_alpha", "cutmix_label_smoothing", "seed", "sync_bn",
-                  "aug_on_device", "accum_steps"}
+                  "aug_on_device", "accum_steps", "labels", "label_column"}
 # What a run saved before a field existed was trained with: a resumed run keeps it.
 OLDER_RUNS = {"cutmix_label_smoothing": True, "block_dropout": 0.0, "init_from": "",
-              "image_size": 32, "val_folder": False, "accum_steps": 1}
+              "image_size": 32, "val_folder": False, "accum_steps": 1,
+              "labels": "", "label_column": ""}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
 SMOKE = dict(blocks=[1, 1, 1, 1], width=16, epochs=2, batch_size=64, target_accuracy=0.0,

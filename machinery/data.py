@@ -26,6 +26,7 @@ from . import imagefolder  # noqa: E402
 # the CIFAR files' names, re-exported so that data.DATASETS & co. keep working for callers
 from .cifar import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_SUPERCLASSES,  # noqa: E402,F401
                    DATASETS, DataError, write_synthetic_dataset)
+from .folder_cache import Rows, rows  # noqa: E402
 from .images import standardize  # noqa: E402
 
 
@@ -37,15 +38,25 @@ DATASET_NAMES = sorted(DATASETS) + [FOLDER]
 CIFAR_SIZE = 32  # CIFAR's images; --image-size is for folders
 
 
-def open_folder(cfg):
+def open_folder(cfg, layout=None):
     """The image folder of a run, listed once (its one-line errors first), or None for
-    CIFAR, whose images are 32x32 and only that."""
+    CIFAR, whose images are 32x32 and only that. layout: rank 0's listing, for the others."""
     if cfg.dataset != FOLDER:
         if cfg.image_size != CIFAR_SIZE:
             raise DataError(f"--image-size {cfg.image_size}: {cfg.dataset}'s images are "
                             f"{CIFAR_SIZE}x{CIFAR_SIZE}; other sizes are for --dataset folder")
+        if cfg.labels:
+            raise DataError(f"--labels {cfg.labels}: a table of labels is for --dataset folder")
         return None
-    return imagefolder.Folder(cfg.data_dir, cfg.image_size, cfg.cache_dir or None)
+    return imagefolder.Folder(cfg.data_dir, cfg.image_size, cfg.cache_dir or None,
+                              workers=cfg.num_workers, labels=cfg.labels or None,
+                              label_column=cfg.label_column or None, layout=layout)
+
+
+def folder_options(saved):
+    """The settings of a saved run (a checkpoint's config) that say how its folder is read."""
+    return {"cache_dir": saved.get("cache_dir") or None, "labels": saved.get("labels") or None,
+            "label_column": saved.get("label_column") or None}
 
 
 def dataset_present(root, name):
@@ -54,7 +65,7 @@ def dataset_present(root, name):
 
 def ensure_dataset(root, name, download=True, folder=None):
     """The data set's files are there (CIFAR: downloaded if they are not; a folder: its
-    splits decoded into the cache, so that torchrun's other ranks only read that)."""
+    splits decoded into the cache, so that torchrun's other ranks only open that)."""
     if name != FOLDER:
         return cifar.ensure_dataset(root, name, download)
     folder = folder or imagefolder.Folder(root)
@@ -62,10 +73,12 @@ def ensure_dataset(root, name, download=True, folder=None):
         folder.read(split)
 
 
-def read_split(root, name, split, size=CIFAR_SIZE, cache_dir=None):
-    """(images uint8 (N, size, size, 3) RGB, labels int64 (N,)) of the train or test split."""
+def read_split(root, name, split, size=CIFAR_SIZE, cache_dir=None, labels=None, label_column=None):
+    """(images uint8 (N, size, size, 3) RGB, labels int64 (N,)) of the train or test split;
+    a folder's images are a read-only memory map of its cache."""
     if name == FOLDER:
-        return imagefolder.read_split(root, split, size=size, cache_dir=cache_dir)[:2]
+        return imagefolder.read_split(root, split, size=size, cache_dir=cache_dir, labels=labels,
+                                      label_column=label_column)[:2]
     return cifar.read_split(root, name, split)
 
 
@@ -83,7 +96,8 @@ def normalization(root, name, folder=None):
 
 def load_dataset(root, name, download=True, folder=None):
     """(x_train, y_train, x_test, y_test, class names). A folder without an evaluation
-    folder gives an empty test set (train.py then needs --val-split)."""
+    folder gives an empty test set (train.py then needs --val-split); a folder's images
+    are Rows over the memory-mapped cache, never copied into this process."""
     if name != FOLDER:
         return cifar.load_dataset(root, name, download)
     folder = folder or imagefolder.Folder(root)
@@ -92,7 +106,7 @@ def load_dataset(root, name, download=True, folder=None):
         x_test, y_test, _ = folder.read("test")
     else:
         x_test, y_test = x_train[:0], y_train[:0]
-    return x_train, y_train, x_test, y_test, extra["classes"]
+    return Rows(x_train), y_train, Rows(x_test), y_test, extra["classes"]
 
 
 def check_protocol(cfg, folder):
@@ -103,13 +117,15 @@ def check_protocol(cfg, folder):
         raise DataError(f"{imagefolder.shown(folder.folders['val'])} holds the validation images "
                         f"already: drop --val-split, or that folder")
     if not cfg.val_split and not folder.has("test"):
-        where = imagefolder.shown(os.path.abspath(cfg.data_dir))
+        where, n = imagefolder.shown(os.path.abspath(cfg.data_dir)), len(folder.classes)
+        by_folders = folder.splits["train"].labelled_by == "class folders"
         raise DataError(
-            f"{where} has no train/ folder: its {len(folder.classes)} class folders are all "
-            f"training images; hold some out to evaluate on with --val-split N (a multiple "
-            f"of {len(folder.classes)}), or split them into train/ and test/" if folder.flat else
-            f"{where} has no test/ (or val/) folder to evaluate on: add one (the same class "
-            f"folders), or hold out training images with --val-split N")
+            f"{where} has no train/ folder: its {n} class folders are all training images; "
+            f"hold some out to evaluate on with --val-split N (a multiple of {n}), or split "
+            f"them into train/ and test/" if folder.flat and by_folders else
+            f"{where} has no labelled test/ (or val/) folder to evaluate on: hold out training "
+            f"images with --val-split N (a multiple of {n}), or add one (class folders, or a "
+            f"table of labels)")
 
 
 @dataclass
@@ -118,18 +134,21 @@ class Prepared:
     train: tuple  # (x uint8 (N, S, S, 3), y int64 (N,))
     evaluated: tuple  # the test set, or the validation images
     test: tuple  # (empty for a folder without one)
-    names: list
-    mean: tuple
+    names: list  # the class names shown
+    mean: tuple  # of the images trained on
     std: tuple
     val_folder: bool  # the validation images are a val/ folder beside test/
+    ids: list = None  # a folder's class ids, where they differ from the names (wnids)
 
 
 def prepare(cfg, dist, say, smoke_sizes):
     """The run's Prepared images. The evaluated images are the test set (the reference's
     protocol), or validation images (a val/ folder beside test/, or with --val-split
     training images held out), and then the test set is evaluated once at the end. Rank
-    0 generates (--smoke), downloads or decodes the files, the others wait."""
-    folder = open_folder(cfg)  # every rank: one listing each, the one-line errors first
+    0 lists the folder (its listing is sent to the others), generates (--smoke),
+    downloads or decodes the files; the others wait, then open the same cache."""
+    layout = dist.from_main(lambda: getattr(open_folder(cfg), "layout", None))
+    folder = open_folder(cfg, layout) if layout else None  # (rank 0's listing, not again)
     check_protocol(cfg, folder)
     if dist.main:
         if cfg.smoke and not dataset_present(cfg.data_dir, cfg.dataset):
@@ -140,15 +159,20 @@ def prepare(cfg, dist, say, smoke_sizes):
         ensure_dataset(cfg.data_dir, cfg.dataset, cfg.download, folder)
     dist.barrier(patient=True)  # however long rank 0 takes to decode a big folder
     x_train, y_train, x_test, y_test, names = load_dataset(cfg.data_dir, cfg.dataset, False, folder)
-    mean, std = normalization(cfg.data_dir, cfg.dataset, folder)
+    ids = folder.ids if folder and folder.ids != folder.classes else None
     test = (x_test, y_test)
     if folder and folder.has("val"):
-        return Prepared((x_train, y_train), folder.read("val")[:2], test, names, mean, std, True)
+        mean, std = normalization(cfg.data_dir, cfg.dataset, folder)
+        return Prepared((x_train, y_train), folder.read("val")[:2], test, names, mean, std, True, ids)
     if not cfg.val_split:
-        return Prepared((x_train, y_train), test, test, names, mean, std, False)
+        mean, std = normalization(cfg.data_dir, cfg.dataset, folder)
+        return Prepared((x_train, y_train), test, test, names, mean, std, False, ids)
     kept, held = split_validation(y_train, cfg.val_split, cfg.seed, len(names))
-    return Prepared((x_train[kept], y_train[kept]), (x_train[held], y_train[held]), test,
-                    names, mean, std, False)
+    # the statistics of the images trained on: the held-out ones are not looked at
+    mean, std = (folder.stats(kept, f"val{cfg.val_split}-seed{cfg.seed}") if folder else
+                 normalization(cfg.data_dir, cfg.dataset))
+    return Prepared((rows(x_train, kept), y_train[kept]), (rows(x_train, held), y_train[held]),
+                    test, names, mean, std, False, ids)
 
 
 # Independent random streams, each keyed by (seed, stream, ...) instead of shared state.
@@ -248,9 +272,11 @@ class CIFARDataset(torch.utils.data.Dataset):
             items = [index for _, index in items]
         out = []
         for i in items:
-            image = self.images[i]
+            image = self.images[i]  # (a read-only memory map's row, for a folder's images)
             if self.transform is not None:
                 image = self.transform(image=image)["image"]
+            elif not image.flags.writeable:
+                image = image.copy()
             out.append((torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[i])))
         return out
 
@@ -311,8 +337,8 @@ def make_loaders(x_train, y_train, x_test, y_test, mean, batch_size, eval_batch_
 def make_eval_loader(x, y, batch_size, num_workers=0, pin_memory=False, rank=0, world=1):
     """Every world-th image for this rank: each counted exactly once, no padding;
     batch_size is the global batch."""
-    return make_test_loader(x[rank::world], y[rank::world], batch_size // world or 1,
-                            num_workers, pin_memory)
+    mine = np.arange(rank, len(x), world)
+    return make_test_loader(rows(x, mine), y[mine], batch_size // world or 1, num_workers, pin_memory)
 
 
 def make_test_loader(x, y, batch_size, num_workers=0, pin_memory=False):

@@ -22,7 +22,8 @@ from .failures import Crashed, one_line
 from .logs import log, table, top5_text
 from .metrics import write_evaluation_report, write_metrics
 from .network import model_from_checkpoint
-from .runtime import collect_logits, default_workers, evaluate, make_runtime, pick_device, score
+from .runtime import collect_logits, evaluate, make_runtime, pick_device, score
+from .workers import chosen_workers
 
 
 def evaluate_checkpoint(path, tta, explicit):
@@ -34,14 +35,14 @@ def evaluate_checkpoint(path, tta, explicit):
     note = fill_metadata(ckpt)  # the reference's files: names and statistics of CIFAR
     if name != data.FOLDER:  # (a folder's split is listed and decoded once, just below)
         data.ensure_dataset(root, name, saved["download"])
-    x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"], saved["cache_dir"] or None)
+    x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"], **data.folder_options(saved))
     names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
     rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),
                       saved["channels_last"], mean, std)
     model, _ = model_from_checkpoint(ckpt, rt.device, expected={"num_classes": len(names)})
     model = model.to(memory_format=rt.memory_format)
-    workers = default_workers() if saved["num_workers"] < 0 else saved["num_workers"]
+    workers = chosen_workers(saved["num_workers"])
     loader = data.make_test_loader(x_test, y_test, saved["eval_batch_size"], workers)
     try:
         if note:  # said once everything is in place: a failure above gets its one line alone

@@ -25,7 +25,8 @@ from .cifar import DataError
 from .imagefolder import images_under
 from .images import load_image, normalize
 from .network import model_from_checkpoint
-from .runtime import default_workers, make_runtime, pick_device
+from .runtime import make_runtime, pick_device
+from .workers import default_workers
 
 BATCH = 256  # pictures per batch through the network
 FILES_PER_WORKER = 64  # fewer pictures than this per worker: decoding in this process is faster

@@ -13,10 +13,12 @@ from datetime import timedelta
 import torch
 import torch.nn.functional as F
 
+from .cifar import DataError
 from .config import UserError
 from .failures import one_line
 from .logs import log
 from .images import normalize
+from .workers import default_workers  # noqa: F401 -- where the loop's callers have always found it
 
 
 # -----------------------------------------------------------------------------
@@ -38,9 +40,6 @@ def pick_device(name):
     return device
 
 
-def default_workers():
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(8, cores or 1)
 
 
 
@@ -75,6 +74,24 @@ class Dist:
         NCCL's 10): rank 0 may be decoding a big image folder for the first time."""
         if self.world > 1:
             torch.distributed.barrier(group=self.patient if patient else None)
+
+    def from_main(self, make):
+        """make() on rank 0, its result sent to every rank: what one process should work
+        out for all, such as the listing of an image folder. A DataError there is raised
+        on every rank, with its one line."""
+        if self.world == 1:
+            return make()
+        box = [None]
+        if self.main:
+            try:
+                box[0] = ("made", make())
+            except DataError as e:
+                box[0] = ("error", str(e))
+        torch.distributed.broadcast_object_list(box, src=0, group=self.patient)
+        kind, value = box[0]
+        if kind == "error":
+            raise DataError(value)
+        return value
 
     def share_buffers(self, net):
         """Give every rank rank 0's BatchNorm statistics: each rank's last forward pass

@@ -18,8 +18,10 @@ COMMANDS = [
 # The package's floors, lowest first: a module may import any module of a lower floor,
 # none of its own or higher, and nothing at the top.
 FLOORS = [
-    ["cifar", "images", "failures", "progress"],
-    ["checkpoint_files", "imagefolder", "space_app"],
+    ["cifar", "images", "failures", "progress", "workers"],
+    ["checkpoint_files", "folder_cache", "label_tables", "space_app"],
+    ["folder_listing"],
+    ["imagefolder"],
     ["network", "data", "metrics"],
     ["config", "gradcam"],
     ["logs", "run_folder", "runlock", "tensorboard_events"],

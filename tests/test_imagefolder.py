@@ -1,13 +1,15 @@
 """--dataset folder: your own images in torchvision's ImageFolder layout, decoded once."""
+import json
 import os
 import re
+import shutil
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from machinery import data, imagefolder
+from machinery import data, folder_cache, imagefolder
 from conftest import run_script
 from image_folders import CLASSES, write_image_folder
 from model import load_classifier, predict
@@ -31,10 +33,10 @@ def test_the_reader_decodes_every_format_and_mode_and_skips_what_it_cannot_read(
     assert x.shape == (counts["train"], 32, 32, 3) and x.dtype == np.uint8
     assert extra["classes"] == CLASSES and sorted(set(y.tolist())) == [0, 1, 2]
     assert np.bincount(y).tolist() == [12, 12, 12]  # notes.txt is not an image, broken*.png skipped
-    assert said == [f"warning: skipped 2 files that are not a readable image: "
-                    f"{tmp_path / 'train' / 'cat' / 'broken0.png'}, "
-                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'}",
-                    f"decoded images cached in {tmp_path / imagefolder.CACHE}"]
+    assert said == [f"decoded images cached in {tmp_path / imagefolder.CACHE}",
+                    f"warning: skipped 2 files that are not a readable image: "
+                    f"{tmp_path / 'train' / 'cat' / 'broken0.png'} (not a picture Pillow can read), "
+                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'} (not a picture Pillow can read)"]
     # each class keeps its colour through every format (grey, palette and RGBA become RGB)
     means = np.stack([x[y == c].reshape(-1, 3).mean(0) for c in range(3)])
     assert np.abs(means[:, None] - means[None]).sum(-1)[~np.eye(3, dtype=bool)].min() > 20
@@ -43,10 +45,9 @@ def test_the_reader_decodes_every_format_and_mode_and_skips_what_it_cannot_read(
 def test_decoding_in_worker_processes_gives_the_same_arrays(folder, monkeypatch):
     root, _ = folder
     files = imagefolder.Folder(root).splits["train"].files
-    alone = imagefolder.decode(files, 32, "decoding")
-    monkeypatch.setattr(imagefolder, "POOL_FROM", 1)
-    monkeypatch.setattr(imagefolder.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    pooled = imagefolder.decode(files, 32, "decoding")
+    alone = imagefolder.decode(files, 32, "decoding", workers=1)
+    monkeypatch.setattr(folder_cache, "POOL_FROM", 1)
+    pooled = imagefolder.decode(files, 32, "decoding", workers=2)
     assert np.array_equal(alone[0], pooled[0]) and np.array_equal(alone[1], pooled[1])
     assert alone[2] == pooled[2] == [os.path.join(root, "train", "cat", "broken0.png")]
 
@@ -55,10 +56,7 @@ def test_the_cache_is_reused_and_read_again_after_the_folder_changes(tmp_path, m
     write_image_folder(str(tmp_path), corrupt=0)
     x, y, _ = imagefolder.read_split(str(tmp_path), "train")
     assert [f for f in _cache_files(str(tmp_path)) if f.startswith("train-")]
-    decoded = []
-    real = imagefolder.decode
-    monkeypatch.setattr(imagefolder, "decode", lambda files, size, desc: (
-        decoded.append(len(files)), real(files, size, desc))[1])
+    decoded = _count_decodes(monkeypatch, len)
     x2, y2, _ = imagefolder.read_split(str(tmp_path), "train")
     assert not decoded and np.array_equal(x, x2) and np.array_equal(y, y2)  # from the cache
     path = tmp_path / "train" / "dog" / "000.png"
@@ -68,19 +66,28 @@ def test_the_cache_is_reused_and_read_again_after_the_folder_changes(tmp_path, m
     (tmp_path / "train" / "dog" / "000.png").unlink()  # one file fewer
     x3, _, _ = imagefolder.read_split(str(tmp_path), "train")
     assert decoded == [36, 35] and len(x3) == 35
-    assert len([f for f in _cache_files(str(tmp_path)) if f.startswith("train-")]) == 1  # old ones go
+    assert len([f for f in _cache_files(str(tmp_path)) if f.startswith("train-")]) == 2  # old ones go
+    assert len([f for f in _cache_files(str(tmp_path)) if f.startswith("train-32px-")]) == 2  # .npy, .json
+
+
+def _count_decodes(monkeypatch, what):
+    """A list that gets what(paths) of every decode."""
+    decoded, real = [], folder_cache.decode_into
+    monkeypatch.setattr(folder_cache, "decode_into", lambda out, paths, *a: (
+        decoded.append(what(paths)), real(out, paths, *a))[1])
+    return decoded
 
 
 def test_a_cache_write_that_dies_half_way_leaves_no_cache_behind(tmp_path, monkeypatch):
     write_image_folder(str(tmp_path), corrupt=0)
 
-    def dies(f, **arrays):
-        f.write(b"half a file")
+    def dies(fd):  # the images are written; making them durable fails
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(imagefolder.np, "savez", dies)
+    monkeypatch.setattr(folder_cache.os, "fsync", dies)
     said = []
     x, _, _ = imagefolder.read_split(str(tmp_path), "train", warn=said.append)
     assert len(x) == 36 and said and "cannot write the decoded images" in said[0]
+    assert "No space left on device" in said[0]
     assert _cache_files(str(tmp_path)) == []  # nothing half-written, no temporary file
 
 
@@ -91,9 +98,9 @@ def test_mean_and_std_come_from_the_training_images_and_are_stored(folder):
     assert np.allclose(extra["mean"], pixels.mean(0), atol=1e-9)
     assert np.allclose(extra["std"], pixels.std(0), atol=1e-9)
     assert data.normalization(root, "folder") == (tuple(extra["mean"]), tuple(extra["std"]))
-    name = next(f for f in _cache_files(root) if f.startswith("train-"))
-    with np.load(os.path.join(root, imagefolder.CACHE, name)) as f:
-        assert np.allclose(f["mean"], extra["mean"])
+    name = next(f for f in _cache_files(root) if f.startswith("train-") and f.endswith(".json"))
+    with open(os.path.join(root, imagefolder.CACHE, name)) as f:
+        assert np.allclose(json.load(f)["stats"]["all"][0], extra["mean"])
 
 
 def _one_line(proc):
@@ -132,16 +139,20 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     assert "has no train/ folder" in _one_line(_train(blocked, tmp_path / "o5"))
     no_test = made("no_test", test=False)
     assert _one_line(_train(no_test, tmp_path / "o6")) == (
-        f"error: {no_test} has no test/ (or val/) folder to evaluate on: add one (the same class "
-        f"folders), or hold out training images with --val-split N")
+        f"error: {no_test} has no labelled test/ (or val/) folder to evaluate on: hold out training "
+        f"images with --val-split N (a multiple of 3), or add one (class folders, or a table of labels)")
 
 
-def test_a_folder_too_large_for_the_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+def test_a_disk_too_small_for_the_cache_and_a_memory_too_small_are_refused_before_decoding(
+        tmp_path, monkeypatch):
     write_image_folder(str(tmp_path), corrupt=0)
-    monkeypatch.setattr(imagefolder, "available_memory", lambda: 100_000)
-    monkeypatch.setattr(imagefolder, "decode", lambda *a: pytest.fail("decoded anyway"))
-    with pytest.raises(data.DataError, match=r"36 images need 0\.0 GiB as 32x32 arrays \(3 KB each"):
+    monkeypatch.setattr(folder_cache.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 1000))
+    monkeypatch.setattr(folder_cache, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(folder_cache, "decode_into", lambda *a: pytest.fail("decoded anyway"))
+    with pytest.raises(data.DataError, match=r"36 images need 0\.0 GiB as 32x32 arrays \(3 KB each\) "
+                                             r"and no cache folder can be written"):
         imagefolder.read_split(str(tmp_path), "train")
+    assert _cache_files(str(tmp_path)) == []
 
 
 @pytest.mark.slow

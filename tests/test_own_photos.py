@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from machinery import config, data, imagefolder
+from machinery import config, data, folder_cache, imagefolder
 from conftest import ROOT
 from image_folders import CLASSES, write_image_folder
 from machinery.runtime import Dist
@@ -22,7 +22,7 @@ def _arrays(folder, split):
 
 
 def _same(a, b):
-    return all(np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v for u, v in zip(a, b))
+    return all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))
 
 
 @pytest.fixture(scope="module")
@@ -128,22 +128,21 @@ def test_folders_as_they_are_clutter_formats_sub_folders_odd_names_and_dangling_
                      "train/bee/a.png", os.fsdecode(b"train/bee/caf\xe9.png")]
     x, y, _ = folder.read("train")
     assert np.bincount(y).tolist() == [4, 2] and len(x) == 6
-    assert said[0] == f"warning: skipped 1 file that is not a readable image: {root}/train/bee/link.png"
-    assert said[1].startswith("decoded images cached in") and len(said) == 2
-    print(said[0], imagefolder.shown(odd))  # the odd name prints, too
+    assert said[0].startswith("decoded images cached in") and len(said) == 2
+    assert said[1] == f"warning: skipped 1 file that is not a readable image: {root}/train/bee/link.png (missing)"
+    print(said[1], imagefolder.shown(odd))  # the odd name prints, too
 
 
 def test_the_same_folder_by_any_name_is_one_cache_and_one_decode(tmp_path, monkeypatch):
     write_image_folder(str(tmp_path / "D"), per_class=(4, 2), corrupt=0)
-    decoded = []
-    real = imagefolder.decode
-    monkeypatch.setattr(imagefolder, "decode", lambda files, size, desc: (
-        decoded.append(desc), real(files, size, desc))[1])
+    decoded, real = [], folder_cache.decode_into
+    monkeypatch.setattr(folder_cache, "decode_into", lambda out, paths, size, workers, desc: (
+        decoded.append(desc), real(out, paths, size, workers, desc))[1])
     monkeypatch.chdir(tmp_path)
     for name in ("D", "./D", "D/", str(tmp_path / "D")):
         imagefolder.Folder(name).read("train")
     assert decoded == ["decoding train/"]
-    assert len(os.listdir(tmp_path / "D" / imagefolder.CACHE)) == 1
+    assert len(os.listdir(tmp_path / "D" / imagefolder.CACHE)) == 2  # its .npy and .json
 
 
 def test_an_empty_evaluation_folder_is_an_error_before_training(reference_tree, tmp_path):
@@ -187,15 +186,15 @@ def test_a_decoding_worker_that_dies_ends_in_one_line_naming_the_file(tmp_path, 
     folder = imagefolder.Folder(str(tmp_path))
     files = folder.splits["train"].files
     victim = files[13][0]
-    real = imagefolder._decode
+    real = folder_cache.decode_one
 
     def crashes(path, size):
         if path == victim:
             os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
         return real(path, size)
-    monkeypatch.setattr(imagefolder, "_decode", crashes)  # (the workers are forked)
-    monkeypatch.setattr(imagefolder, "POOL_FROM", 1)
-    monkeypatch.setattr(imagefolder, "CHUNK", 4)
+    monkeypatch.setattr(folder_cache, "decode_one", crashes)  # (the workers are forked)
+    monkeypatch.setattr(folder_cache, "POOL_FROM", 1)
+    monkeypatch.setattr(folder_cache, "CHUNK", 4)
     signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the decoding hangs"))
     signal.alarm(120)
     with pytest.raises(data.DataError, match=r"a decoding worker died \(killed, or out of memory\) "
@@ -215,15 +214,15 @@ def test_image_size_is_checked_and_scales_the_augmentation():
     p = data.draw_augmentations(4000, np.random.default_rng(0), 64, 64)
     assert (p["crop_y"].min(), p["crop_y"].max()) == (0, 16)
     assert (p["hole_h"].min(), p["hole_h"].max()) == (16, 32)  # 64/4 to 64/2
-    with pytest.raises(data.DataError, match=r"as 64x64 arrays \(12 KB each"):
+    with pytest.raises(data.DataError, match=r"as 64x64 arrays \(12 KB each\) and no cache folder"):
         imagefolder.check_memory(10**12, "here", 64)
 
 
 def _read_only_run(root, *argv):
     """A Python script run with `root` mounted read-only (a user namespace's bind mount)."""
     script = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
-              "from machinery import imagefolder; real = imagefolder.decode\n"
-              "imagefolder.decode = lambda f, s, d: (print('DECODED', d), real(f, s, d))[1]\n"
+              "from machinery import folder_cache, imagefolder; real = folder_cache.decode_into\n"
+              "folder_cache.decode_into = lambda o, p, s, w, d: (print('DECODED', d), real(o, p, s, w, d))[1]\n"
               "from machinery import config, data, runtime\n"
               f"cfg = config.resolve_config({{'dataset': 'folder', 'data_dir': {root!r}}})\n"
               "data.prepare(cfg, runtime.Dist(), print, {})\n"

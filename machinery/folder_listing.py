@@ -1,0 +1,372 @@
+"""Which files of a data folder are the images of which split, under which label: the
+layouts of the README's table, each folder listed once.
+
+A split is labelled by its class folders (torchvision's ImageFolder), or by a table of
+labels (label_tables.py): beside the image folder, as Kaggle ships trainLabels.csv, or
+inside it, as Tiny ImageNet's val/val_annotations.txt. An evaluation folder with neither
+is unlabeled (Kaggle's test/, Tiny ImageNet's test/): said in one line and left out.
+Class ids are the folder names or the table's labels; a words.txt beside them (Tiny
+ImageNet's, ImageNet's synset list) gives the names shown.
+"""
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+
+from .cifar import DataError
+from . import label_tables
+
+# torchvision's ImageFolder's extensions, and GIF (its first frame)
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+EVAL_FOLDERS = ("test", "val", "valid", "validation")  # any case
+SPLIT_FOLDERS = ("train",) + EVAL_FOLDERS
+LEFT_BEHIND = {"__macosx", "thumbs.db", "desktop.ini"}  # and every name starting with "."
+WORDS = ("words.txt", "LOC_synset_mapping.txt")  # class id -> names, as ImageNet's ship
+
+
+def _stderr(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def shown(path):
+    """A path as it can be printed: a name that is not UTF-8 (Windows zips leave such) with
+    its odd bytes as \\x escapes; open() takes the path itself, whatever its bytes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def left_behind(name):
+    return name.startswith(".") or name.lower() in LEFT_BEHIND
+
+
+def is_image(name):
+    return not left_behind(name) and name.lower().endswith(EXTENSIONS)
+
+
+def _entries(path):
+    try:
+        with os.scandir(path) as it:
+            return sorted((e for e in it if not left_behind(e.name)), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot read {shown(path)}: {e.strerror}") from None
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()  # through a symlink
+    except OSError:
+        return False
+
+
+def folders_in(path):
+    """The sub-folder names of `path`, sorted, without what tools leave behind."""
+    return [e.name for e in _entries(path) if _is_dir(e)]
+
+
+def _identity(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def walk_images(folder, seen=None, loops=None):
+    """Every image file under `folder`, its sub-folders included (as torchvision finds
+    them), symlinked ones too, sorted. Each real directory is entered once: a link back
+    to one already entered, or to one in `seen` (the data folder, the split and class
+    folders, so a link to a parent cannot pull other classes in), is appended to `loops`
+    and not followed."""
+    seen = set() if seen is None else seen
+    found, stack = [], [folder]
+    while stack:
+        top = stack.pop()
+        try:
+            here = _identity(top)
+        except OSError:
+            continue
+        if here in seen and top != folder:
+            if loops is not None:
+                loops.append(top)
+            continue
+        seen.add(here)
+        subs = []
+        for e in _entries(top):
+            if _is_dir(e):
+                subs.append(e.path)
+            elif is_image(e.name):
+                found.append(e.path)
+        stack.extend(reversed(subs))
+    return sorted(found)
+
+
+def holds_images(folder):
+    """Whether any image lies under `folder` (stops at the first)."""
+    stack, seen = [folder], set()
+    while stack:
+        top = stack.pop()
+        try:
+            here = _identity(top)
+            entries = _entries(top)
+        except (OSError, DataError):
+            continue
+        if here in seen:
+            continue
+        seen.add(here)
+        if any(is_image(e.name) and not _is_dir(e) for e in entries):
+            return True
+        stack += [e.path for e in entries if _is_dir(e)]
+    return False
+
+
+@dataclass
+class Split:
+    """One split's listing: (path, label) of each image file, its (size, mtime), the
+    files that vanished or dangle, and how it is labelled ("class folders" or a table)."""
+    name: str
+    folder: str
+    files: list = field(default_factory=list)
+    stats: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    labelled_by: str = "class folders"
+
+    def add(self, path, label):
+        try:
+            st = os.stat(path)  # through a symlink; a dangling one raises
+        except OSError:
+            self.missing.append(path)
+            return
+        self.files.append((path, label))
+        self.stats.append((st.st_size, st.st_mtime_ns))
+
+
+@dataclass
+class Layout:
+    """A data folder's splits ({"train", ["val",] ["test"]} -> Split), class ids (folder
+    names or table labels, sorted as torchvision sorts them) and the names shown for
+    them; flat: the folder is its own train/ (--val-split needed)."""
+    root: str
+    splits: dict
+    ids: list
+    names: list
+    flat: bool = False
+
+
+# -----------------------------------------------------------------------------
+# Which folder is which split
+
+def _first_word(name):
+    """'trainLabels.csv' -> 'train', 'train_images' -> 'train', 'val_annotations.txt' -> 'val'."""
+    words = re.findall(r"[a-z0-9]+|[A-Z][a-z0-9]*", os.path.splitext(name)[0])
+    return words[0].lower() if words else ""
+
+
+def _tables_in(folder, extensions=label_tables.EXTENSIONS):
+    return [e.path for e in _entries(folder) if not _is_dir(e) and e.name.lower().endswith(extensions)
+            and e.name not in WORDS and e.name.lower() != "wnids.txt"]
+
+
+def table_for(root, split_folder, train=True):
+    """The table labelling a split folder, or None: one inside it whose name begins with
+    the folder's (val/val_annotations.txt), or one beside it whose name does
+    (trainLabels.csv, train.csv for train/ or train_images/); and for the training images
+    in a folder without class folders, the data folder's one table."""
+    word = _first_word(os.path.basename(split_folder))
+    inside = [t for t in _tables_in(split_folder) if _first_word(os.path.basename(t)) == word]
+    if len(inside) == 1:
+        return inside[0]
+    tables = _tables_in(root, (".csv", ".tsv")) if split_folder != root else []
+    beside = [t for t in tables if _first_word(os.path.basename(t)) == word]
+    if len(beside) > 1:
+        raise DataError(f"{shown(root)} has {len(beside)} tables for {shown(os.path.basename(split_folder))}/ "
+                        f"({', '.join(shown(os.path.basename(t)) for t in beside)}): name the labels "
+                        f"with --labels FILE")
+    if beside:
+        return beside[0]
+    if train and len(tables) == 1 and not folders_in(split_folder):
+        return tables[0]
+    return None
+
+
+def _split_folders(root, labels):
+    """({split: folder}, the training images' table or None, flat): where each split's
+    images are. "test" is what is evaluated after every epoch (test/, or val/ alone); with
+    both, "val" picks the best epoch and "test" is evaluated once at the end. A flat tree
+    (class folders, or one folder of images and one table) is "train" alone."""
+    names = folders_in(root)
+    by_case = {n.lower(): n for n in names if n.lower() in SPLIT_FOLDERS}
+    evals = [by_case[n] for n in EVAL_FOLDERS if n in by_case]
+    where = shown(os.path.abspath(root))
+    if "train" not in by_case or _is_flat(root, names, by_case, labels):
+        holding = [n for n in names if holds_images(os.path.join(root, n))]
+        tables = [labels] if labels else _tables_in(root, (".csv", ".tsv"))
+        pairs = [(t, n) for t in tables for n in holding
+                 if _first_word(n) == _first_word(os.path.basename(t))]
+        if len(tables) == 1 and len(holding) <= 1:  # one folder of images (or none), one table
+            return {"train": os.path.join(root, holding[0]) if holding else root}, tables[0], True
+        if len(pairs) == 1:  # train.csv beside train_images/ (and test_images/)
+            return {"train": os.path.join(root, pairs[0][1])}, pairs[0][0], True
+        if evals and len(holding) <= len(evals):
+            raise DataError(f"{where} has {evals[0]}/ but no train/ folder beside it")
+        return {"train": root}, labels, True
+    vals = [n for n in evals if n.lower() != "test"]
+    if len(vals) > 1:
+        raise DataError(f"{where} has both {vals[0]}/ and {vals[1]}/: keep one as the "
+                        f"validation images")
+    splits = {"train": os.path.join(root, by_case["train"])}
+    if vals and "test" in by_case:
+        splits["val"] = os.path.join(root, vals[0])
+    if evals:
+        splits["test"] = os.path.join(root, by_case["test"] if "test" in by_case else vals[0])
+    return splits, labels or table_for(root, splits["train"]), False
+
+
+def _is_flat(root, names, by_case, labels):
+    """A folder named train/ (test/, val/) beside folders of images is a class of a flat
+    tree (CIFAR-100 has a class "train"), unless train/ is labelled by a table, or an
+    evaluation folder shares train/'s class folders: then the split is meant, and the
+    other folders are a mistake too likely to guess about."""
+    others = [n for n in names if n not in by_case.values() and holds_images(os.path.join(root, n))]
+    if not others:
+        return False
+    if "train" not in by_case:
+        return True
+    train = os.path.join(root, by_case["train"])
+    if labels or table_for(root, train):
+        return False
+    classes = set(folders_in(train))
+    shared = [n for n in by_case.values() if n != by_case["train"]
+              and classes & set(folders_in(os.path.join(root, n)))]
+    if not shared:
+        return True
+    raise DataError(f"{shown(os.path.abspath(root))}: is {by_case['train']}/ the training split "
+                    f"(beside {shared[0]}/) or a class beside {', '.join(map(shown, others[:3]))}? "
+                    f"Move the class folders into {by_case['train']}/ and {shared[0]}/, or rename "
+                    f"the class {by_case['train']}/ (e.g. {by_case['train']}_)")
+
+
+# -----------------------------------------------------------------------------
+# The listing
+
+def list_folder(root, labels=None, label_column=None, warn=_stderr):
+    """The Layout of a data folder (one-line DataErrors for what cannot be used; warnings,
+    one line each, through `warn`). labels: a table of the training images' labels (the
+    --labels flag); label_column: its column of labels (--label-column)."""
+    if not os.path.isdir(root):
+        raise DataError(f"{shown(os.path.abspath(root))} is not a folder")
+    if labels and not os.path.isfile(labels):
+        raise DataError(f"--labels {shown(labels)}: no such file")
+    folders, table, flat = _split_folders(root, labels)
+    loops, seen = [], {_identity(root)} | {_identity(f) for f in folders.values()}
+    train = folders["train"]
+    if table:
+        ids, splits = _table_split("train", train, table, label_column, None, warn)
+    else:
+        ids = folders_in(train)
+        _check_classes(root, train, ids, flat)
+        splits = {"train": _class_split("train", train, ids, seen, loops)}
+    for name in ("val", "test"):
+        if name in folders:
+            split = _evaluation_split(root, name, folders[name], ids, label_column, seen, loops, warn)
+            if split is not None:
+                splits[name] = split
+    if "val" in splits and "test" not in splits:  # test/ unlabeled: val/ is evaluated each epoch
+        splits["test"] = splits.pop("val")
+        splits["test"].name = "test"
+    if loops:
+        warn(f"warning: skipped {len(loops)} link{'s' * (len(loops) > 1)} to a folder already "
+             f"listed (a loop, or a link to a parent): {', '.join(map(shown, loops[:3]))}"
+             f"{', ...' if len(loops) > 3 else ''}")
+    return Layout(root, splits, ids, names_of(root, ids, warn), flat)
+
+
+def _check_classes(root, train, ids, flat):
+    if flat and not ids:
+        raise DataError(f"{shown(os.path.abspath(root))} has no train/ folder, nor class folders: "
+                        f"--dataset folder reads DIR/train/<class>/* and DIR/test/<class>/* "
+                        f"(or DIR/<class>/* with --val-split, or a folder of images and a table "
+                        f"of labels)")
+    if not ids and any(is_image(e.name) for e in _entries(train)):
+        raise DataError(f"{shown(train)} holds images but no labels: put them in class folders, "
+                        f"or give a table of labels with --labels FILE")
+    if len(ids) < 2:
+        raise DataError(f"{shown(train)} has {len(ids)} class folder{'s' * (len(ids) != 1)}; a "
+                        f"classifier needs at least two")
+
+
+def _class_split(name, folder, ids, seen, loops):
+    split = Split(name, folder)
+    classes = {_identity(os.path.join(folder, c)) for c in ids if os.path.isdir(os.path.join(folder, c))}
+    for label, cls in enumerate(ids):
+        path = os.path.join(folder, cls)
+        if not os.path.isdir(path):
+            continue  # an evaluation split may lack a class
+        images = walk_images(path, seen | (classes - {_identity(path)}), loops)
+        if not images:
+            raise DataError(f"{shown(path)} holds no images "
+                            f"({', '.join(e[1:] for e in EXTENSIONS)})")
+        for f in images:
+            split.add(f, label)
+    return split
+
+
+def _table_split(name, folder, table, label_column, known, warn):
+    """(class ids, {name: Split}) of a folder labelled by a table."""
+    rows = label_tables.labelled_files(table, folder, walk_images(folder), label_column, known, warn,
+                                       single_warning=known is None)
+    ids = known or label_tables.sorted_labels({label for _, label in rows})
+    if known is None and len(ids) < 2:
+        raise DataError(f"{shown(table)} has {len(ids)} label{'s' * (len(ids) != 1)}; a classifier "
+                        f"needs at least two")
+    index = {c: i for i, c in enumerate(ids)}
+    split = Split(name, folder, labelled_by=shown(os.path.basename(table)))
+    for path, label in rows:
+        split.add(path, index[label])
+    return ids, {name: split}
+
+
+def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn):
+    """An evaluation folder's Split: by class folders, by a table inside or beside it, or
+    None (unlabeled, said in one line)."""
+    found = folders_in(folder)
+    table = table_for(root, folder, train=False)
+    if table:
+        split = _table_split(name, folder, table, label_column, ids, warn)[1][name]
+    elif set(found) & set(ids):
+        unknown = sorted(set(found) - set(ids))
+        if unknown:
+            raise DataError(f"{shown(folder)} has class folder{'s' * (len(unknown) > 1)} that "
+                            f"train/ lacks: {', '.join(map(shown, unknown[:5]))}")
+        split = _class_split(name, folder, ids, seen, loops)
+    else:
+        n = len(walk_images(folder, set(seen)))
+        if n:
+            warn(f"{shown(folder)}: {n:,} images without labels (no class folders of train/'s, no "
+                 f"table): not trained or evaluated on; predict.py labels them")
+            return None
+        split = Split(name, folder)
+    if not split.files:
+        raise DataError(f"{shown(folder)} holds no images: add some (in the class folders "
+                        f"of train/) or remove it")
+    return split
+
+
+def names_of(root, ids, warn=_stderr):
+    """The names shown for the class ids: the first name of each in words.txt (Tiny
+    ImageNet's "n01443537<tab>goldfish, Carassius auratus" -> "goldfish") where the data
+    folder has one naming every id; a name two ids share gets its id added."""
+    for words in WORDS:
+        path = os.path.join(root, words)
+        if not os.path.isfile(path):
+            continue
+        table = {}
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    key, _, rest = line.strip().replace("\t", " ", 1).partition(" ")
+                    table[key] = rest.split(",")[0].strip() or key
+        except OSError as e:
+            raise DataError(f"cannot read {shown(path)}: {e.strerror}") from None
+        if not all(i in table for i in ids):
+            warn(f"warning: {shown(path)} does not name every class; the classes keep their ids")
+            return list(ids)
+        names = [table[i] for i in ids]
+        twice = {n for n in names if names.count(n) > 1}
+        return [f"{n} ({i})" if n in twice else n for n, i in zip(names, ids)]
+    return list(ids)

@@ -1,0 +1,192 @@
+"""Labels in a table, as Kaggle ships them (train/ + trainLabels.csv, "id,label") and
+Tiny ImageNet labels its validation images (val_annotations.txt: file, wnid, box; tabs,
+no header): which column names the image, which the label, and which files they are.
+
+CSV or tab-separated, with or without a header. The image column is the one whose cells
+name files of the image folder: by path, by file name, or by id (`1` -> `1.png`). The
+label column is named by --label-column, or found by its header (label, class, ...), or
+is the only other column; without a header, the first other column (for an evaluation
+split, the first whose cells are all classes of train/).
+"""
+import csv
+import os
+import sys
+
+from .cifar import DataError
+
+EXTENSIONS = (".csv", ".tsv", ".txt")
+LABEL_NAMES = ("label", "labels", "class", "classes", "class_name", "classname", "category",
+               "target", "y", "breed", "species", "wnid", "diagnosis", "landmark_id")
+IMAGE_NAMES = ("id", "image", "image_id", "images", "file", "filename", "file_name", "path",
+               "image_name", "img", "name", "fname")
+SAMPLE = 200  # rows looked at to find the image column
+EXAMPLES = 3  # names shown in a warning
+
+
+def _shown(path):
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _stderr(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def _examples(items):
+    items = list(items)
+    return ", ".join(map(_shown, items[:EXAMPLES])) + (", ..." if len(items) > EXAMPLES else "")
+
+
+def read_rows(path):
+    """[(line number, [cells])] of a table's non-empty rows: tab-separated where its first
+    line has a tab (.tsv always), comma-separated where it has a comma, else by spaces."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read {_shown(path)}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        line = 1 + open(path, "rb").read()[:e.start].count(b"\n")
+        raise DataError(f"{_shown(path)}, row {line}: not text (a byte that is not UTF-8); a "
+                        f"table of labels is CSV or tab-separated text") from None
+    first = next((line for line in lines if line.strip()), "")
+    tabs = path.lower().endswith(".tsv") or "\t" in first
+    options = (dict(delimiter="\t") if tabs else dict(delimiter=",") if "," in first
+               else dict(delimiter=" ", skipinitialspace=True))
+    reader, rows = csv.reader(lines, strict=True, **options), []
+    try:
+        for cells in reader:
+            if any(c.strip() for c in cells):
+                rows.append((reader.line_num, [c.strip() for c in cells]))
+    except csv.Error as e:
+        raise DataError(f"{_shown(path)}, row {reader.line_num}: {e}") from None
+    if not rows:
+        raise DataError(f"{_shown(path)} is empty: a table of labels has a row per image")
+    return rows
+
+
+def file_index(images, folder):
+    """{key: path} of an image folder's files, by path relative to it, by file name and by
+    name without its extension (the first in sorted order where two share one)."""
+    index = {}
+    for path in images:
+        name = os.path.basename(path)
+        for key in (os.path.relpath(path, folder).replace(os.sep, "/"), name, os.path.splitext(name)[0]):
+            index.setdefault(key, path)
+    return index
+
+
+def lookup(index, cell):
+    """The file a table's cell names, or None."""
+    cell = cell.replace("\\", "/")
+    while cell.startswith("./"):
+        cell = cell[2:]
+    name = cell.rsplit("/", 1)[-1]
+    return index.get(cell) or index.get(name) or index.get(os.path.splitext(name)[0])
+
+
+def _is_header(cells, image, index, label_column):
+    if image < len(cells) and lookup(index, cells[image]):
+        return False
+    words = {c.lower() for c in cells}
+    if words & set(IMAGE_NAMES + LABEL_NAMES) or (label_column or "").lower() in words:
+        return True
+    return image < len(cells) and not any(ch.isdigit() for ch in cells[image])
+
+
+def _label_column(path, header, width, image, label_column, known, sample):
+    columns = ", ".join(header) if header else f"{width} unnamed columns"
+    if label_column:
+        if header and label_column.lower() in header:
+            return header.index(label_column.lower())
+        if label_column.isdigit() and 1 <= int(label_column) <= width:
+            return int(label_column) - 1  # counted from 1, as people count columns
+        raise DataError(f"--label-column {label_column}: {_shown(path)} has no such column "
+                        f"({columns}; or give its number, from 1)")
+    others = [i for i in range(width) if i != image]
+    if header:
+        named = [i for i in others if i < len(header) and header[i] in LABEL_NAMES]
+        if named:
+            return named[0]
+    if not others:
+        raise DataError(f"{_shown(path)} has one column, the images: no labels")
+    if known:  # an evaluation split's table: the column that holds train/'s classes
+        fitting = [i for i in others if all(i < len(r) and r[i] in known for _, r in sample)]
+        if fitting:
+            return fitting[0]
+    if len(others) == 1 or not header:
+        return others[0]
+    raise DataError(f"cannot tell which column of {_shown(path)} holds the labels ({columns}): "
+                    f"name it with --label-column")
+
+
+def labelled_files(path, folder, images, label_column=None, known=None, warn=_stderr,
+                   single_warning=True):
+    """[(image path, label)] of the files a table labels, sorted by path. images: the image
+    folder's files; known: the classes an evaluation split's labels must be among. Rows
+    naming missing files, files without a row and (single_warning) labels with a single
+    image are each one warning; a table that cannot be used is one DataError naming the
+    file and the row."""
+    rows, index = read_rows(path), file_index(images, folder)
+    width = max(len(cells) for _, cells in rows[:SAMPLE + 1])
+    sample = rows[1:SAMPLE + 1] or rows
+    hits = [sum(1 for _, r in sample if i < len(r) and lookup(index, r[i])) for i in range(width)]
+    image = max(range(width), key=hits.__getitem__)
+    if not hits[image] and not (len(rows) == 1 and any(lookup(index, c) for c in rows[0][1])):
+        where = _shown(folder)
+        raise DataError(f"{_shown(path)}: no column names the files of {where} (row "
+                        f"{sample[0][0]}: {', '.join(sample[0][1][:3])}; files such as "
+                        f"{_examples(os.path.basename(p) for p in images) or 'none'})")
+    header = None
+    if _is_header(rows[0][1], image, index, label_column):
+        header, rows = [c.lower() for c in rows[0][1]], rows[1:]
+    label = _label_column(path, header, width, image, label_column, known, sample)
+    labelled, absent, twice = {}, [], []
+    for line, cells in rows:
+        if len(cells) <= max(image, label):
+            raise DataError(f"{_shown(path)}, row {line}: {len(cells)} column"
+                            f"{'s' * (len(cells) != 1)}, where the labels are column {label + 1}")
+        if not cells[label]:
+            raise DataError(f"{_shown(path)}, row {line}: {cells[image]} has no label")
+        if known is not None and cells[label] not in known:
+            raise DataError(f"{_shown(path)}, row {line}: label {cells[label]} is not one of "
+                            f"train/'s classes")
+        found = lookup(index, cells[image])
+        if found is None:
+            absent.append(cells[image])
+        elif found in labelled:
+            twice.append(cells[image])
+        else:
+            labelled[found] = cells[label]
+    _warn_loose_ends(path, folder, images, labelled, absent, twice, single_warning, warn)
+    return sorted(labelled.items())
+
+
+def _warn_loose_ends(path, folder, images, labelled, absent, twice, single_warning, warn):
+    table, where = _shown(os.path.basename(path)), _shown(folder)
+    if absent:
+        warn(f"warning: {table}: {len(absent):,} row{'s name files' if len(absent) > 1 else ' names a file'} "
+             f"that {where} lacks, skipped: {_examples(absent)}")
+    if twice:
+        warn(f"warning: {table}: {len(twice):,} row{'s name' if len(twice) > 1 else ' names'} an "
+             f"image a row above named already (the first kept): {_examples(twice)}")
+    unlabelled = [os.path.relpath(p, folder) for p in images if p not in labelled]
+    if unlabelled:
+        warn(f"warning: {where}: {len(unlabelled):,} image{'s have' if len(unlabelled) > 1 else ' has'} "
+             f"no row in {table}, not used: {_examples(unlabelled)}")
+    counts = {}
+    for value in labelled.values():
+        counts[value] = counts.get(value, 0) + 1
+    single = sorted(v for v, n in counts.items() if n == 1)
+    if single_warning and single:
+        warn(f"warning: {table}: {len(single):,} label{'s have' if len(single) > 1 else ' has'} a "
+             f"single image, too few to learn or to hold one out: {_examples(single)}")
+
+
+def sorted_labels(labels):
+    """Class ids in a stable order: by number where every label is an integer ("2" before
+    "10"), else as torchvision sorts folder names."""
+    labels = list(labels)
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return sorted(labels)
