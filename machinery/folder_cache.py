@@ -29,7 +29,7 @@ VERSION = 4  # of the cache's contents; a new one reads every folder again (4: m
 POOL_FROM = 2000  # files from which decoding runs in worker processes
 CHUNK = 64  # files per task given to a worker
 SIZES_KEPT = 3  # image sizes whose caches a split keeps side by side (the newest)
-ROWS_AT_ONCE = 4096  # images per step where a whole cache is read through (statistics, copies)
+BYTES_AT_ONCE = 2**24  # of images per step where a whole cache is read through (statistics, copies)
 
 
 def _shown(path):
@@ -189,6 +189,10 @@ def open_cached(folder, name):
         return None
     if images.ndim != 4 or len(images) != len(meta.get("labels", ())):
         return None
+    try:
+        os.utime(os.path.join(folder, name + ".json"))  # used now: prune() keeps the recent
+    except OSError:
+        pass  # a read-only folder: nothing is pruned there either
     return images, meta
 
 
@@ -230,8 +234,9 @@ def write_cache(folder, name, paths, labels, size, workers, desc, meta):
         written = tmp
         if failed:  # the readable images only, copied a block at a time
             dense = np.lib.format.open_memmap(packed, "w+", np.uint8, (len(kept), size, size, 3))
-            for s in range(0, len(kept), ROWS_AT_ONCE):
-                dense[s:s + ROWS_AT_ONCE] = out[kept[s:s + ROWS_AT_ONCE]]
+            step = max(1, BYTES_AT_ONCE // each)
+            for s in range(0, len(kept), step):
+                dense[s:s + step] = out[kept[s:s + step]]
             out, written = dense, packed
         out.flush()
         del out, dense
@@ -251,7 +256,7 @@ def write_cache(folder, name, paths, labels, size, workers, desc, meta):
 
 def prune(folder, name):
     """Remove the older caches of the split `name` is one of: other versions of the same
-    size, and sizes past the SIZES_KEPT most recently written."""
+    size, and sizes past the SIZES_KEPT most recently used."""
     split, size, _ = name.rsplit("-", 2)
     caches = {}
     for f in os.listdir(folder):
@@ -298,8 +303,9 @@ def mean_std(images, index=None):
     on the 0-1 scale, read a block at a time (a memory map is never loaded whole)."""
     rows = np.arange(len(images)) if index is None else np.sort(np.asarray(index, np.int64))
     total, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # exact sums
-    for s in range(0, len(rows), ROWS_AT_ONCE):
-        block = rows[s:s + ROWS_AT_ONCE]
+    step = max(1, BYTES_AT_ONCE // 8 // max(1, int(np.prod(images.shape[1:]))))  # as int64
+    for s in range(0, len(rows), step):
+        block = rows[s:s + step]
         chunk = np.asarray(images[block[0]:block[-1] + 1] if block[-1] - block[0] + 1 == len(block)
                            else images[block]).reshape(-1, 3).astype(np.int64)
         total += chunk.sum(0)

@@ -154,7 +154,7 @@ class Folder:
         for folder in self.caches:
             try:
                 images, meta = folder_cache.write_cache(folder, name, paths, labels, self.size,
-                                                        self.workers, f"decoding {split}/", meta)
+                                                        self.workers, self._desc(split), meta)
             except OSError as e:
                 errors.append(f"{shown(folder)}: {e.strerror or e}")
                 continue
@@ -165,12 +165,15 @@ class Folder:
             return self._with_stats(split, images, meta, folder), meta, folder
         check_memory(len(paths), shown(s.folder), self.size)
         out = np.empty((len(paths), self.size, self.size, 3), np.uint8)
-        failed = folder_cache.decode_into(out, paths, self.size, self.workers, f"decoding {split}/")
+        failed = folder_cache.decode_into(out, paths, self.size, self.workers, self._desc(split))
         kept = [i for i in range(len(paths)) if i not in failed]
         self.warn(f"warning: cannot write the decoded images ({'; '.join(errors)}); the next "
                   f"run decodes them again")
         meta = dict(meta, labels=[labels[i] for i in kept], failed={str(i): r for i, r in failed.items()})
         return self._with_stats(split, out[kept] if failed else out, meta, None), meta, None
+
+    def _desc(self, split):
+        return f"decoding {shown(os.path.basename(os.path.normpath(self.splits[split].folder)))}/"
 
     def _with_stats(self, split, images, meta, folder):
         if split == "train" and "all" not in meta.get("stats", {}):

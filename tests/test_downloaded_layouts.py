@@ -1,0 +1,162 @@
+"""Data sets as people download them: Kaggle's folder of numbered files and a table of
+labels, Tiny ImageNet's tree, and labels in tables of every common shape."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from machinery import config, data, imagefolder
+from machinery.runtime import Dist
+from image_folders import CLASSES, TINY_WORDS, _picture, write_kaggle_folder, write_tiny_imagenet
+
+
+def _main(root, out, *flags):
+    from train import main
+    return main(["--dataset", "folder", "--data-dir", str(root), "--blocks", "1", "1", "1", "1",
+                 "--width", "8", "--batch-size", "16", "--num-workers", "0", "--epochs", "1",
+                 "--gradcam-images", "0", "--out-dir", str(out), *flags])
+
+
+@pytest.mark.slow
+def test_a_kaggle_folder_trains_with_val_split_and_takes_its_class_names_from_the_table(tmp_path, capsys):
+    root = tmp_path / "cifar-10"
+    truth = write_kaggle_folder(str(root), per_class=8, unlabeled=5)
+    assert _main(root, tmp_path / "run", "--val-split", "6") == 0
+    said = capsys.readouterr()
+    assert "classes: 3, 24 training images (labels from trainLabels.csv)" in said.out
+    assert f"{root / 'test'}: 5 images without labels" in said.err  # said, never a class
+    assert "18 train / 6 validation (held out) images" in said.out
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best_model.pt", weights_only=True)
+    assert ckpt["class_names"] == CLASSES and "class_ids" not in ckpt
+    folder = imagefolder.Folder(str(root))
+    assert set(folder.splits) == {"train"}  # test/ is not read, nor sampleSubmission.csv
+    labels = {os.path.basename(p): folder.classes[c] for p, c in folder.splits["train"].files}
+    assert labels == truth  # every file under its row's label, "10.png" not "1.png"'s
+
+
+@pytest.mark.slow
+def test_tiny_imagenet_as_downloaded_trains_validates_on_val_and_shows_words(tmp_path, capsys):
+    root = tmp_path / "tiny-imagenet-200"
+    truth = write_tiny_imagenet(str(root))
+    folder = imagefolder.Folder(str(root), 64)
+    wnids = sorted(TINY_WORDS)
+    assert folder.ids == wnids and folder.classes == ["goldfish", "European fire salamander", "bullfrog"]
+    assert set(folder.splits) == {"train", "test"} and folder.folders["test"] == str(root / "val")
+    val = {os.path.basename(p): wnids[c] for p, c in folder.splits["test"].files}
+    assert val == truth  # labelled by val_annotations.txt, not read as a class "images"
+    x, y, _ = folder.read("test")
+    assert x.shape == (9, 64, 64, 3)
+    train_x, train_y, _ = folder.read("train")
+    means = np.stack([np.asarray(train_x)[train_y == c].reshape(-1, 3).mean(0) for c in range(3)])
+    nearest = np.abs(np.asarray(x).reshape(len(x), -1, 3).mean(1)[:, None] - means[None]).sum(-1).argmin(1)
+    assert nearest.tolist() == y.tolist()  # each val image sits with the class its row names
+    assert _main(root, tmp_path / "run", "--image-size", "64") == 0
+    said = capsys.readouterr()
+    assert f"{root / 'test'}: 4 images without labels" in said.err
+    assert "18 train / 9 test images at 64x64" in said.out  # val/ evaluated, as a lone val/ is
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best_model.pt", weights_only=True)
+    assert ckpt["class_names"] == folder.classes and ckpt["class_ids"] == wnids
+
+
+def _table_tree(root, rows, header="id,label", images="train", sep=","):
+    """DIR/<images>/<name>.png for each (name, label) row, and its table beside them."""
+    rng = np.random.default_rng(1)
+    os.makedirs(os.path.join(root, images), exist_ok=True)
+    for name, label in rows:
+        _picture(rng, (50 + 60 * CLASSES.index(label), 90, 90), (20, 20), "RGB").save(
+            os.path.join(root, images, f"{name}.png"))
+    return "\n".join(([header] if header else []) + [f"{n}{sep}{label}" for n, label in rows]) + "\n"
+
+
+def _rows(n=4):
+    return [(f"img{i:02d}", CLASSES[i % 3]) for i in range(3 * n)]
+
+
+def test_tables_of_every_common_shape_label_the_same_files(tmp_path):
+    expected = None
+    shapes = [("labels.csv", "id,label", ",", "photos", None),  # one folder, one table
+              ("train.csv", "image_id,breed", ",", "train_images", None),  # Kaggle's names
+              ("train.tsv", None, "\t", "train", None),  # no header, tabs
+              ("meta.csv", "file,kind,notes", ",", "train", "kind")]  # a column named by flag
+    for i, (table, header, sep, images, column) in enumerate(shapes):
+        root = tmp_path / str(i)
+        text = _table_tree(str(root), _rows(), header, images, sep)
+        if column:
+            text = "\n".join(line + ",x" for line in text.splitlines()) + "\n"
+        (root / table).write_text(text)
+        if images == "train_images":  # and an unlabeled folder beside it, as Kaggle ships
+            _table_tree(str(root), [("t0", "cat")], None, "test_images")
+        folder = imagefolder.Folder(str(root), label_column=column,
+                                    labels=str(root / table) if column else None)
+        got = [(os.path.basename(p), folder.classes[c]) for p, c in folder.splits["train"].files]
+        assert folder.classes == CLASSES and len(got) == 12, (table, got)
+        assert expected is None or got == expected
+        expected = got
+
+
+def test_a_tables_loose_ends_are_one_warning_each_and_a_broken_table_one_line(tmp_path):
+    rows = _rows() + [("lonely", "frog")]
+    text = _table_tree(str(tmp_path), rows)
+    (tmp_path / "train" / "img00.png").unlink()  # a row without its file
+    _picture(np.random.default_rng(0), (9, 9, 9), (20, 20), "RGB").save(tmp_path / "train" / "extra.png")
+    (tmp_path / "trainLabels.csv").write_text(text.replace("lonely,frog", "lonely,dog") +
+                                              "img05,cat\n" + "single,horse\n")
+    _picture(np.random.default_rng(0), (9, 9, 9), (20, 20), "RGB").save(tmp_path / "train" / "single.png")
+    said = []
+    folder = imagefolder.Folder(str(tmp_path), warn=said.append)
+    assert said == [
+        "warning: trainLabels.csv: 1 row names a file that " f"{tmp_path / 'train'} lacks, skipped: img00",
+        "warning: trainLabels.csv: 1 row names an image a row above named already (the first kept): img05",
+        f"warning: {tmp_path / 'train'}: 1 image has no row in trainLabels.csv, not used: extra.png",
+        "warning: trainLabels.csv: 1 label has a single image, too few to learn or to hold one out: horse"]
+    assert folder.classes == ["cat", "dog", "frog", "horse"]
+    for bad, line in [("id,label\nimg01,cat\nimg02\n", "row 3: 1 column, where the labels are column 2"),
+                      ("id,label\nimg01,cat\nimg02,\n", "row 3: img02 has no label"),
+                      ('id,label\nimg01,"cat\n', "row 2: unexpected end of data"),
+                      ("id,label\nnothing,cat\n", "no column names the files of")]:
+        (tmp_path / "trainLabels.csv").write_text(bad)
+        with pytest.raises(data.DataError, match=line):
+            imagefolder.Folder(str(tmp_path))
+    (tmp_path / "trainLabels.csv").write_bytes(b"id,label\nimg01,cat\nimg02,\xff\xfe\n")
+    with pytest.raises(data.DataError, match=r"trainLabels.csv, row 3: not text"):
+        imagefolder.Folder(str(tmp_path))
+
+
+def test_two_tables_for_one_folder_are_named_with_labels(tmp_path):
+    text = _table_tree(str(tmp_path), _rows())
+    (tmp_path / "train.csv").write_text(text)
+    (tmp_path / "train_extra.csv").write_text(text)
+    with pytest.raises(data.DataError, match=r"has 2 tables for train/ \(train.csv, train_extra.csv\): "
+                                             r"name the labels with --labels FILE"):
+        imagefolder.Folder(str(tmp_path))
+    assert imagefolder.Folder(str(tmp_path), labels=str(tmp_path / "train.csv")).classes == CLASSES
+    with pytest.raises(data.DataError, match=r"--label-column kind: .*train.csv has no such column "
+                                             r"\(id, label; or give its number, from 1\)"):
+        imagefolder.Folder(str(tmp_path), labels=str(tmp_path / "train.csv"), label_column="kind")
+    with pytest.raises(data.DataError, match=r"--labels .*nope.csv: no such file"):
+        imagefolder.Folder(str(tmp_path), labels=str(tmp_path / "nope.csv"))
+
+
+def test_a_lone_val_folder_with_its_table_beside_train_class_folders(tmp_path):
+    """train/<class>/ and val/ labelled by a table inside it: Tiny ImageNet's shape, CSV."""
+    for i, (name, label) in enumerate(_rows()):
+        _picture(np.random.default_rng(i), (90, 90, 90), (20, 20), "RGB").save(
+            os.makedirs(tmp_path / "train" / label, exist_ok=True) or tmp_path / "train" / label / f"{name}.png")
+    text = _table_tree(str(tmp_path), _rows(2), "file,class", "val/pictures")
+    (tmp_path / "val" / "val_labels.csv").write_text(text)
+    folder = imagefolder.Folder(str(tmp_path))
+    assert set(folder.splits) == {"train", "test"} and len(folder.splits["test"].files) == 6
+    (tmp_path / "val" / "val_labels.csv").write_text(text.replace("cat", "horse"))
+    with pytest.raises(data.DataError, match=r"val_labels.csv, row \d: label horse is not one of train/'s classes"):
+        imagefolder.Folder(str(tmp_path))
+
+
+def test_prepare_refuses_labels_for_cifar_and_a_kaggle_folder_without_val_split(tmp_path):
+    with pytest.raises(data.DataError, match="a table of labels is for --dataset folder"):
+        data.open_folder(config.resolve_config({"labels": "x.csv"}))
+    write_kaggle_folder(str(tmp_path), per_class=4, unlabeled=2)
+    cfg = config.resolve_config({"dataset": "folder", "data_dir": str(tmp_path)})
+    with pytest.raises(data.DataError, match=r"has no labelled test/ \(or val/\) folder to evaluate on: "
+                                             r"hold out training images with --val-split N \(a multiple of 3\)"):
+        data.prepare(cfg, Dist(), lambda line: None, {})
