@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -120,7 +120,7 @@ def _decode_chunk(start, stop):
 
 
 def _pooled(paths, size, workers):
-    """(start, [(image, why)]) of every chunk, as the worker processes finish them."""
+    """(start, [(image, why)]) of every chunk, in order, decoded by worker processes."""
     # fork, as the DataLoader's workers: spawn would import the main module again, and
     # from a notebook or stdin there is none to import
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
@@ -129,10 +129,11 @@ def _pooled(paths, size, workers):
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
                                  initargs=(paths, size, marks)) as pool:
-            tasks = {pool.submit(_decode_chunk, i, min(i + CHUNK, len(paths))): i
-                     for i in range(0, len(paths), CHUNK)}
-            for task in as_completed(tasks):
-                yield tasks[task], task.result()
+            # in order, each chunk's result let go once taken (as_completed would hold every
+            # finished future, and so all the decoded images, until the last)
+            starts = range(0, len(paths), CHUNK)
+            stops = [min(i + CHUNK, len(paths)) for i in starts]
+            yield from zip(starts, pool.map(_decode_chunk, starts, stops))
     except BrokenProcessPool:  # a worker killed (out of memory on a huge image, a decoder crash)
         reading = [_shown(paths[i]) for i in range(len(paths)) if marks[i] == 1]
         raise DataError(f"a decoding worker died (killed, or out of memory) while reading "

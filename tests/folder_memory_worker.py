@@ -22,7 +22,7 @@ def rss_anon_kb():
 def main(root, report, size=128, loader_workers=0):
     dist, _ = runtime.init_distributed("cpu")
     cfg = config.resolve_config({"dataset": "folder", "data_dir": root, "image_size": size,
-                                 "val_split": 2, "num_workers": 0})
+                                 "val_split": len(os.listdir(os.path.join(root, "train")))})  # one per class
     before, start = rss_anon_kb(), time.perf_counter()
     images = data.prepare(cfg, dist, print, {})
     train, _ = data.make_loaders(*images.train, *images.evaluated, images.mean, 128, 128,
