@@ -164,9 +164,9 @@ def _tables_in(folder, extensions=label_tables.EXTENSIONS):
 
 def table_for(root, split_folder, train=True):
     """The table labelling a split folder, or None: one inside it whose name begins with
-    the folder's (val/val_annotations.txt), or one beside it whose name does
-    (trainLabels.csv, train.csv for train/ or train_images/); and for the training images
-    in a folder without class folders, the data folder's one table."""
+    the folder's (val/val_annotations.txt), or, where the folder has no class folders, one
+    beside it whose name does (trainLabels.csv, train.csv for train/ or train_images/) or
+    for the training images the data folder's one table."""
     word = _first_word(os.path.basename(split_folder))
     inside = [t for t in _tables_in(split_folder) if _first_word(os.path.basename(t)) == word]
     if len(inside) == 1:
@@ -177,7 +177,8 @@ def table_for(root, split_folder, train=True):
         raise DataError(f"{shown(root)} has {len(beside)} tables for {shown(os.path.basename(split_folder))}/ "
                         f"({', '.join(shown(os.path.basename(t)) for t in beside)}): name the labels "
                         f"with --labels FILE")
-    if beside:
+    classes = len(folders_in(split_folder)) > 1  # class folders win over a stray train.csv
+    if beside and not classes:
         return beside[0]
     if train and len(tables) == 1 and not folders_in(split_folder):
         return tables[0]

@@ -11,7 +11,7 @@ import torch
 
 from machinery import data, folder_cache, imagefolder
 from conftest import run_script
-from image_folders import CLASSES, write_image_folder
+from image_folders import CLASSES, write_image_folder, write_kaggle_folder
 from model import load_classifier, predict
 
 
@@ -115,8 +115,17 @@ def _train(root, out, *flags):
                       "--out-dir", out, *flags)
 
 
-@pytest.mark.slow
-def test_bad_folders_are_one_line_errors(tmp_path):
+def test_bad_folders_are_one_line_errors(tmp_path, capsys):
+    from train import main
+
+    def refused(root, out):  # train.py's own main, as a user's run would end: one line, exit 2
+        capsys.readouterr()
+        code = main(["--dataset", "folder", "--data-dir", str(root), "--blocks", "1", "1", "1",
+                     "1", "--width", "8", "--num-workers", "0", "--out-dir", str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), lines
+        return lines[0]
+
     def made(name, **kw):
         root = tmp_path / name
         write_image_folder(str(root), corrupt=0, **kw)
@@ -124,23 +133,30 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     empty = made("empty")
     for f in (empty / "train" / "frog").iterdir():
         f.unlink()
-    assert _one_line(_train(empty, tmp_path / "o1")) == \
+    assert refused(empty, tmp_path / "o1") == \
         f"error: {empty / 'train' / 'frog'} holds no images (jpg, jpeg, png, ppm, bmp, pgm, tif, tiff, webp, gif)"
     stray = made("stray")
     os.makedirs(stray / "test" / "horse")
-    assert _one_line(_train(stray, tmp_path / "o2")) == \
+    assert refused(stray, tmp_path / "o2") == \
         f"error: {stray / 'test'} has class folder that train/ lacks: horse"
     one = made("one", classes=["cat"])
-    assert "has 1 class folder; a classifier needs at least two" in _one_line(_train(one, tmp_path / "o3"))
-    assert "nothing is not a folder" in _one_line(_train(tmp_path / "nothing", tmp_path / "o4"))
+    assert "has 1 class folder; a classifier needs at least two" in refused(one, tmp_path / "o3")
+    assert "nothing is not a folder" in refused(tmp_path / "nothing", tmp_path / "o4")
     blocked = tmp_path / "blocked"
     os.makedirs(blocked)
     (blocked / "train").write_text("a file where a folder should be")
-    assert "has no train/ folder" in _one_line(_train(blocked, tmp_path / "o5"))
+    assert "has no train/ folder" in refused(blocked, tmp_path / "o5")
     no_test = made("no_test", test=False)
-    assert _one_line(_train(no_test, tmp_path / "o6")) == (
+    assert refused(no_test, tmp_path / "o6") == (
         f"error: {no_test} has no labelled test/ (or val/) folder to evaluate on: hold out training "
         f"images with --val-split N (a multiple of 3), or add one (class folders, or a table of labels)")
+    stray_table = made("stray_table")  # class folders and a train.csv of something else
+    (stray_table / "train.csv").write_text("photographer,licence\nme,CC-BY\n")
+    assert imagefolder.Folder(str(stray_table)).classes == CLASSES
+    labels = tmp_path / "labels"
+    write_kaggle_folder(str(labels), per_class=2, unlabeled=1)
+    (labels / "trainLabels.csv").write_text("id,label\n1,cat\n2,\n")
+    assert refused(labels, tmp_path / "o7") == f"error: {labels / 'trainLabels.csv'}, row 3: 2 has no label"
 
 
 def test_a_disk_too_small_for_the_cache_and_a_memory_too_small_are_refused_before_decoding(
