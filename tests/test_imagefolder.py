@@ -198,14 +198,16 @@ def test_a_run_on_a_folder_end_to_end_and_every_tool_on_its_checkpoint(folder, t
 
 
 @pytest.mark.slow
-def test_val_split_on_a_folder_with_and_without_test_images(folder, tmp_path):
+def test_val_split_on_a_folder_with_and_without_test_images(folder, tmp_path, capsys):
+    from train import main
     root, _ = folder
-    proc = _train(root, tmp_path / "a", "--epochs", "1", "--val-split", "6", "--gradcam-images", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "30 train / 6 validation (held out) images" in proc.stdout
-    assert "test set, evaluated once" in proc.stdout
+    flags = ["--dataset", "folder", "--blocks", "1", "1", "1", "1", "--width", "8", "--batch-size",
+             "16", "--num-workers", "0", "--epochs", "1", "--val-split", "6", "--gradcam-images", "0"]
+    assert main([*flags, "--data-dir", root, "--out-dir", str(tmp_path / "a")]) == 0
+    said = capsys.readouterr().out
+    assert "30 train / 6 validation (held out) images" in said
+    assert "test set, evaluated once" in said
     bare = tmp_path / "bare"
     write_image_folder(str(bare), corrupt=0, test=False)
-    proc = _train(bare, tmp_path / "b", "--epochs", "1", "--val-split", "6")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "no test/ folder: the held-out validation images are the only evaluation" in proc.stdout
+    assert main([*flags, "--data-dir", str(bare), "--out-dir", str(tmp_path / "b")]) == 0
+    assert "no test/ folder: the held-out validation images are the only evaluation" in capsys.readouterr().out
