@@ -67,14 +67,9 @@ def _identity(path):
     return st.st_dev, st.st_ino
 
 
-def walk_images(folder, seen=None, loops=None):
-    """Every image file under `folder`, its sub-folders included (as torchvision finds
-    them), symlinked ones too, sorted. Each real directory is entered once: a link back
-    to one already entered, or to one in `seen` (the data folder, the split and class
-    folders, so a link to a parent cannot pull other classes in), is appended to `loops`
-    and not followed."""
-    seen = set() if seen is None else seen
-    found, stack = [], [folder]
+def _walk(folder, seen, loops):
+    """Image files under `folder` as they are found, each real directory entered once."""
+    stack = [folder]
     while stack:
         top = stack.pop()
         try:
@@ -91,28 +86,25 @@ def walk_images(folder, seen=None, loops=None):
             if _is_dir(e):
                 subs.append(e.path)
             elif is_image(e.name):
-                found.append(e.path)
+                yield e.path
         stack.extend(reversed(subs))
-    return sorted(found)
+
+
+def walk_images(folder, seen=None, loops=None):
+    """Every image file under `folder`, its sub-folders included (as torchvision finds
+    them), symlinked ones too, sorted. Each real directory is entered once: a link back
+    to one already entered, or to one in `seen` (the data folder, the split and class
+    folders, so a link to a parent cannot pull other classes in), is appended to `loops`
+    and not followed."""
+    return sorted(_walk(folder, set() if seen is None else seen, loops))
 
 
 def holds_images(folder):
     """Whether any image lies under `folder` (stops at the first)."""
-    stack, seen = [folder], set()
-    while stack:
-        top = stack.pop()
-        try:
-            here = _identity(top)
-            entries = _entries(top)
-        except (OSError, DataError):
-            continue
-        if here in seen:
-            continue
-        seen.add(here)
-        if any(is_image(e.name) and not _is_dir(e) for e in entries):
-            return True
-        stack += [e.path for e in entries if _is_dir(e)]
-    return False
+    try:
+        return next(_walk(folder, set(), None), None) is not None
+    except DataError:  # a folder that cannot be read holds none that can be used
+        return False
 
 
 @dataclass
