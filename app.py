@@ -28,9 +28,10 @@ from machinery.checkpoint_files import CheckpointError, load_checkpoint
 from machinery.config import UserError
 from machinery.gradcam import gradcam_maps, overlay
 from machinery.images import normalize
-from machinery.predicting import load_classifier, torch_probabilities
+from machinery.predicting import torch_probabilities
 from machinery.runtime import pick_device
 from machinery.space_app import OnnxModel, page
+from model import load_classifier
 
 EXAMPLES = 6
 

@@ -40,7 +40,7 @@ from PIL import Image
 from machinery.card import card, summary
 from machinery.checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
 from machinery.images import standardize
-from machinery.network import model_from_checkpoint
+from model import model_from_checkpoint
 
 CHECK_IMAGES = 64
 TOLERANCE = 1e-4  # max |difference| of a probability, fp32

@@ -9,7 +9,7 @@ The network comes back in eval mode, on the CPU. There are no published weights 
 download: `checkpoint` is a file of yours (this repo's, the reference's, or a bare state
 dict), and without one the network starts from fresh weights.
 """
-from machinery.network import ResNet34, get_resnet34, model_from_checkpoint
+from model import ResNet34, get_resnet34, model_from_checkpoint
 
 dependencies = ["torch", "numpy", "PIL"]  # what torch.hub checks for before loading
 

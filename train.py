@@ -42,7 +42,6 @@ from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, St
 from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
                             start_epoch_table)
 from machinery.metrics import LiveMetrics, write_metrics
-from machinery.network import ResNet, count_parameters
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
 from machinery.run_folder import claim, new_run_id, others_periodic, resumed_here
 from machinery.runlock import holding_out_dir
@@ -50,6 +49,7 @@ from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channel
                                default_workers, evaluate, fresh_gradients, init_distributed,
                                make_runtime)
 from machinery.workers import chosen_workers
+from model import ResNet, count_parameters, model_from_checkpoint
 
 CIFAR100_CLASSES = data.CIFAR100_CLASSES  # the reference's README points its users here
 
@@ -406,7 +406,7 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
         if cfg.eval_split == "val":
             last = final_test(run, *test, last)
         if dist.main:
-            finish(run, last, *test)
+            finish(run, last, *test, model_from_checkpoint)
     except Exception as e:  # out of memory in Grad-CAM, say: the training itself is safe
         raise Crashed(e, f"{one_line(e, device=device)}; training finished and its checkpoints "
                          f"are saved; to redo what follows training: {resume_command(cfg)}",
@@ -628,7 +628,7 @@ def with_lrs(ckpt):
 def run(args, modes):
     out_dir = args.get("out_dir", ".")
     if modes["evaluate"]:
-        return evaluate_checkpoint(modes["evaluate"], modes["tta"], args)
+        return evaluate_checkpoint(modes["evaluate"], modes["tta"], args, model_from_checkpoint)
     if modes["metrics_from_ckpt"]:
         ckpt = with_lrs(load_checkpoint(modes["metrics_from_ckpt"]))
         print(f"metrics and plots: {write_metrics(ckpt, os.path.join(out_dir, 'training_metrics_from_ckpt'))}")

@@ -67,7 +67,8 @@ def page_latency(command, picture, n, warmup=3):
 def model_latency(checkpoint, onnx, picture, n):
     import torch
     from machinery.images import load_image
-    from machinery.predicting import load_classifier, torch_probabilities
+    from machinery.predicting import torch_probabilities
+    from model import load_classifier
     import onnxruntime
     clf = load_classifier(checkpoint)
     run = torch_probabilities(clf)

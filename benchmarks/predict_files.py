@@ -27,10 +27,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from decode import photo  # noqa: E402
 from machinery.checkpoint_files import save_checkpoint  # noqa: E402
-from machinery.network import ResNet  # noqa: E402
-from machinery.predicting import (batches, load_classifier, predict, predictions,  # noqa: E402
-                                  torch_probabilities)
+from machinery.predicting import batches, predict, predictions, torch_probabilities  # noqa: E402
 from machinery.runtime import default_workers, pick_device  # noqa: E402
+from model import ResNet, load_classifier  # noqa: E402
 
 KINDS = {"cifar": (32, 32), "12mp": (4000, 3000)}
 DISTINCT_LARGE = 8

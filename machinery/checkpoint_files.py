@@ -3,8 +3,8 @@ a file's weights are of (this repo's, its older key names, the reference's), and
 checkpoint folder (its periodic files, the newest good one).
 
 Below the network in the house: it knows the network only by its state dict's key names
-and shapes and the `model_args` dict a checkpoint stores, so network.py (which builds the
-network from those) can use it, and nothing here imports network.py. Not merged into
+and shapes and the `model_args` dict a checkpoint stores, so model.py (which builds the
+network from those) can use it, and nothing in the package imports model.py. Not merged into
 checkpointing.py: that module knows a training run (its Config, its schedule) and pulls in
 the data pipeline, and loading a model for inference should need neither.
 

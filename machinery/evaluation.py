@@ -21,13 +21,13 @@ from .config import Config
 from .failures import Crashed, one_line
 from .logs import log, table, top5_text
 from .metrics import write_evaluation_report, write_metrics
-from .network import model_from_checkpoint
 from .runtime import collect_logits, evaluate, make_runtime, pick_device, score
 from .workers import chosen_workers
 
 
-def evaluate_checkpoint(path, tta, explicit):
-    """--evaluate: a test-set report for a checkpoint, into training_metrics_from_ckpt/."""
+def evaluate_checkpoint(path, tta, explicit, rebuild):
+    """--evaluate: a test-set report for a checkpoint, into training_metrics_from_ckpt/.
+    rebuild: model.model_from_checkpoint (the network is known above the machinery)."""
     ckpt = load_checkpoint(path)
     saved = {**dataclasses.asdict(Config()), "dataset": dataset_of(ckpt) or "cifar100",
              **(ckpt.get("config") or {}), **explicit}
@@ -40,7 +40,7 @@ def evaluate_checkpoint(path, tta, explicit):
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
     rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),
                       saved["channels_last"], mean, std)
-    model, _ = model_from_checkpoint(ckpt, rt.device, expected={"num_classes": len(names)})
+    model, _ = rebuild(ckpt, rt.device, expected={"num_classes": len(names)})
     model = model.to(memory_format=rt.memory_format)
     workers = chosen_workers(saved["num_workers"])
     loader = data.make_test_loader(x_test, y_test, saved["eval_batch_size"], workers)
@@ -118,17 +118,17 @@ def final_test(run, x_test, y_test, last):
     return {**last, **result}
 
 
-def finish(run, last, x_test, y_test):
+def finish(run, last, x_test, y_test, rebuild):
     """Metrics from the last checkpoint's history; for the best model, the test set's
     report (per-class accuracy, confusion matrix) and Grad-CAM; those pictures and the
-    run's settings beside its results in TensorBoard."""
+    run's settings beside its results in TensorBoard. rebuild: model.model_from_checkpoint,
+    so the best model is read from its file as every tool reads it."""
     cfg, rt, step = run.cfg, run.rt, run.sched.last_epoch  # the optimizer steps done
     folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
     log.info(f"metrics and plots: {folder}")
     if len(x_test):  # (an image folder may have no test/)
         best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
-        model, best = model_from_checkpoint(best_path if os.path.isfile(best_path) else last,
-                                            rt.device)
+        model, best = rebuild(best_path if os.path.isfile(best_path) else last, rt.device)
         fill_metadata(best)  # a continued reference run's best model may still be its file
         loader = data.make_test_loader(x_test, y_test, cfg.eval_batch_size)
         logits, labels = collect_logits(model.to(memory_format=rt.memory_format), loader, rt)

@@ -4,7 +4,7 @@ decode of images.load_image), batched through the network on its device while th
 batches decode. One Prediction per picture, in the order given, a bad file included (its
 error instead of classes), so that one unreadable photo among thousands stops nothing.
 
-    clf = load_classifier("checkpoints/best_model.pt", device="auto")
+    clf = model.load_classifier("checkpoints/best_model.pt", device="auto")
     for p in predictions(clf, ["photos/"], k=3):       # a generator: any number of files
         print(p.source, p.top or p.error)
 
@@ -24,8 +24,7 @@ from .checkpoint_files import fill_metadata
 from .cifar import DataError
 from .imagefolder import images_under
 from .images import load_image, normalize
-from .network import model_from_checkpoint
-from .runtime import make_runtime, pick_device
+from .runtime import make_runtime
 from .workers import default_workers
 
 BATCH = 256  # pictures per batch through the network
@@ -46,15 +45,14 @@ class Classifier:
         return next(self.model.parameters()).device
 
 
-def load_classifier(path, device="cpu"):
-    """One call from a checkpoint file to a ready model (eval mode) with its class names.
-    A file without names or normalisation (the reference's) gets CIFAR's, with a warning.
-    device: "cpu", "cuda", ..., or "auto" (cuda > mps > cpu)."""
+def as_classifier(model, ckpt, source):
+    """The network rebuilt from checkpoint `ckpt` (model.load_classifier), with its class
+    names and normalisation. A file without them (the reference's) gets CIFAR's, with a
+    warning naming `source`."""
     import warnings
-    model, ckpt = model_from_checkpoint(path, pick_device(device) if device == "auto" else device)
     note = fill_metadata(ckpt)
     if note:
-        warnings.warn(f"{path}: {note}", stacklevel=2)
+        warnings.warn(f"{source}: {note}", stacklevel=3)
     return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]),
                       int(ckpt["image_size"]))
 

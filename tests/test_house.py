@@ -22,7 +22,7 @@ FLOORS = [
     ["checkpoint_files", "folder_cache", "label_tables", "space_app"],
     ["folder_listing"],
     ["imagefolder"],
-    ["network", "data", "metrics"],
+    ["data", "metrics"],
     ["config", "gradcam"],
     ["logs", "run_folder", "runlock", "tensorboard_events"],
     ["checkpointing", "runtime", "card"],
@@ -100,10 +100,10 @@ def test_the_readme_layout_names_every_module():
 
 
 def test_what_moved_out_of_model_is_still_imported_from_it():
-    """Code written against model.X before the checkpoint files, image decoding and the
-    network itself moved into the package."""
+    """Code written against model.X before the checkpoint files, image decoding and
+    predictions moved into the package."""
     import model
-    from machinery import checkpoint_files, images, network
+    from machinery import checkpoint_files, images, predicting
     for name in ("CheckpointError", "load_checkpoint", "save_checkpoint", "atomic_path",
                  "load_weights", "upgrade_state_dict", "model_args_from_state_dict",
                  "check_model_args", "init_from_checkpoint", "fill_metadata", "dataset_of",
@@ -112,9 +112,38 @@ def test_what_moved_out_of_model_is_still_imported_from_it():
         assert getattr(model, name) is getattr(checkpoint_files, name), name
     for name in ("load_image", "normalize", "standardize"):
         assert getattr(model, name) is getattr(images, name), name
-    for name in ("BasicBlock", "ResNet", "ResNet34", "get_resnet34", "build_model",
-                 "count_parameters", "model_from_checkpoint", "SEED_BLOCKS", "SEED_WIDTH"):
-        assert getattr(model, name) is getattr(network, name), name
+    for name in ("Classifier", "Prediction", "predict", "predictions"):
+        assert getattr(model, name) is getattr(predicting, name), name
+
+
+# The network, as its readers look for it: in model.py and nowhere else
+NETWORK = {"BasicBlock", "ResNet", "ResNet34", "get_resnet34", "build_model",
+           "model_from_checkpoint", "load_classifier", "count_parameters"}
+
+
+def _defined(path):
+    """Names of the classes and functions a file defines at its top level."""
+    tree = ast.parse(open(path).read())
+    return {n.name for n in tree.body
+            if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def test_model_py_defines_the_network_and_no_other_file_does():
+    assert NETWORK <= _defined(os.path.join(ROOT, "model.py")), NETWORK - _defined(
+        os.path.join(ROOT, "model.py"))
+    others = [os.path.join(ROOT, m + ".py") for row in COMMANDS for m in row if m != "model"]
+    others += [os.path.join(ROOT, PACKAGE, m + ".py") for m in _python_files(os.path.join(ROOT, PACKAGE))]
+    again = {os.path.relpath(p, ROOT): sorted(_defined(p) & {"BasicBlock", "ResNet", "ResNet34"})
+             for p in others}
+    assert not any(again.values()), {p: n for p, n in again.items() if n}
+
+
+def test_nothing_in_the_package_imports_model():
+    """model.py is above the machinery: a module of the package that imported it would
+    climb a floor, and a user's own model.py would take its place."""
+    importing = [m for m in _python_files(os.path.join(ROOT, PACKAGE))
+                 if "model" in _imports(os.path.join(ROOT, PACKAGE, m + ".py"))[1]]
+    assert not importing, importing
 
 
 def _names_in_pickle(path):
