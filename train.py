@@ -43,7 +43,7 @@ from machinery.logs import (changed_settings, log, log_epoch, log_model_summary,
                             start_epoch_table)
 from machinery.metrics import LiveMetrics, write_metrics
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
-from machinery.run_folder import claim, new_run_id, others_periodic, resumed_here
+from machinery.run_folder import carry_best, claim, new_run_id, others_periodic, resumed_here
 from machinery.runlock import holding_out_dir
 from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
                                default_workers, evaluate, fresh_gradients, init_distributed,
@@ -432,13 +432,17 @@ def resume_into(run, ckpt, path, given):
 
 def claim_files(run, resumed, resume_path):
     """The run's id (a resumed run's is its checkpoint's), the periodic files it owns (its
-    checkpoint's list, in that checkpoint's own folder only) and its TensorBoard folder."""
+    checkpoint's list, in that checkpoint's own folder only), its TensorBoard folder, and,
+    resumed into another folder, its best model carried along."""
     out, resumed = run.cfg.out_dir, resumed or {}
     run.extra["run_id"] = resumed.get("run_id") or new_run_id()
     here = resumed_here(resume_path, out)
     run.extra["own_periodic"] = list(resumed.get("own_periodic", [])) if here else []
     run.extra["tensorboard_run"] = tensorboard_events.run_name(resumed or None,
                                                                os.path.join(out, "tensorboard"))
+    carried = resumed and not here and run.rt.dist.main and carry_best(resume_path, resumed, out)
+    if carried:
+        log.info(f"best_model.pt carried over from {carried}")
     others = others_periodic(os.path.join(out, "checkpoints"), run.extra["run_id"])
     if others and run.rt.dist.main:
         log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "

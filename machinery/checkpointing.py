@@ -53,15 +53,17 @@ def make_checkpoint(model, opt, sched, scaler, cfg, hist, extra, position, progr
 
 
 def save_epoch_checkpoints(ckpt, folder, cfg, is_best, remove=(), periodic=True):
-    """last.pt, best_model.pt when the epoch is the best so far, and every save_every
-    epochs checkpoint_epoch_N.pt (unless `periodic` is False: the name holds another run's
-    file); then those of the periodic files retention() dropped (`remove`) that say they
-    are this run's own."""
+    """last.pt, best_model.pt when the epoch is the best so far (or the folder has none: a
+    run resumed into a new folder whose best could not be carried over), and every
+    save_every epochs checkpoint_epoch_N.pt (unless `periodic` is False: the name holds
+    another run's file); then those of the periodic files retention() dropped (`remove`)
+    that say they are this run's own."""
     os.makedirs(folder, exist_ok=True)
     epoch = ckpt["epoch"]
     save_checkpoint(ckpt, os.path.join(folder, "last.pt"))
-    if is_best:
-        save_checkpoint(ckpt, os.path.join(folder, "best_model.pt"))
+    best = os.path.join(folder, "best_model.pt")
+    if is_best or not os.path.isfile(best):
+        save_checkpoint(ckpt, best)
     if periodic and (epoch + 1) % cfg.save_every == 0:
         save_checkpoint(ckpt, os.path.join(folder, periodic_name(epoch)))
     for name in remove:

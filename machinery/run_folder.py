@@ -18,9 +18,10 @@ from them in their own folder takes its folder's id-less files as its own, as be
 """
 import datetime
 import os
+import shutil
 import uuid
 
-from .checkpoint_files import peek_checkpoint, periodic_checkpoints
+from .checkpoint_files import atomic_path, peek_checkpoint, periodic_checkpoints
 from .config import UserError
 
 ARCHIVE = "archive"  # <out-dir>/checkpoints/archive/<time>/: files moved aside by --archive
@@ -131,6 +132,28 @@ def others_periodic(folder, run_id):
     if not os.path.isdir(folder):
         return []
     return [p for p in periodic_checkpoints(folder) if not its_own(p, run_id)]
+
+
+def carry_best(resume_path, resumed, out_dir):
+    """A run resumed into another --out-dir takes its best model along: the resumed file's
+    folder's best_model.pt is copied in when this folder has none and that file is the
+    run's best up to the resumed epoch (its id, its epoch and its accuracy in the resumed
+    history all agree). Returns the path copied, or None; without it, the first epoch in
+    the new folder writes best_model.pt (save_epoch_checkpoints)."""
+    target = os.path.join(out_dir, "checkpoints", "best_model.pt")
+    source = os.path.join(os.path.dirname(os.path.abspath(resume_path)), "best_model.pt")
+    if os.path.exists(target) or not os.path.isfile(source):
+        return None
+    best = peek_checkpoint(source) or {}
+    split = "val" if "val_acc" in resumed else "test"
+    accs, epoch = resumed.get(f"{split}_acc") or [], best.get("epoch", -1)
+    if (resumed.get("run_id") is None or best.get("run_id") != resumed["run_id"]
+            or not 0 <= epoch < len(accs) or accs[epoch] != best.get(f"{split}_accuracy")
+            or max(accs[:epoch + 1]) != accs[epoch]):
+        return None
+    with atomic_path(target, replaces_checkpoint=True) as tmp:
+        shutil.copyfile(source, tmp)
+    return source
 
 
 def resumed_here(resume_path, out_dir):

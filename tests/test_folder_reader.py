@@ -165,7 +165,15 @@ def test_caches_of_several_sizes_live_side_by_side_and_the_oldest_go(tmp_path, m
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
 def test_two_torchrun_processes_share_one_copy_of_the_images(tmp_path):
     """Each rank reads every training image through its loader; the private memory each
-    process gains stays well under the cache's size, as the cache is a shared memory map."""
+    process gains stays well under the cache's size, as the cache is a shared memory map.
+
+    What else moves the measurement is held still, so that a copy of the images is the
+    only thing that could pass the bound: the cache is decoded before the job (a cold
+    decode's buffers in rank 0 are not what is guarded: benchmarks/folder_memory.py times
+    it), and glibc's malloc keeps a fixed mmap threshold, so a batch's buffers go back to
+    the system when freed instead of staying in the heap once its adaptive threshold rose.
+    Measured here: each rank gains 2.7 MB so; 13-26 MB with neither held (it failed the
+    bound 2 of 5 times); 99 MB with the cache read into memory instead of mapped."""
     rng = np.random.default_rng(0)
     root = tmp_path / "big"
     for c in range(2):
@@ -174,10 +182,12 @@ def test_two_torchrun_processes_share_one_copy_of_the_images(tmp_path):
             image = np.full((128, 128, 3), 60 + 120 * c, np.uint8)
             image[rng.integers(128), :] = rng.integers(0, 256, 3)
             Image.fromarray(image).save(root / "train" / f"c{c}" / f"{i}.png")
+    imagefolder.read_split(str(root), "train", size=128)  # the cache, written once, now
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            f"--master_port={free_port()}", os.path.join(ROOT, "tests", "folder_memory_worker.py"),
            str(root), str(tmp_path / "report")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}  # glibc's default, fixed
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.load(open(tmp_path / "report" / f"{r}.json")) for r in range(2)]
     cache = reports[0]["cache_bytes"]
