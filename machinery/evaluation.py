@@ -20,7 +20,7 @@ from .checkpoint_files import dataset_of, fill_metadata, load_checkpoint, save_c
 from .config import Config
 from .failures import Crashed, one_line
 from .logs import log, table, top5_text
-from .metrics import write_evaluation_report, write_metrics
+from .metrics import write_evaluation_report
 from .runtime import collect_logits, evaluate, make_runtime, pick_device, score
 from .workers import chosen_workers
 
@@ -124,7 +124,7 @@ def finish(run, last, x_test, y_test, rebuild):
     run's settings beside its results in TensorBoard. rebuild: model.model_from_checkpoint,
     so the best model is read from its file as every tool reads it."""
     cfg, rt, step = run.cfg, run.rt, run.sched.last_epoch  # the optimizer steps done
-    folder = write_metrics(last, os.path.join(cfg.out_dir, "training_metrics_from_ckpt"))
+    folder = run.live.finish(last)
     log.info(f"metrics and plots: {folder}")
     if len(x_test):  # (an image folder may have no test/)
         best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")

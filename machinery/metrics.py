@@ -109,23 +109,29 @@ def draw_metrics(cols, folder, note=""):
 class LiveMetrics:
     """training_metrics_from_ckpt/ brought up to date after every epoch, so the curves
     grow while a run trains. The tables cost milliseconds and are written every time;
-    the plots are redrawn only when the last redraw took at most `share` of the time
-    since the one before, so matplotlib never costs a fast GPU's short epochs more than
-    that (the end of the run draws them once more in any case)."""
+    the plots once there are two epochs to join (one point is no curve), and then only
+    when the last redraw took at most `share` of the time since the one before, so
+    matplotlib never costs a fast GPU's short epochs more than that. finish() draws the
+    end of the run, unless the last update drew those very epochs already."""
 
     def __init__(self, folder, share=0.02):
         self.folder, self.share = folder, share
         self.cost, self.last = 0.0, time.monotonic()
+        self.drawn = 0  # epochs in the plots on disk
 
     def update(self, ckpt):
         """Returns whether the plots were redrawn."""
-        t0 = time.monotonic()
-        plots = self.cost <= self.share * (t0 - self.last)
+        t0, epochs = time.monotonic(), len(ckpt["train_acc"])
+        plots = epochs >= 2 and self.cost <= self.share * (t0 - self.last)
         write_metrics(ckpt, self.folder, plots)
         if plots:
-            self.last = time.monotonic()
+            self.last, self.drawn = time.monotonic(), epochs
             self.cost = self.last - t0
         return plots
+
+    def finish(self, ckpt):
+        """The run's final tables and plots (the plots only where they are not drawn yet)."""
+        return write_metrics(ckpt, self.folder, plots=self.drawn != len(ckpt["train_acc"]))
 
 
 def _plot(ax, x, y, title, ylabel):

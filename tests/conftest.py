@@ -1,4 +1,9 @@
+import contextlib
+import fcntl
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -28,19 +33,54 @@ def user_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
-def run_script(script, *args, cwd=None, timeout=600):
+def run_script(script, *args, cwd=None, timeout=600, env=None):
     """Run one of the repo's scripts as a user would; returns the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def train_here(*args, fault="none"):
+    """`python train.py ARGS` as train.main(ARGS) in the test's own process: the same code
+    and output, without the seconds of starting Python and torch. fault: one of
+    faulty_run's, installed for this run only (not those that end the process: a signal,
+    SIGKILL or a hang needs a process of its own). Returns a CompletedProcess."""
+    import faulty_run
+    import train
+    args = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with faulty_run.injected(fault), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train.main(args)
+    return subprocess.CompletedProcess(["train.py", *args], code, out.getvalue(), err.getvalue())
+
+
+def made_once(tmp_path_factory, name, make):
+    """make(folder) run once per test session, also when pytest-xdist shares the tests out
+    among processes: the first to come makes it under a lock, the others wait and reuse
+    it. make returns what the tests need to know besides the folder, as plain JSON types.
+    Returns (folder, that)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above every worker's own
+    folder, made = root / f"once-{name}", root / f"once-{name}.json"
+    with open(root / f"once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed try left
+            folder.mkdir()
+            made.write_text(json.dumps(make(folder)))
+    return folder, json.loads(made.read_text())
 
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One `python train.py --smoke` run shared by the tests that inspect its outputs."""
-    out = tmp_path_factory.mktemp("smoke")
-    proc = run_script("train.py", "--smoke", "--out-dir", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    def make(out):
+        proc = run_script("train.py", "--smoke", "--out-dir", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [proc.args, proc.returncode, proc.stdout, proc.stderr]
+    out, proc = made_once(tmp_path_factory, "smoke", make)
+    return out, subprocess.CompletedProcess(*proc)
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,13 @@ FAULT is one of
     raise:N        a RuntimeError inside the network's forward pass of the N-th step
     update:N       a RuntimeError in the N-th step after the optimizer changed the weights
     none           no fault
+In the tests' own process, `with injected(FAULT): train.main(...)` installs a fault for one
+run (conftest.train_here), except those that end the process (ENDS_THE_PROCESS).
 Steps and checkpoint writes are counted from this process's start; FAULTY_ONCE=PATH
 makes a step fault fire once (see once()); PEERS_GONE_S=S shortens how long a rank waits
 for its torchrun peers (runtime.PEERS_GONE_S).
 """
+import contextlib
 import errno
 import os
 import signal
@@ -53,7 +56,7 @@ def raiser(error):
     return fail
 
 
-def inject_in_network(place, n, error):
+def inject_in_network(place, n, error, patch):
     """Raise `error` in the n-th training forward (or backward) pass or evaluation batch,
     half-way through the network: the BatchNorm layers before it have run already."""
     real_build = train.build_run
@@ -74,10 +77,10 @@ def inject_in_network(place, n, error):
         run = real_build(*a, **kw)
         run.net.layer2.register_forward_hook(hook)
         return run
-    train.build_run = build_run
+    patch(train, "build_run", build_run)
 
 
-def kill_a_worker_before_step(n):
+def kill_a_worker_before_step(n, patch):
     """SIGKILL one training worker before the n-th step; the DataLoader reports it (its
     SIGCHLD handler raises) while this waits, before the step starts."""
     real_make, real_step = data.make_loaders, train.train_step
@@ -98,20 +101,21 @@ def kill_a_worker_before_step(n):
             # the test timing the exit from the kill sees the wait
             time.sleep(10)
         return real_step(*a)
-    data.make_loaders, train.train_step = make_loaders, step
+    patch(data, "make_loaders", make_loaders)
+    patch(train, "train_step", step)
 
 
-def fail_on_image(index):
+def fail_on_image(index, patch):
     real = data.CIFARDataset.__getitems__
 
     def getitems(self, items):
         if self.augment and any(i == index for _, i in items):  # (epoch, index) pairs
             raise ValueError(f"image {index} cannot be decoded (injected)")
         return real(self, items)
-    data.CIFARDataset.__getitems__ = getitems
+    patch(data.CIFARDataset, "__getitems__", getitems)
 
 
-def fail_after_update(n):
+def fail_after_update(n, patch):
     real, calls = train.step_unless, {"n": 0}
 
     def step_unless(*a):
@@ -119,10 +123,10 @@ def fail_after_update(n):
         calls["n"] += 1
         if calls["n"] == n:
             raise RuntimeError("failure after the weights changed (injected)")
-    train.step_unless = step_unless
+    patch(train, "step_unless", step_unless)
 
 
-def after_call(module, name, n, action):
+def after_call(module, name, n, action, patch):
     """Run action() after the n-th call of module.name (counted from this process's start)."""
     real, calls = getattr(module, name), {"n": 0}
 
@@ -132,7 +136,7 @@ def after_call(module, name, n, action):
         if calls["n"] == n:
             action()
         return out
-    setattr(module, name, wrapper)
+    patch(module, name, wrapper)
 
 
 def hang():
@@ -141,29 +145,29 @@ def hang():
     time.sleep(3600)
 
 
-def inject(fault):
+def inject(fault, patch=setattr):
+    """Install `fault`, replacing what it needs through patch(object, name, value)."""
     kind, *args = fault.split(":")
     calls = {"n": 0}
     rank_arg = {"step": 2, "worker": 1, "hang": 1}.get(kind)
     if rank_arg is not None and len(args) > rank_arg and os.environ.get("RANK", "0") != args[rank_arg]:
         return  # another rank's fault
     if kind == "worker":
-        return kill_a_worker_before_step(int(args[0]))
+        return kill_a_worker_before_step(int(args[0]), patch)
     if kind == "image":
-        return fail_on_image(int(args[0]))
+        return fail_on_image(int(args[0]), patch)
     if kind == "oom" and args[0] == "collect":
-        evaluation.collect_logits = raiser(OOM)
-        return
+        return patch(evaluation, "collect_logits", raiser(OOM))
     if kind == "oom":
-        return inject_in_network(args[0], int(args[1]), OOM)
+        return inject_in_network(args[0], int(args[1]), OOM, patch)
     if kind == "raise":
-        return inject_in_network("forward", int(args[0]), RuntimeError("a bug (injected)"))
+        return inject_in_network("forward", int(args[0]), RuntimeError("a bug (injected)"), patch)
     if kind == "update":
-        return fail_after_update(int(args[0]))
+        return fail_after_update(int(args[0]), patch)
     if kind == "micro":
-        return after_call(train, "micro_step", int(args[0]), die)
+        return after_call(train, "micro_step", int(args[0]), die, patch)
     if kind == "hang":
-        return after_call(train, "train_step", int(args[0]), hang)
+        return after_call(train, "train_step", int(args[0]), hang, patch)
     if kind in ("step", "nan"):
         real_step = train.train_step
 
@@ -175,7 +179,7 @@ def inject(fault):
             if kind == "step" and calls["n"] == int(args[0]) and once():
                 os.kill(os.getpid(), getattr(signal, "SIG" + args[1]))
             return out
-        train.train_step = step
+        patch(train, "train_step", step)
     elif kind in ("write", "rename", "full"):
         real_save = torch.save
 
@@ -189,7 +193,32 @@ def inject(fault):
                 if kind == "write":  # leave a half-written temporary file behind
                     os.truncate(path, os.path.getsize(path) // 2)
                 die()
-        torch.save = save  # as checkpoint_files calls it
+        patch(torch, "save", save)  # as checkpoint_files calls it
+
+
+# Faults that end the process itself (a signal, SIGKILL, a hang): a real process only
+ENDS_THE_PROCESS = ("step", "micro", "write", "rename", "hang")
+
+
+@contextlib.contextmanager
+def injected(fault):
+    """`fault` installed in this process for the block, then undone: a run in the test's own
+    process (train.main), seconds faster than starting one. Not for the faults that end
+    the process (ENDS_THE_PROCESS): those need a process of their own (python faulty_run.py)."""
+    if fault.split(":")[0] in ENDS_THE_PROCESS:
+        raise ValueError(f"{fault} ends the process: run it as python tests/faulty_run.py")
+    undo = []
+
+    def patch(obj, name, value):
+        undo.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+    try:
+        if fault != "none":
+            inject(fault, patch)
+        yield
+    finally:
+        for obj, name, value in reversed(undo):
+            setattr(obj, name, value)
 
 
 def once():

@@ -132,14 +132,22 @@ def test_live_plots_are_redrawn_only_when_cheap_next_to_the_epochs(tmp_path):
     ckpt = {"train_losses": [2.0], "test_losses": [1.9], "train_acc": [10.0], "test_acc": [12.0],
             "lrs": [0.1]}
     live = metrics.LiveMetrics(str(tmp_path), share=0.02)
-    assert live.update(ckpt)  # the first epoch draws
-    drawn = os.path.getmtime(tmp_path / "metrics_overview.png")
+    assert not live.update(ckpt)  # one epoch: a table, no curve yet
+    assert not (tmp_path / "metrics_overview.png").exists()
     ckpt = {k: v * 2 for k, v in ckpt.items()}
+    assert live.update(ckpt)  # the second epoch draws
+    drawn = os.path.getmtime(tmp_path / "metrics_overview.png")
+    ckpt = {k: v * 3 for k, v in ckpt.items()}
     assert not live.update(ckpt)  # an epoch far shorter than 50x the drawing: tables only
-    assert len(list(csv.DictReader(open(tmp_path / "metrics_from_ckpt.csv")))) == 2
+    assert len(list(csv.DictReader(open(tmp_path / "metrics_from_ckpt.csv")))) == 6
     assert os.path.getmtime(tmp_path / "metrics_overview.png") == drawn
+    live.finish(ckpt)  # the end of the run draws what the plots lack...
+    assert os.path.getmtime(tmp_path / "metrics_overview.png") > drawn
     live.last -= 50 * live.cost + 1  # as if a long epoch had passed
     assert live.update(ckpt)
+    drawn = os.path.getmtime(tmp_path / "metrics_overview.png")
+    live.finish(ckpt)  # ...and nothing the last update drew
+    assert os.path.getmtime(tmp_path / "metrics_overview.png") == drawn
 
 
 def test_importing_the_data_pipeline_makes_no_network_call(tmp_path):
