@@ -1,5 +1,6 @@
 import contextlib
 import fcntl
+import importlib
 import io
 import json
 import os
@@ -40,18 +41,26 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
                           env=env)
 
 
-def train_here(*args, fault="none"):
-    """`python train.py ARGS` as train.main(ARGS) in the test's own process: the same code
+def run_here(script, *args, fault="none"):
+    """`python SCRIPT ARGS` as SCRIPT's main(ARGS) in the test's own process: the same code
     and output, without the seconds of starting Python and torch. fault: one of
     faulty_run's, installed for this run only (not those that end the process: a signal,
     SIGKILL or a hang needs a process of its own). Returns a CompletedProcess."""
     import faulty_run
-    import train
+    module = importlib.import_module(script[:-len(".py")])
     args = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     with faulty_run.injected(fault), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = train.main(args)
-    return subprocess.CompletedProcess(["train.py", *args], code, out.getvalue(), err.getvalue())
+        try:
+            code = module.main(args)
+        except SystemExit as e:  # argparse's --help, say
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
+def train_here(*args, fault="none"):
+    """run_here("train.py", ...)."""
+    return run_here("train.py", *args, fault=fault)
 
 
 def made_once(tmp_path_factory, name, make):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from machinery.checkpoint_files import save_checkpoint
-from conftest import run_script
+from conftest import run_here, run_script, train_here
 from model import ResNet
 
 CKPT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "test_loss", "test_accuracy",
@@ -60,7 +60,6 @@ def test_smoke_checkpoint_has_every_key_and_loads_safely(smoke_run):
     assert best["test_accuracy"] == max(ckpt["test_acc"]) == ckpt["best_accuracy"]
 
 
-@pytest.mark.slow
 def test_the_readme_snippets_way_predicts_what_evaluate_reports(smoke_run, tmp_path):
     # The README's snippet (build, torch.load, load_state_dict, eval, argmax) on the smoke
     # run's trained checkpoint: its predictions give --evaluate's per-class counts.
@@ -76,7 +75,7 @@ def test_the_readme_snippets_way_predicts_what_evaluate_reports(smoke_run, tmp_p
     x, y = data.read_split(checkpoint["config"]["data_dir"], "cifar100", "test")
     with torch.no_grad():
         prediction = model(normalize(x, checkpoint["mean"], checkpoint["std"])).argmax(dim=1).numpy()
-    proc = run_script("train.py", "--evaluate", path, "--out-dir", tmp_path)
+    proc = train_here("--evaluate", path, "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "training_metrics_from_ckpt" / "per_class_accuracy.csv")))
     names = checkpoint["class_names"]
@@ -97,8 +96,7 @@ def test_metrics_csv_is_the_checkpoint_history(smoke_run):
 
 def test_metrics_from_ckpt_rebuilds_the_folder_without_training(smoke_run, tmp_path):
     out, _ = smoke_run
-    proc = run_script("train.py", "--metrics-from-ckpt", out / "checkpoints" / "last.pt",
-                      "--out-dir", tmp_path)
+    proc = train_here("--metrics-from-ckpt", out / "checkpoints" / "last.pt", "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "training_metrics_from_ckpt"
     for name in PLOTS + ["metrics_from_ckpt.csv", "metrics_from_ckpt.npz"]:
@@ -108,50 +106,19 @@ def test_metrics_from_ckpt_rebuilds_the_folder_without_training(smoke_run, tmp_p
            (out / "training_metrics_from_ckpt" / "metrics_from_ckpt.csv").read_text()
 
 
-@pytest.mark.slow
-def test_two_epoch_run_equals_one_epoch_resumed_for_one_more(smoke_run, tmp_path):
-    out, _ = smoke_run
-    proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
-                      "--out-dir", tmp_path, "--gradcam-images", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from" in proc.stdout and "epoch   0/1" not in proc.stdout
-    straight = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    for k, v in straight["model_state_dict"].items():
-        assert torch.equal(v, resumed["model_state_dict"][k]), k
-    for k in ["train_losses", "test_losses", "train_acc", "test_acc", "lrs"]:
-        assert straight[k] == resumed[k], k
-    assert straight["scheduler_state_dict"]["last_epoch"] == resumed["scheduler_state_dict"]["last_epoch"]
-
-
-@pytest.mark.slow
-def test_compile_continues_a_run_and_saves_the_plain_network(smoke_run, tmp_path):
-    out, _ = smoke_run
-    proc = run_script("train.py", "--resume", out / "checkpoints" / "checkpoint_epoch_0.pt",
-                      "--step-mode", "compile", "--out-dir", tmp_path, "--gradcam-images", "0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    start = torch.load(out / "checkpoints" / "checkpoint_epoch_0.pt", weights_only=True)
-    end = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert end["model_state_dict"].keys() == start["model_state_dict"].keys()  # no _orig_mod.
-    assert end["epoch"] == 1 and end["config"]["step_mode"] == "compile"
-    assert not torch.equal(end["model_state_dict"]["fc.weight"], start["model_state_dict"]["fc.weight"])
-    assert all(torch.isfinite(v.float()).all() for v in end["model_state_dict"].values())
-
-
 def test_resume_refuses_a_changed_recipe_flag(smoke_run, tmp_path):
     out, _ = smoke_run
-    proc = run_script("train.py", "--resume", out / "checkpoints" / "last.pt",
-                      "--batch-size", "32", "--out-dir", tmp_path)
+    proc = train_here("--resume", out / "checkpoints" / "last.pt", "--batch-size", "32",
+                      "--out-dir", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: --batch-size 32 differs from the resumed run's 64; the network and the "
         "schedule are fixed by the checkpoint"]
 
 
-@pytest.mark.slow
 def test_gradcam_cli_rebuilds_the_network_from_the_checkpoint(smoke_run, tmp_path):
     out, _ = smoke_run
-    proc = run_script("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",
+    proc = run_here("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",
                       "--num-images", "4", "--out-dir", tmp_path, "--misclassified")
     assert proc.returncode == 0, proc.stderr
     assert _is_png(tmp_path / "gradcam_grid.png")
@@ -180,22 +147,20 @@ def _one_line_error(proc):
 
 
 def test_missing_data_offline_is_one_line(tmp_path):
-    proc = run_script("train.py", "--data-dir", tmp_path / "empty", "--no-download",
-                      "--out-dir", tmp_path)
+    proc = train_here("--data-dir", tmp_path / "empty", "--no-download", "--out-dir", tmp_path)
     assert "cifar-100-python" in _one_line_error(proc)
 
 
-@pytest.mark.slow
 def test_bad_checkpoints_are_one_line_errors(tmp_path):
     (tmp_path / "corrupt.pt").write_bytes(os.urandom(4096))
-    assert "corrupt" in _one_line_error(run_script("train.py", "--resume", tmp_path / "corrupt.pt"))
-    assert "not found" in _one_line_error(run_script("train.py", "--resume", tmp_path / "no.pt"))
+    assert "corrupt" in _one_line_error(train_here("--resume", tmp_path / "corrupt.pt"))
+    assert "not found" in _one_line_error(train_here("--resume", tmp_path / "no.pt"))
     # a checkpoint of another class count, given to Grad-CAM on a CIFAR-100 checkpoint's data
     net = ResNet((1, 1, 1, 1), 8, num_classes=10)
     save_checkpoint({"model_state_dict": net.state_dict(), "model_args": {
         "blocks": [1, 1, 1, 1], "width": 8, "num_classes": 10}}, str(tmp_path / "c10.pt"))
-    assert "no run config" in _one_line_error(run_script("train.py", "--resume", tmp_path / "c10.pt"))
-    err = _one_line_error(run_script("gradcam_utils.py", "--checkpoint", tmp_path / "corrupt.pt"))
+    assert "no run config" in _one_line_error(train_here("--resume", tmp_path / "c10.pt"))
+    err = _one_line_error(run_here("gradcam_utils.py", "--checkpoint", tmp_path / "corrupt.pt"))
     assert "corrupt" in err
 
 
@@ -203,15 +168,15 @@ def test_gradcam_refuses_a_checkpoint_of_another_class_count(tiny_data, tmp_path
     net = ResNet((1, 1, 1, 1), 8, num_classes=10)
     save_checkpoint({"model_state_dict": net.state_dict(), "config": {"dataset": "cifar100"}},
                     str(tmp_path / "c10.pt"))
-    err = _one_line_error(run_script("gradcam_utils.py", "--checkpoint", tmp_path / "c10.pt",
-                                     "--data-dir", tiny_data, "--out-dir", tmp_path / "g"))
+    err = _one_line_error(run_here("gradcam_utils.py", "--checkpoint", tmp_path / "c10.pt",
+                                   "--data-dir", tiny_data, "--out-dir", tmp_path / "g"))
     assert "num_classes is 10 there, expected 100" in err
 
 
 def test_unwritable_out_dir_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert "--out-dir" in _one_line_error(run_script("train.py", "--smoke", "--out-dir", blocker / "x"))
+    assert "--out-dir" in _one_line_error(train_here("--smoke", "--out-dir", blocker / "x"))
 
 
 @pytest.mark.slow
@@ -245,7 +210,6 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert "| stage" in proc.stdout and "train.py --step-mode eager: img/s" in proc.stdout
 
 
-@pytest.mark.slow
 def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_path):
     from test_data import poison
     from machinery import data
@@ -255,11 +219,10 @@ def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_pa
     poison(str(root), ["train", "test"], marker)
     best = out / "checkpoints" / "best_model.pt"
     folder = root / "cifar-100-python"
-    runs = [("train", run_script("train.py", "--smoke", "--data-dir", root, "--out-dir", tmp_path)),
-            ("test", run_script("train.py", "--evaluate", best, "--data-dir", root,
-                                "--out-dir", tmp_path)),
-            ("test", run_script("gradcam_utils.py", "--checkpoint", best, "--data-dir", root,
-                                "--out-dir", tmp_path / "cam"))]
+    runs = [("train", train_here("--smoke", "--data-dir", root, "--out-dir", tmp_path)),
+            ("test", train_here("--evaluate", best, "--data-dir", root, "--out-dir", tmp_path)),
+            ("test", run_here("gradcam_utils.py", "--checkpoint", best, "--data-dir", root,
+                              "--out-dir", tmp_path / "cam"))]
     for name, proc in runs:
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines() == [

@@ -8,11 +8,12 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+import train
+from conftest import ROOT, train_here
 from elastic_worker import free_port
+from machinery.config import UserError, resolve_config
+from machinery.runtime import Dist
 from train import SYNC_EVERY
-
-pytestmark = pytest.mark.slow  # every test here starts a torchrun job
 
 
 def torchrun(*args, timeout=300, script="train.py"):
@@ -23,14 +24,16 @@ def torchrun(*args, timeout=300, script="train.py"):
 
 # An odd number of test images: two ranks take 250 and 249, so a sampler that pads the
 # shorter share (counting an image twice) would show in the counts and the accuracy.
-TEST_IMAGES = 499
+# 1,400 training images: 22 steps of 64 an epoch, room for a stop at SYNC_EVERY (20).
+TEST_IMAGES, TRAIN_IMAGES = 499, 1400
 
 
 @pytest.fixture(scope="module")
 def odd_data(tmp_path_factory):
     from machinery import data
     root = tmp_path_factory.mktemp("odd")
-    data.write_synthetic_dataset(str(root), "cifar100", n_train=2000, n_test=TEST_IMAGES, seed=1)
+    data.write_synthetic_dataset(str(root), "cifar100", n_train=TRAIN_IMAGES, n_test=TEST_IMAGES,
+                                 seed=1)
     return root
 
 
@@ -45,6 +48,7 @@ def ddp_run(tmp_path_factory, odd_data):
     return out, said
 
 
+@pytest.mark.slow
 def test_two_processes_write_every_output_once(ddp_run):
     out, _ = ddp_run
     log = (out / "training_logs.md").read_text()
@@ -57,6 +61,7 @@ def test_two_processes_write_every_output_once(ddp_run):
     assert (out / "training_metrics_from_ckpt" / "metrics_overview.png").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_is_the_plain_network_and_counts_every_test_image_once(ddp_run):
     out, _ = ddp_run
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
@@ -65,11 +70,11 @@ def test_checkpoint_is_the_plain_network_and_counts_every_test_image_once(ddp_ru
     assert ckpt["config"]["batch_size"] == 64  # the global batch, as in one process
 
 
+@pytest.mark.slow
 def test_logged_accuracy_equals_a_single_process_evaluation_of_the_checkpoint(ddp_run, tmp_path):
     out, _ = ddp_run
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    proc = run_script("train.py", "--evaluate", out / "checkpoints" / "last.pt",
-                      "--out-dir", tmp_path)
+    proc = train_here("--evaluate", out / "checkpoints" / "last.pt", "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     single = float(re.search(r"plain: top-1 ([0-9.]+)%", proc.stdout).group(1))
     assert single == round(ckpt["test_acc"][-1], 2)
@@ -110,9 +115,10 @@ def run_readme_multi_node(out, data_dir, fault="none"):
     return "".join(outputs)
 
 
+@pytest.mark.slow
 def test_the_readme_multi_node_command_survives_a_killed_worker_bit_identical(ddp_run, odd_data,
                                                                              tmp_path):
-    """Rank 1 is SIGKILLed in epoch 1; torchrun restarts both workers, and the job resumes
+    """Rank 1 is SIGKILLed in epoch 1 (step 40: epoch 1's 18th of 22); torchrun restarts both workers, and the job resumes
     from last.pt (epoch 1, step 0) and ends exactly where the uninterrupted job ended.
     (The restart's race in torchrun's store is caught by test_elastic, whose restarts
     cost seconds.)"""
@@ -129,6 +135,7 @@ def test_the_readme_multi_node_command_survives_a_killed_worker_bit_identical(dd
     assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(ddp_run, odd_data,
                                                                              tmp_path):
     out, _ = ddp_run
@@ -148,18 +155,22 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(dd
         assert torch.equal(v, resumed["model_state_dict"][k]), k
 
 
-def test_a_batch_that_does_not_split_evenly_ends_the_job_with_a_clear_message(tmp_path):
-    proc = torchrun("--smoke", "--out-dir", tmp_path, "--batch-size", "63", timeout=120)
-    assert proc.returncode != 0
-    assert "error (rank 0): --batch-size 63 is the global batch and must divide by the 2 " \
-           "processes" in proc.stderr
+def test_what_two_processes_cannot_run_is_refused_before_anything_starts():
+    """Checked by every rank before the data is read (the ranks' one-line errors, prefixed
+    "error (rank N):", are the torchrun tests' below)."""
+    cpu, two = torch.device("cpu"), Dist(rank=0, world=2)
+    with pytest.raises(UserError, match="--batch-size 63 is the global batch and must divide "
+                                        "by the 2 processes"):
+        train.check_distributed(resolve_config({"batch_size": 63}), two, cpu)
+    with pytest.raises(UserError, match="times --accum-steps 4"):
+        train.check_distributed(resolve_config({"batch_size": 64, "accum_steps": 4}),
+                                Dist(rank=1, world=32), cpu)
+    with pytest.raises(UserError, match="--sync-bn needs CUDA"):
+        train.check_distributed(resolve_config({"sync_bn": True}), two, cpu)
+    train.check_distributed(resolve_config({"batch_size": 64, "accum_steps": 2}), two, cpu)
 
 
-def test_sync_bn_is_refused_on_the_cpu(tmp_path):
-    proc = torchrun("--smoke", "--out-dir", tmp_path, "--sync-bn", timeout=120)
-    assert proc.returncode != 0 and "--sync-bn needs CUDA" in proc.stderr
-
-
+@pytest.mark.slow
 def test_a_worker_killed_in_one_rank_ends_both_ranks_promptly(tmp_path, monkeypatch):
     flags = ["--smoke", "--out-dir", tmp_path, "--num-workers", "2", "--gradcam-images", "0"]
     monkeypatch.setenv("FAULT_STAMP", str(tmp_path / "killed_at"))
@@ -177,6 +188,7 @@ def test_a_worker_killed_in_one_rank_ends_both_ranks_promptly(tmp_path, monkeypa
     assert "is killed by signal: Killed" in log  # the SIGCHLD handler's, not the polling's
 
 
+@pytest.mark.slow
 def test_a_rank_whose_peer_hangs_ends_after_the_peer_timeout_with_one_line(tmp_path, monkeypatch):
     """Rank 1 stops answering after step 3 (hung, or its machine gone without closing the
     connection): rank 0 waits in the next all-reduce for PEERS_GONE_S (5 s here, 300 s in a
@@ -194,11 +206,13 @@ def test_a_rank_whose_peer_hangs_ends_after_the_peer_timeout_with_one_line(tmp_p
     assert "Traceback" not in proc.stderr.split("error (rank 0)")[0]  # one line of ours
 
 
-def test_val_split_under_torchrun_holds_out_the_same_images_and_tests_once(tmp_path):
-    proc = torchrun("--smoke", "--val-split", "500", "--out-dir", tmp_path, "--num-workers", "0",
-                    "--gradcam-images", "0")
+@pytest.mark.slow
+def test_val_split_under_torchrun_holds_out_the_same_images_and_tests_once(odd_data, tmp_path):
+    proc = torchrun("--smoke", "--data-dir", odd_data, "--val-split", "500", "--out-dir", tmp_path,
+                    "--num-workers", "0", "--gradcam-images", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1,500 train / 500 validation (held out) images" in proc.stdout
-    assert proc.stdout.count("test set, evaluated once") == 1 and "on 500 images" in proc.stdout
+    assert "900 train / 500 validation (held out) images" in proc.stdout
+    assert proc.stdout.count("test set, evaluated once") == 1
+    assert f"on {TEST_IMAGES} images" in proc.stdout
     ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["val_images"] == 500 and ckpt["test_images"] == 500
+    assert ckpt["val_images"] == 500 and ckpt["test_images"] == TEST_IMAGES

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from machinery import checkpointing, config, data
 import train
-from conftest import ROOT, run_script
+from conftest import ROOT, run_here, train_here
 from model import (BasicBlock, CheckpointError, ResNet, ResNet34, get_resnet34,
                    init_from_checkpoint, load_checkpoint, load_classifier, load_weights,
                    model_from_checkpoint, normalize, predict, save_checkpoint)
@@ -41,11 +41,10 @@ def reference_file(tmp_path_factory):
 # -----------------------------------------------------------------------------
 # Loading it everywhere
 
-@pytest.mark.slow
 def test_evaluate_reads_a_reference_checkpoint_and_says_what_it_assumed(reference_file, tiny_data,
                                                                         tmp_path):
     path, net = reference_file
-    proc = run_script("train.py", "--evaluate", path, "--data-dir", tiny_data, "--out-dir", tmp_path)
+    proc = train_here("--evaluate", path, "--data-dir", tiny_data, "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         f"note: {path}: it holds no network arguments, class names or mean/std (a checkpoint "
@@ -57,10 +56,9 @@ def test_evaluate_reads_a_reference_checkpoint_and_says_what_it_assumed(referenc
     assert float(re.search(r"plain: top-1 ([0-9.]+)%", proc.stdout).group(1)) == round(expected, 2)
 
 
-@pytest.mark.slow
 def test_gradcam_reads_a_reference_checkpoint(reference_file, tiny_data, tmp_path):
     path, _ = reference_file
-    proc = run_script("gradcam_utils.py", "--checkpoint", path, "--data-dir", tiny_data,
+    proc = run_here("gradcam_utils.py", "--checkpoint", path, "--data-dir", tiny_data,
                       "--num-images", "2", "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"note: {path}: it holds no network arguments")
@@ -115,10 +113,9 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_the_cpu(reference_file, tmp_path):
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.slow
 def test_metrics_from_a_reference_checkpoint_have_the_reference_schedule_and_its_npz_keys(tmp_path):
     path = _save(reference_checkpoint(reference_network(), epoch=165), tmp_path / "ref.pt")
-    proc = run_script("train.py", "--metrics-from-ckpt", path, "--out-dir", tmp_path)
+    proc = train_here("--metrics-from-ckpt", path, "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = tmp_path / "training_metrics_from_ckpt"
     rows = list(csv.DictReader(open(folder / "metrics_from_ckpt.csv")))
@@ -187,11 +184,11 @@ def test_resume_continues_a_reference_run_with_its_schedule_and_history(tiny_dat
     path = _save(ref, tmp_path / "checkpoint_epoch_197.pt")
     flags = ["--data-dir", tiny_data, "--num-workers", "0", "--gradcam-images", "0",
              "--out-dir", tmp_path / "run"]
-    refused = run_script("train.py", "--resume", path, "--width", "16", *flags)
+    refused = train_here("--resume", path, "--width", "16", *flags)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "error: --width 16 differs from the resumed run's 8; the network and the schedule are "
         "fixed by the checkpoint"]
-    proc = run_script("train.py", "--resume", path, *flags)
+    proc = train_here("--resume", path, *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed the reference repo's {path} at epoch 198" in proc.stdout
     assert "warning" not in proc.stdout + proc.stderr  # its optimizer's lr is the schedule's
@@ -299,13 +296,13 @@ def test_init_from_trains_cifar10_from_cifar100_weights(reference_file, tmp_path
     data.write_synthetic_dataset(str(root), "cifar10", n_train=200, n_test=100, seed=1)
     flags = ["--dataset", "cifar10", "--data-dir", root, "--blocks", "1", "1", "1", "1",
              "--num-workers", "0", "--epochs", "1", "--gradcam-images", "0", "--out-dir", tmp_path]
-    proc = run_script("train.py", "--init-from", path, "--width", "8", *flags)
+    proc = train_here("--init-from", path, "--width", "8", *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (f"initial weights from {path} (after epoch 4), except the classifier: 100 classes "
             f"there, 10 here, so it starts from fresh weights") in proc.stdout
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert last["config"]["init_from"] == str(path) and len(last["class_names"]) == 10
-    wrong = run_script("train.py", "--init-from", path, "--width", "16", *flags[:-1],
+    wrong = train_here("--init-from", path, "--width", "16", *flags[:-1],
                        tmp_path / "another")  # (the first run's folder is its own)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
     assert "this run builds ResNet(blocks=[1, 1, 1, 1], width=16) (10 classes)" in wrong.stderr
@@ -406,10 +403,13 @@ def _as_older_checkpoint(ckpt):
 
 
 @pytest.mark.slow
-def test_an_older_checkpoint_of_this_repo_resumes_bit_for_bit(tmp_path):
+def test_an_older_checkpoint_of_this_repo_resumes_bit_for_bit(tiny_data, tmp_path):
     # Before the change both CutMix terms were smoothed: a resumed older run keeps that.
-    straight = run_script("train.py", "--smoke", "--cutmix-label-smoothing", "--gradcam-images",
-                          "0", "--out-dir", tmp_path / "straight")
+    straight = train_here("--data-dir", tiny_data, "--blocks", "1", "1", "1", "1", "--width", "16",
+                          "--epochs", "2", "--batch-size", "50", "--save-every", "1",
+                          "--num-workers", "0", "--target-accuracy", "0",
+                          "--cutmix-label-smoothing", "--gradcam-images", "0",
+                          "--out-dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
     ckpts = tmp_path / "straight" / "checkpoints"
     old = _as_older_checkpoint(torch.load(ckpts / "checkpoint_epoch_0.pt", weights_only=True))
@@ -420,7 +420,7 @@ def test_an_older_checkpoint_of_this_repo_resumes_bit_for_bit(tmp_path):
     net.load_state_dict(torch.load(tmp_path / "old.pt", weights_only=True)["model_state_dict"])
     assert torch.equal(net.layer2[0].downsample[0].weight,
                        old["model_state_dict"]["layer2.0.shortcut.0.weight"])
-    proc = run_script("train.py", "--resume", tmp_path / "old.pt", "--gradcam-images", "0",
+    proc = train_here("--resume", tmp_path / "old.pt", "--gradcam-images", "0",
                       "--out-dir", tmp_path / "resumed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = torch.load(ckpts / "last.pt", weights_only=True)

@@ -115,7 +115,10 @@ def test_a_signal_saves_a_resumable_position_and_prints_the_command(small_data, 
     assert ckpt["position"] == {"epoch": 1, "step": 3} and ckpt["epoch"] == 0
     proc = train_here("--resume", last, "--gradcam-images", "0")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"resumed from {last}" in proc.stdout and "epoch   0/2" not in proc.stdout
     assert_same_run(load(reference), load(tmp_path))
+    assert (load(reference)["scheduler_state_dict"]["last_epoch"] ==
+            load(tmp_path)["scheduler_state_dict"]["last_epoch"] == EPOCHS * STEPS)
 
 
 def test_auto_resume_skips_a_truncated_checkpoint(small_data, reference, tmp_path):
