@@ -13,7 +13,7 @@ import torch
 
 from machinery import tensorboard_events
 import train
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, train_here
 
 pytest.importorskip("tensorboard")  # requirements-dev.txt installs it for the tests
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -57,36 +57,50 @@ def test_a_run_writes_its_curves_its_pictures_and_its_settings(smoke_run):
     assert f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}" in proc.stdout
 
 
+@pytest.fixture(scope="module")
+def resumable_data(tmp_path_factory):
+    """768 CIFAR-10-format images: 24 steps of 32 an epoch, so an epoch has a running-loss
+    point (every SYNC_EVERY = 20 steps) and the stop below falls after the second one."""
+    from machinery import data
+    root = tmp_path_factory.mktemp("tb-data")
+    data.write_synthetic_dataset(str(root), "cifar10", n_train=768, n_test=64, seed=4)
+    return root
+
+
 @pytest.mark.slow
-def test_each_run_is_its_own_and_a_resume_continues_its_curves_in_both_loaders(smoke_run,
+def test_each_run_is_its_own_and_a_resume_continues_its_curves_in_both_loaders(resumable_data,
                                                                               tmp_path):
-    straight, _ = smoke_run
-    flags = ["--smoke", "--gradcam-images", "0", "--out-dir", tmp_path]
-    first = run_script("train.py", *flags, "--epochs", "1")
+    steps = 24
+    flags = ["--smoke", "--dataset", "cifar10", "--data-dir", resumable_data, "--batch-size",
+             "32", "--gradcam-images", "0"]  # --smoke: a fresh run replaces the one before
+    straight = tmp_path / "straight"
+    assert train_here(*flags, "--out-dir", straight).returncode == 0
+    out = tmp_path / "run"
+    first = train_here(*flags, "--out-dir", out, "--epochs", "1")
     assert first.returncode == 0, first.stderr[-2000:]
-    # a second fresh run, stopped in epoch 1 after step 55 overall: its running loss at
-    # step 52 is on disk...
-    stopped = run_script("tests/faulty_run.py", "step:55:TERM", *flags)
+    # a second fresh run, stopped in epoch 1 after step 46 overall: its running loss at
+    # step 44 is on disk...
+    stopped = run_script("tests/faulty_run.py", "step:46:TERM", *flags, "--out-dir", out)
     assert stopped.returncode == 143, stopped.stderr[-2000:]
-    one, two = runs(tmp_path)
-    assert [s for s, _ in curve(events(two), "train/running_loss")] == [20, STEPS + 20]
+    one, two = runs(out)
+    assert [s for s, _ in curve(events(two), "train/running_loss")] == [20, steps + 20]
     # ...and it goes on from the end of epoch 0, before it: those events are redone
-    resumed = run_script("train.py", "--resume", tmp_path / "checkpoints" / "checkpoint_epoch_0.pt",
-                         *flags)
+    resumed = train_here("--resume", out / "checkpoints" / "checkpoint_epoch_0.pt", *flags,
+                         "--out-dir", out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert runs(tmp_path) == [one, two]  # the resumed run kept its own folder
+    assert runs(out) == [one, two]  # the resumed run kept its own folder
     acc, ref = events(two), events(straight)
     for tag in EPOCH_TAGS[:-2] + ["train/running_loss"]:  # the speed differs from run to run
-        steps = [s for s, _ in curve(acc, tag)]
-        assert steps == sorted(set(steps)) == [s for s, _ in curve(ref, tag)], tag
+        got = [s for s, _ in curve(acc, tag)]
+        assert got == sorted(set(got)) == [s for s, _ in curve(ref, tag)], tag
         assert [v for _, v in curve(acc, tag)] == [v for _, v in curve(ref, tag)], tag  # bitwise
-    assert [s for s, _ in curve(events(one), "test/accuracy")] == [STEPS]
+    assert [s for s, _ in curve(events(one), "test/accuracy")] == [steps]
     # TensorBoard's default loader, the fast one, shows each run's points once
-    served = fast_loader_steps(tmp_path / "tensorboard", ["test/accuracy", "train/running_loss"],
+    served = fast_loader_steps(out / "tensorboard", ["test/accuracy", "train/running_loss"],
                                expect={one.name: 1 + 1, two.name: 2 + 2})
-    assert served == {one.name: {"test/accuracy": [STEPS], "train/running_loss": [20]},
-                      two.name: {"test/accuracy": [STEPS, 2 * STEPS],
-                                 "train/running_loss": [20, STEPS + 20]}}
+    assert served == {one.name: {"test/accuracy": [steps], "train/running_loss": [20]},
+                      two.name: {"test/accuracy": [steps, 2 * steps],
+                                 "train/running_loss": [20, steps + 20]}}
 
 
 def fast_loader_steps(logdir, tags, expect, timeout=90):
@@ -122,16 +136,15 @@ def _get(port, path):
         return json.loads(r.read())
 
 
-@pytest.mark.slow
-def test_events_that_cannot_be_written_warn_once_and_training_goes_on(tmp_path, monkeypatch,
-                                                                       capsys):
+def test_events_that_cannot_be_written_warn_once_and_training_goes_on(resumable_data, tmp_path,
+                                                                       monkeypatch, capsys):
     from torch.utils.tensorboard import SummaryWriter
 
     def full(*a, **kw):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(SummaryWriter, "add_scalar", full)
-    assert train.main(["--smoke", "--epochs", "1", "--gradcam-images", "0",
-                       "--out-dir", str(tmp_path)]) == 0
+    assert train.main(["--smoke", "--dataset", "cifar10", "--data-dir", str(resumable_data),
+                       "--epochs", "1", "--gradcam-images", "0", "--out-dir", str(tmp_path)]) == 0
     said = [ln for ln in capsys.readouterr().out.splitlines() if "TensorBoard events" in ln]
     (folder,) = runs(tmp_path)
     assert said == [f"warning: cannot write TensorBoard events to {folder} "
@@ -139,19 +152,22 @@ def test_events_that_cannot_be_written_warn_once_and_training_goes_on(tmp_path, 
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
 
-def test_asking_for_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch, capsys):
+def test_asking_for_tensorboard_without_the_package_is_one_line(resumable_data, tmp_path,
+                                                                monkeypatch, capsys):
     absent = ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard")
     monkeypatch.setattr(tensorboard_events, "import_problem", lambda: absent)
     assert train.main(["--smoke", "--tensorboard", "on", "--out-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --tensorboard on needs the tensorboard package: pip install tensorboard"]
-    assert train.main(["--smoke", "--epochs", "1", "--gradcam-images", "0",
+    assert train.main(["--smoke", "--dataset", "cifar10", "--data-dir", str(resumable_data),
+                       "--epochs", "1", "--gradcam-images", "0",
                        "--out-dir", str(tmp_path)]) == 0  # auto: without it, no events
     assert not (tmp_path / "tensorboard").exists()
 
 
 @pytest.mark.slow
-def test_a_broken_tensorboard_install_is_one_warning_and_the_run_completes(tmp_path):
+def test_a_broken_tensorboard_install_is_one_warning_and_the_run_completes(resumable_data,
+                                                                           tmp_path):
     """protobuf's version clash (common in Colab and conda) makes `import tensorboard` raise
     TypeError, not ImportError: under --tensorboard auto that must not stop a run."""
     fake = tmp_path / "site" / "tensorboard"
@@ -160,8 +176,9 @@ def test_a_broken_tensorboard_install_is_one_warning_and_the_run_completes(tmp_p
         'raise TypeError("Descriptors cannot be created directly.\\nIf this call came from '
         'a _pb2.py file, your generated code is out of date")\n')
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--smoke", "--epochs",
-                           "1", "--gradcam-images", "0", "--out-dir", str(tmp_path / "run")],
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--smoke", "--dataset",
+                           "cifar10", "--data-dir", str(resumable_data), "--epochs", "1",
+                           "--gradcam-images", "0", "--out-dir", str(tmp_path / "run")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     said = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "TensorBoard" in ln]
