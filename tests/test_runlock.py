@@ -14,8 +14,18 @@ import types
 import pytest
 
 from machinery import config, runlock
-from conftest import ROOT, run_script
+from conftest import ROOT, train_here
 from test_ddp import torchrun
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """--smoke's flags on 640 CIFAR-10-format images (10 steps an epoch): a run that takes
+    a few seconds, to be held, killed and locked out."""
+    from machinery import data
+    root = tmp_path_factory.mktemp("lock-data")
+    data.write_synthetic_dataset(str(root), "cifar10", n_train=640, n_test=64, seed=6)
+    return ["--smoke", "--dataset", "cifar10", "--data-dir", str(root), "--gradcam-images", "0"]
 
 
 def _start(*args, stderr):
@@ -46,21 +56,20 @@ def _refusal(out_dir, pid):
 
 
 @pytest.mark.slow
-def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(tmp_path):
+def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(small, tmp_path):
     out = tmp_path / "run"
     with open(tmp_path / "first.err", "w") as err:
-        first = _start("--smoke", "--epochs", "3", "--gradcam-images", "0", "--out-dir", out,
-                       stderr=err)
+        first = _start(*small, "--epochs", "3", "--out-dir", out, stderr=err)
         try:
             _wait_for(first, "epoch   0/2", out / "checkpoints" / "last.pt")
             os.kill(first.pid, signal.SIGSTOP)  # held mid-run, lock and all
             for extra in ([], ["--resume", "auto"]):
-                second = run_script("train.py", "--smoke", "--epochs", "3", *extra, "--out-dir", out)
+                second = train_here(*small, "--epochs", "3", *extra, "--out-dir", out)
                 lines = second.stderr.strip().splitlines()
                 assert second.returncode == 2 and len(lines) == 1, second.stderr
                 assert _refusal(out, first.pid).fullmatch(lines[0]), lines[0]
             # reading commands keep working during a live run
-            evaluated = run_script("train.py", "--evaluate", out / "checkpoints" / "last.pt",
+            evaluated = train_here("--evaluate", out / "checkpoints" / "last.pt",
                                    "--out-dir", tmp_path / "eval")
             assert evaluated.returncode == 0, evaluated.stderr[-2000:]
             assert "plain: top-1" in evaluated.stdout
@@ -74,22 +83,22 @@ def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(t
 
 
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_leaves_no_stale_lock(tmp_path):
+def test_a_run_killed_with_sigkill_leaves_no_stale_lock(small, tmp_path):
     out = tmp_path / "run"
-    first = _start("--smoke", "--gradcam-images", "0", "--out-dir", out, stderr=subprocess.DEVNULL)
+    first = _start(*small, "--out-dir", out, stderr=subprocess.DEVNULL)
     try:
         _wait_for(first, "epoch   0/1", out / "checkpoints" / "last.pt")
     finally:
         first.kill()
         first.wait()
     assert f'"pid": {first.pid}' in (out / "checkpoints" / "run.lock").read_text()
-    resumed = run_script("train.py", "--resume", "auto", "--gradcam-images", "0", "--out-dir", out)
+    resumed = train_here("--resume", "auto", "--gradcam-images", "0", "--out-dir", out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "--resume auto: continuing" in resumed.stdout and "epoch   1/1" in resumed.stdout
 
 
 @pytest.mark.slow
-def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(tmp_path):
+def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(small, tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom machinery import runlock\n"
@@ -99,7 +108,7 @@ def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
-        proc = torchrun("--smoke", "--num-workers", "0", "--out-dir", out, timeout=120)
+        proc = torchrun(*small, "--num-workers", "0", "--out-dir", out, timeout=120)
         took = time.monotonic() - t0
     finally:
         holder.kill()
