@@ -10,7 +10,7 @@ import torch
 
 from machinery import data, evaluation, metrics
 import train
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, train_here
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,13 @@ def test_val_split_is_fixed_on_resume_and_the_resumed_run_is_bit_identical(split
                                                                           capsys):
     straight, parts = tmp_path / "straight", tmp_path / "parts"
     flags = ["--epochs", "2", "--val-split", "200"]
-    assert run_script("train.py", *small_run(split_data, straight, *flags)).returncode == 0
+    assert train_here(*small_run(split_data, straight, *flags)).returncode == 0
     proc = run_script("tests/faulty_run.py", "step:6:INT", *small_run(split_data, parts, *flags))
     assert proc.returncode == 130  # epoch 1 (4 steps per epoch), step 2
     last = parts / "checkpoints" / "last.pt"
     assert train.main(["--resume", str(last), "--val-split", "100"]) == 2
     assert "--val-split 100 differs" in capsys.readouterr().err
-    proc = run_script("train.py", "--resume", "auto", "--out-dir", parts)
+    proc = train_here("--resume", "auto", "--out-dir", parts)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (straight, parts))
     assert a["val_acc"] == b["val_acc"] and a["test_accuracy"] == b["test_accuracy"]
@@ -99,13 +99,12 @@ def test_val_split_is_fixed_on_resume_and_the_resumed_run_is_bit_identical(split
     assert "on 150 cifar100 test images" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_metrics_are_written_after_every_epoch_and_a_resumed_run_continues_them(
         split_data, tmp_path):
     flags = small_run(split_data, tmp_path, "--epochs", "3")
     folder = tmp_path / "training_metrics_from_ckpt"
-    proc = run_script("tests/faulty_run.py", "step:18:INT", *flags)  # epoch 2, step 2 (8 a epoch)
-    assert proc.returncode == 130
+    proc = train_here(*flags, fault="raise:18")  # a crash in epoch 2, step 1 (8 an epoch)
+    assert proc.returncode == 1
     rows = list(csv.DictReader(open(folder / "metrics_from_ckpt.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]  # written live: the run never finished
     assert (folder / "metrics_overview.png").is_file() and (folder / "learning_rate.png").is_file()
