@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_here
 from model import load_classifier, predict
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -180,7 +180,7 @@ def test_the_space_folder_runs_alone_and_its_card_states_the_checkpoints_accurac
     import yaml
     import torch
     best = smoke_run[0] / "checkpoints" / "best_model.pt"
-    made = run_script("export.py", best, "--format", "space", "--out", tmp_path / "made")
+    made = run_here("export.py", best, "--format", "space", "--out", tmp_path / "made")
     assert made.returncode == 0, made.stderr[-2000:]
     space = tmp_path / "elsewhere" / "space"
     shutil.copytree(tmp_path / "made", space)  # nothing of the repo beside it

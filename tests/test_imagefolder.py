@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from machinery import data, folder_cache, imagefolder
-from conftest import run_script
+from conftest import run_here, train_here
 from image_folders import CLASSES, write_image_folder, write_kaggle_folder
 from model import load_classifier, predict
 
@@ -110,7 +110,7 @@ def _one_line(proc):
 
 
 def _train(root, out, *flags):
-    return run_script("train.py", "--dataset", "folder", "--data-dir", root, "--blocks", "1", "1",
+    return train_here("--dataset", "folder", "--data-dir", root, "--blocks", "1", "1",
                       "1", "1", "--width", "8", "--batch-size", "16", "--num-workers", "0",
                       "--out-dir", out, *flags)
 
@@ -183,12 +183,12 @@ def test_a_run_on_a_folder_end_to_end_and_every_tool_on_its_checkpoint(folder, t
     _, _, extra = imagefolder.read_split(root, "train")
     assert ckpt["class_names"] == CLASSES and ckpt["mean"] == extra["mean"] and ckpt["std"] == extra["std"]
     assert (out / "gradcam_outputs" / "gradcam_grid.png").is_file()
-    evaluated = run_script("train.py", "--evaluate", best, "--out-dir", tmp_path / "ev")
+    evaluated = train_here("--evaluate", best, "--out-dir", tmp_path / "ev")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     top1 = float(re.search(r"plain: top-1 ([0-9.]+)%", evaluated.stdout).group(1))
     assert top1 == round(ckpt["test_accuracy"], 2)
     assert f"on {counts['test']} folder test images" in evaluated.stdout
-    cams = run_script("gradcam_utils.py", "--checkpoint", best, "--num-images", "3",
+    cams = run_here("gradcam_utils.py", "--checkpoint", best, "--num-images", "3",
                       "--out-dir", tmp_path / "cams")
     assert cams.returncode == 0, cams.stderr[-2000:]
     assert (tmp_path / "cams" / "gradcam_grid.png").is_file()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from machinery import data, imagefolder, runtime
 import train
-from conftest import run_script
+from conftest import run_here, train_here
 from machinery.images import load_image
 from machinery.metrics import write_evaluation_report
 from model import load_classifier, predict
@@ -23,7 +23,7 @@ def _top1(text, label):
 def test_evaluate_reports_the_training_logs_accuracy_and_writes_the_report(smoke_run, tmp_path):
     out, _ = smoke_run
     ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    proc = run_script("train.py", "--evaluate", out / "checkpoints" / "last.pt", "--tta",
+    proc = train_here("--evaluate", out / "checkpoints" / "last.pt", "--tta",
                       "--out-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _top1(proc.stdout, "plain") == round(ckpt["test_acc"][-1], 2)
@@ -119,7 +119,7 @@ def test_gradcam_cli_on_own_images_writes_overlays_and_reports_the_bad_file(smok
     Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
     Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / "b.png")
     (tmp_path / "broken.png").write_text("this is not a picture")
-    proc = run_script("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",
+    proc = run_here("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",
                       "--images", tmp_path / "a.jpg", tmp_path / "broken.png", tmp_path / "b.png",
                       "--out-dir", tmp_path / "cams")
     assert proc.returncode == 1

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import train
-from conftest import run_script
+from conftest import run_here, run_script
 from image_folders import CLASSES, _picture, write_image_folder
 from model import load_classifier, predict, predictions
 
@@ -93,7 +93,7 @@ def test_a_submission_is_id_and_label_for_a_numbered_folder(folder_model, tmp_pa
     os.makedirs(test)
     for i in (1, 2, 10):
         Image.open(photos / "frog" / f"{i:03d}.jpg").save(test / f"{i}.png")
-    assert run_script("predict.py", test, "--checkpoint", best, "--format", "submission",
+    assert run_here("predict.py", test, "--checkpoint", best, "--format", "submission",
                       "--out", tmp_path / "s.csv").returncode == 0
     rows = list(csv.reader(open(tmp_path / "s.csv")))
     clf = load_classifier(str(best))
@@ -106,10 +106,10 @@ def test_an_onnx_file_gives_the_checkpoints_top_class_for_every_readable_file(fo
                                                                               tmp_path):
     best, photos = folder_model
     onnx = tmp_path / "m.onnx"
-    assert run_script("export.py", best, "--out", onnx).returncode == 0
+    assert run_here("export.py", best, "--out", onnx).returncode == 0
     out = {}
     for name, how in (("pt", ["--checkpoint", best]), ("onnx", ["--onnx", onnx])):
-        proc = run_script("predict.py", photos, *how, "--format", "jsonl",
+        proc = run_here("predict.py", photos, *how, "--format", "jsonl",
                           "--out", tmp_path / f"{name}.jsonl")
         assert proc.returncode == 1, proc.stderr[-2000:]
         out[name] = [json.loads(line) for line in open(tmp_path / f"{name}.jsonl")]
@@ -123,15 +123,15 @@ def test_an_onnx_file_gives_the_checkpoints_top_class_for_every_readable_file(fo
 def test_bad_input_is_one_line_and_writes_nothing(folder_model, tmp_path):
     best, photos = folder_model
     out = tmp_path / "p.csv"
-    proc = run_script("predict.py", photos / "nowhere", "--checkpoint", best, "--out", out)
+    proc = run_here("predict.py", photos / "nowhere", "--checkpoint", best, "--out", out)
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines() == [f"error: {photos / 'nowhere'} does not exist"]
     out.write_text("mine")
-    proc = run_script("predict.py", photos / "cat" / "001.jpg", "--checkpoint", best, "--out", out)
+    proc = run_here("predict.py", photos / "cat" / "001.jpg", "--checkpoint", best, "--out", out)
     assert proc.returncode == 2 and out.read_text() == "mine"
     assert proc.stderr.strip().splitlines() == [
         f"error: {out} exists: add --force to replace it, or choose another --out"]
-    proc = run_script("predict.py", photos, "--checkpoint", photos / "cat" / "001.jpg", "--out",
+    proc = run_here("predict.py", photos, "--checkpoint", photos / "cat" / "001.jpg", "--out",
                       tmp_path / "q.csv")
     assert proc.returncode == 2 and not (tmp_path / "q.csv").exists()
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot read checkpoint")

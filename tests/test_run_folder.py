@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train
-from conftest import run_script
+from conftest import run_here, train_here
 from machinery.checkpoint_files import CheckpointError, atomic_path
 from machinery.metrics import save_figure, new_figure
 from reference_format import reference_checkpoint, reference_network
@@ -99,7 +99,30 @@ def test_a_run_resumed_into_another_folder_prunes_nothing_that_folder_held(finis
     after = _bytes(other / "checkpoints")
     assert after["checkpoint_epoch_0.pt"] == theirs["checkpoint_epoch_0.pt"]
     assert sorted(after) == ["best_model.pt", "checkpoint_epoch_0.pt", "checkpoint_epoch_1.pt",
-                             "last.pt"]
+                             "last.pt"]  # a best model, whichever way the accuracy went
+
+
+def test_a_run_resumed_into_another_folder_takes_its_best_model_along(finished, tmp_path):
+    src = tmp_path / "src" / "checkpoints"
+    os.makedirs(src)
+    for name in ("checkpoint_epoch_0.pt", "best_model.pt"):  # after epoch 0: the best so far
+        shutil.copy(finished / "checkpoints" / "checkpoint_epoch_0.pt", src / name)
+    proc = train_here("--resume", src / "checkpoint_epoch_0.pt", "--out-dir", tmp_path / "dst")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"best_model.pt carried over from {src / 'best_model.pt'}" in proc.stdout
+    last, best = (torch.load(tmp_path / "dst" / "checkpoints" / n, weights_only=True)
+                  for n in ("last.pt", "best_model.pt"))
+    assert best["test_accuracy"] == max(last["test_acc"]) and best["run_id"] == last["run_id"]
+    # a best model from later than the resumed epoch is another future's: not carried; with
+    # none to carry, the first epoch in the new folder writes one, though epoch 0 (100% here,
+    # so that no later epoch beats it) was better
+    start = torch.load(src / "checkpoint_epoch_0.pt", weights_only=True)
+    torch.save({**start, "test_acc": [100.0]}, src / "checkpoint_epoch_0.pt")
+    torch.save({**start, "epoch": 1}, src / "best_model.pt")
+    proc = train_here("--resume", src / "checkpoint_epoch_0.pt", "--out-dir", tmp_path / "dst2")
+    assert proc.returncode == 0 and "carried over" not in proc.stdout
+    best = torch.load(tmp_path / "dst2" / "checkpoints" / "best_model.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["run_id"] == start["run_id"]
 
 
 @pytest.mark.slow
@@ -139,11 +162,11 @@ def test_export_refuses_to_write_over_its_checkpoint(finished, tmp_path):
     path = tmp_path / "model.pt"
     shutil.copy(finished / "checkpoints" / "best_model.pt", path)
     blob = path.read_bytes()
-    proc = run_script("export.py", path, "--format", "pt2", "--out", path)
+    proc = run_here("export.py", path, "--format", "pt2", "--out", path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: refusing to write {path}: it is the checkpoint being exported; choose another --out"]
     (tmp_path / "notes.txt").write_text("mine")
-    proc = run_script("export.py", path, "--format", "pt2", "--out", tmp_path / "notes.txt")
+    proc = run_here("export.py", path, "--format", "pt2", "--out", tmp_path / "notes.txt")
     assert proc.returncode == 2 and "it exists and is not a .pt2 export" in proc.stderr
     assert path.read_bytes() == blob and (tmp_path / "notes.txt").read_text() == "mine"
