@@ -18,6 +18,12 @@ def pytest_configure(config):
     # `python -m pytest -m "not slow"`: the edit-test loop (CONTRIBUTING.md)
     config.addinivalue_line("markers", "slow: trains, or starts processes, for more than a "
                                        "few seconds")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `pytest -n 2`: each worker, and every process it starts, computes on one thread,
+        # so that two workers share the cores instead of both asking for all of them
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

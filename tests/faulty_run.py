@@ -99,7 +99,7 @@ def kill_a_worker_before_step(n, patch):
                     f.write(repr(time.time()))
             # the DataLoader's SIGCHLD handler raises here, before the step; if it did not,
             # the test timing the exit from the kill sees the wait
-            time.sleep(10)
+            time.sleep(30)
         return real_step(*a)
     patch(data, "make_loaders", make_loaders)
     patch(train, "train_step", step)

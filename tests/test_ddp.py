@@ -183,9 +183,10 @@ def test_a_worker_killed_in_one_rank_ends_both_ranks_promptly(odd_data, tmp_path
     monkeypatch.setenv("FAULT_STAMP", str(tmp_path / "killed_at"))
     proc = torchrun("worker:5:1", *flags, script="tests/faulty_run.py", timeout=120)
     took = time.time() - float((tmp_path / "killed_at").read_text())
-    # from the kill to the whole job's exit: about 1.5 s here; the fault then waits 10 s,
-    # so a death noticed only by the loader's polling (every 5 s) would show
-    assert took < 8, took
+    # from the kill to the whole job's exit: about 1.5 s here; the fault then waits 30 s,
+    # so a death noticed only by the loader's polling (every 5 s) would show, and a busy
+    # machine's slower exit would not
+    assert took < 20, took
     assert proc.returncode != 0
     assert ("error (rank 1): a data-loading worker was killed (out of memory?); not saved "
             "(under torchrun only the last checkpoint is consistent)") in proc.stderr
