@@ -232,6 +232,7 @@ def _read_only_run(root, *argv):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_read_only_data_folder_caches_elsewhere_once(tmp_path, user_cache):
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-rm", "true"], capture_output=True).returncode != 0:

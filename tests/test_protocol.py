@@ -99,6 +99,7 @@ def test_val_split_is_fixed_on_resume_and_the_resumed_run_is_bit_identical(split
     assert "on 150 cifar100 test images" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_metrics_are_written_after_every_epoch_and_a_resumed_run_continues_them(
         split_data, tmp_path):
     flags = small_run(split_data, tmp_path, "--epochs", "3")

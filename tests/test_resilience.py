@@ -166,6 +166,7 @@ def test_recipe_change_on_resume_needs_force_and_schedule_changes_are_refused(sm
     assert proc.returncode == 2 and "fixed by the checkpoint" in proc.stderr
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_previous_files(small_data, tmp_path):
     # writes per epoch: last.pt, best_model.pt (when better), checkpoint_epoch_N.pt
     proc = train_here(*flags(small_data, tmp_path), fault="full:4")

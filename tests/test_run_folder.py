@@ -102,6 +102,7 @@ def test_a_run_resumed_into_another_folder_prunes_nothing_that_folder_held(finis
                              "last.pt"]  # a best model, whichever way the accuracy went
 
 
+@pytest.mark.slow
 def test_a_run_resumed_into_another_folder_takes_its_best_model_along(finished, tmp_path):
     src = tmp_path / "src" / "checkpoints"
     os.makedirs(src)
