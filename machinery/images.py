@@ -27,17 +27,70 @@ def load_image(image, size=32):
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
             raise ValueError(f"expected a uint8 (H, W[, C]) array, got {image.dtype} {image.shape}")
-        image = Image.fromarray(image).convert("RGB")
+        image = as_shown(Image.fromarray(image))
     elif isinstance(image, Image.Image):
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = as_shown(ImageOps.exif_transpose(image))
     else:
         with Image.open(image) as f:  # OSError for unreadable or non-image files
             f.draft("RGB", (size, size))  # a no-op for every format but JPEG
-            image = ImageOps.exif_transpose(f).convert("RGB")
+            image = as_shown(ImageOps.exif_transpose(f))
     w, h = image.size
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
     return np.array(image.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)  # writable
+
+
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # grey, 16 bits a pixel (I: 32)
+
+
+class UnreadableMode(ValueError):
+    """A picture whose pixels cannot be shown as 8-bit RGB without guessing (float pixels,
+    32-bit integers beyond 16 bits)."""
+
+
+def as_shown(image):
+    """A PIL image of any mode -> 8-bit RGB, as a viewer shows it. Pillow's convert("RGB")
+    alone clips 16-bit grey (I;16, I;16B, I) at 255, so a mid-grey scan turns white: those
+    are scaled, 0..65535 -> 0..255. Transparent pixels (RGBA, LA, PA, P or L with a
+    transparent colour) are composited on white, not shown as whatever colour they hide.
+    48-bit RGB (PNG, TIFF) is already 8-bit RGB when Pillow opens it; CMYK, YCbCr, LAB,
+    palettes and 1-bit pictures go through Pillow's own conversions."""
+    if image.mode in SIXTEEN_BIT:
+        grey = np.asarray(image).astype(np.int64)
+        if image.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise UnreadableMode(f"32-bit integer pixels ({grey.min()}..{grey.max()}), "
+                                 f"beyond 16 bits: no agreed brightness scale")
+        return Image.fromarray(((grey + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise UnreadableMode("floating-point pixels (mode F): no agreed brightness scale")
+    if image.mode == "LAB":
+        return Image.fromarray(lab_to_srgb(np.asarray(image)), "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        over = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(over, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+# CIE XYZ relative to D50 (the white of ICC's and Photoshop's L*a*b*) -> linear sRGB,
+# Bradford-adapted to sRGB's D65, as ICC sRGB profiles do
+D50 = np.array([0.96422, 1.0, 0.82521])
+XYZ_D50_TO_SRGB = np.array([[3.1338561, -1.6168667, -0.4906146],
+                            [-0.9787684, 1.9161415, 0.0334540],
+                            [0.0719453, -0.2289914, 1.4052427]])
+
+
+def lab_to_srgb(lab):
+    """Pillow's LAB pixels, uint8 (..., 3): L* * 255/100 and a*, b* as signed bytes ->
+    uint8 sRGB by the CIE formulas. Pillow's own LAB -> RGB is off by up to 20 levels
+    (sRGB's blue comes back as (22, 7, 252)); this gives (0, 1, 254)."""
+    L = lab[..., 0] * (100 / 255)
+    a, b = lab[..., 1].view(np.int8), lab[..., 2].view(np.int8)
+    fy = (L + 16) / 116
+    f = np.stack([fy + a / 500, fy, fy - b / 200], -1)
+    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * D50
+    rgb = np.clip(xyz @ XYZ_D50_TO_SRGB.T, 0, 1)
+    rgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
+    return np.round(rgb * 255).astype(np.uint8)
 
 
 def normalize(images, mean, std):

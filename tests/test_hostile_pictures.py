@@ -1,0 +1,62 @@
+"""Pictures read as they are displayed, in every mode Pillow opens: through load_image
+(predict, Grad-CAM, the page) and the folder cache (training on a folder). One row per
+mode in picture_modes.MODES: a new awkward picture is one line there. The page's own
+rows are in test_hostile_app.py."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from machinery import imagefolder
+from machinery.images import UnreadableMode, load_image
+from picture_modes import MODES, SIDE
+
+
+def _as_twin(got, twin):
+    """Within one grey level of the 8-bit RGB twin. Read at the pictures' own size: a
+    bicubic resize would turn one level at a colour's edge into two."""
+    return int(np.abs(got.astype(int) - twin).max()) <= 1
+
+
+@pytest.mark.parametrize("name", MODES)
+def test_load_image_reads_each_mode_as_a_viewer_shows_it(name, tmp_path):
+    source, twin = MODES[name](tmp_path)
+    if isinstance(twin, tuple):  # cannot be shown faithfully: an error that says why
+        with pytest.raises(UnreadableMode, match=twin[1]):
+            load_image(source, SIDE)
+        return
+    got = load_image(source, SIDE)
+    assert _as_twin(got, twin), np.abs(got.astype(int) - twin).max()
+
+
+def test_the_folder_cache_reads_every_mode_as_load_image_does(tmp_path):
+    """Each mode's file in a class folder of its own; those that cannot be shown sit beside
+    a readable picture in one more class, and are skipped with their reason."""
+    root, made = tmp_path / "modes", {}
+    for k, (name, write) in enumerate(MODES.items()):
+        folder = tmp_path / "written" / str(k)
+        folder.mkdir(parents=True)
+        source, twin = write(folder)
+        if not isinstance(source, Image.Image):  # (a PIL image is not a file to cache)
+            made[name] = source, twin
+    refused = root / "train" / "refused"
+    refused.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(refused / "plain.png")
+    for k, (name, (source, twin)) in enumerate(made.items()):
+        folder = refused if isinstance(twin, tuple) else root / "train" / f"mode{k:02d}"
+        folder.mkdir(exist_ok=True)
+        os.replace(source, folder / f"{k:02d}{source.suffix}")
+    said = []
+    images, labels, extra = imagefolder.Folder(str(root), SIDE, warn=said.append).read("train")
+    readable = {f"mode{k:02d}": twin for k, (name, (_, twin)) in enumerate(made.items())
+                if not isinstance(twin, tuple)}
+    for image, label in zip(images, labels):
+        cls = extra["classes"][label]
+        if cls != "refused":
+            assert _as_twin(image, readable.pop(cls)), cls
+    assert not readable  # every readable mode was decoded
+    [warning] = [w for w in said if "skipped" in w]
+    for name, (_, twin) in made.items():
+        if isinstance(twin, tuple):
+            assert twin[1] in warning, (name, warning)
