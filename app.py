@@ -17,7 +17,6 @@ analytics off) unless --share asks for a public link. Needs `pip install gradio`
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 from PIL import Image
@@ -30,7 +29,7 @@ from machinery.gradcam import gradcam_maps, overlay
 from machinery.images import normalize
 from machinery.predicting import torch_probabilities
 from machinery.runtime import pick_device
-from machinery.space_app import OnnxModel, page
+from machinery.space_app import OnnxModel, copied, page_folder, serve
 from model import load_classifier
 
 EXAMPLES = 6
@@ -93,8 +92,10 @@ def parse_args(argv=None):
     p.add_argument("--onnx", metavar="FILE", help="an export.py ONNX file instead (no Grad-CAM)")
     p.add_argument("--out-dir", default=".", help="where to look for the checkpoint (default .)")
     p.add_argument("--examples", nargs="+", metavar="FILE", help="example pictures to offer")
-    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (0.0.0.0: the network)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default=None,
+                   help="default 127.0.0.1, or GRADIO_SERVER_NAME (0.0.0.0: the network)")
+    p.add_argument("--port", type=int, default=None,
+                   help="default 7860, or GRADIO_SERVER_PORT (Docker's and hosts' setting)")
     p.add_argument("--share", action="store_true", help="also a public gradio.live link")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--no-gradcam", action="store_true",
@@ -125,16 +126,26 @@ def main(argv=None):
         print("error: the page needs gradio: pip install -r requirements-app.txt", file=sys.stderr)
         return 2
     try:
+        readable(args.examples or [])
         model = load(args)
     except (UserError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    folder = tempfile.mkdtemp(prefix="app-examples-")
-    examples = args.examples or ([] if args.onnx else test_examples(model, folder))
-    allowed = [folder] + [os.path.dirname(os.path.abspath(e)) for e in examples]
-    page(model, examples).queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, share=args.share, allowed_paths=allowed)
+    # the page serves its own folder and nothing else: the examples are copied in, so the
+    # folders they came from (their .env, .ssh/, ...) are never served
+    folder = page_folder()
+    examples = (copied(args.examples, folder) if args.examples else
+                [] if args.onnx else test_examples(model, folder))
+    serve(model, examples, folder, args.host, args.port, args.share)
     return 0
+
+
+def readable(paths):
+    """--examples, each a file that can be read (else one line)."""
+    for path in paths:
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise UserError(f"--examples: {path} is not a file that can be read")
+    return paths
 
 
 if __name__ == "__main__":

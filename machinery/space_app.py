@@ -15,10 +15,15 @@ Nothing is fetched from the internet: Gradio serves its page from its package, a
 analytics are off.
 """
 import argparse
+import atexit
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
+import time
 
 import numpy as np
 from PIL import Image
@@ -65,11 +70,16 @@ def reason(e):
     return f"this picture cannot be read ({type(e).__name__}: {str(e).strip()[:120]})"
 
 
-def classifier(model):
+def classifier(model, folder):
     """The page's function: a picture's path -> (top classes, the picture as the network
     saw it, a note). It never raises: a bad file is a note, and the next picture is
     answered as usual. One picture at a time through the model (a lock): Grad-CAM's hooks
-    on the network are not for two requests at once."""
+    on the network are not for two requests at once.
+
+    The picture shown is handed to Gradio as a file of its own in `folder` (a new name
+    each time): Gradio writes an image it is given as an array into its cache under a
+    name made from its content, so two requests with the same picture wrote, and read,
+    one file at once, and one answer arrived truncated. A file it copies in whole."""
     lock = threading.Lock()
 
     def classify(path):
@@ -86,8 +96,27 @@ def classifier(model):
                 probs, shown = model.probabilities(square), upscaled(square)
         top = np.argsort(probs)[::-1][:TOP]
         note = "" if model.explains else model.no_explaining
-        return {model.names[i]: float(probs[i]) for i in top}, shown, note
+        return {model.names[i]: float(probs[i]) for i in top}, own_file(shown, folder), note
     return classify
+
+
+KEEP_S = 600  # how long an answer's picture stays in the page's folder for Gradio to copy
+
+
+def own_file(picture, folder):
+    """`picture` (uint8 RGB) as a PNG under a new name in `folder`; answers older than
+    KEEP_S go, so the folder does not grow with the visitors."""
+    fd, path = tempfile.mkstemp(suffix=".png", prefix="seen-", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        Image.fromarray(picture).save(f, format="PNG")
+    now = time.time()
+    for old in os.listdir(folder):
+        old = os.path.join(folder, old)
+        if old.endswith(".png") and os.path.basename(old).startswith("seen-"):
+            with contextlib.suppress(OSError):
+                if now - os.path.getmtime(old) > KEEP_S:
+                    os.remove(old)
+    return path
 
 
 def picture_input():
@@ -109,8 +138,9 @@ def picture_input():
     return picture
 
 
-def page(model, examples=(), title="What does the network see?"):
-    """The Gradio page for a model (OnnxModel, or the repo's app.TorchModel)."""
+def page(model, folder, examples=(), title="What does the network see?"):
+    """The Gradio page for a model (OnnxModel, or the repo's app.TorchModel); the pictures
+    it shows are written into `folder`, the one folder it may serve (see serve)."""
     import gradio as gr
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{model.summary}")
@@ -122,29 +152,68 @@ def page(model, examples=(), title="What does the network see?"):
                 label = gr.Label(num_top_classes=TOP, label="What the network thinks")
                 seen = gr.Image(label="As the network saw it" + (
                     ", and where it looked (Grad-CAM: red most)" if model.explains else ""),
-                    interactive=False)
+                    type="filepath", interactive=False)
                 note = gr.Markdown()
-        submit.click(classifier(model), inputs=picture, outputs=[label, seen, note],
+        submit.click(classifier(model, folder), inputs=picture, outputs=[label, seen, note],
                      api_name="classify")
         if examples:
             gr.Examples([[e] for e in examples], inputs=picture, label="Examples")
     return demo
 
 
+def page_folder():
+    """The page's own folder, removed when the process ends (not when launch() returns:
+    in a notebook it returns at once, and the page goes on)."""
+    folder = tempfile.mkdtemp(prefix="page-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def copied(pictures, folder):
+    """The pictures copied into the page's folder, under names of their own."""
+    out = []
+    for i, picture in enumerate(pictures):
+        out.append(os.path.join(folder, f"example{i}_{os.path.basename(picture)}"))
+        shutil.copyfile(picture, out[-1])
+    return out
+
+
+def serve(model, examples, folder, host=None, port=None, share=False):
+    """The page, served until stopped. Gradio may serve files from `folder` only (the
+    examples and the answers' pictures): never the folders the examples came from. Host
+    and port: None leaves them to GRADIO_SERVER_NAME and GRADIO_SERVER_PORT (or 127.0.0.1
+    and 7860), as Docker images and hosting services set them."""
+    page(model, folder, examples).queue(default_concurrency_limit=4).launch(
+        server_name=host, server_port=port, share=share, allowed_paths=[folder])
+
+
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description="The demo page of an exported model.")
     p.add_argument("--onnx", default=os.path.join(here, "model.onnx"), help="default: model.onnx beside this file")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
+    p.add_argument("--host", default=None, help="default 127.0.0.1, or GRADIO_SERVER_NAME")
+    p.add_argument("--port", type=int, default=None,
+                   help="default 7860, or GRADIO_SERVER_PORT (what Spaces and Docker set)")
     p.add_argument("--share", action="store_true", help="a public link (from Colab, say)")
     args = p.parse_args(argv)
-    folder = os.path.join(here, "examples")
-    examples = sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
-    page(OnnxModel(args.onnx), examples).queue(default_concurrency_limit=4).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", args.host), server_port=args.port,
-        share=args.share)
+    port = args.port or (int(os.environ["PORT"]) if os.environ.get("PORT") else None)
+    model, folder = OnnxModel(args.onnx), page_folder()
+    examples = copied(pictures_in(os.path.join(here, "examples")), folder)
+    serve(model, examples, folder, args.host, port, args.share)
     return 0
+
+
+PICTURES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+def pictures_in(folder):
+    """The pictures of `folder`, sorted: what a file manager (.DS_Store), an editor or a
+    download left beside them is not an example."""
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.lower().endswith(PICTURES) and not f.startswith(".")
+            and os.path.isfile(os.path.join(folder, f))]
 
 
 if __name__ == "__main__":

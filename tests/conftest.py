@@ -105,3 +105,39 @@ def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
     data.write_synthetic_dataset(str(root), "cifar100", n_train=300, n_test=100, seed=3)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """Pictures as people have them: a JPEG photo large enough for the reduced decode, and
+    16 distinct small ones for the concurrent requests."""
+    import numpy as np
+    from PIL import Image
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    big = folder / "photo.jpg"
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).resize(
+        (800, 600), Image.BICUBIC).save(big, quality=90)
+    many = []
+    for i in range(16):
+        many.append(folder / f"{i}.png")
+        Image.fromarray(np.full((32, 32, 3), rng.integers(0, 256, 3), np.uint8)).save(many[-1])
+    return big, many
+
+
+@pytest.fixture(scope="session")
+def page(smoke_run, photos, tmp_path_factory):
+    """app.py on the smoke run's best model, one for the session's page tests, with an
+    example from a folder a user keeps secrets in: (url, checkpoint, that folder)."""
+    import shutil
+    from pages import serve, stop
+    best = smoke_run[0] / "checkpoints" / "best_model.pt"
+    home = tmp_path_factory.mktemp("home")
+    (home / ".env").write_text("API_KEY=not-for-visitors\n")
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_rsa").write_text("PRIVATE KEY\n")
+    shutil.copy(photos[0], home / "cat.jpg")
+    proc, url = serve([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint", str(best),
+                       "--examples", str(home / "cat.jpg")], cwd=ROOT)
+    yield url, best, home
+    stop(proc)

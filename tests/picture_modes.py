@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-SIDE, BLOCK = 48, 12  # 4 x 4 blocks of one colour each
+SIDE, BLOCK = 32, 8  # 4 x 4 blocks of one colour each; the network's size: nothing resized
 # black, white, greys, the primaries and secondaries, and a few colours between
 COLOURS = [(0, 0, 0), (255, 255, 255), (128, 128, 128), (64, 64, 64), (192, 192, 192),
            (255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 255, 255), (255, 0, 255), (255, 255, 0),

@@ -2,11 +2,8 @@
 the HTTP API, bad pictures, concurrent requests; the Space run from outside the repo."""
 import os
 import shutil
-import socket
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,79 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_here
+from conftest import run_here
 from model import load_classifier, predict
+from pages import ask as _ask, serve, stop, top as _top
 
 gradio_client = pytest.importorskip("gradio_client")
 CHROMIUM = "/usr/bin/chromium"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(command, cwd, env=None, timeout=180):
-    """Start a page's process; (process, url) once it answers, or fail with its output."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-    proc = subprocess.Popen(command + ["--port", str(port)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the page exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"the page did not answer within {timeout} s")
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Pictures as people have them: a JPEG photo large enough for the reduced decode, and
-    16 distinct small ones for the concurrent requests."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(7)
-    big = folder / "photo.jpg"
-    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).resize(
-        (800, 600), Image.BICUBIC).save(big, quality=90)
-    many = []
-    for i in range(16):
-        many.append(folder / f"{i}.png")
-        Image.fromarray(np.full((32, 32, 3), rng.integers(0, 256, 3), np.uint8)).save(many[-1])
-    return big, many
-
-
-@pytest.fixture(scope="module")
-def page(smoke_run):
-    best = smoke_run[0] / "checkpoints" / "best_model.pt"
-    proc, url = serve([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint", str(best)],
-                      cwd=ROOT)
-    yield url, best
-    stop(proc)
-
-
-def _ask(url, path):
-    client = gradio_client.Client(url, verbose=False)
-    return client.predict(gradio_client.handle_file(str(path)), api_name="/classify")
-
-
-def _top(answer):
-    label = answer[0]
-    return label.get("label") if isinstance(label, dict) else None
 
 
 @pytest.mark.slow
@@ -94,7 +24,7 @@ def test_a_real_browser_uploads_a_photo_and_reads_the_top_class(page, photos, tm
     if not os.path.exists(CHROMIUM):  # CI must have it: .ci/run installs Debian's
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no {CHROMIUM} here")
     from playwright.sync_api import sync_playwright
-    url, best = page
+    url, best, _ = page
     want = predict(load_classifier(str(best)), [photos[0]], k=1)[0][0][0]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -151,7 +81,7 @@ def bad_pictures(folder, photo):
 
 @pytest.mark.slow
 def test_bad_pictures_get_a_message_or_an_answer_and_the_page_goes_on(page, photos, tmp_path):
-    url, best = page
+    url, best, _ = page
     clf = load_classifier(str(best))
     want = predict(clf, [photos[0]], k=1)[0][0][0]
     readable = {"1x1", "16-bit PNG", "CMYK JPEG", "palette PNG", "transparent PNG", "animated GIF"}
@@ -166,7 +96,7 @@ def test_bad_pictures_get_a_message_or_an_answer_and_the_page_goes_on(page, phot
 
 @pytest.mark.slow
 def test_sixteen_requests_at_once_each_get_their_own_answer(page, photos):
-    url, best = page
+    url, best, _ = page
     clf = load_classifier(str(best))
     want = [p[0][0] for p in predict(clf, photos[1], k=1)]
     with ThreadPoolExecutor(16) as pool:

@@ -14,8 +14,8 @@ from picture_modes import MODES, SIDE
 
 
 def _as_twin(got, twin):
-    """Within one grey level of the 8-bit RGB twin. Read at the pictures' own size: a
-    bicubic resize would turn one level at a colour's edge into two."""
+    """Within one grey level of the 8-bit RGB twin. (At the pictures' own size, the
+    network's: a bicubic resize would turn one level at a colour's edge into two.)"""
     return int(np.abs(got.astype(int) - twin).max()) <= 1
 
 

@@ -1,0 +1,106 @@
+"""The demo page under hostile input (issue: hostile input): what it serves, pictures in
+every mode, the same pictures at once. One running page for all (conftest.page), whose
+example comes from a folder holding a .env and a .ssh/."""
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from model import load_classifier, predict
+from pages import ask, fetch, free_port, serve, stop, top
+from picture_modes import MODES, SIDE
+
+pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow  # a running page
+
+
+@pytest.mark.parametrize("name", [".env", ".ssh/id_rsa", "cat.jpg"])
+def test_the_page_serves_no_file_of_the_folder_an_example_came_from(page, name):
+    url, _, home = page
+    status, body = fetch(url, home / name)
+    assert status == 403 and not body.startswith((b"API_KEY", b"PRIVATE", b"\xff\xd8")), body[:80]
+
+
+def test_the_example_is_still_offered_and_served_whole(page):
+    url, _, home = page
+    with urllib.request.urlopen(f"{url}config", timeout=30) as r:
+        config = json.loads(r.read())
+    served = [v for v in json.dumps(config).split('"') if v.endswith("cat.jpg") and os.path.isabs(v)]
+    status, body = fetch(url, served[0])
+    assert status == 200 and body == (home / "cat.jpg").read_bytes()
+
+
+def _square(shown, size):
+    """The square the network saw, from the page's picture: the left DISPLAY x DISPLAY
+    (Grad-CAM's overlay beside it), upscaled from size x size by repeating pixels."""
+    image = np.asarray(Image.open(shown).convert("RGB"))
+    side = image.shape[0]
+    return image[::side // size, :side:side // size][:size, :size]
+
+
+@pytest.mark.parametrize("name", [n for n, write in MODES.items() if "PIL image" not in n])
+def test_every_mode_is_shown_as_a_viewer_shows_it(page, name, tmp_path):
+    url, _, _ = page
+    source, twin = MODES[name](tmp_path)
+    label, shown, note = ask(url, source)
+    if isinstance(twin, tuple):
+        assert shown is None and note.startswith("**Could not read it:**") and twin[1] in note, note
+        return
+    seen = _square(shown, SIDE)
+    assert int(np.abs(seen.astype(int) - twin).max()) <= 1, name
+    assert label["label"] in {c["label"] for c in label["confidences"]}
+
+
+def _rounds(url, pictures, want, rounds=3):
+    """`rounds` times, 16 requests at once, 8 of each picture: every answer's label, and
+    its picture downloaded whole, pixel for pixel that of the first answer for the same
+    picture. Returns the failures."""
+    firsts, failures = {}, []
+    for _ in range(rounds):
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda p: (p, ask(url, p)), pictures * 8))
+        for picture, (label, shown, note) in answers:
+            try:
+                with Image.open(shown) as im:
+                    pixels = np.asarray(im.convert("RGB"))  # a truncated file raises here
+            except OSError as e:
+                failures.append(f"{picture.name}: {e}")
+                continue
+            first = firsts.setdefault(picture, pixels)
+            if top((label,)) != want[picture] or not np.array_equal(pixels, first):
+                failures.append(f"{picture.name}: {top((label,))}, picture differs")
+    return failures
+
+
+def test_the_same_two_pictures_sixteen_at_once_each_get_their_whole_answer(page, photos):
+    url, best, _ = page
+    pictures = [photos[0], photos[1][0]]
+    clf = load_classifier(str(best))
+    want = {p: predict(clf, [p], k=1)[0][0][0] for p in pictures}
+    assert _rounds(url, pictures, want) == []
+
+
+def test_gradios_own_port_setting_is_obeyed(smoke_run):
+    """Docker images and hosts set GRADIO_SERVER_PORT: without --port, the page serves there."""
+    port = free_port()
+    best = smoke_run[0] / "checkpoints" / "best_model.pt"
+    proc, url = serve([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint", str(best),
+                       "--no-gradcam"], cwd=ROOT, env={"GRADIO_SERVER_PORT": str(port)}, port=port)
+    stop(proc)
+    assert url.endswith(f":{port}/")
+
+
+def test_a_missing_example_is_one_line_before_the_model_loads(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
+                           tmp_path / "none.pt", "--examples", tmp_path / "gone.jpg"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --examples: {tmp_path / 'gone.jpg'} is not a file that can be read"]
