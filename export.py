@@ -20,10 +20,12 @@ Every export is checked: on 64 images (the checkpoint's test set when it is on d
 else generated) the exported model's top-1 must equal PyTorch's and its probabilities
 differ by at most 1e-4. A file that fails is not kept (exit 1, one line). An --out that
 is the checkpoint itself, or any existing file but an earlier export of the same format
-(which is replaced), is refused before anything is exported (exit 2, one line).
+(which is replaced), is refused before anything is exported (exit 2, one line); --force
+replaces such a file, never the checkpoint. The same for a card this tool did not write
+(its first lines say when it did) and for the files of a Space folder: the folder's
+.export.json names what the last export wrote, as it wrote it; files beside them stay.
 """
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -37,8 +39,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from machinery.card import card, summary
-from machinery.checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint
+from machinery import own_files
+from machinery.card import MARK, card, summary
+from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of, fill_metadata,
+                                        load_checkpoint)
 from machinery.images import standardize
 from model import model_from_checkpoint
 
@@ -171,18 +175,19 @@ def is_export(path, fmt):
     return any(p.key == "class_names" for p in proto.metadata_props)
 
 
-def check_out(out, fmt, checkpoint):
-    """Refuse, before anything is exported, an `out` that is the checkpoint itself or an
-    existing file that is not an earlier export of the same kind (which is replaced)."""
+def check_out(out, fmt, checkpoint, force=False):
+    """Refuse, before anything is exported, an `out` that is the checkpoint itself or (but
+    with --force) an existing file that is not an earlier export of the same kind (which
+    is replaced)."""
     if not os.path.lexists(out):
         return
     if os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
         raise CheckpointError(f"refusing to write {out}: it is the checkpoint being exported; "
                               f"choose another --out")
-    if not os.path.isfile(out) or not is_export(out, fmt):
+    if not os.path.isfile(out) or not (force or is_export(out, fmt)):
         kind = {"onnx": "an ONNX", "pt2": "a .pt2"}[fmt]
         raise CheckpointError(f"refusing to write {out}: it exists and is not {kind} export; "
-                              f"choose another --out, or move that file first")
+                              f"choose another --out, or add --force to replace it")
 
 
 def compare(reference, exported):
@@ -233,60 +238,91 @@ SPACE_PINS = {"gradio": "6.31.0", "onnxruntime": None, "numpy": None, "pillow": 
 EXAMPLES = 6
 
 
-def pins():
+def pinned():
+    """{package: version or None} of what the Space installs: the versions here."""
     from importlib.metadata import PackageNotFoundError, version
-    lines = []
+    out = {}
     for name, fixed in SPACE_PINS.items():
         try:
-            lines.append(f"{name}=={version(name)}")
+            out[name] = version(name)
         except PackageNotFoundError:
-            lines.append(f"{name}=={fixed}" if fixed else name)
-    return "\n".join(lines) + "\n"
+            out[name] = fixed
+    return out
 
 
-def check_space(out):
-    """An --out folder that is new, empty, or an earlier Space of this tool (replaced)."""
-    if os.path.isdir(out) and os.listdir(out) and not all(
-            os.path.isfile(os.path.join(out, f)) for f in SPACE_FILES):
-        raise CheckpointError(f"refusing to write into {out}: it holds files and is not an "
-                              f"earlier Space of export.py; choose another --out")
+def space_names(examples):
+    """What export_space writes, relative to its folder."""
+    return list(SPACE_FILES) + ["training_curves.png"] + [
+        f"examples/{i}.png" for i in range(min(len(examples), EXAMPLES))]
+
+
+def check_space(out, examples, force):
+    """An --out folder that is new, or whose files this tool would replace are its own as
+    it wrote them (own_files' manifest), or --force. Files beside them are kept."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise CheckpointError(f"refusing to write {out}: it is a file; a Space is a folder")
+    theirs = os.path.isdir(out) and own_files.foreign(out, space_names(examples))
+    if theirs and not force:
+        raise CheckpointError(
+            f"refusing to replace {', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''} "
+            f"in {out}: not written by export.py, or changed since; add --force to replace "
+            f"them, or choose another --out")
 
 
 def export_space(path, out, images, module, meta, ckpt, examples=()):
     """A folder that runs as a Hugging Face Space (Gradio SDK) without this repo: the page
     (machinery/space_app.py as app.py, images.py as pictures.py), the checked ONNX model,
-    pinned CPU requirements, a few examples, the training curves and the model card."""
+    pinned CPU requirements, a few examples, the training curves and the model card. The
+    earlier export's own examples go first; what it did not write stays."""
     from machinery.metrics import write_metrics
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+    names = space_names(examples)
+    for old in own_files.leftovers(out, names):
+        os.remove(os.path.join(out, old))
     export(path, "onnx", os.path.join(out, "model.onnx"), images, module, meta)
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machinery")
     shutil.copyfile(os.path.join(here, "space_app.py"), os.path.join(out, "app.py"))
     shutil.copyfile(os.path.join(here, "images.py"), os.path.join(out, "pictures.py"))
+    versions = pinned()
     with open(os.path.join(out, "requirements.txt"), "w") as f:
-        f.write(pins())
-    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+        f.write("".join(f"{n}=={v}\n" if v else f"{n}\n" for n, v in versions.items()))
     for i, image in enumerate(examples[:EXAMPLES]):
         Image.fromarray(image).save(os.path.join(out, "examples", f"{i}.png"))
-    curve = None
-    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(CheckpointError):
-        write_metrics(ckpt, tmp)
-        curve = "training_curves.png"
-        shutil.copyfile(os.path.join(tmp, "metrics_overview.png"), os.path.join(out, curve))
+    curve = "training_curves.png"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            write_metrics(ckpt, tmp)
+            shutil.copyfile(os.path.join(tmp, "metrics_overview.png"), os.path.join(out, curve))
+        except CheckpointError:  # no history (a bare state dict): no curves
+            curve = None
+            names.remove("training_curves.png")
     with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(card(ckpt, "model.onnx", curve))
+        f.write(card(ckpt, "model.onnx", curve, kind="space", source=path,
+                     sdk_version=versions["gradio"]))
+    own_files.record(out, names)
     print(f"{out}: a Space (Gradio) with the model card; try it: pip install -r "
           f"{os.path.join(out, 'requirements.txt')} && python {os.path.join(out, 'app.py')}")
 
 
-def write_card(ckpt, out):
-    if os.path.exists(out) and not open(out, errors="replace").read(4) == "---\n":
-        raise CheckpointError(f"refusing to write {out}: it exists and is not a model card; "
+def write_card(ckpt, out, source, force):
+    """The model card of a model repository, written atomically; an existing file only
+    where it is a card this tool wrote (its first lines say so), or with --force."""
+    if os.path.lexists(out) and not force and not is_our_card(out):
+        raise CheckpointError(f"refusing to replace {out}: it is not a card export.py wrote "
+                              f"(a hand-written card, say); add --force to replace it, or "
                               f"choose another --out")
-    with open(out, "w") as f:
-        f.write(card(ckpt, "model.onnx"))
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(card(ckpt, "model.onnx", kind="model", source=source))
     print(f"{out}: the model card")
+
+
+def is_our_card(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return MARK.split("{")[0] in head
 
 
 def main(argv=None):
@@ -300,18 +336,21 @@ def main(argv=None):
     p.add_argument("--out", help="the file to write (default: the checkpoint's name with the "
                                  "format's ending); with --format all, the name without it; "
                                  "with space, a folder (default: <name>-space)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files export.py did not write (or that were changed since): "
+                        "a hand-written card, files in a Space folder; never the checkpoint")
     args = p.parse_args(argv)
     fmts = {"all": ["onnx", "pt2"], "space": ["onnx"], "card": []}.get(args.format, [args.format])
     stem = os.path.splitext(args.out or args.checkpoint)[0]
     try:
         check_packages(fmts)
         if args.format == "space":
-            check_space(args.out or stem + "-space")
+            check_space(args.out or stem + "-space", range(EXAMPLES), args.force)
         module, meta, note, ckpt = deployable(args.checkpoint)
         if note:
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         if args.format == "card":
-            write_card(ckpt, args.out or stem + "_card.md")
+            write_card(ckpt, args.out or stem + "_card.md", args.checkpoint, args.force)
             return 0
         images, source = check_images(ckpt)
         if args.format == "space":
@@ -323,7 +362,7 @@ def main(argv=None):
         outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
                 for fmt in fmts}
         for fmt, out in outs.items():
-            check_out(out, fmt, args.checkpoint)
+            check_out(out, fmt, args.checkpoint, args.force)
         print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
         for fmt, out in outs.items():
             export(args.checkpoint, fmt, out, images, module, meta)

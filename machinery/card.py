@@ -4,16 +4,24 @@ trained, and how to use it. Every number comes from the file, none is typed in.
     card(ckpt, "model.onnx")            # markdown, with the Hugging Face front matter
     summary(ckpt)                       # the short card the demo page shows
 
-The front matter is what a Hugging Face Space or model repository reads: title, sdk,
-app_file, license and model-index results (the accuracy, on which split).
+The front matter is what Hugging Face reads, as its specifications name the keys: a
+model repository's card (kind "model": license, library_name, pipeline_tag, datasets,
+tags, model-index with the accuracy and its split) or a Space's (kind "space": title,
+sdk, sdk_version, app_file, license, datasets, tags). A --smoke model's card claims no
+result (no model-index) and no data set: its pictures were generated. No card names a
+path of the machine it was made on: paths are reduced to their last part.
 """
 import dataclasses
+import os
 
 from .checkpoint_files import dataset_of
 from .config import Config
 from .logs import changed_settings
 
 NAMES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "folder": "an image folder"}
+HUB_DATASETS = {"cifar100": "uoft-cs/cifar100", "cifar10": "uoft-cs/cifar10"}  # their Hub ids
+PATHS = ("data_dir", "cache_dir", "labels", "init_from", "out_dir")  # Config's path fields
+MARK = "<!-- written by export.py from {source}: rerun it to update this card -->"
 
 
 def facts(ckpt):
@@ -36,11 +44,19 @@ def facts(ckpt):
         if len(names) > 5 else None,
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
         "test_images": ckpt.get("test_images"), "parameters": params,
-        "settings": changed_settings(Config(**{k: v for k, v in cfg.items()
+        "settings": changed_settings(Config(**{k: local(k, v) for k, v in cfg.items()
                                                if k in Config.__dataclass_fields__})),
         "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
         "hours": ckpt.get("train_seconds", 0) / 3600 or None,
     }
+
+
+def local(key, value):
+    """A setting as a card may say it: a path reduced to its last part (a card is for
+    others to read; /home/<user>/... is not theirs to know)."""
+    if key in PATHS and isinstance(value, str) and value not in ("", "."):
+        return os.path.basename(os.path.normpath(value))
+    return value
 
 
 def _pct(v):
@@ -66,26 +82,42 @@ def summary(ckpt):
             f"test accuracy {_pct(f['accuracy'])}{top5} | {f['parameters']:,} parameters.{smoke}")
 
 
-def front_matter(f, title, app_file):
-    dataset = NAMES.get(f["dataset"], f["dataset"])
-    lines = ["---", f"title: {title}", "emoji: 🔍", "colorFrom: indigo", "colorTo: gray",
-             "sdk: gradio", f"app_file: {app_file}", "license: mit", "pinned: false",
-             "tags:", "- image-classification", "- resnet", "- onnx",
-             "model-index:", f"- name: {title}", "  results:", "  - task:",
-             "      type: image-classification", "      name: Image classification",
-             "    dataset:", f"      name: {dataset}", f"      type: {f['dataset']}",
-             "      split: test", "    metrics:", "    - type: accuracy",
-             f"      value: {round(f['accuracy'], 2) if f['accuracy'] is not None else 'null'}",
-             "      name: top-1 accuracy (%)"]
-    if f["top5"] is not None and f["top5"] == f["top5"]:
-        lines += ["    - type: top_5_accuracy", f"      value: {round(f['top5'], 2)}",
-                  "      name: top-5 accuracy (%)"]
+def front_matter(f, title, kind, app_file="app.py", sdk_version=None):
+    """Hugging Face's YAML for a model repository's card (kind "model") or a Space's."""
+    real = not f["smoke"]  # a --smoke model's pictures were generated: no data set, no result
+    if kind == "space":
+        lines = ["---", f"title: {title}", "emoji: 🔍", "colorFrom: indigo", "colorTo: gray",
+                 "sdk: gradio"] + ([f"sdk_version: {sdk_version}"] if sdk_version else []) + [
+                 f"app_file: {app_file}", "license: mit", "pinned: false"]
+    else:
+        lines = ["---", "license: mit", "library_name: pytorch", "pipeline_tag: image-classification"]
+    if real and f["dataset"] in HUB_DATASETS:
+        lines += ["datasets:", f"- {HUB_DATASETS[f['dataset']]}"]
+    lines += ["tags:", "- image-classification", "- resnet", "- onnx"]
+    if kind == "model" and real and f["accuracy"] is not None:
+        lines += model_index(f, title)
     return "\n".join(lines + ["---", ""])
 
 
-def card(ckpt, model_file="model.onnx", curve=None, title=None, app_file="app.py"):
-    """The model card, markdown with Hugging Face's front matter. curve: the file name of
-    the training curves' picture beside it, if any."""
+def model_index(f, title):
+    lines = ["model-index:", f"- name: {title}", "  results:", "  - task:",
+             "      type: image-classification", "      name: Image classification",
+             "    dataset:", f"      name: {NAMES.get(f['dataset'], f['dataset'])}",
+             f"      type: {HUB_DATASETS.get(f['dataset'], f['dataset'])}",
+             "      split: test", "    metrics:", "    - type: accuracy",
+             f"      value: {round(f['accuracy'], 2)}", "      name: top-1 accuracy (%)"]
+    if f["top5"] is not None and f["top5"] == f["top5"]:
+        lines += ["    - type: top_5_accuracy", f"      value: {round(f['top5'], 2)}",
+                  "      name: top-5 accuracy (%)"]
+    return lines
+
+
+def card(ckpt, model_file="model.onnx", curve=None, title=None, kind="model", source="",
+         sdk_version=None):
+    """The model card, markdown with Hugging Face's front matter for a model repository
+    (kind "model") or a Space (kind "space", whose gradio is sdk_version). curve: the file
+    name of the training curves' picture beside it, if any; source: the checkpoint's file
+    name, in the line that marks the card as this tool's."""
     f = facts(ckpt)
     dataset = NAMES.get(f["dataset"], f["dataset"])
     title = title or f"Enhanced ResNet34 on {dataset}"
@@ -146,4 +178,5 @@ print(names[int(probs.argmax())], float(probs.max()))
 With PyTorch and the training repo: `load_classifier("best_model.pt")` and
 `predict(clf, ["cat.jpg"])` from its `model.py`, or `python predict.py photos/`.
 """
-    return front_matter(f, title, app_file) + body
+    mark = MARK.format(source=os.path.basename(source) or "a checkpoint")
+    return front_matter(f, title, kind, sdk_version=sdk_version) + mark + "\n" + body

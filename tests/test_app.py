@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import run_here
 from model import load_classifier, predict
-from pages import ask as _ask, serve, stop, top as _top
+from pages import ask as _ask, rounds, serve, stop, top as _top
 
 gradio_client = pytest.importorskip("gradio_client")
 CHROMIUM = "/usr/bin/chromium"
@@ -105,10 +105,11 @@ def test_sixteen_requests_at_once_each_get_their_own_answer(page, photos):
 
 
 @pytest.mark.slow
-def test_the_space_folder_runs_alone_and_its_card_states_the_checkpoints_accuracy(
+def test_the_space_folder_runs_alone_answers_crowds_whole_and_its_card_says_what_is_true(
         smoke_run, photos, tmp_path):
     import yaml
     import torch
+    from importlib.metadata import version
     best = smoke_run[0] / "checkpoints" / "best_model.pt"
     made = run_here("export.py", best, "--format", "space", "--out", tmp_path / "made")
     assert made.returncode == 0, made.stderr[-2000:]
@@ -118,14 +119,21 @@ def test_the_space_folder_runs_alone_and_its_card_states_the_checkpoints_accurac
     front = yaml.safe_load(readme.split("---\n")[1])
     ckpt = torch.load(best, weights_only=True)
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
-    metrics = front["model-index"][0]["results"][0]["metrics"]
-    assert metrics[0]["value"] == round(ckpt["test_accuracy"], 2)
-    assert "--smoke" in readme and "![training curves](training_curves.png)" in readme
+    assert front["sdk_version"] == version("gradio") and \
+        f"gradio=={version('gradio')}" in (space / "requirements.txt").read_text()
+    # a --smoke model's pictures were generated: no data set named, no result claimed
+    assert "model-index" not in front and "datasets" not in front
+    assert f"**{ckpt['test_accuracy']:.2f}%**" in readme and "--smoke" in readme
+    assert "![training curves](training_curves.png)" in readme
     env = {"PYTHONPATH": ""}  # the Space folder alone: its own files, the packages
     proc, url = serve([sys.executable, str(space / "app.py")], cwd=space, env=env)
     try:
         answer = _ask(url, photos[0])
+        clf = load_classifier(str(best))
+        pictures = [photos[0], photos[1][0]]
+        failures = rounds(url, pictures, {p: predict(clf, [p], k=1)[0][0][0] for p in pictures})
     finally:
         stop(proc)
-    assert _top(answer) == predict(load_classifier(str(best)), [photos[0]], k=1)[0][0][0]
+    assert _top(answer) == predict(clf, [photos[0]], k=1)[0][0][0]
     assert "ONNX" in answer[2]  # no Grad-CAM there, and the page says so
+    assert failures == []

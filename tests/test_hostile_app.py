@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 
 from conftest import ROOT
 from model import load_classifier, predict
-from pages import ask, fetch, free_port, serve, stop, top
+from pages import ask, fetch, free_port, rounds, serve, stop
 from picture_modes import MODES, SIDE
 
 pytest.importorskip("gradio_client")
@@ -58,33 +57,12 @@ def test_every_mode_is_shown_as_a_viewer_shows_it(page, name, tmp_path):
     assert label["label"] in {c["label"] for c in label["confidences"]}
 
 
-def _rounds(url, pictures, want, rounds=3):
-    """`rounds` times, 16 requests at once, 8 of each picture: every answer's label, and
-    its picture downloaded whole, pixel for pixel that of the first answer for the same
-    picture. Returns the failures."""
-    firsts, failures = {}, []
-    for _ in range(rounds):
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda p: (p, ask(url, p)), pictures * 8))
-        for picture, (label, shown, note) in answers:
-            try:
-                with Image.open(shown) as im:
-                    pixels = np.asarray(im.convert("RGB"))  # a truncated file raises here
-            except OSError as e:
-                failures.append(f"{picture.name}: {e}")
-                continue
-            first = firsts.setdefault(picture, pixels)
-            if top((label,)) != want[picture] or not np.array_equal(pixels, first):
-                failures.append(f"{picture.name}: {top((label,))}, picture differs")
-    return failures
-
-
 def test_the_same_two_pictures_sixteen_at_once_each_get_their_whole_answer(page, photos):
     url, best, _ = page
     pictures = [photos[0], photos[1][0]]
     clf = load_classifier(str(best))
     want = {p: predict(clf, [p], k=1)[0][0][0] for p in pictures}
-    assert _rounds(url, pictures, want) == []
+    assert rounds(url, pictures, want) == []
 
 
 def test_gradios_own_port_setting_is_obeyed(smoke_run):

@@ -1,0 +1,61 @@
+"""Which files in a folder a tool wrote, so that it replaces those and no others: a manifest
+beside them (.export.json) with each file's SHA-256, as it was written. A file the
+manifest does not name, or one changed since (a card edited by hand, a picture of one's
+own put in examples/), is someone else's: a tool replaces it only when told (--force).
+
+    theirs = foreign(folder, names_about_to_be_written)   # refuse unless --force
+    ... write ...
+    record(folder, names_written)
+"""
+import hashlib
+import json
+import os
+
+MANIFEST = ".export.json"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def written(folder):
+    """{relative path: SHA-256} the manifest names; {} without one (or one unreadable)."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            files = json.load(f).get("files", {})
+        return files if isinstance(files, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def unchanged(folder, name, mine):
+    """Whether `name` (relative to folder) is as the tool wrote it (mine: written())."""
+    path = os.path.join(folder, name)
+    return name in mine and os.path.isfile(path) and sha256(path) == mine[name]
+
+
+def foreign(folder, names):
+    """Those of `names` that exist in `folder` and are not the tool's own, unchanged."""
+    mine = written(folder)
+    return [n for n in names if os.path.lexists(os.path.join(folder, n))
+            and not unchanged(folder, n, mine)]
+
+
+def leftovers(folder, keep):
+    """Files of an earlier write, unchanged, that this write does not make again: `keep`
+    are the names it makes (an earlier Space's 6th example, when this one has 3)."""
+    mine = written(folder)
+    return [n for n in sorted(mine) if n not in keep and unchanged(folder, n, mine)]
+
+
+def record(folder, names):
+    """The manifest of the files just written (each hashed as it is on disk now)."""
+    files = {n: sha256(os.path.join(folder, n)) for n in names}
+    tmp = os.path.join(folder, f"{MANIFEST}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"written_by": "export.py", "files": files}, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(folder, MANIFEST))

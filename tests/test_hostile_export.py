@@ -1,0 +1,148 @@
+"""export.py's card and Space folder under hostile input (issue: hostile input): nothing it
+did not write is replaced without --force, a card says only what is true and names no
+local path, a Space re-exported keeps no stale examples. One row per case."""
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_here
+from machinery import own_files
+from machinery.card import card
+
+SPACE_ONLY = {"title", "sdk", "sdk_version", "app_file", "emoji", "colorFrom", "colorTo", "pinned"}
+
+
+def front(text):
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture(scope="module")
+def best(smoke_run):
+    return smoke_run[0] / "checkpoints" / "best_model.pt"
+
+
+def _real(best, **config):
+    """The smoke model's checkpoint as if trained on CIFAR-100 itself (not --smoke)."""
+    ckpt = torch.load(best, weights_only=True)
+    return {**ckpt, "config": {**ckpt["config"], "smoke": False, **config}}
+
+
+HAND_WRITTEN = "---\nlicense: apache-2.0\n---\n# My model\nWritten by hand.\n"
+REPLACED = [  # (what --out holds, extra flags, replaced?)
+    ("a hand-written card", HAND_WRITTEN, [], False),
+    ("a hand-written card, --force", HAND_WRITTEN, ["--force"], True),
+    ("notes that are no card at all", "shopping list\n", [], False),
+]
+
+
+@pytest.mark.parametrize("what, before, flags, replaced", REPLACED, ids=[r[0] for r in REPLACED])
+def test_the_card_replaces_only_its_own_card_without_force(best, tmp_path, what, before, flags,
+                                                           replaced):
+    out = tmp_path / "README.md"
+    out.write_text(before)
+    proc = run_here("export.py", best, "--format", "card", "--out", out, *flags)
+    assert proc.returncode == (0 if replaced else 2), proc.stderr
+    assert (out.read_text() != before) == replaced
+    if not replaced:
+        assert proc.stderr.strip().splitlines() == [
+            f"error: refusing to replace {out}: it is not a card export.py wrote (a hand-written "
+            f"card, say); add --force to replace it, or choose another --out"]
+    assert os.listdir(tmp_path) == ["README.md"]  # no temporary file left
+
+
+def test_a_card_it_wrote_is_replaced_and_says_so(best, tmp_path):
+    out = tmp_path / "card.md"
+    assert run_here("export.py", best, "--format", "card", "--out", out).returncode == 0
+    assert "<!-- written by export.py from best_model.pt" in out.read_text()
+    out.write_text(out.read_text().replace("# Enhanced", "# Old"))
+    assert run_here("export.py", best, "--format", "card", "--out", out).returncode == 0
+    assert "# Old" not in out.read_text()
+
+
+CARDS = [  # (case, checkpoint changes, kind, what the front matter must hold / lack)
+    ("a smoke model claims no result", {}, "model", {}, {"model-index", "datasets"}),
+    ("a model repository's card", {"smoke": False}, "model",
+     {"license": "mit", "library_name": "pytorch", "pipeline_tag": "image-classification",
+      "datasets": ["uoft-cs/cifar100"]}, SPACE_ONLY),
+    ("a Space's card", {"smoke": False}, "space",
+     {"sdk": "gradio", "sdk_version": "6.31.0", "datasets": ["uoft-cs/cifar100"]},
+     {"library_name", "model-index"}),
+]
+
+
+@pytest.mark.parametrize("case, changes, kind, holds, lacks", CARDS, ids=[c[0] for c in CARDS])
+def test_the_front_matter_is_hugging_faces_for_the_kind(best, case, changes, kind, holds, lacks):
+    ckpt = _real(best, **changes) if changes else torch.load(best, weights_only=True)
+    meta = front(card(ckpt, kind=kind, sdk_version="6.31.0"))
+    assert {k: meta.get(k) for k in holds} == holds
+    assert not lacks & set(meta), lacks & set(meta)
+    if kind == "model" and changes:
+        result = meta["model-index"][0]["results"][0]
+        assert result["metrics"][0]["value"] == round(ckpt["test_acc"][ckpt["epoch"]], 2)
+
+
+def test_a_card_names_no_path_of_the_machine_it_was_made_on(best):
+    ckpt = _real(best, data_dir="/home/someone/private/cifar", out_dir="/home/someone/runs/r1",
+                 init_from="/home/someone/runs/r0/best_model.pt")
+    text = card(ckpt)
+    assert "/home/someone" not in text
+    assert "--data-dir cifar" in text and "--init-from best_model.pt" in text
+
+
+def _space(best, out, *flags):
+    return run_here("export.py", best, "--format", "space", "--out", out, *flags)
+
+
+@pytest.mark.slow
+def test_a_space_re_exported_keeps_nothing_stale_and_nothing_of_its_owners(best, tmp_path):
+    out = tmp_path / "space"
+    assert _space(best, out).returncode == 0  # with examples: the smoke data's test pictures
+    (out / "examples" / "0.png").write_bytes(b"an owner's picture now")  # changed since
+    proc = _space(best, out)
+    assert proc.returncode == 2 and "refusing to replace examples/0.png" in proc.stderr
+    os.remove(out / "examples" / "0.png")
+    mine = {k: v for k, v in own_files.written(out).items() if k != "examples/0.png"}
+    (out / "examples" / ".DS_Store").write_bytes(b"\0\0")
+    (out / "LICENSE").write_text("mine")  # the owner's, beside the export's files
+    shutil.copy(out / "model.onnx", out / "examples" / "9.png")  # as an old export's example
+    mine["examples/9.png"] = own_files.sha256(out / "examples" / "9.png")
+    own_files.record(out, list(mine))
+    assert _space(best, out).returncode == 0
+    assert (out / "LICENSE").read_text() == "mine"
+    assert not (out / "examples" / "9.png").exists()  # the earlier export's, gone
+    sys.path.insert(0, str(out))
+    try:
+        import app as space_app_copy  # the Space's own app.py
+        listed = space_app_copy.pictures_in(str(out / "examples"))
+    finally:
+        sys.path.remove(str(out))
+        sys.modules.pop("app", None)
+    assert not [p for p in listed if os.path.basename(p).startswith(".")]
+
+
+@pytest.mark.slow
+def test_a_space_folder_of_someone_elses_files_is_refused_without_force(best, tmp_path):
+    out = tmp_path / "repo"
+    out.mkdir()
+    (out / "README.md").write_text(HAND_WRITTEN)
+    proc = _space(best, out)
+    assert proc.returncode == 2 and (out / "README.md").read_text() == HAND_WRITTEN
+    assert proc.stderr.startswith(f"error: refusing to replace README.md in {out}")
+    assert _space(best, out, "--force").returncode == 0
+    assert (out / "README.md").read_text() != HAND_WRITTEN
+
+
+@pytest.mark.slow
+def test_the_spaces_page_serves_on_gradios_own_port(best, tmp_path):
+    from pages import free_port, serve, stop
+    out = tmp_path / "space"
+    assert _space(best, out).returncode == 0
+    port = free_port()
+    proc, url = serve([sys.executable, str(out / "app.py")], cwd=out,
+                      env={"PYTHONPATH": "", "GRADIO_SERVER_PORT": str(port)}, port=port)
+    stop(proc)
+    assert url.endswith(f":{port}/")
