@@ -80,6 +80,8 @@ def deployable(path):
             "epoch": str(ckpt.get("epoch", "")),
             "test_accuracy": "" if ckpt.get("test_accuracy") is None else str(ckpt["test_accuracy"]),
             "source": os.path.basename(path), "summary": summary(ckpt)}
+    if ckpt.get("class_ids"):  # the data set's own ids (Tiny ImageNet's wnids): submissions
+        meta["class_ids"] = json.dumps(list(ckpt["class_ids"]))
     return Pixels(net, ckpt["mean"], ckpt["std"]).eval(), meta, note, ckpt
 
 

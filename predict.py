@@ -10,21 +10,26 @@ format it reads, what tools leave behind skipped), globs, or @list.txt (a path a
 One row per file, in a stable order (as given; a folder's files sorted): the path, the
 top-k classes with their probabilities and an error column (CSV); JSON Lines with
 --format jsonl; `id,label` with --format submission (id: the file's name without its
-ending). Files are decoded in worker processes while the network works through the
-batches before them on its device (the GPU when there is one). A file that cannot be read
-(truncated, empty, not an image, too large) gets its row with the error, and the run goes
-on. Where the files sit in class folders named after the checkpoint's classes, the summary
-line also gives the accuracy against those names.
+ending, in natural order: 1, 2, ..., 10; label: the data set's own class id where the
+checkpoint has them, Tiny ImageNet's n02123045, else the class name). Files are decoded in
+worker processes while the network works through the batches before them on its device
+(the GPU when there is one). A file that cannot be read (truncated, empty, not an image,
+too large) gets its row with the error, and the run goes on. Where the files sit in class
+folders named after the checkpoint's classes (or class ids), two classes at least, the
+summary line also gives the accuracy against those folders.
 
 Exit status: 0 when every file was predicted; 1 when some could not be read (their rows
-say why); 2 for bad input (a PATH that does not exist, a checkpoint that is not one, an
---out that exists without --force), before anything is written. The table is written
-atomically: it appears whole, or not at all.
+say why); 2 for bad input, before any picture is decoded and anything written: a PATH
+that does not exist or holds no picture, a checkpoint that is not one, an --out that
+exists (without --force), that cannot be written, or that is one of the inputs (even with
+--force), two files of one submission id. The table is written atomically: it appears
+whole, or not at all.
 """
 import argparse
 import csv
 import json
 import os
+import re
 import sys
 import time
 
@@ -33,6 +38,7 @@ from tqdm import tqdm
 from machinery.checkpoint_files import CheckpointError, atomic_path, is_checkpoint_file
 from machinery.cifar import DataError
 from machinery.config import UserError
+from machinery.folder_listing import EXTENSIONS
 from machinery.imagefolder import shown
 from machinery.predicting import expand, onnx_classifier, predictions, truth
 from machinery.runtime import pick_device
@@ -76,22 +82,68 @@ def check(args):
     args.out = args.out or FORMATS[args.format]
     if is_checkpoint_file(args.out):
         raise UserError(f"refusing to write {args.out}: it is a checkpoint; choose another --out")
+    if os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder; give the table's file name")
     if os.path.lexists(args.out) and not args.force:
         raise UserError(f"{args.out} exists: add --force to replace it, or choose another --out")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise UserError(f"--out {args.out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"--out {args.out}: {folder} cannot be written to")
 
 
-def rows(found, results, k, fmt):
-    """The table's rows (header first) for the predictions, in the order of `found`."""
+def check_found(args, found):
+    """The refusals that need the list of files: nothing found, --out among the inputs
+    (even with --force: predicting a file must not destroy it), two files of one
+    submission id."""
+    if not found:
+        raise DataError(f"nothing to predict: {', '.join(args.paths)} "
+                        f"{'holds' if len(args.paths) == 1 else 'hold'} no picture "
+                        f"({', '.join(e.lstrip('.') for e in EXTENSIONS)})")
+    inputs = [p for p, _ in found if isinstance(p, str)]
+    inputs += [p[1:] for p in args.paths if p.startswith("@") and os.path.exists(p[1:])]
+    inputs += [p for p in (args.checkpoint, args.onnx) if p]
+    if os.path.exists(args.out):
+        for p in inputs:
+            if os.path.exists(p) and os.path.samefile(p, args.out):
+                raise UserError(f"refusing to write {args.out}: it is one of the inputs "
+                                f"(--force replaces only an earlier table); choose another --out")
+    if args.format == "submission":
+        first = {}
+        for source, _ in found:
+            other = first.setdefault(submission_id(source), source)
+            if other is not source:
+                raise UserError(f"--format submission: {shown(other)} and {shown(source)} both "
+                                f"have the id {submission_id(source)}, and a submission needs one "
+                                f"row per id; predict them separately, or rename one")
+
+
+def submission_id(source):
+    return os.path.splitext(os.path.basename(str(source)))[0]
+
+
+def natural(text):
+    """A sort key for "2" before "10" (and "img2" before "img10")."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t]
+
+
+def rows(found, results, k, fmt, ids=None):
+    """The table's rows (header first) for the predictions, in the order of `found` (a
+    submission's by id, in natural order). ids: the class ids a submission names."""
     if fmt == "submission":
         yield ["id", "label"]
-    elif fmt == "csv":
+        pairs = sorted(zip(found, results), key=lambda fr: natural(submission_id(fr[0][0])))
+        for (source, _), p in pairs:
+            label = "" if not p.top else ids[p.classes[0]] if ids else p.top[0][0]
+            yield [submission_id(source), label]
+        return
+    if fmt == "csv":
         yield ["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")] + ["error"]
     for (source, _), p in zip(found, results):
         path = shown(source) if isinstance(source, str) else repr(source)
         top = (p.top or [])[:k]
-        if fmt == "submission":
-            yield [os.path.splitext(os.path.basename(path))[0], top[0][0] if top else ""]
-        elif fmt == "csv":
+        if fmt == "csv":
             cells = [v for name, prob in top for v in (name, f"{prob:.6f}")]
             yield [path] + cells + [""] * (2 * k - len(cells)) + [p.error]
         else:
@@ -109,27 +161,30 @@ def write_table(path, table, fmt):
 
 
 class Tally:
-    """Counts for the summary line: files, failures, and the accuracy against class folders."""
+    """Counts for the summary line: files, failures, and the accuracy against class folders
+    (only where the files sit in two or more: one folder named like a class is no label)."""
 
-    def __init__(self, classes):
-        self.classes, self.n, self.failed, self.labelled, self.top1, self.top5 = classes, 0, 0, 0, 0, 0
+    def __init__(self, clf):
+        self.classes, self.ids = clf.class_names, clf.class_ids
+        self.n, self.failed, self.labelled, self.top1, self.top5 = 0, 0, 0, 0, 0
+        self.seen = set()  # the classes the folders named
 
     def add(self, p, source, root):
         self.n += 1
         if p.top is None:
             self.failed += 1
             return
-        label = truth(source, root, self.classes)
+        label = truth(source, root, self.classes, self.ids)
         if label is not None:
-            names = [name for name, _ in p.top]
+            self.seen.add(label)
             self.labelled += 1
-            self.top1 += names[0] == label
-            self.top5 += label in names[:5]
+            self.top1 += p.classes[0] == label
+            self.top5 += label in p.classes[:5]
 
     def line(self, out, seconds):
         text = (f"{self.n:,} files: {self.n - self.failed:,} predicted, {self.failed:,} could "
                 f"not be read; {out} ({seconds:.1f} s, {self.n / max(seconds, 1e-9):.0f} files/s)")
-        if self.labelled:
+        if len(self.seen) > 1:
             top5 = f", top-5 {100 * self.top5 / self.labelled:.2f}%" if len(self.classes) > 5 else ""
             text += (f"\nagainst their class folders ({self.labelled:,} files): top-1 "
                      f"{100 * self.top1 / self.labelled:.2f}%{top5}")
@@ -138,11 +193,12 @@ class Tally:
 
 def run(args):
     check(args)
+    found = expand(args.paths)
+    check_found(args, found)
     clf = (onnx_classifier(args.onnx) if args.onnx else
            load_classifier(args.checkpoint or os.path.join("checkpoints", "best_model.pt"),
                            pick_device(args.device)))
-    found = expand(args.paths)
-    tally, results, t0 = Tally(clf.class_names), [], time.perf_counter()
+    tally, results, t0 = Tally(clf), [], time.perf_counter()
     stream = predictions(clf, args.paths, max(args.top_k, 5), args.tta, args.batch_size,
                          None if args.num_workers < 0 else args.num_workers, expanded=found)
     with tqdm(total=len(found), desc="predicting", unit="file", file=sys.stderr) as bar:
@@ -151,7 +207,7 @@ def run(args):
             results.append(p)
             bar.update()
     write_table(args.out, rows(found, results, min(args.top_k, len(clf.class_names)),
-                               args.format), args.format)
+                               args.format, clf.class_ids), args.format)
     print(tally.line(args.out, time.perf_counter() - t0))
     for p in [p for p in results if p.top is None][:5]:
         print(f"could not read {shown(p.source) if isinstance(p.source, str) else p.source}: "

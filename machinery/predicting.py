@@ -39,6 +39,7 @@ class Classifier:
     mean: tuple
     std: tuple
     image_size: int = 32  # what the network was trained at (pictures are resized to it)
+    class_ids: list = None  # the data set's own ids behind the names (Tiny ImageNet's wnids)
 
     @property
     def device(self):
@@ -54,7 +55,7 @@ def as_classifier(model, ckpt, source):
     if note:
         warnings.warn(f"{source}: {note}", stacklevel=3)
     return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]),
-                      int(ckpt["image_size"]))
+                      int(ckpt["image_size"]), ckpt.get("class_ids"))
 
 
 @dataclass
@@ -63,6 +64,7 @@ class OnnxClassifier:
     session: object  # onnxruntime.InferenceSession
     class_names: list
     image_size: int
+    class_ids: list = None
 
 
 def onnx_classifier(path):
@@ -74,7 +76,8 @@ def onnx_classifier(path):
     try:
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
-        return OnnxClassifier(session, json.loads(meta["class_names"]), int(meta["image_size"]))
+        return OnnxClassifier(session, json.loads(meta["class_names"]), int(meta["image_size"]),
+                              json.loads(meta["class_ids"]) if meta.get("class_ids") else None)
     except Exception as e:  # noqa: BLE001 -- onnxruntime's load errors have no common type
         raise DataError(f"{path} is not an ONNX file of export.py "
                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
@@ -85,6 +88,7 @@ class Prediction:
     source: object  # the path (or the picture) given
     top: list  # [(class name, probability)] best first; None where the picture failed
     error: str = ""  # why it failed: "cannot identify image file", ...
+    classes: list = None  # the indices of top's classes (names may repeat; indices do not)
 
 
 # -----------------------------------------------------------------------------
@@ -120,28 +124,39 @@ def expand(sources):
 
 
 def _lines(path):
+    """The paths of an @list: a line each, blank lines and # comments skipped."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        with open(path, "rb") as f:
+            raw = f.read().splitlines()
     except OSError as e:
         raise DataError(f"cannot read the list @{path}: {e.strerror}") from None
+    lines = []
+    for n, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8").strip())
+        except UnicodeDecodeError:
+            raise DataError(f"@{path}, line {n}: not UTF-8 text; save the list as UTF-8") from None
+    return [line for line in lines if line and not line.startswith("#")]
 
 
-def truth(source, root, classes):
-    """The class a picture's folder names, where that folder is one of `classes`: the
-    first folder under the folder given (root/<class>/...), or the given folder itself or
-    a named file's own folder; None otherwise."""
+def truth(source, root, classes, ids=None):
+    """The index of the class a picture's folder names: the first folder under the folder
+    given (root/<class>/...), or a file's own folder where the file was named directly;
+    matched against the class names, then the class ids (Tiny ImageNet's val/n02123045/).
+    None otherwise. The folder given never names a class itself: `predict.py kaggle/train/`
+    is not every picture of the class "train"."""
     if not isinstance(source, str):
         return None
-    names = set(classes)
     if root is not None:
-        first = os.path.relpath(source, root).split(os.sep)[0]
-        if first != os.path.basename(source) and first in names:
-            return first
-        here = os.path.basename(os.path.normpath(root))
+        parts = os.path.relpath(source, root).split(os.sep)
+        if len(parts) < 2:
+            return None
+        name = parts[0]
     else:
-        here = os.path.basename(os.path.dirname(os.path.abspath(source)))
-    return here if here in names else None
+        name = os.path.basename(os.path.dirname(os.path.abspath(source)))
+    known = {n: i for i, n in enumerate(ids or [])}
+    known.update({n: i for i, n in enumerate(classes)})  # a name wins over an id
+    return known.get(name)
 
 
 def error_text(e, source):
@@ -235,7 +250,8 @@ def predictions(clf, sources, k=5, tta=False, batch_size=BATCH, workers=None, ex
         if good:
             top = run(images).topk(k, dim=1)
             for i, ps, idx in zip(good, top.values.tolist(), top.indices.tolist()):
-                result[i] = Prediction(items[i], [(clf.class_names[c], p) for p, c in zip(ps, idx)])
+                result[i] = Prediction(items[i], [(clf.class_names[c], p) for p, c in zip(ps, idx)],
+                                       classes=idx)
         for i in sorted(result):
             yield result[i]
 

@@ -97,8 +97,8 @@ def test_a_submission_is_id_and_label_for_a_numbered_folder(folder_model, tmp_pa
                       "--out", tmp_path / "s.csv").returncode == 0
     rows = list(csv.reader(open(tmp_path / "s.csv")))
     clf = load_classifier(str(best))
-    labels = [p[0][0] for p in predict(clf, [test / "1.png", test / "10.png", test / "2.png"], k=1)]
-    assert rows == [["id", "label"], ["1", labels[0]], ["10", labels[1]], ["2", labels[2]]]
+    labels = [p[0][0] for p in predict(clf, [test / "1.png", test / "2.png", test / "10.png"], k=1)]
+    assert rows == [["id", "label"], ["1", labels[0]], ["2", labels[1]], ["10", labels[2]]]
 
 
 @pytest.mark.slow
