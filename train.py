@@ -39,8 +39,8 @@ from machinery.config import SMOKE_SIZES, Config, UserError, parse_args, resolve
 from machinery.evaluation import evaluate_checkpoint, final_test, finish
 from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped,
                                 changing_state, describe, one_line, report)
-from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, setup_logging,
-                            start_epoch_table)
+from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, open_table,
+                            setup_logging, start_epoch_table)
 from machinery.metrics import LiveMetrics, write_metrics
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
 from machinery.run_folder import carry_best, claim, new_run_id, others_periodic, resumed_here
@@ -368,9 +368,11 @@ def build_run(cfg, device, dist, images):
                LiveMetrics(os.path.join(cfg.out_dir, "training_metrics_from_ckpt")), workers)
 
 
-def train(cfg, resume_ckpt=None, resume_path=None, given=()):
+def train(cfg, resume_ckpt=None, resume_path=None, given=(), claim_folder=None):
     """The whole run: data, model, loop, checkpoints, then metrics and Grad-CAM.
-    given: the settings given on the command line (said where a checkpoint lacks them)."""
+    given: the settings given on the command line (said where a checkpoint lacks them);
+    claim_folder: rank 0's run_folder.claim, called once every check before training has
+    passed (the data found and read, the network built, the checkpoint restored)."""
     tensorboard_events.wanted(cfg)  # --tensorboard on without the package: say so now
     dist, device = init_distributed(cfg.device)
     check_distributed(cfg, dist, device)
@@ -379,15 +381,18 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=()):
     cfg.val_folder = images.val_folder  # val/ beside test/: the validation protocol
     run = build_run(cfg, device, dist, images)
     test = images.test
-    start_epoch_table(cfg)
     epoch, step, progress = 0, 0, new_progress()
     if resume_ckpt:
         epoch, step, progress = resume_into(run, resume_ckpt, resume_path, given)
     elif cfg.init_from:
         log.info(init_from_checkpoint(run.net, cfg.init_from))
+    if claim_folder:  # only now may another run's files be moved aside or replaced
+        claim_folder()
+    open_table(cfg)
+    start_epoch_table(cfg)
     claim_files(run, resume_ckpt, resume_path)
-    run.events = make_events(cfg, dist, epoch * steps_per_epoch(run.train_loader) + step,
-                             run.extra["tensorboard_run"])
+    run.events = tensorboard_events.for_run(cfg, dist.main, epoch * steps_per_epoch(run.train_loader)
+                                            + step, run.extra["tensorboard_run"], log.info, log.warning)
     try:
         with GracefulStop() as stop:
             last = train_loop(run, epoch, progress, stop) or resume_ckpt
@@ -447,19 +452,6 @@ def claim_files(run, resumed, resume_path):
     if others and run.rt.dist.main:
         log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
                  f"written by this run: they are kept (--keep-checkpoints prunes only its own)")
-
-
-def make_events(cfg, dist, done, name):
-    """The TensorBoard writer (rank 0) of this run's folder <out-dir>/tensorboard/<name>,
-    continuing from `done` optimizer steps: what an interrupted run logged after them is
-    purged."""
-    if not dist.main or not tensorboard_events.wanted(cfg, warn=log.warning):
-        return tensorboard_events.Events.off()
-    top = os.path.join(cfg.out_dir, "tensorboard")
-    events = tensorboard_events.Events(os.path.join(top, name), purge_step=done + 1 if done else 0,
-                                       warn=log.warning)
-    log.info(f"TensorBoard: tensorboard --logdir {top}")
-    return events
 
 
 def accumulation(cfg, dist):
@@ -651,9 +643,9 @@ def run(args, modes):
         raise UserError(f"cannot write to --out-dir {cfg.out_dir}: {e.strerror}") from None
     # one run per folder; under torchrun rank 0 holds the lock for the whole job
     with holding_out_dir(cfg.out_dir) if env_rank() == 0 else contextlib.nullcontext():
-        if env_rank() == 0:  # nothing of another run is overwritten (torchrun ends the others)
+        def claim_folder():  # nothing of another run is overwritten (torchrun ends the others)
             claim(cfg.out_dir, ckpt, resumed_here(resume, cfg.out_dir), modes["archive"])
-        train(cfg, ckpt, resume, given=set(args))
+        train(cfg, ckpt, resume, given=set(args), claim_folder=claim_folder if env_rank() == 0 else None)
     return 0
 
 

@@ -15,6 +15,7 @@ half-way leaves no cache behind.
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -182,6 +183,7 @@ def stem(split, size, key):
 def open_cached(folder, name):
     """(images read-only memory map, meta dict) of a cache, or None where it is missing,
     incomplete or unreadable."""
+    remove_dead_leftovers(folder)
     try:
         with open(os.path.join(folder, name + ".json")) as f:
             meta = json.load(f)
@@ -218,12 +220,62 @@ def check_disk(folder, need):
         raise OSError(28, f"{need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free")
 
 
+LEFTOVER = re.compile(r"\.(?:tmp|packed)(\d+)$")  # a cache being written, by process id
+
+
+def remove_dead_leftovers(folder):
+    """The temporary files of a process that died writing a cache here (kill -9, a lost
+    machine): they are never renamed, and grow to the full cache's size. One is dead when
+    its process is gone, or when a process of that id started after it was last written
+    (the id used again). A live writer's own files stay."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        found = LEFTOVER.search(name)
+        if not found:
+            continue
+        path, pid = os.path.join(folder, name), int(found.group(1))
+        try:
+            written = os.stat(path).st_mtime
+            if _alive(pid) and _started(pid) <= written:
+                continue
+            os.remove(path)
+        except OSError:
+            pass  # gone already, or a folder this user may not change
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
+
+
+def _started(pid):
+    """When the process `pid` started, in seconds since the epoch (Linux: its start time
+    in clock ticks after boot, and the boot's time); 0 where that cannot be known."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK") - 1  # (boot: whole seconds)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0
+
+
 def write_cache(folder, name, paths, labels, size, workers, desc, meta):
     """Decode `paths` into the cache `name` in `folder` and return (images memory map,
     meta), meta with "labels" (of the images kept) and "failed" ({index: why}) added.
     OSError where the folder cannot take it (before decoding); the files appear whole or
     not at all."""
     os.makedirs(folder, exist_ok=True)
+    remove_dead_leftovers(folder)
     each = size * size * 3
     check_disk(folder, len(paths) * each)
     final = os.path.join(folder, name + ".npy")

@@ -8,6 +8,7 @@ is unlabeled (Kaggle's test/, Tiny ImageNet's test/): said in one line and left 
 Class ids are the folder names or the table's labels; a words.txt beside them (Tiny
 ImageNet's, ImageNet's synset list) gives the names shown.
 """
+import hashlib
 import os
 import re
 import sys
@@ -107,10 +108,31 @@ def holds_images(folder):
         return False
 
 
+SAMPLED = 64 * 1024  # bytes read from each end of a file for its fingerprint
+
+
+def fingerprint(path, nbytes):
+    """A digest of a file's first and last 64 KiB (all of a smaller one): beside its size
+    and modification time in the cache's key, so that a file replaced by another of the
+    same size with its time kept (cp -p, rsync -t, unzip) is decoded again, not served
+    stale. Cheap next to decoding (benchmarks/cache_key.py)."""
+    h = hashlib.blake2b(digest_size=8)
+    try:
+        with open(path, "rb") as f:
+            h.update(f.read(SAMPLED))
+            if nbytes > SAMPLED:
+                f.seek(max(SAMPLED, nbytes - SAMPLED))
+                h.update(f.read(SAMPLED))
+    except OSError:  # unreadable now: decoding will say why
+        return "unreadable"
+    return h.hexdigest()
+
+
 @dataclass
 class Split:
-    """One split's listing: (path, label) of each image file, its (size, mtime), the
-    files that vanished or dangle, and how it is labelled ("class folders" or a table)."""
+    """One split's listing: (path, label) of each image file, its (size, mtime,
+    fingerprint), the files that vanished or dangle, and how it is labelled ("class
+    folders" or a table)."""
     name: str
     folder: str
     files: list = field(default_factory=list)
@@ -125,7 +147,7 @@ class Split:
             self.missing.append(path)
             return
         self.files.append((path, label))
-        self.stats.append((st.st_size, st.st_mtime_ns))
+        self.stats.append((st.st_size, st.st_mtime_ns, fingerprint(path, st.st_size)))
 
 
 @dataclass

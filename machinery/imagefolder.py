@@ -57,11 +57,12 @@ def _tag(root):
 
 def split_key(split, root, size):
     """A digest of a split's file list (relative to the data folder, so `D`, `./D` and its
-    absolute path are one cache), labels, sizes, modification times, the image size and
-    the cache's version."""
+    absolute path are one cache), labels, sizes, modification times, fingerprints of
+    their contents, the image size and the cache's version."""
     h = hashlib.sha1(f"{folder_cache.VERSION} {size}".encode())
-    for (path, label), (nbytes, mtime) in zip(split.files, split.stats):
-        h.update(os.fsencode(os.path.relpath(path, root)) + f"\0{label}\0{nbytes}\0{mtime}\n".encode())
+    for (path, label), (nbytes, mtime, content) in zip(split.files, split.stats):
+        h.update(os.fsencode(os.path.relpath(path, root)) +
+                 f"\0{label}\0{nbytes}\0{mtime}\0{content}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -64,24 +64,43 @@ def read_rows(path):
     return rows
 
 
-def file_index(images, folder):
-    """{key: path} of an image folder's files, by path relative to it, by file name and by
-    name without its extension (the first in sorted order where two share one)."""
-    index = {}
+def file_index(images, folder, table_folder):
+    """(whole, by name) of an image folder's files: {path: file} by the path relative to
+    the folder, relative to the table's own folder (a table beside train/ that says
+    train/cat/0.png) and absolute; {name: [files]} by file name and by name without its
+    extension, for tables that give only names."""
+    whole, names = {}, {}
     for path in images:
+        for key in {os.path.relpath(path, folder), os.path.relpath(path, table_folder),
+                    os.path.abspath(path)}:
+            whole[key.replace(os.sep, "/")] = path
         name = os.path.basename(path)
-        for key in (os.path.relpath(path, folder).replace(os.sep, "/"), name, os.path.splitext(name)[0]):
-            index.setdefault(key, path)
-    return index
+        for key in {name, os.path.splitext(name)[0]}:
+            names.setdefault(key, []).append(path)
+    return whole, names
 
 
-def lookup(index, cell):
-    """The file a table's cell names, or None."""
+def lookup(index, cell, where=None):
+    """The file a table's cell names: by its whole path first, by its name only where no
+    path matches and one file alone has that name. None where none does. A name two files
+    share is a DataError (where: the table and row, to name in it); without `where`
+    (guessing which column names the files) it is None."""
+    whole, names = index
     cell = cell.replace("\\", "/")
     while cell.startswith("./"):
         cell = cell[2:]
+    if cell in whole:
+        return whole[cell]
     name = cell.rsplit("/", 1)[-1]
-    return index.get(cell) or index.get(name) or index.get(os.path.splitext(name)[0])
+    for key in (name, os.path.splitext(name)[0]):
+        found = names.get(key, [])
+        if len(found) > 1 and where:
+            raise DataError(f"{where}: {cell} could be {_shown(found[0])} or {_shown(found[1])}"
+                            f"{' (or more)' if len(found) > 2 else ''}; name each file by its "
+                            f"path, relative to the table's folder")
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def _is_header(cells, image, index, label_column):
@@ -126,7 +145,7 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
     naming missing files, files without a row and (single_warning) labels with a single
     image are each one warning; a table that cannot be used is one DataError naming the
     file and the row."""
-    rows, index = read_rows(path), file_index(images, folder)
+    rows, index = read_rows(path), file_index(images, folder, os.path.dirname(os.path.abspath(path)))
     width = max(len(cells) for _, cells in rows[:SAMPLE + 1])
     sample = rows[1:SAMPLE + 1] or rows
     hits = [sum(1 for _, r in sample if i < len(r) and lookup(index, r[i])) for i in range(width)]
@@ -150,7 +169,7 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
         if known is not None and cells[label] not in known:
             raise DataError(f"{_shown(path)}, row {line}: label {cells[label]} is not one of "
                             f"train/'s classes")
-        found = lookup(index, cells[image])
+        found = lookup(index, cells[image], where=f"{_shown(path)}, row {line}")
         if found is None:
             absent.append(cells[image])
         elif found in labelled:

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import io
 import logging
+import logging.handlers
 import math
 import os
 import sys
@@ -20,7 +21,9 @@ table = logging.getLogger("train.table")  # the markdown epoch table in training
 
 
 def setup_logging(cfg, resumed_from=None, enabled=True):
-    """Console summary lines and the training_logs.md table; silent on ranks other than 0."""
+    """Console summary lines and the training_logs.md table; silent on ranks other than 0.
+    The table's lines are held back until open_table(): a run that stops at a check before
+    it has claimed its folder writes nothing into the log of the run that was there."""
     for logger in (log, table):
         for h in list(logger.handlers):
             h.close()
@@ -32,9 +35,22 @@ def setup_logging(cfg, resumed_from=None, enabled=True):
     log.setLevel(logging.INFO)
     table.setLevel(logging.INFO)
     log.addHandler(logging.StreamHandler(sys.stdout))
-    table.addHandler(logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md")))
+    table.addHandler(logging.handlers.MemoryHandler(1 << 20, flushLevel=logging.CRITICAL + 1))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     table.info(f"\n### Run started {started}" + (f", resumed from {resumed_from}" if resumed_from else ""))
+
+
+def open_table(cfg):
+    """From now on the table goes to <out-dir>/training_logs.md, what was held back first."""
+    held = [h for h in table.handlers if isinstance(h, logging.handlers.MemoryHandler)]
+    if not held:  # (ranks other than 0)
+        return
+    file = logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md"))
+    for h in held:
+        h.setTarget(file)
+        h.close()  # (writes what it holds)
+        table.removeHandler(h)
+    table.addHandler(file)
 
 
 def start_epoch_table(cfg):

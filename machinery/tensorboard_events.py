@@ -82,6 +82,18 @@ def new_run_name(folder):
     return unique
 
 
+def for_run(cfg, main, done, name, say, warn):
+    """The TensorBoard writer (rank 0: `main`) of a run's folder <out-dir>/tensorboard/<name>,
+    continuing from `done` optimizer steps: what an interrupted run logged after them is
+    purged. Off on the other ranks and where it is not wanted (--tensorboard)."""
+    if not main or not wanted(cfg, warn=warn):
+        return Events.off()
+    top = os.path.join(cfg.out_dir, "tensorboard")
+    events = Events(os.path.join(top, name), purge_step=done + 1 if done else 0, warn=warn)
+    say(f"TensorBoard: tensorboard --logdir {top}")
+    return events
+
+
 class Events:
     """The event writer of one run; every method is a no-op once off."""
 

@@ -1,0 +1,150 @@
+"""The folder reader under hostile input (issue: hostile input): tables whose paths could
+mislabel, a cache that could serve stale pixels or leave a dead process's files behind,
+and the order of a run's checks before it moves anything aside. One row per case."""
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import train_here
+from machinery import data, folder_cache, imagefolder
+from machinery.cifar import DataError
+
+
+def picture(path, colour):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), colour).save(path)
+
+
+def kaggle(root, table):
+    """train/0.png, train/a/0.png and train/a/1.png (a sub-folder, not class folders),
+    labelled by `table` beside train/."""
+    picture(root / "train" / "0.png", (255, 0, 0))
+    picture(root / "train" / "a" / "0.png", (0, 0, 255))
+    picture(root / "train" / "a" / "1.png", (0, 255, 0))
+    (root / "train.csv").write_text(table)
+
+
+LABELS = [  # (case, the table, {file under train/: the label it must get})
+    ("paths that include train/", "file,label\ntrain/a/0.png,cat\ntrain/0.png,dog\ntrain/a/1.png,cat\n",
+     {"a/0.png": "cat", "0.png": "dog", "a/1.png": "cat"}),
+    ("paths relative to train/", "file,label\na/0.png,cat\n0.png,dog\na/1.png,dog\n",
+     {"a/0.png": "cat", "0.png": "dog", "a/1.png": "dog"}),
+    ("a name only one file has", "file,label\ntrain/a/0.png,cat\ntrain/0.png,dog\n1.png,dog\n",
+     {"a/0.png": "cat", "0.png": "dog", "a/1.png": "dog"}),
+]
+
+
+@pytest.mark.parametrize("case, table, want", LABELS, ids=[r[0] for r in LABELS])
+def test_a_tables_path_is_matched_whole_before_any_name(tmp_path, case, table, want):
+    kaggle(tmp_path, table)
+    folder = imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+    split = folder.splits["train"]
+    got = {os.path.relpath(p, tmp_path / "train"): folder.classes[label] for p, label in split.files}
+    assert got == want
+
+
+def test_a_name_two_files_share_is_one_line_naming_both(tmp_path):
+    picture(tmp_path / "train" / "a" / "0.png", (255, 0, 0))
+    picture(tmp_path / "train" / "a" / "b" / "0.png", (0, 0, 255))
+    picture(tmp_path / "train" / "a" / "1.png", (0, 255, 0))
+    (tmp_path / "train.csv").write_text("file,label\n0.png,cat\n1.png,dog\n")
+    with pytest.raises(DataError) as e:
+        imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+    assert str(e.value) == (f"{tmp_path / 'train.csv'}, row 2: 0.png could be "
+                            f"{tmp_path / 'train' / 'a' / '0.png'} or "
+                            f"{tmp_path / 'train' / 'a' / 'b' / '0.png'}; name each file by its path, "
+                            f"relative to the table's folder")
+
+
+def test_a_file_replaced_with_its_size_and_time_kept_is_decoded_again(tmp_path):
+    """cp -p, rsync -t and unzip keep a file's modification time; a BMP keeps its size."""
+    for name, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+        for i in range(2):
+            Image.new("RGB", (8, 8), colour).save(_mkdir(tmp_path / "train" / name) / f"{i}.bmp")
+    first, _, _ = imagefolder.read_split(str(tmp_path), "train", warn=lambda line: None)
+    target = tmp_path / "train" / "red" / "0.bmp"  # the third file, after blue's two
+    stat = target.stat()
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(target)  # green now, the same size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again, _, _ = imagefolder.read_split(str(tmp_path), "train", warn=lambda line: None)
+    assert tuple(first[2, 0, 0]) == (200, 0, 0) and tuple(again[2, 0, 0]) == (0, 200, 0)
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_a_dead_writers_temporary_cache_files_are_removed_and_a_live_ones_kept(tmp_path):
+    cache = _mkdir(tmp_path / "cache")
+    living = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+        files = {"dead": cache / f"train-32px-0123.npy.tmp{dead}",
+                 "packed, dead": cache / f"train-32px-0123.npy.packed{dead}",
+                 "live": cache / f"train-32px-4567.npy.tmp{living.pid}",
+                 "id used again": cache / f"train-32px-89ab.npy.tmp{living.pid}"}
+        for path in files.values():
+            path.write_bytes(b"\0" * 1024)
+        old = time.time() - 3600  # written an hour before the live process started
+        os.utime(files["id used again"], (old, old))
+        folder_cache.remove_dead_leftovers(str(cache))
+        assert {k: p.exists() for k, p in files.items()} == {
+            "dead": False, "packed, dead": False, "live": True, "id used again": False}
+    finally:
+        living.kill()
+        living.wait()
+
+
+def test_the_next_run_removes_what_a_killed_decode_left(tmp_path):
+    """As a run killed with kill -9 in its decode leaves them: the next one cleans up."""
+    for c in ("a", "b"):
+        for i in range(3):
+            picture(tmp_path / "train" / c / f"{i}.png", (10 * i, 80 if c == "a" else 160, 0))
+    folder = imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+    cache = _mkdir(pathlib.Path(folder.caches[0]))  # the data folder's own cache
+    leftover = cache / "train-32px-dead.npy.tmp4194304"  # past Linux's largest process id
+    leftover.write_bytes(b"\0" * 4096)
+    folder.read("train")
+    assert not leftover.exists() and any(f.endswith(".npy") for f in os.listdir(cache))
+
+
+ORDER = [  # (case, flags of the second run)
+    ("--archive with a typo in --data-dir", ["--archive", "--data-dir", "{tmp}/no-such-data"]),
+    ("--archive with a flag that fails its check", ["--archive", "--batch-size", "0"]),
+    ("--archive and a resume file that is not there", ["--archive", "--resume", "{tmp}/none.pt"]),
+]
+
+
+@pytest.mark.parametrize("case, flags", ORDER, ids=[r[0] for r in ORDER])
+def test_archive_moves_nothing_when_a_check_fails_first(tiny_data, tmp_path, case, flags):
+    out = tmp_path / "run"
+    base = ["--data-dir", tiny_data, "--blocks", "1", "1", "1", "1", "--width", "8", "--epochs", "1",
+            "--batch-size", "100", "--num-workers", "0", "--gradcam-images", "0",
+            "--target-accuracy", "0", "--out-dir", out]
+    assert train_here(*base).returncode == 0
+    before = sorted(os.listdir(out / "checkpoints"))
+    proc = train_here(*base, *[f.format(tmp=tmp_path) for f in flags])
+    assert proc.returncode == 2, proc.stderr
+    assert sorted(os.listdir(out / "checkpoints")) == before  # nothing moved aside
+
+
+def test_a_smoke_runs_files_stay_when_the_next_run_fails_its_checks(tmp_path):
+    out = tmp_path / "run"
+    folder = _mkdir(out / "checkpoints")
+    data.write_synthetic_dataset(str(tmp_path / "d"), "cifar10", n_train=100, n_test=20, seed=1)
+    assert train_here("--smoke", "--dataset", "cifar10", "--data-dir", tmp_path / "d", "--epochs", "1",
+                      "--gradcam-images", "0", "--out-dir", out).returncode == 0
+    before = sorted(os.listdir(folder))
+    proc = train_here("--data-dir", tmp_path / "no-such-data", "--no-download", "--out-dir", out)
+    assert proc.returncode == 2 and sorted(os.listdir(folder)) == before, proc.stderr
+    assert np.all([f.endswith((".pt", ".lock")) for f in before])
