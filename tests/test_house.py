@@ -18,7 +18,7 @@ COMMANDS = [
 # The package's floors, lowest first: a module may import any module of a lower floor,
 # none of its own or higher, and nothing at the top.
 FLOORS = [
-    ["cifar", "images", "failures", "progress", "workers"],
+    ["cifar", "images", "failures", "progress", "workers", "own_files"],
     ["checkpoint_files", "folder_cache", "label_tables", "space_app"],
     ["folder_listing"],
     ["imagefolder"],
