@@ -8,10 +8,10 @@ is unlabeled (Kaggle's test/, Tiny ImageNet's test/): said in one line and left 
 Class ids are the folder names or the table's labels; a words.txt beside them (Tiny
 ImageNet's, ImageNet's synset list) gives the names shown.
 """
-import hashlib
 import os
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 
 from .cifar import DataError
@@ -116,16 +116,17 @@ def fingerprint(path, nbytes):
     and modification time in the cache's key, so that a file replaced by another of the
     same size with its time kept (cp -p, rsync -t, unzip) is decoded again, not served
     stale. Cheap next to decoding (benchmarks/cache_key.py)."""
-    h = hashlib.blake2b(digest_size=8)
-    try:
-        with open(path, "rb") as f:
-            h.update(f.read(SAMPLED))
+    try:  # (os.open and pread: a third less time than a Python file object, for small files)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            sample = os.read(fd, SAMPLED)
             if nbytes > SAMPLED:
-                f.seek(max(SAMPLED, nbytes - SAMPLED))
-                h.update(f.read(SAMPLED))
+                sample += os.pread(fd, SAMPLED, max(SAMPLED, nbytes - SAMPLED))
+        finally:
+            os.close(fd)
     except OSError:  # unreadable now: decoding will say why
         return "unreadable"
-    return h.hexdigest()
+    return zlib.crc32(sample)  # a third of blake2b's time: it tells files apart, no more
 
 
 @dataclass
