@@ -24,6 +24,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from machinery import own_files  # noqa: E402
+
+TOOL = "benchmarks/folder_memory.py"  # what its --json figures say wrote them
 WORKER = os.path.join(ROOT, "tests", "folder_memory_worker.py")
 CLASSES = 10
 
@@ -53,13 +57,17 @@ def run(root, processes, size, report):
     return ranks, time.perf_counter() - start
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=20000)
     p.add_argument("--size", type=int, default=64, help="image size, and the cache's")
     p.add_argument("--data-dir", default="", help="a folder of your own (default: generated)")
     p.add_argument("--json", default="", help="also write the figures here")
-    args = p.parse_args()
+    p.add_argument("--force", action="store_true", help="replace a --json file this did not write")
+    args = p.parse_args(argv)
+    refused = args.json and own_files.refused_json(args.json, TOOL, args.force)
+    if refused:
+        p.error(refused)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_dir or os.path.join(tmp, "folder")
         if not args.data_dir:
@@ -84,8 +92,7 @@ def main():
               f"{r['cache_mb']:>8.1f} {r['private_mb'] / r['cache_mb']:>6.1%} "
               f"{r['first_batch_s']:>13.2f} {r['images_read']:>7,}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"images": args.images, "size": args.size, "rows": rows}, f, indent=1)
+        own_files.write_json(args.json, {"images": args.images, "size": args.size, "rows": rows}, TOOL)
 
 
 if __name__ == "__main__":

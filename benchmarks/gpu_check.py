@@ -13,7 +13,6 @@ room for the machine's start-up in a 10-minute command and a 15-minute GPU windo
 """
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -23,6 +22,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from machinery import own_files  # noqa: E402 -- the standard library only: no torch needed
+
+TOOL = "benchmarks/gpu_check.py"  # what its --json figures say wrote them
 BUDGET = 340  # seconds
 STEPS = 20  # steps compared between graphs and eager
 ACCUM_STEPS = 5  # steps of --accum-steps 2 compared between graphs and eager
@@ -94,10 +97,7 @@ def describe(entry):
 
 def write_json(res, path):
     if path:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=2)
-        os.replace(tmp, path)
+        own_files.write_json(path, res, TOOL)
 
 
 # -----------------------------------------------------------------------------
@@ -293,7 +293,11 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=BUDGET,
                    help=f"seconds for all rows (default {BUDGET})")
     p.add_argument("--dry-run", action="store_true", help="print the rows and the budget only")
+    p.add_argument("--force", action="store_true", help="replace a --json file this did not write")
     args = p.parse_args(argv)
+    refused = own_files.refused_json(args.json, TOOL, args.force)
+    if refused and not args.dry_run:
+        p.error(refused)
     rows = plan()
     if args.dry_run:
         for row in rows:

@@ -10,7 +10,6 @@ the client waits for each answer before sending the next picture (a 400x300 JPEG
 Prints a table; --json writes it too. Nothing is kept.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,6 +25,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 from predict_files import checkpoint as fresh_checkpoint  # noqa: E402
+from machinery import own_files  # noqa: E402
+
+TOOL = "benchmarks/page_latency.py"  # what its --json figures say wrote them
 
 
 def percentiles(seconds):
@@ -93,7 +95,11 @@ def main(argv=None):
     p.add_argument("--checkpoint", help="default: the seed ResNet34 with fresh weights")
     p.add_argument("--requests", type=int, default=50, help="timed requests per page (default 50)")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--force", action="store_true", help="replace a --json file this did not write")
     args = p.parse_args(argv)
+    refused = args.json and own_files.refused_json(args.json, TOOL, args.force)
+    if refused:
+        p.error(refused)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or fresh_checkpoint(tmp, reduced=False)
         onnx = os.path.join(tmp, "model.onnx")
@@ -116,8 +122,7 @@ def main(argv=None):
     for name, r in rows.items():
         print(f"{name:32s} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        own_files.write_json(args.json, rows, TOOL)
     return 0
 
 

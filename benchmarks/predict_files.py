@@ -12,7 +12,6 @@ linked under 2,000 names (each file is decoded in full every time, as any other 
 the links save 4 GB of disk). Nothing is kept. Prints a table; --json writes it too.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,6 +29,9 @@ from machinery.checkpoint_files import save_checkpoint  # noqa: E402
 from machinery.predicting import batches, predict, predictions, torch_probabilities  # noqa: E402
 from machinery.runtime import default_workers, pick_device  # noqa: E402
 from model import ResNet, load_classifier  # noqa: E402
+from machinery import own_files  # noqa: E402
+
+TOOL = "benchmarks/predict_files.py"  # what its --json figures say wrote them
 
 KINDS = {"cifar": (32, 32), "12mp": (4000, 3000)}
 DISTINCT_LARGE = 8
@@ -106,7 +108,11 @@ def main(argv=None):
     p.add_argument("--single", type=int, default=200,
                    help="files timed in the one-at-a-time loop (default 200)")
     p.add_argument("--json", metavar="PATH", help="also write the figures here")
+    p.add_argument("--force", action="store_true", help="replace a --json file this did not write")
     args = p.parse_args(argv)
+    refused = args.json and own_files.refused_json(args.json, TOOL, args.force)
+    if refused:
+        p.error(refused)
     device = pick_device("auto")
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     results = {"device": str(device), "network": "reduced" if args.reduced else "seed ResNet34",
@@ -127,8 +133,7 @@ def main(argv=None):
             for name, v in rates.items():
                 print(f"  {name:32s} {v:10.2f}" + ("" if "/" in name else " files/s"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        own_files.write_json(args.json, results, TOOL)
     return 0
 
 

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import os
 import platform
 import re
@@ -42,13 +41,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from machinery import data  # noqa: E402
+from machinery import data, own_files  # noqa: E402
 import train  # noqa: E402
 from machinery.config import Config  # noqa: E402
 from gpu_busy import GpuBusy, breakdown, nvidia_smi_id  # noqa: E402
 from model import ResNet  # noqa: E402
 from machinery.runtime import (DTYPES, TrainingNetwork, default_workers, has_native_bf16,  # noqa: E402
                      make_runtime, pick_device)
+
+TOOL = "benchmarks/throughput.py"  # what its --json figures say wrote them
 
 SPEC = data.DATASETS["cifar100"]
 
@@ -527,6 +528,7 @@ def parse_args(argv):
                    help="step modes to time, comma-separated, eager first (default: eager,graphs "
                         "on CUDA, eager elsewhere; compile adds minutes)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--force", action="store_true", help="replace a --json file this did not write")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure")
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed repeat of the raw step (default: 50 on CUDA, 1 elsewhere)")
@@ -541,6 +543,9 @@ def parse_args(argv):
         ([] if cuda or "graphs" not in args.modes else ["graphs (needs CUDA)"])
     if bad or args.modes[0] != "eager":
         p.error(f"--modes: {', '.join(bad) or 'eager must come first'}")
+    refused = args.json and own_files.refused_json(args.json, TOOL, args.force)
+    if refused:
+        p.error(refused)
     args.blocks, args.width, args.batch, args.eval_batch = (5, 5, 5, 5), 64, 128, 512
     args.aug_images, args.busy_seconds, args.train_images = 2048, 3.0, 20_480
     args.loop_steps, args.train_timeout = (100 if cuda else 4), 300
@@ -557,8 +562,7 @@ def main(argv=None):
     res = measure(args)
     print_table(res)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        own_files.write_json(args.json, res, TOOL)
     return 0
 
 

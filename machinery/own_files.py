@@ -59,3 +59,26 @@ def record(folder, names):
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"written_by": "export.py", "files": files}, f, indent=1, sort_keys=True)
     os.replace(tmp, os.path.join(folder, MANIFEST))
+
+
+def refused_json(path, tool, force):
+    """Why a tool may not write its JSON figures to `path` (None where it may): the file
+    exists, and is not a JSON that `tool` wrote ("written_by"), and --force was not given."""
+    if force or not os.path.lexists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            if json.load(f).get("written_by") == tool:
+                return None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (f"{path} exists and is not figures {tool} wrote; add --force to replace it, or "
+            f"give another --json")
+
+
+def write_json(path, figures, tool):
+    """`figures` (a dict) as JSON at `path`, marked as `tool`'s, written whole or not at all."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"written_by": tool, **figures}, f, indent=1)
+    os.replace(tmp, path)

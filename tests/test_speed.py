@@ -521,3 +521,21 @@ def test_a_failed_background_write_is_raised_by_the_next_wait(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         writer.submit(full)  # a new write first waits for the last one
     writer.wait()  # the error is raised once
+
+
+@pytest.mark.parametrize("tool", ["throughput", "predict_files", "page_latency", "folder_memory",
+                                  "gpu_check"])
+def test_a_benchmark_replaces_only_its_own_figures_without_force(tool, tmp_path, capsys):
+    """--json is a file-writing flag like any other: someone's file is refused in one line
+    (before anything is measured), the benchmark's own earlier figures are not."""
+    import importlib
+    from machinery import own_files
+    module = importlib.import_module(tool)
+    theirs = tmp_path / "notes.json"
+    theirs.write_text('{"mine": true}')
+    with pytest.raises(SystemExit) as e:
+        module.main(["--json", str(theirs)])
+    assert e.value.code == 2 and theirs.read_text() == '{"mine": true}'
+    assert f"{theirs} exists and is not figures benchmarks/{tool}.py wrote" in capsys.readouterr().err
+    own_files.write_json(str(tmp_path / "ours.json"), {"rows": []}, f"benchmarks/{tool}.py")
+    assert own_files.refused_json(str(tmp_path / "ours.json"), f"benchmarks/{tool}.py", False) is None
