@@ -19,7 +19,7 @@ folders named after the checkpoint's classes (or class ids), two classes at leas
 summary line also gives the accuracy against those folders.
 
 Exit status: 0 when every file was predicted; 1 when some could not be read (their rows
-say why); 2 for bad input, before any picture is decoded and anything written: a PATH
+say why) or the table could not be written; 2 for bad input, before any picture is decoded and anything written: a PATH
 that does not exist or holds no picture, a checkpoint that is not one, an --out that
 exists (without --force), that cannot be written, or that is one of the inputs (even with
 --force), two files of one submission id. The table is written atomically: it appears
@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import time
+import warnings
 
 from tqdm import tqdm
 
@@ -58,8 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None,
                    help="the table to write (default: " + ", ".join(
                        f"{v} for {k}" for k, v in FORMATS.items()) + ")")
-    p.add_argument("--format", choices=list(FORMATS), default="csv",
-                   help="csv (default), jsonl, or submission (id,label)")
+    p.add_argument("--format", choices=list(FORMATS), default=None,
+                   help="csv, jsonl, or submission (id,label); default: --out's ending "
+                        "(.jsonl: jsonl), else csv")
     p.add_argument("--top-k", type=int, default=5, help="classes per file (default 5)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="pictures per batch through the network (default 256)")
@@ -68,47 +70,60 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cuda, mps, cpu")
     p.add_argument("--tta", action="store_true",
                    help="average each picture's logits with its mirror's, as --evaluate --tta")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --out (never one of the inputs)")
     return p.parse_args(argv)
 
 
+NAME_MAX = 255  # bytes of a file name on Linux's and macOS's file systems
+
+
 def check(args):
-    """The one-line refusals, before anything is read or written."""
+    """The one-line refusals that need no listing, before anything is read or written."""
     for name, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
     if args.checkpoint and args.onnx:
         raise UserError("give --checkpoint or --onnx, not both")
+    if args.onnx and args.device not in ("auto", "cpu"):
+        raise UserError(f"--onnx runs on the CPU (onnxruntime); --device {args.device} is for "
+                        f"--checkpoint")
+    args.format = args.format or ("jsonl" if (args.out or "").endswith((".jsonl", ".json")) else "csv")
     args.out = args.out or FORMATS[args.format]
+    if os.path.islink(args.out) and os.path.exists(args.out):
+        args.out = os.path.realpath(args.out)  # the table replaces the link's file, not the link
+    out = shown(args.out)
     if is_checkpoint_file(args.out):
-        raise UserError(f"refusing to write {args.out}: it is a checkpoint; choose another --out")
+        raise UserError(f"refusing to write {out}: it is a checkpoint; choose another --out")
     if os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a folder; give the table's file name")
-    if os.path.lexists(args.out) and not args.force:
-        raise UserError(f"{args.out} exists: add --force to replace it, or choose another --out")
+        raise UserError(f"--out {out} is a folder; give the table's file name")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
-        raise UserError(f"--out {args.out}: the folder {folder} does not exist")
+        raise UserError(f"--out {out}: the folder {shown(folder)} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--out {args.out}: {folder} cannot be written to")
+        raise UserError(f"--out {out}: {shown(folder)} cannot be written to")
+    if len(os.fsencode(os.path.basename(args.out))) + len(f".tmp{os.getpid()}") > NAME_MAX:
+        raise UserError(f"--out {out}: the name is too long (with its temporary ending, over "
+                        f"{NAME_MAX} bytes)")
 
 
-def check_found(args, found):
+def check_found(args, found, lists):
     """The refusals that need the list of files: nothing found, --out among the inputs
-    (even with --force: predicting a file must not destroy it), two files of one
-    submission id."""
+    (even with --force: predicting a file must not destroy it), an --out that exists
+    (without --force), two files of one submission id."""
     if not found:
-        raise DataError(f"nothing to predict: {', '.join(args.paths)} "
+        raise DataError(f"nothing to predict: {', '.join(map(shown, args.paths))} "
                         f"{'holds' if len(args.paths) == 1 else 'hold'} no picture "
                         f"({', '.join(e.lstrip('.') for e in EXTENSIONS)})")
-    inputs = [p for p, _ in found if isinstance(p, str)]
-    inputs += [p[1:] for p in args.paths if p.startswith("@") and os.path.exists(p[1:])]
-    inputs += [p for p in (args.checkpoint, args.onnx) if p]
+    out = shown(args.out)
     if os.path.exists(args.out):
-        for p in inputs:
+        inputs = [p for p, _ in found if isinstance(p, str)] + list(lists)
+        for p in inputs + [p for p in (args.checkpoint, args.onnx) if p]:
             if os.path.exists(p) and os.path.samefile(p, args.out):
-                raise UserError(f"refusing to write {args.out}: it is one of the inputs "
+                raise UserError(f"refusing to write {out}: it is one of the inputs "
                                 f"(--force replaces only an earlier table); choose another --out")
+    if os.path.lexists(args.out) and not args.force:
+        raise UserError(f"{out} exists: add --force to replace it, or choose another --out")
     if args.format == "submission":
         first = {}
         for source, _ in found:
@@ -120,12 +135,14 @@ def check_found(args, found):
 
 
 def submission_id(source):
-    return os.path.splitext(os.path.basename(str(source)))[0]
+    """A file's name without its ending, printable (a name that is not UTF-8 gets \\xNN)."""
+    return shown(os.path.splitext(os.path.basename(str(source)))[0])
 
 
 def natural(text):
-    """A sort key for "2" before "10" (and "img2" before "img10")."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t]
+    """A sort key for "2" before "10" (and "img2" before "img10"); ASCII digits only."""
+    return [(0, int(t), "") if t.isascii() and t.isdigit() else (1, 0, t)
+            for t in re.split(r"([0-9]+)", text) if t]
 
 
 def rows(found, results, k, fmt, ids=None):
@@ -182,8 +199,9 @@ class Tally:
             self.top5 += label in p.classes[:5]
 
     def line(self, out, seconds):
-        text = (f"{self.n:,} files: {self.n - self.failed:,} predicted, {self.failed:,} could "
-                f"not be read; {out} ({seconds:.1f} s, {self.n / max(seconds, 1e-9):.0f} files/s)")
+        text = (f"{self.n:,} file{'s' * (self.n != 1)}: {self.n - self.failed:,} predicted, "
+                f"{self.failed:,} could not be read; {shown(out)} ({seconds:.1f} s, "
+                f"{self.n / max(seconds, 1e-9):.0f} files/s)")
         if len(self.seen) > 1:
             top5 = f", top-5 {100 * self.top5 / self.labelled:.2f}%" if len(self.classes) > 5 else ""
             text += (f"\nagainst their class folders ({self.labelled:,} files): top-1 "
@@ -193,11 +211,16 @@ class Tally:
 
 def run(args):
     check(args)
-    found = expand(args.paths)
-    check_found(args, found)
-    clf = (onnx_classifier(args.onnx) if args.onnx else
-           load_classifier(args.checkpoint or os.path.join("checkpoints", "best_model.pt"),
-                           pick_device(args.device)))
+    lists = []
+    found = expand(args.paths, lists)
+    check_found(args, found, lists)
+    with warnings.catch_warnings(record=True) as said:  # a file without names: one line
+        warnings.simplefilter("always")
+        clf = (onnx_classifier(args.onnx) if args.onnx else
+               load_classifier(args.checkpoint or os.path.join("checkpoints", "best_model.pt"),
+                               pick_device(args.device)))
+    for w in said:
+        print(f"warning: {w.message}", file=sys.stderr)
     tally, results, t0 = Tally(clf), [], time.perf_counter()
     stream = predictions(clf, args.paths, max(args.top_k, 5), args.tta, args.batch_size,
                          None if args.num_workers < 0 else args.num_workers, expanded=found)
@@ -206,13 +229,22 @@ def run(args):
             tally.add(p, source, root)
             results.append(p)
             bar.update()
-    write_table(args.out, rows(found, results, min(args.top_k, len(clf.class_names)),
-                               args.format, clf.class_ids), args.format)
+    try:
+        write_table(args.out, rows(found, results, min(args.top_k, len(clf.class_names)),
+                                   args.format, clf.class_ids), args.format)
+    except OSError as e:  # the disk full, say: the table appears whole or not at all
+        raise Unwritten(f"cannot write {shown(args.out)}: {e.strerror or e}; nothing was "
+                        f"written (the predictions are lost: free the disk, or give another "
+                        f"--out)") from None
     print(tally.line(args.out, time.perf_counter() - t0))
     for p in [p for p in results if p.top is None][:5]:
         print(f"could not read {shown(p.source) if isinstance(p.source, str) else p.source}: "
               f"{p.error}", file=sys.stderr)
     return 1 if tally.failed else 0
+
+
+class Unwritten(Exception):
+    """The table could not be written after the predictions: one line, exit 1."""
 
 
 def main(argv=None):
@@ -222,6 +254,9 @@ def main(argv=None):
     except (UserError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Unwritten as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # a decoding worker killed (out of memory on a huge picture?)
         if "DataLoader worker" not in str(e):
             raise

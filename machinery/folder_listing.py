@@ -10,6 +10,7 @@ ImageNet's, ImageNet's synset list) gives the names shown.
 """
 import os
 import re
+import stat
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -58,6 +59,15 @@ def _is_dir(entry):
         return False
 
 
+def _is_file(entry):
+    """Not a FIFO, socket or device (reading one waits for ever); a dangling link is kept,
+    to be reported as missing."""
+    try:
+        return stat.S_ISREG(entry.stat().st_mode)  # through a symlink
+    except OSError:
+        return True
+
+
 def folders_in(path):
     """The sub-folder names of `path`, sorted, without what tools leave behind."""
     return [e.name for e in _entries(path) if _is_dir(e)]
@@ -86,7 +96,7 @@ def _walk(folder, seen, loops):
         for e in _entries(top):
             if _is_dir(e):
                 subs.append(e.path)
-            elif is_image(e.name):
+            elif is_image(e.name) and _is_file(e):
                 yield e.path
         stack.extend(reversed(subs))
 
@@ -98,6 +108,18 @@ def walk_images(folder, seen=None, loops=None):
     folders, so a link to a parent cannot pull other classes in), is appended to `loops`
     and not followed."""
     return sorted(_walk(folder, set() if seen is None else seen, loops))
+
+
+def images_of_tree(folder):
+    """Every image under `folder` as a tree of class folders lists it: its own files, and
+    each sub-folder's, a link from one sub-folder into another not followed (the other's
+    pictures are listed as its own, never twice, never under the linking name), sorted."""
+    subs = [os.path.join(folder, name) for name in folders_in(folder)]
+    tops = {_identity(folder)} | {_identity(s) for s in subs}
+    files = [e.path for e in _entries(folder) if not _is_dir(e) and is_image(e.name)]
+    for sub in subs:
+        files += _walk(sub, tops - {_identity(sub)}, None)
+    return sorted(files)
 
 
 def holds_images(folder):

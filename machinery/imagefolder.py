@@ -23,7 +23,7 @@ from . import folder_cache
 from .cifar import DataError
 from .folder_cache import Rows, check_memory, decode, decode_one, mean_std  # noqa: F401 -- (imagefolder.decode & co.)
 from .folder_listing import (EVAL_FOLDERS, EXTENSIONS, LEFT_BEHIND, folders_in,  # noqa: F401
-                             list_folder, shown, walk_images)
+                             images_of_tree, list_folder, shown, walk_images)
 from .workers import chosen_workers
 
 SIZE = 32  # the reference's: what the recipe's numbers are written for
@@ -39,8 +39,9 @@ def _stderr(line):
 
 def images_under(folder):
     """Every image file under a folder, its sub-folders included (as torchvision finds
-    them; each real directory once, whatever links loop), sorted."""
-    return walk_images(folder)
+    them; each real directory once, whatever links loop; a link from one class folder
+    into another not followed, as --dataset folder lists them), sorted."""
+    return images_of_tree(folder)
 
 
 def user_cache(root):

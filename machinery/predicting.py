@@ -14,15 +14,17 @@ ONNX file (onnx_classifier): onnxruntime runs it, with the preprocessing inside.
 import glob
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint_files import fill_metadata
+from .checkpoint_files import CheckpointError, fill_metadata
 from .cifar import DataError
-from .imagefolder import images_under
+from .folder_listing import EXTENSIONS
+from .imagefolder import images_under, shown
 from .images import load_image, normalize
 from .runtime import make_runtime
 from .workers import default_workers
@@ -54,6 +56,11 @@ def as_classifier(model, ckpt, source):
     note = fill_metadata(ckpt)
     if note:
         warnings.warn(f"{source}: {note}", stacklevel=3)
+    classes = model.fc.out_features
+    for key in ("class_names", "class_ids"):
+        if ckpt.get(key) is not None and len(ckpt[key]) != classes:
+            raise CheckpointError(f"{source}: its {key} name {len(ckpt[key])} classes, and its "
+                                  f"network has {classes}: not a checkpoint this repo wrote whole")
     return Classifier(model, list(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]),
                       int(ckpt["image_size"]), ckpt.get("class_ids"))
 
@@ -94,49 +101,77 @@ class Prediction:
 # -----------------------------------------------------------------------------
 # Pictures: what to read, and reading them in worker processes
 
-def expand(sources):
-    """Paths to pictures, in a stable order: a folder's images as --dataset folder lists
-    them (sub-folders, every format it reads, what tools leave behind skipped), a glob's
-    matches sorted, @list.txt's lines (one path each, in turn expanded), anything else as
-    it is: a file, a PIL image, an array. (source, root) pairs: root is the folder a file
-    was found under, None for what was named directly. DataError for a path that does
-    not exist or a glob that matches nothing."""
-    out = []
-    for src in sources:
-        if not isinstance(src, (str, os.PathLike)):
-            out.append((src, None))
-            continue
-        src = os.fspath(src)
-        if src.startswith("@") and not os.path.exists(src):
-            out += expand(_lines(src[1:]))
-        elif os.path.isdir(src):
-            out += [(p, src) for p in images_under(src)]
-        elif os.path.lexists(src):
-            out.append((src, None))
-        elif glob.has_magic(src):
-            found = sorted(glob.glob(src, recursive=True))
-            if not found:
-                raise DataError(f"{src} matches no file")
-            out += expand(found)
-        else:
-            raise DataError(f"{src} does not exist")
+def expand(sources, lists=None):
+    """Paths to pictures, in a stable order, each once: a folder's images as --dataset
+    folder lists them (sub-folders, every format it reads, what tools leave behind
+    skipped, a link from one class folder into another not followed), a glob's matches
+    sorted, @list.txt's lines (one path each, in turn expanded, relative to the working
+    folder), anything else as it is: a file, a PIL image, an array. (source, root) pairs:
+    root is the folder a file was found under, None for what was named directly.
+    DataError, naming the @list and line where one said it, for a path that does not
+    exist, a folder named that holds no picture, a glob that matches nothing, an @list
+    that names itself. lists: the @list files read are appended to it."""
+    out, taken = [], set()
+    for source, root in _expand(sources, [] if lists is None else lists, (), ""):
+        key = source if isinstance(source, str) else id(source)
+        if key not in taken:  # a file named twice, or matched by `**` and by its folder
+            taken.add(key)
+            out.append((source, root))
     return out
 
 
+def _expand(sources, lists, within, where):
+    for n, src in sources if where else enumerate(sources, 1):
+        if not isinstance(src, (str, os.PathLike)):
+            yield src, None
+            continue
+        src, said = os.fspath(src), f"{where}, line {n}: " if where else ""
+        if src.startswith("@") and not os.path.exists(src):
+            path = os.path.abspath(src[1:])
+            if path in within:
+                raise DataError(f"{said}@{shown(src[1:])} names itself, through the lists it names")
+            lists.append(src[1:])
+            yield from _expand(_lines(src[1:]), lists, within + (path,), f"@{shown(src[1:])}")
+        elif os.path.isdir(src):
+            found = images_under(src)
+            if not found:
+                raise DataError(f"{said}{shown(src)} holds no picture "
+                                f"({', '.join(e.lstrip('.') for e in EXTENSIONS)})")
+            yield from ((p, src) for p in found)
+        elif os.path.exists(src) and not stat.S_ISREG(os.stat(src).st_mode):
+            raise DataError(f"{said}{shown(src)} is not a file but a pipe, socket or device")
+        elif os.path.lexists(src):
+            yield src, None
+        elif glob.has_magic(src):
+            found = sorted(glob.glob(src, recursive=True))
+            if not found:
+                raise DataError(f"{said}{shown(src)} matches no file")
+            for p in found:  # (a folder a glob matches is searched; an empty one passed over)
+                if os.path.isdir(p):
+                    yield from ((f, p) for f in images_under(p))
+                else:
+                    yield p, None
+        else:
+            raise DataError(f"{said}{shown(src) or 'an empty path'} does not exist")
+
+
 def _lines(path):
-    """The paths of an @list: a line each, blank lines and # comments skipped."""
+    """(line number, path) of an @list's lines: blank lines and # comments skipped, a
+    UTF-8 byte order mark (Notepad's, PowerShell's) ignored."""
     try:
         with open(path, "rb") as f:
             raw = f.read().splitlines()
     except OSError as e:
-        raise DataError(f"cannot read the list @{path}: {e.strerror}") from None
+        raise DataError(f"cannot read the list @{shown(path)}: {e.strerror}") from None
     lines = []
     for n, line in enumerate(raw, 1):
         try:
-            lines.append(line.decode("utf-8").strip())
+            text = line.decode("utf-8-sig" if n == 1 else "utf-8").strip()
         except UnicodeDecodeError:
-            raise DataError(f"@{path}, line {n}: not UTF-8 text; save the list as UTF-8") from None
-    return [line for line in lines if line and not line.startswith("#")]
+            raise DataError(f"@{shown(path)}, line {n}: not UTF-8 text; save the list as UTF-8") from None
+        if text and not text.startswith("#"):
+            lines.append((n, text))
+    return lines
 
 
 def truth(source, root, classes, ids=None):
@@ -241,7 +276,7 @@ def predictions(clf, sources, k=5, tta=False, batch_size=BATCH, workers=None, ex
     """A Prediction for each picture of `sources` (paths, folders, globs, @lists, PIL images,
     arrays: see expand), in order, as a generator. clf: a Classifier or an OnnxClassifier.
     expanded: expand(sources) when the caller has it already."""
-    found = expand(sources) if expanded is None else expanded
+    found = expand(one_or_many(sources)) if expanded is None else expanded
     items = [src for src, _ in found]
     run = (onnx_probabilities if isinstance(clf, OnnxClassifier) else torch_probabilities)(clf, tta)
     k = min(k, len(clf.class_names))
@@ -256,6 +291,13 @@ def predictions(clf, sources, k=5, tta=False, batch_size=BATCH, workers=None, ex
             yield result[i]
 
 
+def one_or_many(sources):
+    """A path, a PIL image or an array given alone is one picture, not a sequence of them
+    (a string's letters, an image's rows)."""
+    from PIL import Image
+    return [sources] if isinstance(sources, (str, os.PathLike, Image.Image, np.ndarray)) else sources
+
+
 def predict(clf, images, k=5, tta=False):
     """Top-k (class name, probability) for each picture, in order: paths, folders (their
     pictures), globs, PIL images or uint8 arrays, any size (see images.load_image). A
@@ -263,6 +305,9 @@ def predict(clf, images, k=5, tta=False):
     out = []
     for p in predictions(clf, images, k, tta):
         if p.top is None:
-            raise OSError(f"cannot read {p.source}: {p.error}")
+            what = p.source if isinstance(p.source, (str, os.PathLike)) else (
+                f"a {type(p.source).__name__}" + (f" {p.source.dtype} {p.source.shape}"
+                                                  if isinstance(p.source, np.ndarray) else ""))
+            raise OSError(f"cannot read {what}: {p.error}")
         out.append(p.top)
     return out

@@ -3,6 +3,8 @@ the mistakes that used to surface only after every picture was predicted. One ro
 case; each runs predict.py's main in this process on the smoke run's model (CIFAR-100's
 classes, "train" among them)."""
 import csv
+import json
+import os
 
 import numpy as np
 import pytest
@@ -86,7 +88,7 @@ def _refused(proc, out=None):
 REFUSED = [  # (case, files to make, PATH arguments, --out, more flags, the line says)
     ("one id, three files", ["test/1.png", "test/1.jpg", "test/sub/1.png"], ["test"], "s.csv",
      ["--format", "submission"], "both have the id 1"),
-    ("nothing to predict", [], ["empty"], "p.csv", [], "nothing to predict: {tmp}/empty holds no picture"),
+    ("nothing to predict", [], ["empty"], "p.csv", [], "{tmp}/empty holds no picture"),
     ("--out in a folder that does not exist", ["a.png"], ["a.png"], "no/such/dir/p.csv", [],
      "the folder {tmp}/no/such/dir does not exist"),
     ("--out is an input, even with --force", ["a.png", "b.png"], ["a.png", "b.png"], "a.png",
@@ -113,3 +115,101 @@ def test_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_path, mo
     proc = run_here("predict.py", *args, "--checkpoint", best, "--out", tmp_path / out, *flags)
     assert says.format(tmp=tmp_path) in _refused(proc)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+MORE_REFUSED = [  # (case, files, PATH arguments, --out, flags, the line says) found by review
+    ("--out is an @list named inside an @list, --force", ["a.png"], ["@outer.txt"], "inner.txt",
+     ["--force"], "it is one of the inputs"),
+    ("an @list that names itself", ["a.png"], ["@self.txt"], "p.csv", [], "names itself"),
+    ("a folder among the PATHs holds no picture", ["a.png"], ["a.png", "empty"], "p.csv", [],
+     "{tmp}/empty holds no picture"),
+    ("an --out name too long for its temporary ending", ["a.png"], ["a.png"], "p" * 250 + ".csv", [],
+     "the name is too long"),
+    ("--onnx with --device cuda", ["a.png"], ["a.png"], "p.csv", ["--device", "cuda", "--onnx", "m.onnx"],
+     "--onnx runs on the CPU"),
+    ("--out an input, without --force: said so", ["a.png"], ["a.png"], "a.png", [],
+     "it is one of the inputs"),
+    ("a pipe named as a picture", [], ["pipe.png"], "p.csv", [], "is not a file but a pipe"),
+]
+
+
+@pytest.mark.parametrize("case, files, paths, out, flags, says", MORE_REFUSED,
+                         ids=[r[0] for r in MORE_REFUSED])
+def test_more_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_path, monkeypatch, case,
+                                                                   files, paths, out, flags, says):
+    best, _, _, _ = model
+    for i, name in enumerate(files):
+        picture(tmp_path / name, i)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "inner.txt").write_text(f"{tmp_path / 'a.png'}\n")
+    (tmp_path / "outer.txt").write_text(f"@{tmp_path / 'inner.txt'}\n")
+    (tmp_path / "self.txt").write_text(f"@{tmp_path / 'self.txt'}\n")
+    os.mkfifo(tmp_path / "pipe.png")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr(predicting, "load_image", lambda *a: pytest.fail("a picture was decoded"))
+    args = ["@" + str(tmp_path / p[1:]) if p.startswith("@") else tmp_path / p for p in paths]
+    model_flags = [] if "--onnx" in flags else ["--checkpoint", best]
+    proc = run_here("predict.py", *args, *model_flags, "--out", tmp_path / out, *flags)
+    assert says.format(tmp=tmp_path) in _refused(proc)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_link_from_one_class_folder_into_another_is_not_followed(model, tmp_path):
+    """As --dataset folder lists them: the linked folder's pictures are its own."""
+    best, _, names, _ = model
+    for c, name in enumerate(names[:2]):
+        for i in range(2):
+            picture(tmp_path / "photos" / name / f"{i}.png", 10 * c + i)
+    os.symlink(f"../{names[1]}", tmp_path / "photos" / names[0] / "more")
+    found = predicting.expand([tmp_path / "photos"])
+    assert sorted(os.path.relpath(p, tmp_path / "photos") for p, _ in found) == sorted(
+        f"{n}/{i}.png" for n in names[:2] for i in range(2))
+
+
+def test_a_glob_and_a_file_named_twice_give_each_file_once(model, tmp_path):
+    best, _, _, _ = model
+    for i in range(2):
+        picture(tmp_path / "t" / "a" / f"{i}.png", i)
+    found = predicting.expand([str(tmp_path / "t" / "**"), tmp_path / "t" / "a" / "0.png"])
+    assert sorted(os.path.basename(p) for p, _ in found) == ["0.png", "1.png"]
+
+
+def test_odd_ids_and_lists_still_make_a_table(model, tmp_path):
+    """A name that is not UTF-8 (a zip from Windows), a superscript digit, an @list saved
+    with a byte order mark, --out's ending choosing the format."""
+    best, _, _, _ = model
+    folder = tmp_path / "test"
+    picture(folder / "².png", 1)
+    picture(folder / "2.png", 2)
+    odd = os.fsencode(str(folder)) + b"/\xe9t\xe9.png"
+    with open(odd, "wb") as f:
+        f.write((folder / "2.png").read_bytes())
+    proc = run_here("predict.py", folder, "--checkpoint", best, "--format", "submission",
+                    "--out", tmp_path / "s.csv")
+    assert proc.returncode == 0, proc.stderr
+    ids = [row[0] for row in csv.reader(open(tmp_path / "s.csv", encoding="utf-8"))][1:]
+    assert ids == ["2", "\\xe9t\\xe9", "²"]
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + str(folder / "2.png").encode() + b"\n")
+    proc = run_here("predict.py", "@" + str(tmp_path / "bom.txt"), "--checkpoint", best,
+                    "--out", tmp_path / "p.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["path"].endswith("2.png")
+
+
+def test_predict_takes_one_path_as_one_picture(model, tmp_path):
+    from model import load_classifier, predict
+    best, _, _, _ = model
+    clf = load_classifier(str(best))
+    path = picture(tmp_path / "1.png", 1)
+    assert predict(clf, str(path), k=1) == predict(clf, [path], k=1)
+    assert len(predict(clf, Image.open(path), k=1)) == 1
+
+
+def test_names_that_do_not_fit_the_network_are_one_line(model, tmp_path):
+    best, _, _, _ = model
+    ckpt = torch.load(best, weights_only=True)
+    torch.save({**ckpt, "class_names": ckpt["class_names"][:50]}, tmp_path / "short.pt")
+    picture(tmp_path / "a.png", 0)
+    proc = run_here("predict.py", tmp_path / "a.png", "--checkpoint", tmp_path / "short.pt",
+                    "--out", tmp_path / "p.csv")
+    assert "its class_names name 50 classes, and its network has 100" in _refused(proc)
