@@ -71,7 +71,9 @@ def test_examples(model, folder, n=EXAMPLES):
     try:
         if name != data.FOLDER and not data.dataset_present(root, name):
             return []
-        images, labels = data.read_split(root, name, "test", model.size, **data.folder_options(cfg))
+        classes = {"class_names": model.names, "class_ids": model.clf.class_ids}
+        images, labels = data.read_split_for(classes, root, name, "test", model.size,
+                                             **data.folder_options(cfg))
     except (data.DataError, OSError):
         return []
     paths, seen = [], set()

@@ -64,8 +64,8 @@ def main(argv=None):
         if not args.images:
             if name != data.FOLDER:
                 data.ensure_dataset(root, name)
-            x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"],
-                                             **data.folder_options(cfg))
+            x_test, y_test = data.read_split_for(ckpt, root, name, "test", ckpt["image_size"],
+                                                 **data.folder_options(cfg))
         if note:  # said once everything is in place: a failure above gets its one line alone
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         if args.images:

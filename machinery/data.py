@@ -82,6 +82,32 @@ def read_split(root, name, split, size=CIFAR_SIZE, cache_dir=None, labels=None, 
     return cifar.read_split(root, name, split)
 
 
+def read_split_for(ckpt, root, name, split, size=CIFAR_SIZE, cache_dir=None, labels=None,
+                   label_column=None):
+    """read_split, its labels numbered as the checkpoint numbers its classes. A folder
+    numbers its classes by its own sub-folders (or table), sorted: a class renamed, added
+    or missing since training would shift every number, and --evaluate would score cats as
+    dogs. Its classes are matched to the checkpoint's by id (or name); one the checkpoint
+    does not know is a DataError naming it."""
+    if name != FOLDER:
+        return read_split(root, name, split, size)
+    images, found, extra = imagefolder.read_split(root, split, size=size, cache_dir=cache_dir,
+                                                  labels=labels, label_column=label_column)
+    theirs, ours = list(extra["ids"]), list(ckpt.get("class_ids") or ckpt["class_names"])
+    if theirs == ours:
+        return images, found
+    index = {c: i for i, c in enumerate(ours)}
+    unknown = [c for c in theirs if c not in index]
+    if unknown:
+        raise DataError(f"{imagefolder.shown(root)}: the class{'es' * (len(unknown) > 1)} "
+                        f"{', '.join(map(imagefolder.shown, unknown[:3]))}"
+                        f"{', ...' if len(unknown) > 3 else ''} of {split}/ "
+                        f"{'are' if len(unknown) > 1 else 'is'} not among the checkpoint's "
+                        f"{len(ours)} ({', '.join(map(imagefolder.shown, ours[:3]))}"
+                        f"{', ...' if len(ours) > 3 else ''}): it was trained on other classes")
+    return images, np.asarray([index[c] for c in theirs], np.int64)[found]
+
+
 def read_class_names(root, name):
     return imagefolder.classes(root) if name == FOLDER else cifar.read_class_names(root, name)
 

@@ -35,7 +35,8 @@ def evaluate_checkpoint(path, tta, explicit, rebuild):
     note = fill_metadata(ckpt)  # the reference's files: names and statistics of CIFAR
     if name != data.FOLDER:  # (a folder's split is listed and decoded once, just below)
         data.ensure_dataset(root, name, saved["download"])
-    x_test, y_test = data.read_split(root, name, "test", ckpt["image_size"], **data.folder_options(saved))
+    x_test, y_test = data.read_split_for(ckpt, root, name, "test", ckpt["image_size"],
+                                         **data.folder_options(saved))
     names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
     rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),

@@ -205,16 +205,19 @@ def table_for(root, split_folder, train=True):
     beside it whose name does (trainLabels.csv, train.csv for train/ or train_images/) or
     for the training images the data folder's one table."""
     word = _first_word(os.path.basename(split_folder))
-    inside = [t for t in _tables_in(split_folder) if _first_word(os.path.basename(t)) == word]
-    if len(inside) == 1:
+    classes = len(folders_in(split_folder)) > 1  # class folders win over a stray table
+    inside = [t for t in _tables_in(split_folder) if _first_word(os.path.basename(t)) == word
+              and (train or label_tables.has_labels(t))]
+    if len(inside) == 1 and not classes:
         return inside[0]
     tables = _tables_in(root, (".csv", ".tsv")) if split_folder != root else []
+    if not train:  # a test.csv of ids alone (Kaggle's) labels nothing: test/ is unlabeled
+        tables = [t for t in tables if label_tables.has_labels(t)]
     beside = [t for t in tables if _first_word(os.path.basename(t)) == word]
     if len(beside) > 1:
         raise DataError(f"{shown(root)} has {len(beside)} tables for {shown(os.path.basename(split_folder))}/ "
                         f"({', '.join(shown(os.path.basename(t)) for t in beside)}): name the labels "
                         f"with --labels FILE")
-    classes = len(folders_in(split_folder)) > 1  # class folders win over a stray train.csv
     if beside and not classes:
         return beside[0]
     if train and len(tables) == 1 and not folders_in(split_folder):
@@ -238,10 +241,13 @@ def _split_folders(root, labels):
                  if _first_word(n) == _first_word(os.path.basename(t))]
         if len(tables) == 1 and len(holding) <= 1:  # one folder of images (or none), one table
             return {"train": os.path.join(root, holding[0]) if holding else root}, tables[0], True
-        if len(pairs) == 1:  # train.csv beside train_images/ (and test_images/)
-            return {"train": os.path.join(root, pairs[0][1])}, pairs[0][0], True
+        trains = [(t, n) for t, n in pairs if _first_word(n) == "train"]
+        if len(pairs) == 1 or len(trains) == 1:  # train.csv beside train_images/ (and
+            table, folder = (trains or pairs)[0]  # test_images/, with its test.csv or not)
+            return {"train": os.path.join(root, folder)}, table, True
         if evals and len(holding) <= len(evals):
             raise DataError(f"{where} has {evals[0]}/ but no train/ folder beside it")
+        _refuse_a_split_among_classes(root, names, evals)
         return {"train": root}, labels, True
     vals = [n for n in evals if n.lower() != "test"]
     if len(vals) > 1:
@@ -271,12 +277,27 @@ def _is_flat(root, names, by_case, labels):
     classes = set(folders_in(train))
     shared = [n for n in by_case.values() if n != by_case["train"]
               and classes & set(folders_in(os.path.join(root, n)))]
-    if not shared:
-        return True
+    holding = [c for c in classes if holds_images(os.path.join(train, c))]
+    if not shared and len(holding) < 2:
+        return True  # train/ holds pictures, not class folders: a class (CIFAR-100 has one)
+    beside = f"beside {shared[0]}/" if shared else "holding class folders"
     raise DataError(f"{shown(os.path.abspath(root))}: is {by_case['train']}/ the training split "
-                    f"(beside {shared[0]}/) or a class beside {', '.join(map(shown, others[:3]))}? "
-                    f"Move the class folders into {by_case['train']}/ and {shared[0]}/, or rename "
-                    f"the class {by_case['train']}/ (e.g. {by_case['train']}_)")
+                    f"({beside}) or a class beside {', '.join(map(shown, others[:3]))}? "
+                    f"Move the class folders into {by_case['train']}/ (and the evaluation "
+                    f"images into test/), move the other folders out, or rename the class "
+                    f"{by_case['train']}/ (e.g. {by_case['train']}_)")
+
+
+def _refuse_a_split_among_classes(root, names, evals):
+    """A flat tree's class folders beside a test/ (or val/) that holds folders of the same
+    names: the evaluation images would be trained on, as the class "test". One line."""
+    for e in evals:
+        same = sorted(set(folders_in(os.path.join(root, e))) & set(names))
+        if same:
+            raise DataError(f"{shown(os.path.abspath(root))}: {e}/ holds the class folders "
+                            f"beside it ({', '.join(map(shown, same[:3]))}): put the training "
+                            f"classes into train/ (train/<class>/, {e}/<class>/), or move "
+                            f"{e}/ out")
 
 
 # -----------------------------------------------------------------------------

@@ -50,8 +50,9 @@ def read_rows(path):
                         f"table of labels is CSV or tab-separated text") from None
     first = next((line for line in lines if line.strip()), "")
     tabs = path.lower().endswith(".tsv") or "\t" in first
-    options = (dict(delimiter="\t") if tabs else dict(delimiter=",") if "," in first
-               else dict(delimiter=" ", skipinitialspace=True))
+    # (a space after a comma is not part of the next cell: `2, "dog"` is the label dog)
+    options = (dict(delimiter="\t") if tabs else dict(delimiter=",", skipinitialspace=True)
+               if "," in first else dict(delimiter=" ", skipinitialspace=True))
     reader, rows = csv.reader(lines, strict=True, **options), []
     try:
         for cells in reader:
@@ -64,15 +65,16 @@ def read_rows(path):
     return rows
 
 
-def file_index(images, folder, table_folder):
+def file_index(images, folder, table_folder, root=None):
     """(whole, by name) of an image folder's files: {path: file} by the path relative to
     the folder, relative to the table's own folder (a table beside train/ that says
-    train/cat/0.png) and absolute; {name: [files]} by file name and by name without its
-    extension, for tables that give only names."""
+    train/cat/0.png), relative to the data folder (a --labels table kept elsewhere) and
+    absolute; {name: [files]} by file name and by name without its extension, for tables
+    that give only names."""
     whole, names = {}, {}
+    bases = {folder, table_folder} | ({root} if root else set())
     for path in images:
-        for key in {os.path.relpath(path, folder), os.path.relpath(path, table_folder),
-                    os.path.abspath(path)}:
+        for key in {os.path.relpath(path, base) for base in bases} | {os.path.abspath(path)}:
             whole[key.replace(os.sep, "/")] = path
         name = os.path.basename(path)
         for key in {name, os.path.splitext(name)[0]}:
@@ -139,17 +141,22 @@ def _label_column(path, header, width, image, label_column, known, sample):
 
 
 def labelled_files(path, folder, images, label_column=None, known=None, warn=_stderr,
-                   single_warning=True):
+                   single_warning=True, root=None):
     """[(image path, label)] of the files a table labels, sorted by path. images: the image
     folder's files; known: the classes an evaluation split's labels must be among. Rows
     naming missing files, files without a row and (single_warning) labels with a single
     image are each one warning; a table that cannot be used is one DataError naming the
     file and the row."""
-    rows, index = read_rows(path), file_index(images, folder, os.path.dirname(os.path.abspath(path)))
+    rows = read_rows(path)
+    index = file_index(images, folder, os.path.dirname(os.path.abspath(path)), root)
     width = max(len(cells) for _, cells in rows[:SAMPLE + 1])
     sample = rows[1:SAMPLE + 1] or rows
     hits = [sum(1 for _, r in sample if i < len(r) and lookup(index, r[i])) for i in range(width)]
     image = max(range(width), key=hits.__getitem__)
+    named = [i for i, c in enumerate(rows[0][1]) if c.lower() in IMAGE_NAMES and hits[i]]
+    if named and rows[0][1][image].lower() not in IMAGE_NAMES:
+        image = named[0]  # the header says which column names the files (`id,label`), even
+        # where the labels are small numbers that name more files (a part of a folder)
     if not hits[image] and not (len(rows) == 1 and any(lookup(index, c) for c in rows[0][1])):
         where = _shown(folder)
         raise DataError(f"{_shown(path)}: no column names the files of {where} (row "
@@ -209,3 +216,11 @@ def sorted_labels(labels):
         return sorted(labels, key=int)
     except ValueError:
         return sorted(labels)
+
+
+def has_labels(path):
+    """Whether a table has a column besides the images' (a test.csv of ids alone has not)."""
+    try:
+        return any(len(cells) > 1 for _, cells in read_rows(path)[:SAMPLE + 1])
+    except DataError:
+        return True  # a table that cannot be read is reported where it is used

@@ -67,13 +67,18 @@ def test_a_file_unreadable_on_the_first_run_is_read_on_the_next(tmp_path, monkey
 
 
 @pytest.mark.parametrize("inside", ["files", "sub-folders"])
-def test_a_flat_folder_with_a_class_called_train_is_three_classes(tmp_path, inside):
+def test_a_flat_folder_with_a_class_called_train_is_three_classes_or_is_asked(tmp_path, inside):
     rng = np.random.default_rng(0)
     for c, name in enumerate(["bus", "car", "train"]):
         for i in range(6):
             where = tmp_path / name / (f"kind{i % 2}" if name == "train" and inside == "sub-folders" else "")
             os.makedirs(where, exist_ok=True)
             _picture(rng, (40 + 80 * c, 100, 100), (20, 20), "RGB").save(where / f"{i}.png")
+    if inside == "sub-folders":  # train/ holding folders of pictures: a split, or a class?
+        with pytest.raises(data.DataError, match=r"is train/ the training split \(holding class "
+                                                 r"folders\) or a class beside bus, car\?"):
+            imagefolder.Folder(str(tmp_path))
+        return
     folder = imagefolder.Folder(str(tmp_path))
     assert folder.flat and folder.classes == ["bus", "car", "train"]
     assert folder.counts().tolist() == [6, 6, 6]
