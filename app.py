@@ -26,10 +26,11 @@ from machinery.card import summary
 from machinery.checkpoint_files import CheckpointError, load_checkpoint
 from machinery.config import UserError
 from machinery.gradcam import gradcam_maps, overlay
-from machinery.images import normalize
+from machinery.images import load_image, normalize
 from machinery.predicting import torch_probabilities
 from machinery.runtime import pick_device
-from machinery.space_app import OnnxModel, copied, page_folder, serve
+from machinery.space_app import (OnnxModel, PageError, address, copied, page_folder, reason, serve,
+                                 stop_cleanly_on_sigterm)
 from model import load_classifier
 
 EXAMPLES = 6
@@ -106,14 +107,20 @@ def parse_args(argv=None):
 
 
 def load(args):
+    if args.onnx and args.checkpoint:
+        raise UserError("give --checkpoint or --onnx, not both")
     if args.onnx:
-        if not os.path.isfile(args.onnx):
-            raise UserError(f"{args.onnx} does not exist")
+        if os.path.isdir(args.onnx) or not os.path.isfile(args.onnx):
+            raise UserError(f"--onnx {args.onnx}: {'a folder' if os.path.isdir(args.onnx) else 'no such file'}; "
+                            f"give the .onnx file export.py wrote")
         try:
             return OnnxModel(args.onnx)
         except Exception as e:  # noqa: BLE001 -- onnxruntime's load errors have no common type
             raise UserError(f"{args.onnx} is not an ONNX file of export.py ({type(e).__name__})") from None
     path = args.checkpoint or os.path.join(args.out_dir, "checkpoints", "best_model.pt")
+    if os.path.isdir(path):
+        raise UserError(f"--checkpoint {path} is a folder; give the checkpoint file "
+                        f"(its checkpoints/best_model.pt, say)")
     if not args.checkpoint and not os.path.isfile(path):
         raise UserError(f"no model: {path} does not exist; give --checkpoint FILE, or train one "
                         f"(python train.py --smoke makes a demo model in seconds)")
@@ -122,33 +129,44 @@ def load(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    try:  # (a busy or impossible port: said before the model loads, and before gradio,
+        address(args.host, args.port)  # whose import fails on a GRADIO_SERVER_PORT of letters)
         import gradio  # noqa: F401 -- said in one line before the model loads
     except ImportError:
         print("error: the page needs gradio: pip install -r requirements-app.txt", file=sys.stderr)
         return 2
-    try:
-        readable(args.examples or [])
-        model = load(args)
-    except (UserError, CheckpointError) as e:
+    except PageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # the page serves its own folder and nothing else: the examples are copied in, so the
-    # folders they came from (their .env, .ssh/, ...) are never served
-    folder = page_folder()
-    examples = (copied(args.examples, folder) if args.examples else
-                [] if args.onnx else test_examples(model, folder))
-    serve(model, examples, folder, args.host, args.port, args.share)
+    try:
+        pictures(args.examples or [])
+        model = load(args)
+        # the page serves its own folder and nothing else: the examples are copied in, so
+        # the folders they came from (their .env, .ssh/, ...) are never served
+        folder = page_folder()
+        examples = (copied(args.examples, folder) if args.examples else
+                    [] if args.onnx else test_examples(model, folder))
+        serve(model, examples, folder, args.host, args.port, args.share)
+    except (UserError, CheckpointError, PageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def readable(paths):
-    """--examples, each a file that can be read (else one line)."""
+def pictures(paths):
+    """--examples, each a picture the page can read: never a .env, a notes.txt or a link to
+    a secret that a glob such as --examples photos/* would otherwise publish."""
     for path in paths:
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise UserError(f"--examples: {path} is not a file that can be read")
+        if not os.path.isfile(path):
+            raise UserError(f"--examples: {path} is not a file")
+        try:
+            load_image(path, max_pixels=Image.MAX_IMAGE_PIXELS)
+        except Exception as e:  # noqa: BLE001 -- Pillow raises many kinds for a broken file
+            raise UserError(f"--examples: {path} is not a picture the page can read "
+                            f"({reason(e)})") from None
     return paths
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     sys.exit(main())

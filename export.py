@@ -40,10 +40,11 @@ import torch.nn as nn
 from PIL import Image
 
 from machinery import own_files
-from machinery.card import MARK, card, summary
+from machinery.card import card, summary, written_card
 from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of, fill_metadata,
-                                        load_checkpoint)
+                                        is_checkpoint_file, load_checkpoint)
 from machinery.images import standardize
+from machinery.space_app import stop_cleanly_on_sigterm
 from model import model_from_checkpoint
 
 CHECK_IMAGES = 64
@@ -96,7 +97,9 @@ def check_images(ckpt):
         x, _ = data.read_split(cfg.get("data_dir", "./data"), name, "test", size,
                                **data.folder_options(cfg))
         if len(x):  # (copied out of a folder's read-only memory map)
-            return np.array(x[:CHECK_IMAGES]), f"{min(len(x), CHECK_IMAGES)} {name} test images"
+            kind = f"{name}-format test images, generated (--smoke)" if cfg.get("smoke") else \
+                f"{name} test images"
+            return np.array(x[:CHECK_IMAGES]), f"{min(len(x), CHECK_IMAGES)} {kind}"
     except (data.DataError, OSError, KeyError, ValueError):
         pass
     rng = np.random.default_rng(0)
@@ -135,10 +138,22 @@ def export_onnx(module, meta, path, size):
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
+    for node in _nodes(proto.graph, proto.functions):  # a Space publishes the file: its nodes'
+        del node.metadata_props[:]  # stack traces would name this machine's folders
+        node.doc_string = ""
     with open(path, "wb") as f:
         f.write(proto.SerializeToString())
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return f"opset {opset}"
+
+
+def _nodes(graph, functions=()):
+    """Every node of an ONNX graph, its subgraphs' and its functions'."""
+    for node in list(graph.node) + [n for f in functions for n in f.node]:
+        yield node
+        for attr in node.attribute:
+            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                yield from _nodes(sub)
 
 
 def run_onnx(path, images):
@@ -150,6 +165,8 @@ def run_onnx(path, images):
 def export_pt2(module, meta, path, size):
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     program = torch.export.export(_exportable(module), (example,), dynamic_shapes=_dynamic_batch())
+    for node in program.graph.nodes:  # (stack traces name this machine's folders)
+        node.meta.pop("stack_trace", None)
     torch.export.save(program, path, extra_files={"metadata.json": json.dumps(meta)})
     return "torch.export"
 
@@ -181,8 +198,17 @@ def check_out(out, fmt, checkpoint, force=False):
     """Refuse, before anything is exported, an `out` that is the checkpoint itself or (but
     with --force) an existing file that is not an earlier export of the same kind (which
     is replaced)."""
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        raise CheckpointError(f"--out {out} is a folder; give the file's name (model{FORMATS[fmt][0]})")
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(folder):  # (export makes the folders it needs: where it can)
+        folder = os.path.dirname(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write {out}: {folder} cannot be written to")
     if not os.path.lexists(out):
         return
+    if is_checkpoint_file(out):  # this one or another: an export never replaces a checkpoint
+        raise CheckpointError(f"refusing to write {out}: it is a checkpoint; choose another --out")
     if os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
         raise CheckpointError(f"refusing to write {out}: it is the checkpoint being exported; "
                               f"choose another --out")
@@ -198,9 +224,11 @@ def compare(reference, exported):
     return same, float(np.abs(reference[1] - exported[1]).max())
 
 
-def export(path, fmt, out, images, module, meta, say=print):
-    """Export to `out` via a temporary file, check it, and keep it only if it matches."""
+def export(path, fmt, out, images, module, meta, say=print, out_name=None):
+    """Export to `out` via a temporary file, check it, and keep it only if it matches.
+    out_name: the name to say, where `out` is itself a temporary one (a Space's build)."""
     suffix, write, run = FORMATS[fmt]
+    shown_out = out_name or out
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = f"{os.path.splitext(out)[0]}.checking{os.getpid()}{suffix}"  # the ending tools expect
     try:
@@ -208,8 +236,10 @@ def export(path, fmt, out, images, module, meta, say=print):
             how = write(module, meta, tmp, images.shape[1])  # the size the check images have
         except ExportError:
             raise
+        except OSError as e:  # the disk full, a folder not writable: say the user's file
+            raise ExportError(f"cannot write {shown_out}: {e.strerror or e}") from e
         except Exception as e:  # noqa: BLE001 -- the exporters raise many kinds
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = (str(e).strip().splitlines() or [""])[0][:200].replace(tmp, shown_out)
             raise ExportError(f"cannot export {path} to {fmt}: {type(e).__name__}: {first}") from e
         with torch.no_grad():
             reference = [t.numpy() for t in module(torch.from_numpy(images))]
@@ -226,7 +256,7 @@ def export(path, fmt, out, images, module, meta, say=print):
         if os.path.exists(tmp):
             os.remove(tmp)
     mib = os.path.getsize(out) / 2**20
-    say(f"{out}: {fmt} ({how}), {mib:.1f} MiB; checked against PyTorch: top-1 identical, "
+    say(f"{shown_out}: {fmt} ({how}), {mib:.1f} MiB; checked against PyTorch: top-1 identical, "
         f"max |probability difference| {diff:.1e}")
     return out
 
@@ -263,6 +293,9 @@ def check_space(out, examples, force):
     it wrote them (own_files' manifest), or --force. Files beside them are kept."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise CheckpointError(f"refusing to write {out}: it is a file; a Space is a folder")
+    if os.path.islink(os.path.join(out, "examples")) and not force:
+        raise CheckpointError(f"refusing to write into {out}/examples: it is a link to another "
+                              f"folder; add --force to replace the link with a folder")
     theirs = os.path.isdir(out) and own_files.foreign(out, space_names(examples))
     if theirs and not force:
         raise CheckpointError(
@@ -271,60 +304,79 @@ def check_space(out, examples, force):
             f"them, or choose another --out")
 
 
-def export_space(path, out, images, module, meta, ckpt, examples=()):
+def export_space(path, out, images, module, meta, ckpt, examples=(), license="mit"):
     """A folder that runs as a Hugging Face Space (Gradio SDK) without this repo: the page
     (machinery/space_app.py as app.py, images.py as pictures.py), the checked ONNX model,
-    pinned CPU requirements, a few examples, the training curves and the model card. The
-    earlier export's own examples go first; what it did not write stays."""
+    pinned CPU requirements, a few examples, the training curves and the model card.
+
+    Everything is made in a temporary folder inside `out` first and moved into place
+    only once all of it is made and checked: an export stopped half-way (Ctrl-C, kill)
+    leaves the earlier one as it was. The earlier export's own examples go; what it did
+    not write stays; a link in the folder is replaced by the file, never written through."""
     from machinery.metrics import write_metrics
-    os.makedirs(os.path.join(out, "examples"), exist_ok=True)
-    names = space_names(examples)
-    for old in own_files.leftovers(out, names):
-        os.remove(os.path.join(out, old))
-    export(path, "onnx", os.path.join(out, "model.onnx"), images, module, meta)
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machinery")
-    shutil.copyfile(os.path.join(here, "space_app.py"), os.path.join(out, "app.py"))
-    shutil.copyfile(os.path.join(here, "images.py"), os.path.join(out, "pictures.py"))
-    versions = pinned()
-    with open(os.path.join(out, "requirements.txt"), "w") as f:
-        f.write("".join(f"{n}=={v}\n" if v else f"{n}\n" for n, v in versions.items()))
-    for i, image in enumerate(examples[:EXAMPLES]):
-        Image.fromarray(image).save(os.path.join(out, "examples", f"{i}.png"))
-    curve = "training_curves.png"
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            write_metrics(ckpt, tmp)
-            shutil.copyfile(os.path.join(tmp, "metrics_overview.png"), os.path.join(out, curve))
-        except CheckpointError:  # no history (a bare state dict): no curves
-            curve = None
-            names.remove("training_curves.png")
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(card(ckpt, "model.onnx", curve, kind="space", source=path,
-                     sdk_version=versions["gradio"]))
-    own_files.record(out, names)
+    os.makedirs(out, exist_ok=True)
+    for old in os.listdir(out):  # what a killed export left
+        if old.startswith(".export-") and os.path.isdir(os.path.join(out, old)):
+            shutil.rmtree(os.path.join(out, old), ignore_errors=True)
+    build = tempfile.mkdtemp(prefix=".export-", dir=out)
+    try:
+        names = space_names(examples)
+        os.makedirs(os.path.join(build, "examples"))
+        export(path, "onnx", os.path.join(build, "model.onnx"), images, module, meta, out_name=
+               os.path.join(out, "model.onnx"))
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "machinery")
+        shutil.copyfile(os.path.join(here, "space_app.py"), os.path.join(build, "app.py"))
+        shutil.copyfile(os.path.join(here, "images.py"), os.path.join(build, "pictures.py"))
+        versions = pinned()
+        with open(os.path.join(build, "requirements.txt"), "w") as f:
+            f.write("".join(f"{n}=={v}\n" if v else f"{n}\n" for n, v in versions.items()))
+        for i, image in enumerate(examples[:EXAMPLES]):
+            Image.fromarray(image).save(os.path.join(build, "examples", f"{i}.png"))
+        curve = "training_curves.png"
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                write_metrics(ckpt, tmp)
+                shutil.copyfile(os.path.join(tmp, "metrics_overview.png"), os.path.join(build, curve))
+            except CheckpointError:  # no history (a bare state dict): no curves
+                curve = None
+                names.remove("training_curves.png")
+        with open(os.path.join(build, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card(ckpt, "model.onnx", curve, kind="space", source=path,
+                         sdk_version=versions["gradio"], license=license))
+        # all made: now in place, each file by a rename (whole, never through a link)
+        for old in own_files.leftovers(out, names):
+            os.remove(os.path.join(out, old))
+        if os.path.islink(os.path.join(out, "examples")):
+            os.remove(os.path.join(out, "examples"))
+        os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(build, name), os.path.join(out, name))
+        own_files.record(out, names)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     print(f"{out}: a Space (Gradio) with the model card; try it: pip install -r "
           f"{os.path.join(out, 'requirements.txt')} && python {os.path.join(out, 'app.py')}")
 
 
-def write_card(ckpt, out, source, force):
+def write_card(ckpt, out, source, force, license="mit"):
     """The model card of a model repository, written atomically; an existing file only
-    where it is a card this tool wrote (its first lines say so), or with --force."""
-    if os.path.lexists(out) and not force and not is_our_card(out):
-        raise CheckpointError(f"refusing to replace {out}: it is not a card export.py wrote "
-                              f"(a hand-written card, say); add --force to replace it, or "
-                              f"choose another --out")
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(card(ckpt, "model.onnx", kind="model", source=source))
+    where it is a model card this tool wrote and nobody changed since (card.written_card),
+    or with --force; never a checkpoint."""
+    if os.path.isdir(out):
+        raise CheckpointError(f"--out {out} is a folder; give the card's file name (README.md)")
+    if os.path.lexists(out) and not force:
+        try:
+            with open(out, encoding="utf-8", errors="replace") as f:
+                ours = written_card(f.read()) == "model"
+        except OSError:
+            ours = False
+        if not ours:
+            raise CheckpointError(f"refusing to replace {out}: not a model card export.py wrote, "
+                                  f"or changed since (by hand, or a Space's card); add --force "
+                                  f"to replace it, or choose another --out")
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:  # (a link: replaced)
+        f.write(card(ckpt, "model.onnx", kind="model", source=source, license=license))
     print(f"{out}: the model card")
-
-
-def is_our_card(path):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return MARK.split("{")[0] in head
 
 
 def main(argv=None):
@@ -340,7 +392,10 @@ def main(argv=None):
                                  "with space, a folder (default: <name>-space)")
     p.add_argument("--force", action="store_true",
                    help="replace files export.py did not write (or that were changed since): "
-                        "a hand-written card, files in a Space folder; never the checkpoint")
+                        "a hand-written card, files in a Space folder; never a checkpoint")
+    p.add_argument("--license", default="mit",
+                   help="the licence the card states for the weights, as the Hub names them "
+                        "(default mit, the code's; your data's terms may say otherwise)")
     args = p.parse_args(argv)
     fmts = {"all": ["onnx", "pt2"], "space": ["onnx"], "card": []}.get(args.format, [args.format])
     stem = os.path.splitext(args.out or args.checkpoint)[0]
@@ -352,14 +407,15 @@ def main(argv=None):
         if note:
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         if args.format == "card":
-            write_card(ckpt, args.out or stem + "_card.md", args.checkpoint, args.force)
+            write_card(ckpt, args.out or stem + "_card.md", args.checkpoint, args.force,
+                       args.license)
             return 0
         images, source = check_images(ckpt)
         if args.format == "space":
             print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
             real = not source.endswith("generated images")  # the test set's: worth showing
             export_space(args.checkpoint, args.out or stem + "-space", images, module, meta, ckpt,
-                         images if real else ())
+                         images if real else (), args.license)
             return 0
         outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
                 for fmt in fmts}
@@ -377,8 +433,12 @@ def main(argv=None):
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("stopped: nothing was changed (an export is kept only whole)", file=sys.stderr)
+        return 130
     return 0
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()  # kill/SIGTERM as Ctrl-C: the temporary files are removed
     sys.exit(main())

@@ -12,7 +12,9 @@ result (no model-index) and no data set: its pictures were generated. No card na
 path of the machine it was made on: paths are reduced to their last part.
 """
 import dataclasses
-import os
+import hashlib
+import re
+import sys
 
 from .checkpoint_files import dataset_of
 from .config import Config
@@ -21,7 +23,11 @@ from .logs import changed_settings
 NAMES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "folder": "an image folder"}
 HUB_DATASETS = {"cifar100": "uoft-cs/cifar100", "cifar10": "uoft-cs/cifar10"}  # their Hub ids
 PATHS = ("data_dir", "cache_dir", "labels", "init_from", "out_dir")  # Config's path fields
-MARK = "<!-- written by export.py from {source}: rerun it to update this card -->"
+# The card's first body line: which tool wrote it, as what, and the digest of the rest, so
+# that a card edited by hand (or written as the other kind) is known and not replaced
+MARK = "<!-- written by export.py as {kind} card from {source}, digest {digest}: rerun it to update -->"
+MARKED = re.compile(r"<!-- written by export\.py as (\w+) card from .*?, digest ([0-9a-f]{16}): "
+                    r"rerun it to update -->\n")
 
 
 def facts(ckpt):
@@ -36,7 +42,9 @@ def facts(ckpt):
     params = sum(v.numel() for k, v in ckpt["model_state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     names = list(ckpt["class_names"])
+    defaults = dataclasses.asdict(Config())
     return {
+        "history": bool(ckpt.get("train_acc")),  # (a bare state dict has none: no figures)
         "dataset": dataset_of(ckpt) or "cifar100", "classes": names, "image_size": ckpt["image_size"],
         "epoch": epoch, "epochs": len(ckpt.get("train_acc") or []), "planned": cfg.get("epochs"),
         "split": split, "accuracy": test,
@@ -44,8 +52,8 @@ def facts(ckpt):
         if len(names) > 5 else None,
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
         "test_images": ckpt.get("test_images"), "parameters": params,
-        "settings": changed_settings(Config(**{k: local(k, v) for k, v in cfg.items()
-                                               if k in Config.__dataclass_fields__})),
+        "settings": changed_settings(Config(**{k: v if v == defaults[k] else local(k, v)
+                                               for k, v in cfg.items() if k in defaults})),
         "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
         "hours": ckpt.get("train_seconds", 0) / 3600 or None,
     }
@@ -55,7 +63,7 @@ def local(key, value):
     """A setting as a card may say it: a path reduced to its last part (a card is for
     others to read; /home/<user>/... is not theirs to know)."""
     if key in PATHS and isinstance(value, str) and value not in ("", "."):
-        return os.path.basename(os.path.normpath(value))
+        return re.split(r"[\\/]", value.rstrip("\\/"))[-1] or value  # (a Windows path too)
     return value
 
 
@@ -82,19 +90,24 @@ def summary(ckpt):
             f"test accuracy {_pct(f['accuracy'])}{top5} | {f['parameters']:,} parameters.{smoke}")
 
 
-def front_matter(f, title, kind, app_file="app.py", sdk_version=None):
-    """Hugging Face's YAML for a model repository's card (kind "model") or a Space's."""
-    real = not f["smoke"]  # a --smoke model's pictures were generated: no data set, no result
+def front_matter(f, title, kind, app_file="app.py", sdk_version=None, license="mit"):
+    """Hugging Face's YAML for a model repository's card (kind "model") or a Space's. A
+    --smoke model (generated pictures) and a bare state dict (no history: its data set is
+    a guess from its class count) name no data set and claim no result."""
+    known = not f["smoke"] and f["history"]
     if kind == "space":
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the pins' Python
         lines = ["---", f"title: {title}", "emoji: 🔍", "colorFrom: indigo", "colorTo: gray",
                  "sdk: gradio"] + ([f"sdk_version: {sdk_version}"] if sdk_version else []) + [
-                 f"app_file: {app_file}", "license: mit", "pinned: false"]
+                 f'python_version: "{python}"', f"app_file: {app_file}", f"license: {license}",
+                 "pinned: false"]
     else:
-        lines = ["---", "license: mit", "library_name: pytorch", "pipeline_tag: image-classification"]
-    if real and f["dataset"] in HUB_DATASETS:
+        lines = ["---", f"license: {license}", "library_name: pytorch",
+                 "pipeline_tag: image-classification"]
+    if known and f["dataset"] in HUB_DATASETS:
         lines += ["datasets:", f"- {HUB_DATASETS[f['dataset']]}"]
     lines += ["tags:", "- image-classification", "- resnet", "- onnx"]
-    if kind == "model" and real and f["accuracy"] is not None:
+    if kind == "model" and known and f["accuracy"] is not None and f["dataset"] in HUB_DATASETS:
         lines += model_index(f, title)
     return "\n".join(lines + ["---", ""])
 
@@ -113,14 +126,20 @@ def model_index(f, title):
 
 
 def card(ckpt, model_file="model.onnx", curve=None, title=None, kind="model", source="",
-         sdk_version=None):
+         sdk_version=None, license="mit"):
     """The model card, markdown with Hugging Face's front matter for a model repository
     (kind "model") or a Space (kind "space", whose gradio is sdk_version). curve: the file
     name of the training curves' picture beside it, if any; source: the checkpoint's file
-    name, in the line that marks the card as this tool's."""
+    name, in the line that marks the card as this tool's; license: the weights' licence,
+    as the Hub names them."""
     f = facts(ckpt)
     dataset = NAMES.get(f["dataset"], f["dataset"])
-    title = title or f"Enhanced ResNet34 on {dataset}"
+    if f["smoke"]:
+        dataset = f"generated {dataset}-format pictures"
+    net = f["network"]
+    seed = list(net.get("blocks") or []) == [5, 5, 5, 5] and net.get("width") == 64
+    title = title or (f"{'Enhanced ResNet34' if seed else 'ResNet'} on {dataset}"
+                      + (" (a --smoke demo)" if f["smoke"] else ""))
     classes = ", ".join(f["classes"][:12]) + (", ..." if len(f["classes"]) > 12 else "")
     net = f["network"]
     shape = (f"ResNet with {net.get('blocks')} BasicBlocks at width {net.get('width')}"
@@ -137,12 +156,7 @@ pictures into the {len(f['classes'])} classes of {dataset}: {classes}.
 
 ## Results
 
-| | |
-|---|---|
-| top-1 accuracy | **{_pct(f['accuracy'])}**{top5} |
-| measured on | {protocol(f)}{f", {f['test_images']:,} images" if f['test_images'] else ""} |
-| epoch | {f['epoch']} (of {f['epochs']} trained, {f['planned']} planned) |
-{f"{chr(10)}![training curves]({curve}){chr(10)}" if curve else ""}
+{results(f, top5, curve)}
 ## Training
 
 The recipe of the enhanced ResNet34 on CIFAR-100 (SGD with Nesterov momentum, OneCycleLR
@@ -178,5 +192,32 @@ print(names[int(probs.argmax())], float(probs.max()))
 With PyTorch and the training repo: `load_classifier("best_model.pt")` and
 `predict(clf, ["cat.jpg"])` from its `model.py`, or `python predict.py photos/`.
 """
-    mark = MARK.format(source=os.path.basename(source) or "a checkpoint")
-    return front_matter(f, title, kind, sdk_version=sdk_version) + mark + "\n" + body
+    head = front_matter(f, title, kind, sdk_version=sdk_version, license=license)
+    mark = MARK.format(kind=kind, source=local("init_from", source) or "a checkpoint",
+                       digest=digest(head + body))
+    return head + mark + "\n" + body  # (the front matter first: Hugging Face reads it there)
+
+
+def results(f, top5, curve):
+    """The Results section's table, or why there is none (a bare state dict)."""
+    if not f["history"]:
+        return "The file holds the weights alone, with no training history: no figures to give.\n"
+    where = "the generated test pictures, not photos" if f["smoke"] else protocol(f)
+    images = f", {f['test_images']:,} images" if f["test_images"] else ""
+    table = (f"| | |\n|---|---|\n| top-1 accuracy | **{_pct(f['accuracy'])}**{top5} |\n"
+             f"| measured on | {where}{images} |\n"
+             f"| epoch | {f['epoch']} (of {f['epochs']} trained, {f['planned']} planned) |\n")
+    return table + (f"\n![training curves]({curve})\n" if curve else "")
+
+
+def digest(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def written_card(text):
+    """The kind ("model" or "space") of a card export.py wrote and nobody changed since;
+    None for any other text (hand-written, edited, another tool's)."""
+    found = MARKED.search(text)
+    if found and digest(text[:found.start()] + text[found.end():]) == found.group(2):
+        return found.group(1)
+    return None

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -107,8 +108,21 @@ def decode_one(path, size):
 _work = {}  # a worker's paths, size and progress marks, set once when it starts
 
 
-def _start_worker(paths, size, marks):
+def _start_worker(paths, size, marks, parent):
     _work.update(paths=paths, size=size, marks=marks)
+    die_with(parent)
+
+
+def die_with(parent):
+    """Linux: this process gets SIGKILL when its parent (process `parent`) dies (kill -9,
+    the out-of-memory killer), instead of decoding on for good as an orphan."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a pool's workers end when their queue closes
+    if os.getppid() != parent:  # the parent died before the line above: nobody to decode for
+        os._exit(1)
 
 
 def _decode_chunk(start, stop):
@@ -129,7 +143,7 @@ def _pooled(paths, size, workers):
     marks = ctx.RawArray("b", len(paths))
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                                 initargs=(paths, size, marks)) as pool:
+                                 initargs=(paths, size, marks, os.getpid())) as pool:
             # in order, each chunk's result let go once taken (as_completed would hold every
             # finished future, and so all the decoded images, until the last)
             starts = range(0, len(paths), CHUNK)

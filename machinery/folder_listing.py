@@ -416,7 +416,7 @@ def names_of(root, ids, warn=_stderr):
             continue
         table = {}
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8-sig", errors="replace") as f:  # (Notepad's BOM)
                 for line in f:
                     key, _, rest = line.strip().replace("\t", " ", 1).partition(" ")
                     table[key] = rest.split(",")[0].strip() or key

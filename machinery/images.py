@@ -10,11 +10,18 @@ this file reads pictures where PyTorch is not installed: the demo Space of expor
     square = load_image("cat.jpg")               # uint8 (32, 32, 3) RGB
     x = normalize(square[None], mean, std)       # float (1, 3, 32, 32), channels_last
 """
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
 
-def load_image(image, size=32):
+# What Pillow may open: raster formats alone (Image.open would hand an EPS, even named
+# .png, to Ghostscript where it is installed). JPEG's reader takes the MPO of phones too.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM")
+
+
+def load_image(image, size=32, max_pixels=None):
     """A file path, PIL image or uint8 array (H, W), (H, W, 3) or (H, W, 4), of any size ->
     uint8 (size, size, 3) RGB, the way a viewer shows it: turned by its EXIF orientation (a
     phone stores a portrait photo as a landscape picture plus that tag), then the largest
@@ -31,7 +38,13 @@ def load_image(image, size=32):
     elif isinstance(image, Image.Image):
         image = as_shown(ImageOps.exif_transpose(image))
     else:
-        with Image.open(image) as f:  # OSError for unreadable or non-image files
+        with warnings.catch_warnings():  # (Pillow's warning past 89 megapixels: said below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            f = Image.open(image, formats=FORMATS)  # OSError for unreadable or non-image files
+        with f:
+            if max_pixels and f.width * f.height > max_pixels:
+                raise Image.DecompressionBombError(
+                    f"{f.width} x {f.height} pixels, more than the {max_pixels:,} allowed")
             f.draft("RGB", (size, size))  # a no-op for every format but JPEG
             image = as_shown(ImageOps.exif_transpose(f))
     w, h = image.size
@@ -56,16 +69,25 @@ def as_shown(image):
     48-bit RGB (PNG, TIFF) is already 8-bit RGB when Pillow opens it; CMYK, YCbCr, LAB,
     palettes and 1-bit pictures go through Pillow's own conversions."""
     if image.mode in SIXTEEN_BIT:
-        grey = np.asarray(image).astype(np.int64)
+        grey = np.asarray(image)
         if image.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
             raise UnreadableMode(f"32-bit integer pixels ({grey.min()}..{grey.max()}), "
                                  f"beyond 16 bits: no agreed brightness scale")
-        return Image.fromarray(((grey + 128) // 257).astype(np.uint8), "L").convert("RGB")
+        out = np.empty(grey.shape, np.uint8)
+        for r in range(0, len(grey), 1024):  # a block of rows at a time: a 100-megapixel scan
+            out[r:r + 1024] = (grey[r:r + 1024].astype(np.uint32) + 128) // 257  # needs no GBs
+        if "transparency" in image.info:  # a 16-bit grey that is transparent: the page's white
+            out[grey == image.info["transparency"]] = 255
+        return Image.fromarray(out, "L").convert("RGB")
     if image.mode == "F":
         raise UnreadableMode("floating-point pixels (mode F): no agreed brightness scale")
     if image.mode == "LAB":
         return Image.fromarray(lab_to_srgb(np.asarray(image)), "RGB")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        key = image.info.get("transparency")
+        if image.mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+            image = image.copy()  # a 48-bit PNG's transparent colour, in 16-bit values
+            image.info["transparency"] = tuple(v >> 8 for v in key)
         over = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(over, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")

@@ -23,13 +23,26 @@ def sha256(path):
 
 
 def written(folder):
-    """{relative path: SHA-256} the manifest names; {} without one (or one unreadable)."""
+    """{relative path: SHA-256} the manifest names; {} without one (or one unreadable). A
+    name that leads out of the folder (absolute, .., through a link) is no name of its: a
+    manifest travels with the folder (a Space's is pushed and cloned), and one crafted
+    must not make a tool remove or replace files elsewhere."""
     try:
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
             files = json.load(f).get("files", {})
-        return files if isinstance(files, dict) else {}
     except (OSError, ValueError, AttributeError):
         return {}
+    if not isinstance(files, dict):
+        return {}
+    return {name: h for name, h in files.items() if isinstance(name, str) and inside(folder, name)}
+
+
+def inside(folder, name):
+    """Whether `name` is a path within `folder`, no link on the way out of it."""
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        return False
+    real = os.path.realpath(os.path.join(folder, os.path.dirname(name)))
+    return os.path.commonpath([real, os.path.realpath(folder)]) == os.path.realpath(folder)
 
 
 def unchanged(folder, name, mine):

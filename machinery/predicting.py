@@ -57,6 +57,9 @@ def as_classifier(model, ckpt, source):
     if note:
         warnings.warn(f"{source}: {note}", stacklevel=3)
     classes = model.fc.out_features
+    if not 8 <= int(ckpt["image_size"]) <= 1024:
+        raise CheckpointError(f"{source}: its image_size {ckpt['image_size']} is no picture size "
+                              f"this repo trains at (16 to 128)")
     for key in ("class_names", "class_ids"):
         if ckpt.get(key) is not None and len(ckpt[key]) != classes:
             raise CheckpointError(f"{source}: its {key} name {len(ckpt[key])} classes, and its "

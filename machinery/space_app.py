@@ -20,6 +20,8 @@ import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -83,10 +85,12 @@ def classifier(model, folder):
     lock = threading.Lock()
 
     def classify(path):
+        if isinstance(path, Unreadable):  # a pasted picture Gradio could not decode
+            return {}, None, f"**Could not read it:** {reason(path.error)}."
         if not path:
             return {}, None, "Drop a picture above first."
-        try:
-            square = load_image(path, model.size)
+        try:  # (past Pillow's 89-megapixel warning: a visitor's 16-bit scan could take GBs)
+            square = load_image(path, model.size, max_pixels=Image.MAX_IMAGE_PIXELS)
         except Exception as e:  # noqa: BLE001 -- Pillow raises many kinds for a broken file
             return {}, None, f"**Could not read it:** {reason(e)}."
         with lock:
@@ -133,16 +137,28 @@ def picture_input():
     def as_uploaded(payload):
         if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
             return str(payload.path)
-        return opened(payload)  # a pasted picture, as a data URL
+        try:
+            return opened(payload)  # a pasted picture, as a data URL
+        except Exception as e:  # noqa: BLE001 -- Gradio's decode raises what Pillow raises
+            return Unreadable(e)
     picture.preprocess = as_uploaded
     return picture
+
+
+class Unreadable:
+    """A picture Gradio could not decode before the page's function saw it."""
+
+    def __init__(self, error):
+        self.error = error
 
 
 def page(model, folder, examples=(), title="What does the network see?"):
     """The Gradio page for a model (OnnxModel, or the repo's app.TorchModel); the pictures
     it shows are written into `folder`, the one folder it may serve (see serve)."""
     import gradio as gr
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # delete_cache: Gradio keeps every upload and every answer's picture in its cache
+    # folder for good unless told; an hour's are kept, what is older goes every 10 minutes
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(f"# {title}\n{model.summary}")
         with gr.Row():
             with gr.Column():
@@ -178,13 +194,51 @@ def copied(pictures, folder):
     return out
 
 
+class PageError(Exception):
+    """The page cannot be served where it was asked to be: one line, exit status 2."""
+
+
+def address(host=None, port=None):
+    """(host, port) to serve on: the flags, else GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
+    (Docker images and hosting services set them), else PORT (Cloud Run's, Heroku's), else
+    127.0.0.1 and None (Gradio's 7860, or the next free port). A port asked for is that
+    port or an error, never silently another: a port mapping would point at nothing."""
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    given = [(f"--port {port}", port)] if port is not None else [
+        (f"{k}={os.environ[k]}", os.environ[k]) for k in ("GRADIO_SERVER_PORT", "PORT") if os.environ.get(k)]
+    if not given:
+        return host, None
+    what, value = given[0]
+    if not str(value).isdigit() or not 1 <= int(value) <= 65535:
+        raise PageError(f"{what}: a port is a number from 1 to 65535")
+    try:
+        socket.getaddrinfo(host, int(value))
+    except socket.gaierror:
+        raise PageError(f"cannot serve on host {host}: no such address on this machine "
+                        f"(--host or GRADIO_SERVER_NAME; 0.0.0.0 is every network)") from None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, int(value)))
+        except OSError as e:
+            raise PageError(f"cannot serve on {host}:{value} ({what}): {e.strerror}; "
+                            f"another page or program may hold it") from None
+    return host, int(value)
+
+
 def serve(model, examples, folder, host=None, port=None, share=False):
     """The page, served until stopped. Gradio may serve files from `folder` only (the
     examples and the answers' pictures): never the folders the examples came from. Host
-    and port: None leaves them to GRADIO_SERVER_NAME and GRADIO_SERVER_PORT (or 127.0.0.1
-    and 7860), as Docker images and hosting services set them."""
+    and port: see address()."""
+    host, port = address(host, port)
     page(model, folder, examples).queue(default_concurrency_limit=4).launch(
         server_name=host, server_port=port, share=share, allowed_paths=[folder])
+
+
+def stop_cleanly_on_sigterm():
+    """`docker stop`, systemd and `kill` send SIGTERM: end as Ctrl-C does, so the page's
+    folder (its visitors' pictures) is removed. (A command's __main__ only: a notebook's
+    kernel keeps its own handlers.)"""
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))
 
 
 def main(argv=None):
@@ -193,13 +247,18 @@ def main(argv=None):
     p.add_argument("--onnx", default=os.path.join(here, "model.onnx"), help="default: model.onnx beside this file")
     p.add_argument("--host", default=None, help="default 127.0.0.1, or GRADIO_SERVER_NAME")
     p.add_argument("--port", type=int, default=None,
-                   help="default 7860, or GRADIO_SERVER_PORT (what Spaces and Docker set)")
+                   help="default 7860, or GRADIO_SERVER_PORT, or PORT (what Spaces, Docker and "
+                        "hosts set)")
     p.add_argument("--share", action="store_true", help="a public link (from Colab, say)")
     args = p.parse_args(argv)
-    port = args.port or (int(os.environ["PORT"]) if os.environ.get("PORT") else None)
-    model, folder = OnnxModel(args.onnx), page_folder()
-    examples = copied(pictures_in(os.path.join(here, "examples")), folder)
-    serve(model, examples, folder, args.host, port, args.share)
+    try:
+        address(args.host, args.port)  # (before gradio: its import fails on a port of letters)
+        model, folder = OnnxModel(args.onnx), page_folder()
+        examples = copied(pictures_in(os.path.join(here, "examples")), folder)
+        serve(model, examples, folder, args.host, args.port, args.share)
+    except PageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -217,4 +276,5 @@ def pictures_in(folder):
 
 
 if __name__ == "__main__":
+    stop_cleanly_on_sigterm()
     sys.exit(main())

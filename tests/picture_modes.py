@@ -53,15 +53,23 @@ def _saved(image, folder, name, **kw):
     return path
 
 
-def png16_rgb(path, rgb16):
-    """A 48-bit RGB PNG (Pillow writes none): uint16 (H, W, 3) samples."""
+def png16_rgb(path, rgb16, transparent=None):
+    """A 48-bit RGB PNG (Pillow writes none): uint16 (H, W, 3) samples; transparent: the
+    16-bit colour its tRNS chunk makes transparent."""
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     h, w = rgb16.shape[:2]
     rows = b"".join(b"\0" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    trns = chunk(b"tRNS", struct.pack(">HHH", *transparent)) if transparent else b""
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+                     + trns + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     return path
+
+
+def _white_where(twin, colour):
+    out = twin.copy()
+    out[(twin == colour).all(-1)] = 255
+    return out
 
 
 def tiff16_rgb(path, rgb16):
@@ -127,6 +135,12 @@ MODES = {
     "LAB (TIFF)": lambda f: (_saved(Image.fromarray(LAB_RGB).convert("LAB"), f, "lab.tif"), LAB_RGB),
     "RGB, 48-bit PNG": lambda f: (png16_rgb(f / "rgb48.png", RGB.astype(np.uint16) * 257), RGB),
     "RGB, 48-bit TIFF": lambda f: (tiff16_rgb(f / "rgb48.tif", RGB.astype(np.uint16) * 257), RGB),
+    "I;16 with a transparent grey (PNG)": lambda f: (
+        _saved(Image.fromarray(GREY.astype(np.uint16) * 257), f, "grey16-trns.png",
+               transparency=GREYS[2] * 257), _white_where(grey3(GREY), GREYS[2])),
+    "RGB, 48-bit PNG with a transparent colour": lambda f: (
+        png16_rgb(f / "rgb48-trns.png", RGB.astype(np.uint16) * 257,
+                  transparent=tuple(v * 257 for v in COLOURS[11])), _white_where(RGB, COLOURS[11])),
     "F (32-bit float TIFF): refused": lambda f: (
         _saved(Image.fromarray(GREY.astype(np.float32) / 255), f, "float.tif"),
         ("error", "floating-point pixels")),

@@ -59,7 +59,7 @@ def exported(smoke_run, tmp_path_factory):
 def test_both_formats_hold_the_preprocessing_and_match_pytorch(exported):
     ckpt_path, stem, said = exported
     lines = said.strip().splitlines()
-    assert lines[0].startswith(f"exporting {ckpt_path} (epoch 1); checking on 64 cifar100 test")
+    assert lines[0].startswith(f"exporting {ckpt_path} (epoch 1); checking on 64 cifar100-format test images, generated (--smoke)")
     for fmt, line in zip(("onnx", "pt2"), lines[1:]):
         diff = float(re.search(r"top-1 identical, max \|probability difference\| (\S+)$", line)[1])
         assert line.startswith(f"{stem}.{fmt}: {fmt} (") and diff <= export.TOLERANCE

@@ -81,4 +81,65 @@ def test_a_missing_example_is_one_line_before_the_model_loads(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: --examples: {tmp_path / 'gone.jpg'} is not a file that can be read"]
+        f"error: --examples: {tmp_path / 'gone.jpg'} is not a file"]
+
+
+EXAMPLES_REFUSED = [  # (case, what --examples gets, the line says)
+    ("a .env", ".env", "is not a picture the page can read"),
+    ("a link to a secret, named .png", "link.png", "is not a picture the page can read"),
+    ("a folder", "folder", "is not a file"),
+]
+
+
+@pytest.mark.parametrize("case, name, says", EXAMPLES_REFUSED, ids=[r[0] for r in EXAMPLES_REFUSED])
+def test_examples_that_are_not_pictures_are_refused_before_anything_is_served(tmp_path, case,
+                                                                              name, says):
+    (tmp_path / ".env").write_text("SECRET=1\n")
+    (tmp_path / "secret.txt").write_text("root:x:0:0\n")
+    os.symlink(tmp_path / "secret.txt", tmp_path / "link.png")
+    (tmp_path / "folder").mkdir()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
+                           tmp_path / "none.pt", "--examples", tmp_path / name],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+PORTS = [  # (case, flags, environment, the line says)
+    ("a port out of range", ["--port", "70000"], {}, "a port is a number from 1 to 65535"),
+    ("GRADIO_SERVER_PORT not a number", [], {"GRADIO_SERVER_PORT": "abc"}, "GRADIO_SERVER_PORT=abc"),
+    ("a host that does not exist", ["--host", "bogus.invalid", "--port", "7999"], {},
+     "cannot serve on host bogus.invalid"),
+]
+
+
+@pytest.mark.parametrize("case, flags, env, says", PORTS, ids=[r[0] for r in PORTS])
+def test_a_port_or_host_that_cannot_serve_is_one_line(tmp_path, case, flags, env, says):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
+                           tmp_path / "none.pt", *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_line_not_another_port(tmp_path):
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
+                               tmp_path / "none.pt"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "GRADIO_SERVER_PORT": str(port)})
+    assert proc.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_sigterm_removes_the_pages_folder(smoke_run, tmp_path):
+    """docker stop, systemd and kill send SIGTERM: the visitors' pictures go as on Ctrl-C."""
+    import signal
+    best = smoke_run[0] / "checkpoints" / "best_model.pt"
+    env = {"TMPDIR": str(tmp_path)}
+    proc, url = serve([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint", str(best),
+                       "--no-gradcam"], cwd=ROOT, env=env)
+    assert [p for p in os.listdir(tmp_path) if p.startswith("page-")]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("page-")]

@@ -49,18 +49,19 @@ def test_the_card_replaces_only_its_own_card_without_force(best, tmp_path, what,
     assert (out.read_text() != before) == replaced
     if not replaced:
         assert proc.stderr.strip().splitlines() == [
-            f"error: refusing to replace {out}: it is not a card export.py wrote (a hand-written "
-            f"card, say); add --force to replace it, or choose another --out"]
+            f"error: refusing to replace {out}: not a model card export.py wrote, or changed "
+            f"since (by hand, or a Space's card); add --force to replace it, or choose another --out"]
     assert os.listdir(tmp_path) == ["README.md"]  # no temporary file left
 
 
-def test_a_card_it_wrote_is_replaced_and_says_so(best, tmp_path):
+def test_a_card_it_wrote_is_replaced_and_one_edited_since_is_not(best, tmp_path):
     out = tmp_path / "card.md"
     assert run_here("export.py", best, "--format", "card", "--out", out).returncode == 0
-    assert "<!-- written by export.py from best_model.pt" in out.read_text()
-    out.write_text(out.read_text().replace("# Enhanced", "# Old"))
+    assert "<!-- written by export.py as model card from best_model.pt, digest" in out.read_text()
     assert run_here("export.py", best, "--format", "card", "--out", out).returncode == 0
-    assert "# Old" not in out.read_text()
+    out.write_text(out.read_text().replace("## Use", "## Use (my notes)"))
+    proc = run_here("export.py", best, "--format", "card", "--out", out)
+    assert proc.returncode == 2 and "(my notes)" in out.read_text()
 
 
 CARDS = [  # (case, checkpoint changes, kind, what the front matter must hold / lack)
@@ -146,3 +147,85 @@ def test_the_spaces_page_serves_on_gradios_own_port(best, tmp_path):
                       env={"PYTHONPATH": "", "GRADIO_SERVER_PORT": str(port)}, port=port)
     stop(proc)
     assert url.endswith(f":{port}/")
+
+
+def test_a_spaces_card_is_not_replaced_by_a_model_card(best, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(card(torch.load(best, weights_only=True), kind="space"))
+    proc = run_here("export.py", best, "--format", "card", "--out", readme)
+    assert proc.returncode == 2 and "sdk: gradio" in readme.read_text()
+
+
+def test_a_card_replaces_a_link_never_the_file_it_points_to(best, tmp_path):
+    (tmp_path / "precious.md").write_text(HAND_WRITTEN)
+    os.symlink(tmp_path / "precious.md", tmp_path / "README.md")
+    assert run_here("export.py", best, "--format", "card", "--out", tmp_path / "README.md",
+                    "--force").returncode == 0
+    assert (tmp_path / "precious.md").read_text() == HAND_WRITTEN
+    assert not os.path.islink(tmp_path / "README.md")
+
+
+def test_an_export_never_replaces_a_checkpoint_even_with_force(best, tmp_path):
+    other = tmp_path / "other.pt"
+    shutil.copy(best, other)
+    blob = other.read_bytes()
+    proc = run_here("export.py", best, "--out", other, "--force")
+    assert proc.returncode == 2 and "it is a checkpoint" in proc.stderr
+    assert other.read_bytes() == blob
+
+
+def test_a_bare_state_dict_and_a_windows_path_make_no_claims(best, tmp_path):
+    ckpt = torch.load(best, weights_only=True)
+    bare = {"model_state_dict": ckpt["model_state_dict"], "class_names": ckpt["class_names"],
+            "mean": ckpt["mean"], "std": ckpt["std"], "image_size": 32}
+    text = card(bare)
+    assert "datasets" not in front(text) and "model-index" not in front(text)
+    assert "no training history" in text and "epoch | -1" not in text
+    win = _real(best, data_dir="C:\\Users\\alice\\secret\\data")
+    assert "alice" not in card(win) and "--data-dir data" in card(win)
+    assert "--data-dir" not in card(_real(best, data_dir="./data"))  # the default, unreduced
+
+
+@pytest.mark.slow
+def test_a_manifest_cannot_send_a_space_export_out_of_its_folder(best, tmp_path):
+    out = tmp_path / "space"
+    assert _space(best, out).returncode == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("")
+    mine = own_files.written(out)
+    mine.update({str(victim): own_files.sha256(victim), "../victim.txt": own_files.sha256(victim)})
+    import json
+    (out / own_files.MANIFEST).write_text(json.dumps({"files": mine}))
+    assert _space(best, out).returncode == 0 and victim.exists()
+
+
+@pytest.mark.slow
+def test_a_space_export_that_fails_half_way_leaves_the_earlier_one_whole(best, tmp_path, monkeypatch):
+    from machinery import metrics
+    out = tmp_path / "space"
+    assert _space(best, out).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def stopped(*a, **k):  # Ctrl-C while the curves are drawn, after model.onnx was made
+        raise KeyboardInterrupt
+    monkeypatch.setattr(metrics, "write_metrics", stopped)
+    proc = _space(best, out)
+    assert proc.returncode == 130 and "nothing was changed" in proc.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in os.listdir(out) if p.startswith(".export-")]
+
+
+@pytest.mark.slow
+def test_the_exported_files_name_no_folder_of_this_machine(best, tmp_path):
+    import zipfile
+    assert run_here("export.py", best, "--format", "all", "--out", tmp_path / "m").returncode == 0
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__))).encode()
+    assert here not in (tmp_path / "m.onnx").read_bytes()
+    with zipfile.ZipFile(tmp_path / "m.pt2") as z:
+        assert not [n for n in z.namelist() if here in z.read(n)]
+
+
+def test_an_out_that_is_a_folder_is_one_line(best, tmp_path):
+    for flags in (["--out", f"{tmp_path}/"], ["--format", "card", "--out", tmp_path]):
+        proc = run_here("export.py", best, *flags)
+        assert proc.returncode == 2 and "is a folder" in proc.stderr, proc.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import train_here
+from conftest import ROOT, train_here
 from machinery import data, folder_cache, imagefolder
 from machinery.cifar import DataError
 
@@ -148,3 +148,43 @@ def test_a_smoke_runs_files_stay_when_the_next_run_fails_its_checks(tmp_path):
     proc = train_here("--data-dir", tmp_path / "no-such-data", "--no-download", "--out-dir", out)
     assert proc.returncode == 2 and sorted(os.listdir(folder)) == before, proc.stderr
     assert np.all([f.endswith((".pt", ".lock")) for f in before])
+
+
+def _children(pid):
+    """The ids of the processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_decoding_workers_end_with_a_run_killed_while_they_decode(tmp_path):
+    for c in ("a", "b"):
+        folder = _mkdir(tmp_path / "train" / c)
+        for i in range(folder_cache.POOL_FROM // 2 + 200):
+            Image.new("RGB", (64, 64), (i % 256, 40 if c == "a" else 200, 0)).save(folder / f"{i}.png")
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from machinery import imagefolder\n"
+            "imagefolder.Folder(%r, workers=2).read('train')\n") % (ROOT, str(tmp_path))
+    run = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.monotonic() + 60, []
+        while len(workers) < 2 and time.monotonic() < deadline and run.poll() is None:
+            workers = _children(run.pid)
+            time.sleep(0.05)
+        assert len(workers) >= 2, "no decoding workers started"
+        run.kill()  # as kill -9 or the out-of-memory killer
+        run.wait()
+        time.sleep(1)
+        assert [w for w in workers if os.path.exists(f"/proc/{w}")
+                and "Z" not in open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0]] == []
+    finally:
+        run.kill()

@@ -60,3 +60,23 @@ def test_the_folder_cache_reads_every_mode_as_load_image_does(tmp_path):
     for name, (_, twin) in made.items():
         if isinstance(twin, tuple):
             assert twin[1] in warning, (name, warning)
+
+
+def test_postscript_is_never_opened_whatever_its_name(tmp_path):
+    """Pillow hands PostScript to Ghostscript where it is installed: not a picture here."""
+    from PIL import UnidentifiedImageError
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "x.eps")
+    (tmp_path / "x.png").write_bytes((tmp_path / "x.eps").read_bytes())
+    for name in ("x.eps", "x.png"):
+        with pytest.raises(UnidentifiedImageError):
+            load_image(tmp_path / name)
+
+
+def test_a_picture_past_the_limit_is_refused_from_its_header(tmp_path):
+    """What the page allows (Pillow's 89-megapixel warning, there an error): known from the
+    header, before a byte of the picture is decoded."""
+    from PIL import Image as PILImage
+    from test_app import _png  # a PNG that says 12,000 x 12,000 with a tiny body
+    big = _png(tmp_path / "big.png", 12_000, 12_000)
+    with pytest.raises(PILImage.DecompressionBombError, match="12000 x 12000 pixels"):
+        load_image(big, max_pixels=PILImage.MAX_IMAGE_PIXELS)
