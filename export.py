@@ -207,11 +207,11 @@ def check_out(out, fmt, checkpoint, force=False):
         raise CheckpointError(f"cannot write {out}: {folder} cannot be written to")
     if not os.path.lexists(out):
         return
-    if is_checkpoint_file(out):  # this one or another: an export never replaces a checkpoint
-        raise CheckpointError(f"refusing to write {out}: it is a checkpoint; choose another --out")
     if os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
         raise CheckpointError(f"refusing to write {out}: it is the checkpoint being exported; "
                               f"choose another --out")
+    if is_checkpoint_file(out):  # another one: an export never replaces a checkpoint either
+        raise CheckpointError(f"refusing to write {out}: it is a checkpoint; choose another --out")
     if not os.path.isfile(out) or not (force or is_export(out, fmt)):
         kind = {"onnx": "an ONNX", "pt2": "a .pt2"}[fmt]
         raise CheckpointError(f"refusing to write {out}: it exists and is not {kind} export; "

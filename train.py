@@ -40,14 +40,15 @@ from machinery.evaluation import evaluate_checkpoint, final_test, finish
 from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped,
                                 changing_state, describe, one_line, report)
 from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, open_table,
-                            setup_logging, start_epoch_table)
+                            setup_logging, start_epoch_table, table_file)
 from machinery.metrics import LiveMetrics, write_metrics
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
-from machinery.run_folder import carry_best, claim, new_run_id, others_periodic, resumed_here
+from machinery.run_folder import (carry_best, claim, folder_of, new_run_id, others_periodic,
+                                  resumed_here)
 from machinery.runlock import holding_out_dir
-from machinery.runtime import (BufferSnapshot, Runtime, TrainingNetwork, channels_last_crashes,
-                               default_workers, evaluate, fresh_gradients, init_distributed,
-                               make_runtime)
+from machinery.runtime import (INPUT_BOUND, BufferSnapshot, Runtime, TrainingNetwork,  # noqa: F401
+                               channels_last_crashes, check_input, default_workers, evaluate,
+                               fresh_gradients, init_distributed, make_runtime)
 from machinery.workers import chosen_workers
 from model import ResNet, count_parameters, model_from_checkpoint
 
@@ -386,25 +387,33 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=(), claim_folder=None):
         epoch, step, progress = resume_into(run, resume_ckpt, resume_path, given)
     elif cfg.init_from:
         log.info(init_from_checkpoint(run.net, cfg.init_from))
+    log_file = table_file(cfg)  # (a log that cannot be opened: said before the folder is claimed)
     if claim_folder:  # only now may another run's files be moved aside or replaced
         claim_folder()
-    open_table(cfg)
+    open_table(log_file)
     start_epoch_table(cfg)
     claim_files(run, resume_ckpt, resume_path)
     run.events = tensorboard_events.for_run(cfg, dist.main, epoch * steps_per_epoch(run.train_loader)
                                             + step, run.extra["tensorboard_run"], log.info, log.warning)
     try:
         with GracefulStop() as stop:
-            last = train_loop(run, epoch, progress, stop) or resume_ckpt
-    except KeyboardInterrupt:
+            trained = train_loop(run, epoch, progress, stop)
+    except KeyboardInterrupt as e:
         if dist.main:
             print(f"\nstopped at once; continue with: {resume_command(cfg)}", file=sys.stderr)
+        e.said = True
         raise
     finally:  # persistent workers would otherwise outlive a failure, and exit could wait on them
         data.shutdown_workers(run.train_loader, run.eval_loader)
         run.writer.join()  # the last epoch's files, complete before anything reads them
         run.events.flush()  # the curves so far, even if training failed
     run.writer.wait()  # (and a failed write is an error)
+    last = trained or resume_ckpt
+    if not trained and resume_ckpt and dist.main and not resumed_here(resume_path, cfg.out_dir):
+        # nothing left to train, in a new folder: its last.pt says where the run stands, or
+        # --resume auto there would start again
+        save_checkpoint(to_host(run.checkpoint(dict(zip(("epoch", "step"), (epoch, step))))),
+                        os.path.join(cfg.out_dir, "checkpoints", "last.pt"))
     if last is None or not run.hist["train_acc"]:
         raise UserError("no epoch has been completed, so there is nothing to report")
     try:
@@ -540,22 +549,6 @@ def target_reached(hist, cfg):
     return bool(cfg.target_accuracy and acc and max(acc) >= cfg.target_accuracy)
 
 
-def check_input(run, epoch, waited, seconds):
-    """Say once per run when the GPU waits for the data loader's workers (too few CPU
-    cores for the augmentation at the GPU's speed), and what to do about it."""
-    share = waited / max(seconds, 1e-9)
-    if run.rt.device.type != "cuda" or run.cfg.aug_on_device or share < INPUT_BOUND or run.said_input:
-        return
-    run.said_input = True
-    log.warning(f"warning: the GPU waited for training batches {share:.0%} of epoch {epoch}: "
-                f"{run.workers} CPU workers cannot augment as fast as it trains; --aug-on-device "
-                f"augments whole batches on the GPU instead (same distribution; it is part of "
-                f"the recipe, so for a new run, or --resume-force)")
-
-
-INPUT_BOUND = 0.1  # share of an epoch spent waiting for batches that is worth a warning
-
-
 def end_epoch(run, epoch, progress, started, clock):
     """Evaluate, record, save and log a completed epoch; bring the metric files up to date.
     started: (time.monotonic() at the epoch's start, images trained since);
@@ -630,6 +623,8 @@ def run(args, modes):
         print(f"metrics and plots: {write_metrics(ckpt, os.path.join(out_dir, 'training_metrics_from_ckpt'))}")
         return 0
     resume, ckpt = pick_resume(modes["resume"], out_dir, say=env_rank() == 0)
+    if ckpt and modes["resume"] != "auto" and "out_dir" not in args and folder_of(resume):
+        args = {**args, "out_dir": folder_of(resume)}  # on in the folder the file is in
     why = ckpt and why_not_resumable(ckpt)
     if why:
         raise CheckpointError(f"{resume} cannot be resumed: {why}")
@@ -675,7 +670,9 @@ def main(argv=None):
         if env_rank() == 0:
             print(f"stopped by {signal.Signals(e.signum).name}: {e}", file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if not getattr(e, "said", False):
+            print("stopped before training began: nothing was written", file=sys.stderr)
         return 130
     except Crashed as e:  # what could be kept is saved; the message says what and where
         return report(e.cause, str(e), e.out_dir, error, debug)

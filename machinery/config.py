@@ -153,7 +153,9 @@ def flags():
 def build_parser():
     # SUPPRESS: only flags given on the command line appear in the result, so presets and
     # a resumed run's config can tell what the user asked for explicitly.
-    p = Parser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
+    # allow_abbrev off: `--epoch 3` is a typo to refuse, not --epochs 3 taken silently
+    p = Parser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS,
+               allow_abbrev=False)
     for f in flags():
         flag = "--" + f.name.replace("_", "-")
         default = " ".join(map(str, f.default)) if f.type is list else f.default
@@ -234,6 +236,8 @@ def _norm(v):
 def validate(cfg):
     checks = [
         (cfg.epochs >= 1, "epochs", "at least 1"),
+        (cfg.out_dir.strip() != "", "out_dir", "a folder's name ('.' for this one)"),
+        (cfg.data_dir.strip() != "", "data_dir", "a folder's name"),
         (cfg.batch_size >= 1, "batch_size", "at least 1"),
         (cfg.accum_steps >= 1, "accum_steps", "at least 1"),
         (cfg.accum_steps < 1 or cfg.batch_size % cfg.accum_steps == 0, "batch_size",

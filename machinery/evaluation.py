@@ -129,18 +129,19 @@ def finish(run, last, x_test, y_test, rebuild):
     log.info(f"metrics and plots: {folder}")
     if len(x_test):  # (an image folder may have no test/)
         best_path = os.path.join(cfg.out_dir, "checkpoints", "best_model.pt")
-        model, best = rebuild(best_path if os.path.isfile(best_path) else last, rt.device)
+        which = "best" if os.path.isfile(best_path) else "last"  # (a folder without one)
+        model, best = rebuild(best_path if which == "best" else last, rt.device)
         fill_metadata(best)  # a continued reference run's best model may still be its file
         loader = data.make_test_loader(x_test, y_test, cfg.eval_batch_size)
         logits, labels = collect_logits(model.to(memory_format=rt.memory_format), loader, rt)
         write_report(logits, labels, best["class_names"], cfg.dataset, folder)
         run.events.image("test/confusion_matrix", os.path.join(folder, "confusion_matrix.png"), step)
-        log.info(f"the best model's per-class test accuracy and confusion matrix: {folder}")
+        log.info(f"the {which} model's per-class test accuracy and confusion matrix: {folder}")
         if cfg.gradcam_images:
             out = os.path.join(cfg.out_dir, "gradcam_outputs")
             gradcam.explain_test_images(model, best, x_test, y_test, out, cfg.gradcam_images)
             run.events.image("gradcam", os.path.join(out, "gradcam_grid.png"), step)
-            log.info(f"Grad-CAM of the best model (epoch {best['epoch']}, "
+            log.info(f"Grad-CAM of the {which} model (epoch {best['epoch']}, "
                      f"{best['test_accuracy']:.2f}%): {out}")
     split = cfg.eval_split
     results = {f"hparam/best_{split}_accuracy": last.get("best_accuracy"),

@@ -40,12 +40,19 @@ def setup_logging(cfg, resumed_from=None, enabled=True):
     table.info(f"\n### Run started {started}" + (f", resumed from {resumed_from}" if resumed_from else ""))
 
 
-def open_table(cfg):
-    """From now on the table goes to <out-dir>/training_logs.md, what was held back first."""
+def table_file(cfg):
+    """The handler of <out-dir>/training_logs.md, opened for appending now (rank 0; None on
+    the others): a log that cannot be opened stops the run before it claims its folder."""
+    if not any(isinstance(h, logging.handlers.MemoryHandler) for h in table.handlers):
+        return None
+    return logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md"))
+
+
+def open_table(file):
+    """From now on the table goes to `file` (table_file's), what was held back first."""
     held = [h for h in table.handlers if isinstance(h, logging.handlers.MemoryHandler)]
-    if not held:  # (ranks other than 0)
+    if file is None:
         return
-    file = logging.FileHandler(os.path.join(cfg.out_dir, "training_logs.md"))
     for h in held:
         h.setTarget(file)
         h.close()  # (writes what it holds)

@@ -156,6 +156,19 @@ def carry_best(resume_path, resumed, out_dir):
     return source
 
 
+def folder_of(path):
+    """The run folder a checkpoint file lies in: the parent of its checkpoints/ folder,
+    relative to here when it is below here; None for a file elsewhere. A run resumed from
+    a file goes on in that file's folder, wherever the command is started from (the
+    checkpoint's own --out-dir may be a relative path of another working folder)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder) != "checkpoints":
+        return None
+    run = os.path.dirname(folder)
+    near = os.path.relpath(run)
+    return run if near.startswith("..") else near
+
+
 def resumed_here(resume_path, out_dir):
     """Whether the checkpoint a run resumes lies in its own --out-dir's checkpoints/."""
     folder = os.path.join(out_dir, "checkpoints")

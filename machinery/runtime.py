@@ -442,3 +442,22 @@ def score(logits, labels, dist=None):
 
 def evaluate(model, loader, rt):
     return score(*collect_logits(model, loader, rt), rt.dist)
+
+
+# -----------------------------------------------------------------------------
+# Input: whether the GPU waits for batches
+
+def check_input(run, epoch, waited, seconds):
+    """Say once per run when the GPU waits for the data loader's workers (too few CPU
+    cores for the augmentation at the GPU's speed), and what to do about it."""
+    share = waited / max(seconds, 1e-9)
+    if run.rt.device.type != "cuda" or run.cfg.aug_on_device or share < INPUT_BOUND or run.said_input:
+        return
+    run.said_input = True
+    log.warning(f"warning: the GPU waited for training batches {share:.0%} of epoch {epoch}: "
+                f"{run.workers} CPU workers cannot augment as fast as it trains; --aug-on-device "
+                f"augments whole batches on the GPU instead (same distribution; it is part of "
+                f"the recipe, so for a new run, or --resume-force)")
+
+
+INPUT_BOUND = 0.1  # share of an epoch spent waiting for batches that is worth a warning
