@@ -50,7 +50,8 @@ def open_folder(cfg, layout=None):
         return None
     return imagefolder.Folder(cfg.data_dir, cfg.image_size, cfg.cache_dir or None,
                               workers=cfg.num_workers, labels=cfg.labels or None,
-                              label_column=cfg.label_column or None, layout=layout)
+                              label_column=cfg.label_column or None, layout=layout,
+                              skip=(cfg.out_dir,))  # a run's own folder inside its data: not data
 
 
 def folder_options(saved):
@@ -219,7 +220,7 @@ def split_validation(labels, n, seed, num_classes):
         raise DataError(f"--val-split {n} must be a positive multiple of the {num_classes} "
                         f"classes (the same number of images from each)")
     if per >= counts.min():
-        raise DataError(f"--val-split {n} would hold out {per} images per class, but a class "
+        raise DataError(f"--val-split {n} would hold out {per} image{'s' * (per != 1)} per class, but a class "
                         f"has only {counts.min()} training images")
     rng = np.random.default_rng([seed, VAL_STREAM])
     held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per]

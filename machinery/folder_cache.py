@@ -94,7 +94,8 @@ def why(error):
         return "not a picture Pillow can read"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return (str(error).splitlines() or [type(error).__name__])[0][:80]
+    text = (str(error).splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= 100 else text[:100].rsplit(" ", 1)[0] + " ..."  # (whole words)
 
 
 def decode_one(path, size):

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 
@@ -225,12 +226,12 @@ def table_for(root, split_folder, train=True):
     return None
 
 
-def _split_folders(root, labels):
+def _split_folders(root, labels, ours=frozenset()):
     """({split: folder}, the training images' table or None, flat): where each split's
     images are. "test" is what is evaluated after every epoch (test/, or val/ alone); with
     both, "val" picks the best epoch and "test" is evaluated once at the end. A flat tree
     (class folders, or one folder of images and one table) is "train" alone."""
-    names = folders_in(root)
+    names = [n for n in folders_in(root) if _identity(os.path.join(root, n)) not in ours]
     by_case = {n.lower(): n for n in names if n.lower() in SPLIT_FOLDERS}
     evals = [by_case[n] for n in EVAL_FOLDERS if n in by_case]
     where = shown(os.path.abspath(root))
@@ -303,23 +304,30 @@ def _refuse_a_split_among_classes(root, names, evals):
 # -----------------------------------------------------------------------------
 # The listing
 
-def list_folder(root, labels=None, label_column=None, warn=_stderr):
+def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
     """The Layout of a data folder (one-line DataErrors for what cannot be used; warnings,
     one line each, through `warn`). labels: a table of the training images' labels (the
-    --labels flag); label_column: its column of labels (--label-column)."""
+    --labels flag); label_column: its column of labels (--label-column); skip: folders
+    the run itself writes (--out-dir, --cache-dir), never data even inside the folder."""
     if not os.path.isdir(root):
         raise DataError(f"{shown(os.path.abspath(root))} is not a folder")
     if labels and not os.path.isfile(labels):
         raise DataError(f"--labels {shown(labels)}: no such file")
-    folders, table, flat = _split_folders(root, labels)
+    ours = {_identity(f) for f in skip if f and os.path.isdir(f)}
+    folders, table, flat = _split_folders(root, labels, ours)
+    _refuse_one_folder_twice([(f"{name}/", path) for name, path in folders.items()])
+    # the folders of the evaluation splits and of their classes: never walked into from
+    # train/ (a link train/cat/more -> test/cat would train on test images)
+    evaluated = [os.path.join(f, c) for n, f in folders.items() if n != "train" for c in folders_in(f)]
     loops, seen = [], {_identity(root)} | {_identity(f) for f in folders.values()}
+    apart = seen | {_identity(f) for f in evaluated}  # (what train/'s walk may not enter)
     train = folders["train"]
     if table:
         ids, splits = _table_split("train", train, table, label_column, None, warn)
     else:
-        ids = folders_in(train)
+        ids = [c for c in folders_in(train) if _identity(os.path.join(train, c)) not in ours]
         _check_classes(root, train, ids, flat)
-        splits = {"train": _class_split("train", train, ids, seen, loops)}
+        splits = {"train": _class_split("train", train, ids, apart, loops)}
     for name in ("val", "test"):
         if name in folders:
             split = _evaluation_split(root, name, folders[name], ids, label_column, seen, loops, warn)
@@ -349,11 +357,31 @@ def _check_classes(root, train, ids, flat):
                         f"classifier needs at least two")
 
 
-def _class_split(name, folder, ids, seen, loops):
+def _refuse_one_folder_twice(named):
+    """Two names of one folder (a link) among splits or classes: the same pictures twice,
+    as two classes, or tested on as trained on. One line naming both."""
+    first = {}
+    for label, path in named:
+        try:
+            key = _identity(path)
+        except OSError:
+            continue
+        if key in first:
+            raise DataError(f"{shown(first[key][1])} and {shown(path)} are one folder (a link): "
+                            f"its pictures would be {'two classes' if label[-1] != '/' else 'trained and tested on'}; "
+                            f"remove the link")
+        first[key] = (label, path)
+
+
+def _class_split(name, folder, ids, seen, loops, named=None):
+    """named: {class id: its folder's name here}, where they differ (Unicode's two forms
+    of é: a Mac writes one, Linux and Windows the other)."""
+    named = named or {}
+    paths = [(c, os.path.join(folder, named.get(c, c))) for c in ids]
+    _refuse_one_folder_twice([(c, p) for c, p in paths if os.path.isdir(p)])
     split = Split(name, folder)
-    classes = {_identity(os.path.join(folder, c)) for c in ids if os.path.isdir(os.path.join(folder, c))}
-    for label, cls in enumerate(ids):
-        path = os.path.join(folder, cls)
+    classes = {_identity(p) for _, p in paths if os.path.isdir(p)}
+    for label, (cls, path) in enumerate(paths):
         if not os.path.isdir(path):
             continue  # an evaluation split may lack a class
         images = walk_images(path, seen | (classes - {_identity(path)}), loops)
@@ -383,20 +411,26 @@ def _table_split(name, folder, table, label_column, known, warn):
 def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn):
     """An evaluation folder's Split: by class folders, by a table inside or beside it, or
     None (unlabeled, said in one line)."""
-    found = folders_in(folder)
+    found = {unicodedata.normalize("NFC", n): n for n in folders_in(folder)}
+    named = {i: found[unicodedata.normalize("NFC", i)] for i in ids
+             if unicodedata.normalize("NFC", i) in found}
     table = table_for(root, folder, train=False)
     if table:
         split = _table_split(name, folder, table, label_column, ids, warn)[1][name]
-    elif set(found) & set(ids):
-        unknown = sorted(set(found) - set(ids))
+    elif named:
+        unknown = sorted(set(found.values()) - set(named.values()))
         if unknown:
             raise DataError(f"{shown(folder)} has class folder{'s' * (len(unknown) > 1)} that "
                             f"train/ lacks: {', '.join(map(shown, unknown[:5]))}")
-        split = _class_split(name, folder, ids, seen, loops)
+        split = _class_split(name, folder, ids, seen, loops, named)
     else:
+        same = [(n, i) for n in found.values() for i in ids if n.casefold() == i.casefold()]
+        if same:
+            raise DataError(f"{shown(folder)}'s class folders are train/'s in another case "
+                            f"({shown(same[0][0])} for {shown(same[0][1])}): name them as in train/")
         n = len(walk_images(folder, set(seen)))
         if n:
-            warn(f"{shown(folder)}: {n:,} images without labels (no class folders of train/'s, no "
+            warn(f"warning: {shown(folder)}: {n:,} images without labels (no class folders of train/'s, no "
                  f"table): not trained or evaluated on; predict.py labels them")
             return None
         split = Split(name, folder)

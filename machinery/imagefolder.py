@@ -75,12 +75,13 @@ class Folder:
     the table's labels. layout: a listing made already (by rank 0, for the other ranks)."""
 
     def __init__(self, root, size=SIZE, cache_dir=None, warn=_stderr, workers=None,
-                 labels=None, label_column=None, layout=None):
+                 labels=None, label_column=None, layout=None, skip=()):
         if size not in SIZES:
             raise DataError(f"--image-size {size}: a multiple of 8 from {SIZES[0]} to {SIZES[-1]}")
         self.root, self.size, self.warn = root, size, warn
         self.workers = chosen_workers(workers)
-        self.layout = layout or list_folder(root, labels or None, label_column or None, warn)
+        self.layout = layout or list_folder(root, labels or None, label_column or None, warn,
+                                            (cache_dir, *skip))
         self.splits, self.flat = self.layout.splits, self.layout.flat
         self.folders = {name: s.folder for name, s in self.splits.items()}
         self.classes, self.ids = self.layout.names, self.layout.ids

@@ -3,6 +3,8 @@ mislabel, a cache that could serve stale pixels or leave a dead process's files 
 and the order of a run's checks before it moves anything aside. One row per case."""
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -188,3 +190,62 @@ def test_decoding_workers_end_with_a_run_killed_while_they_decode(tmp_path):
                 and "Z" not in open(f"/proc/{w}/stat").read().rsplit(")", 1)[1].split()[0]] == []
     finally:
         run.kill()
+
+
+LINKED = [  # (case, made after train/{cat,dog} and test/{cat,dog}, the line says)
+    ("a class linked under a second name", lambda r: os.symlink("cat", r / "train" / "kitty"),
+     "are one folder (a link)"),
+    ("test/ a link to train/", lambda r: (shutil.rmtree(r / "test"), os.symlink("train", r / "test")),
+     "are one folder (a link)"),
+    ("test/'s classes in another case", lambda r: (os.rename(r / "test" / "cat", r / "test" / "Cat"),
+                                                   os.rename(r / "test" / "dog", r / "test" / "Dog")),
+     "in another case (Cat for cat)"),
+]
+
+
+@pytest.mark.parametrize("case, make, says", LINKED, ids=[r[0] for r in LINKED])
+def test_one_folder_under_two_names_is_one_line(tmp_path, case, make, says):
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(2):
+                picture(tmp_path / split / name / f"{i}.png", (100 * c, 50, i))
+    make(tmp_path)
+    with pytest.raises(DataError, match=re.escape(says)):
+        imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+
+
+def test_a_link_from_train_into_test_is_not_trained_on(tmp_path):
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(2):
+                picture(tmp_path / split / name / f"{i}.png", (100 * c, 50, i))
+    os.symlink(tmp_path / "test" / "cat", tmp_path / "train" / "cat" / "more")
+    said = []
+    folder = imagefolder.Folder(str(tmp_path), warn=said.append)
+    assert len(folder.splits["train"].files) == 4 and "link" in " ".join(said)
+
+
+def test_a_class_folder_in_the_other_unicode_form_is_the_same_class(tmp_path):
+    import unicodedata
+    for split, form in (("train", "NFC"), ("test", "NFD")):
+        for c, name in enumerate(("café", "dog")):
+            for i in range(2):
+                picture(tmp_path / split / unicodedata.normalize(form, name) / f"{i}.png", (100 * c, 5, i))
+    folder = imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+    assert len(folder.splits["test"].files) == 4
+
+
+@pytest.mark.parametrize("where", ["out-dir", "cache-dir"])
+def test_a_runs_own_folders_inside_a_flat_data_folder_are_not_classes(tmp_path, where):
+    for c, name in enumerate(("cat", "dog")):
+        for i in range(6):
+            picture(tmp_path / "data" / name / f"{i}.png", (100 * c, 50, i))
+    mine = tmp_path / "data" / "runs"
+    run = ["--dataset", "folder", "--data-dir", tmp_path / "data", "--val-split", "2", "--blocks",
+           "1", "1", "1", "1", "--width", "8", "--epochs", "1", "--batch-size", "10",
+           "--num-workers", "0", "--gradcam-images", "0", "--target-accuracy", "0",
+           f"--{where}", mine] + (["--out-dir", tmp_path / "out"] if where == "cache-dir" else [])
+    for _ in range(2):  # the second run finds the first one's files in the data folder
+        proc = train_here(*run, *(["--resume", "auto"] if where == "out-dir" else ["--archive"]))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "classes: 2," in proc.stdout, proc.stdout
