@@ -407,6 +407,7 @@ def test_gpu_check_keeps_to_its_budget_and_writes_what_it_took(tmp_path):
     res = gpu_check.run_rows(rows, 1.5, str(path), say=lambda line: None)
     assert time.monotonic() - t0 < 5  # stopped by the alarm, not after the 30 s row
     saved = json.loads(path.read_text())
+    assert saved.pop("written_by") == "benchmarks/gpu_check.py"
     assert saved == res and not saved["complete"] and saved["budget_s"] == 1.5
     status = {r["name"]: r["status"] for r in saved["rows"]}
     assert status["quick"] == "done" and saved["rows"][0]["rate"] == 1.0
