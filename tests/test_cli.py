@@ -182,8 +182,9 @@ def test_unwritable_out_dir_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     import json
-    proc = run_script("benchmarks/throughput.py", "--quick", "--train-epochs", "1",
-                      "--json", tmp_path / "t.json")
+    # (without --train-epochs: train.py's own runs through the benchmark are gpu_check's
+    # rehearsal's, test_speed; their figures' parsing, test_the_benchmark_reads_...)
+    proc = run_script("benchmarks/throughput.py", "--quick", "--json", tmp_path / "t.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((tmp_path / "t.json").read_text())
     names = [r["name"] for r in res["rows"]]
@@ -201,13 +202,8 @@ def test_throughput_benchmark_runs_and_writes_its_table_as_json(tmp_path):
     assert res["sgd_step_ms"]["fused"] > 0 and res["sgd_step_ms"]["loop"] > 0
     assert "SGD update of the network's parameters: fused kernel" in proc.stdout
     assert res["matmul_gflops"] > 0 and res["matmul_dtype"] == "float32" and res["network"]["forward_gflops_per_image"] > 0
-    runs = res["train_runs"]  # train.py itself, its epoch lines parsed; eager twice
-    assert list(runs) == ["eager", "eager, again"]
-    assert all(r["exit"] == 0 and len(r["epochs"]) == 1 for r in runs.values())
-    assert runs["eager"]["epochs"][0]["images_per_s"] > 0
-    # on the CPU the same seed gives the same run: the noise floor here is zero
-    assert runs["eager"]["epochs"][0]["train_loss"] == runs["eager, again"]["epochs"][0]["train_loss"]
-    assert "| stage" in proc.stdout and "train.py --step-mode eager: img/s" in proc.stdout
+    assert "train_runs" not in res and res["written_by"] == "benchmarks/throughput.py"
+    assert "| stage" in proc.stdout
 
 
 def test_every_command_refuses_a_data_file_that_would_run_code(smoke_run, tmp_path):

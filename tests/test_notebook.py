@@ -1,6 +1,7 @@
 """notebooks/colab.ipynb, run as a user would in its quick mode, on the CPU."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -21,12 +22,15 @@ def test_the_notebook_carries_no_outputs():
 
 @pytest.mark.slow
 def test_the_notebook_runs_end_to_end_in_quick_mode_and_a_rerun_continues(
-        tmp_path, monkeypatch, capsys):
+        smoke_run, tmp_path, monkeypatch, capsys):
     """Every code cell in order, as 'Run all' does. Outside Colab (IN_COLAB False) the
     cells that need it (clone, install, Drive, upload) are skipped by the notebook itself;
-    the parameters cell is followed by the quick mode's settings."""
+    the parameters cell is followed by the quick mode's settings. Its --smoke training
+    goes on from the session's smoke run (a copy): the run from scratch is that run's own
+    test, and a notebook after a disconnect starts exactly so."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)
     namespace, cells = {}, code_cells()
     for i, cell in enumerate(cells):
         exec(compile("".join(cell["source"]), f"{NOTEBOOK} cell {i}", "exec"), namespace)
@@ -39,7 +43,7 @@ def test_the_notebook_runs_end_to_end_in_quick_mode_and_a_rerun_continues(
                  "training_metrics_from_ckpt/confusion_matrix.png",
                  "gradcam_outputs/gradcam_grid.png", "gradcam_outputs/gradcam_sample.png"]:
         assert (out / path).is_file(), path
-    assert "--resume auto: no checkpoint yet, starting fresh" in shown
+    assert f"--resume auto: continuing {out / 'checkpoints' / 'last.pt'}" in shown
     assert "flip TTA: top-1" in shown and "sample.png ->" in shown
     # after a disconnect the user runs the training cell again: it continues, not restarts
     train_cell = next(c for c in cells if "train.py {flags}" in "".join(c["source"]))
