@@ -95,7 +95,7 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, blocks=SEED_BLOCKS, width=SEED_WIDTH, num_classes=100, dropout=0.3,
-                 block_dropout=0.0):
+                 block_dropout=0.0, stem_pool=False):
         super().__init__()
         if len(blocks) != 4 or min(blocks) < 1 or width < 1 or num_classes < 1:
             raise ValueError(f"invalid ResNet shape: blocks={blocks} width={width} "
@@ -103,9 +103,13 @@ class ResNet(nn.Module):
         # the constructor's arguments, as checkpoints store them (build_model reads them back)
         self.model_args = {"blocks": list(blocks), "width": width, "num_classes": num_classes,
                            "dropout": dropout, "block_dropout": block_dropout}
+        if stem_pool:  # (only then: files of the seed's network keep their arguments as they were)
+            self.model_args["stem_pool"] = True
         self.conv1 = nn.Conv2d(3, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         # No max-pool here: on 32x32 inputs it would throw away 3/4 of the pixels at once.
+        # stem_pool puts ImageNet's back (3x3, stride 2; no weights) to test that claim.
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1) if stem_pool else nn.Identity()
         chans = [width * 2**i for i in range(4)]
         in_ch = width
         for i, (n, ch) in enumerate(zip(blocks, chans)):
@@ -128,7 +132,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))  # (N, w, 32, 32)
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))  # (N, w, 32, 32); 16x16 with stem_pool
         x = self.layer1(x)                    # (N, w, 32, 32)
         x = self.layer2(x)                    # (N, 2w, 16, 16)
         x = self.layer3(x)                    # (N, 4w, 8, 8)
@@ -170,7 +174,8 @@ def count_parameters(model):
 def build_model(model_args):
     """ResNet from the constructor arguments stored in a checkpoint (a plain dict)."""
     return ResNet(tuple(model_args["blocks"]), model_args["width"], model_args["num_classes"],
-                  model_args.get("dropout", 0.3), model_args.get("block_dropout", 0.0))
+                  model_args.get("dropout", 0.3), model_args.get("block_dropout", 0.0),
+                  bool(model_args.get("stem_pool", False)))
 
 
 def model_from_checkpoint(ckpt, device="cpu", expected=None):

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from machinery import data, tensorboard_events
+from machinery import data, lr_range, tensorboard_events
 from machinery.checkpoint_files import (CheckpointError, init_from_checkpoint, load_checkpoint,
                                         save_checkpoint)
-from machinery.checkpointing import (CheckpointWriter, adopt_reference, history_keys,
-                                     is_reference, make_checkpoint, pick_resume,
+from machinery.checkpointing import (CheckpointWriter, adopt_reference, claim_files,
+                                     history_keys, is_reference, make_checkpoint, pick_resume,
                                      replay_schedule, restore, resumed_line, retention,
                                      saved_lr_mismatch, save_epoch_checkpoints, settings_line,
                                      to_host, why_not_resumable)
@@ -43,12 +43,12 @@ from machinery.logs import (changed_settings, log, log_epoch, log_model_summary,
                             setup_logging, start_epoch_table, table_file)
 from machinery.metrics import LiveMetrics, write_metrics
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
-from machinery.run_folder import (carry_best, claim, folder_of, new_run_id, others_periodic,
-                                  resumed_here)
+from machinery.run_folder import claim, folder_of, resumed_here
 from machinery.runlock import holding_out_dir
 from machinery.runtime import (INPUT_BOUND, BufferSnapshot, Runtime, TrainingNetwork,  # noqa: F401
-                               channels_last_crashes, check_input, default_workers, evaluate,
-                               fresh_gradients, init_distributed, make_runtime)
+                               accumulation, channels_last_crashes, check_distributed,
+                               check_input, default_workers, evaluate, fresh_gradients,
+                               init_distributed, make_runtime)
 from machinery.workers import chosen_workers
 from model import ResNet, count_parameters, model_from_checkpoint
 
@@ -94,15 +94,7 @@ def make_optimizer(model, cfg, steps_per_epoch):
     pass (2.2x the per-tensor loop's speed on the CI machine's CPU: docs/performance.md)
     and can skip a step on the device, so no step waits for the host to read whether the
     gradients were finite."""
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=cfg.max_lr / cfg.div_factor, momentum=cfg.momentum,
-                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay, fused=True)
-    if cfg.momentum > 0:
-        # Zero buffers behave exactly like SGD's first step (buffer = gradient); without
-        # them a skipped first step (a non-finite gradient: common under AMP, whose loss
-        # scale starts high) leaves the fused kernel's new buffers uninitialised.
-        for p in params:
-            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    opt = make_sgd(model, cfg, cfg.max_lr / cfg.div_factor)
     total = cfg.epochs * steps_per_epoch
     if abs(cfg.pct_start * total - 1) < 1e-9:  # OneCycleLR divides by zero on this exact size
         raise UserError(f"--pct-start {cfg.pct_start} leaves a warm-up of one step; change "
@@ -111,6 +103,19 @@ def make_optimizer(model, cfg, steps_per_epoch):
         opt, max_lr=cfg.max_lr, total_steps=total, pct_start=cfg.pct_start,
         anneal_strategy="cos", div_factor=cfg.div_factor, final_div_factor=cfg.final_div_factor)
     return opt, sched
+
+
+def make_sgd(model, cfg, lr):
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay, fused=True)
+    if cfg.momentum > 0:
+        # Zero buffers behave exactly like SGD's first step (buffer = gradient); without
+        # them a skipped first step (a non-finite gradient: common under AMP, whose loss
+        # scale starts high) leaves the fused kernel's new buffers uninitialised.
+        for p in params:
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return opt
 
 
 def step_unless(opt, skip):
@@ -238,12 +243,9 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     try:
         for step, (x, y) in enumerate(bar, start=p["step"]):
             key = (cfg.seed, epoch, step, dist.rank)  # each rank its own, reproducible stream
-            x, y = augment_on_device(x, y, rt, cfg, key) if cfg.aug_on_device else rt.batch(x, y)
-            torch.manual_seed(data.stream_seed(key[0], data.TORCH_STREAM, *key[1:]))  # dropout
-            rng = np.random.default_rng([key[0], data.CUTMIX_STREAM, *key[1:]])
-            loss_sum, correct, bad = train_step(model, x, y, opt, sched, scaler, rt, cfg, rng)
+            loss_sum, correct, bad, n = keyed_step(model, x, y, opt, sched, scaler, rt, cfg, key)
             with changing_state():  # the step is counted together with its update
-                tally.add(loss_sum, correct, bad, len(x))
+                tally.add(loss_sum, correct, bad, n)
                 p["step"] = step + 1
                 kept.take()
             signalled = stop is not None and stop.signum is not None
@@ -271,6 +273,16 @@ def train_epoch(model, loader, opt, sched, scaler, rt, cfg, epoch, progress, sto
     p, longest = tally.settle(p, dist)
     check_finite(longest, epoch, p["step"] - 1)
     return p
+
+
+def keyed_step(model, x, y, opt, sched, scaler, rt, cfg, key):
+    """train_step on a loader's batch, every random choice (augmentation on the device,
+    dropout, CutMix) drawn from key = (seed, epoch, step, rank). Returns train_step's
+    tensors and the batch's size."""
+    x, y = augment_on_device(x, y, rt, cfg, key) if cfg.aug_on_device else rt.batch(x, y)
+    torch.manual_seed(data.stream_seed(key[0], data.TORCH_STREAM, *key[1:]))  # dropout
+    rng = np.random.default_rng([key[0], data.CUTMIX_STREAM, *key[1:]])
+    return (*train_step(model, x, y, opt, sched, scaler, rt, cfg, rng), len(x))
 
 
 def failed_step(e, p, tally, kept, dist):
@@ -336,7 +348,8 @@ def build_run(cfg, device, dist, images):
         cfg.eval_batch_size, workers, cfg.seed, device.type == "cuda", dist.rank, dist.world,
         raw=cfg.aug_on_device)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout, cfg.block_dropout)
+    net = ResNet(tuple(cfg.blocks), cfg.width, len(names), cfg.dropout, cfg.block_dropout,
+                 cfg.stem_pool)
     if dist.main:
         log_model_summary(net)
     evaluated = (f"{len(x_eval):,} validation (val/)" if cfg.val_folder else
@@ -392,7 +405,7 @@ def train(cfg, resume_ckpt=None, resume_path=None, given=(), claim_folder=None):
         claim_folder()
     open_table(log_file)
     start_epoch_table(cfg)
-    claim_files(run, resume_ckpt, resume_path)
+    claim_files(run.extra, cfg.out_dir, dist.main, resume_ckpt, resume_path)
     run.events = tensorboard_events.for_run(cfg, dist.main, epoch * steps_per_epoch(run.train_loader)
                                             + step, run.extra["tensorboard_run"], log.info, log.warning)
     try:
@@ -442,42 +455,6 @@ def resume_into(run, ckpt, path, given):
         if mismatch:
             log.warning(mismatch)
     return epoch, step, {**new_progress(), **(progress or {})}  # older files lack input_wait
-
-
-def claim_files(run, resumed, resume_path):
-    """The run's id (a resumed run's is its checkpoint's), the periodic files it owns (its
-    checkpoint's list, in that checkpoint's own folder only), its TensorBoard folder, and,
-    resumed into another folder, its best model carried along."""
-    out, resumed = run.cfg.out_dir, resumed or {}
-    run.extra["run_id"] = resumed.get("run_id") or new_run_id()
-    here = resumed_here(resume_path, out)
-    run.extra["own_periodic"] = list(resumed.get("own_periodic", [])) if here else []
-    run.extra["tensorboard_run"] = tensorboard_events.run_name(resumed or None,
-                                                               os.path.join(out, "tensorboard"))
-    carried = resumed and not here and run.rt.dist.main and carry_best(resume_path, resumed, out)
-    if carried:
-        log.info(f"best_model.pt carried over from {carried}")
-    others = others_periodic(os.path.join(out, "checkpoints"), run.extra["run_id"])
-    if others and run.rt.dist.main:
-        log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
-                 f"written by this run: they are kept (--keep-checkpoints prunes only its own)")
-
-
-def accumulation(cfg, dist):
-    if cfg.accum_steps == 1:
-        return ""
-    return (f", as {cfg.accum_steps} micro-batches of {cfg.batch_size // dist.world // cfg.accum_steps}: "
-            f"BatchNorm sees those")
-
-
-def check_distributed(cfg, dist, device):
-    if cfg.batch_size % (dist.world * cfg.accum_steps):
-        each = f" times --accum-steps {cfg.accum_steps}" if cfg.accum_steps > 1 else ""
-        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
-                        f"the {dist.world} processes{each}")
-    if cfg.sync_bn and device.type != "cuda":
-        raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on "
-                        f"{device.type}")
 
 
 def train_loop(run, epoch, progress, stop):
@@ -614,8 +591,46 @@ def with_lrs(ckpt):
     return {**ckpt, "lrs": replay_schedule(sched, len(ckpt["train_acc"]), REFERENCE_STEPS_PER_EPOCH)}
 
 
-def run(args, modes):
+def find_lr(cfg, modes, argv):
+    """--find-lr: the learning-rate range test (machinery/lr_range.py) with this run's data,
+    augmentation, CutMix, precision, step mode, accumulation and processes. The network and
+    optimizer are made for it and thrown away: only <out-dir>/lr_find/ is written."""
+    why = lr_range.check(modes["lr_start"], modes["lr_end"], modes["find_lr_steps"])
+    if why:
+        raise UserError(why)
+    ramp = lr_range.Ramp(modes["lr_start"], modes["lr_end"], modes["find_lr_steps"])
+    folder = os.path.join(cfg.out_dir, lr_range.FOLDER)
+    os.makedirs(folder, exist_ok=True)  # (a folder that cannot be written: said before the work)
+    dist, device = init_distributed(cfg.device)
+    check_distributed(cfg, dist, device)
+    setup_logging(cfg, enabled=dist.main)  # the console only: training_logs.md is a run's
+    run = build_run(cfg, device, dist, data.prepare(cfg, dist, log.info, SMOKE_SIZES))
+    if cfg.init_from:
+        log.info(init_from_checkpoint(run.net, cfg.init_from))
+    opt = make_sgd(run.net, cfg, ramp.start)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, ramp.factor)  # step k trains at ramp.lr(k)
+
+    def step(x, y, epoch, k):  # (summed loss, images) of one step, keyed as training's
+        key = (cfg.seed, epoch, k, dist.rank)
+        loss_sum, _, _, n = keyed_step(run.model, x, y, opt, sched, run.scaler, run.rt, cfg, key)
+        return loss_sum, n
+    try:
+        curve = lr_range.record(lr_range.losses(run.train_loader, step, dist), ramp,
+                                disable=not dist.main)
+    finally:
+        data.shutdown_workers(run.train_loader, run.eval_loader)
+    if dist.main:
+        pick = lr_range.suggest(curve)
+        files = lr_range.write(curve, pick, folder, " (smoke run on generated data)" if cfg.smoke else "")
+        print(lr_range.summary(curve, pick, files, argv))
+    dist.barrier(patient=True)
+    return 0
+
+
+def run(args, modes, argv=None):
     out_dir = args.get("out_dir", ".")
+    if modes["find_lr"]:
+        return find_lr(resolve_config(args), modes, sys.argv[1:] if argv is None else argv)
     if modes["evaluate"]:
         return evaluate_checkpoint(modes["evaluate"], modes["tta"], args, model_from_checkpoint)
     if modes["metrics_from_ckpt"]:
@@ -656,7 +671,7 @@ def main(argv=None):
     try:
         args, modes = parse_args(argv)
         out_dir, debug = args.get("out_dir", "."), modes["debug"]
-        return run(args, modes)
+        return run(args, modes, argv)
     except (UserError, data.DataError, CheckpointError) as e:
         print(f"{error} {e}", file=sys.stderr)
         return 2

@@ -135,7 +135,8 @@ def network_name(args):
     """'ResNet34 (100 classes)' or 'ResNet(blocks=[1, 1, 1, 1], width=16) (10 classes)'."""
     shape = ("ResNet34" if (list(args["blocks"]), args["width"]) == RESNET34_SHAPE
              else f"ResNet(blocks={list(args['blocks'])}, width={args['width']})")
-    return f"{shape} ({args['num_classes']} classes)"
+    pool = ", stem max-pool" if args.get("stem_pool") else ""
+    return f"{shape} ({args['num_classes']} classes{pool})"
 
 
 # This repo's checkpoints before the reference's names were adopted called the projection

@@ -18,7 +18,10 @@ from .checkpoint_files import (CheckpointError, check_model_args, dataset_of, fi
                                find_latest_checkpoint, load_checkpoint, load_weights,
                                model_args_from_state_dict, position_of, save_checkpoint)
 from .config import RECIPE, Config
-from .run_folder import its_own, run_id_of
+from . import tensorboard_events
+from .logs import log
+from .run_folder import (carry_best, its_own, new_run_id, others_periodic, resumed_here,
+                         run_id_of)
 
 
 def history_keys(cfg):
@@ -324,3 +327,23 @@ def to_host(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_host(v) for v in obj)
     return obj
+
+
+def claim_files(extra, out, main, resumed, resume_path):
+    """The run's id (a resumed run's is its checkpoint's), the periodic files it owns (its
+    checkpoint's list, in that checkpoint's own folder only), its TensorBoard folder, and,
+    resumed into another folder, its best model carried along; into `extra`, the run's
+    checkpoint extras. main: whether this process is the one that writes."""
+    resumed = resumed or {}
+    extra["run_id"] = resumed.get("run_id") or new_run_id()
+    here = resumed_here(resume_path, out)
+    extra["own_periodic"] = list(resumed.get("own_periodic", [])) if here else []
+    extra["tensorboard_run"] = tensorboard_events.run_name(resumed or None,
+                                                           os.path.join(out, "tensorboard"))
+    carried = resumed and not here and main and carry_best(resume_path, resumed, out)
+    if carried:
+        log.info(f"best_model.pt carried over from {carried}")
+    others = others_periodic(os.path.join(out, "checkpoints"), extra["run_id"])
+    if others and main:
+        log.info(f"{len(others)} checkpoint_epoch_*.pt in {os.path.dirname(others[0])} were not "
+                 f"written by this run: they are kept (--keep-checkpoints prunes only its own)")

@@ -46,6 +46,9 @@ class Config:
     block_dropout: float = _f(0.0, "Dropout2d inside every residual block, between its two "
                                    "convs (the reference's ResNet34(dropout=...); off in its "
                                    "recipe)")
+    stem_pool: bool = _f(False, "a 3x3 stride-2 max-pool after the stem, as ImageNet's ResNets "
+                                "have: an ablation of the seed, which removed it (on 32x32 it "
+                                "drops 3/4 of the pixels at once)")
     init_from: str = _f("", "start the new run from this checkpoint's weights (this repo's or "
                             "the reference's; a classifier of another class count starts "
                             "fresh), with a new schedule from epoch 0")
@@ -119,7 +122,7 @@ class Config:
 # Fields that decide the trajectory of a run: a resumed run must keep them. The network
 # and the schedule are fixed by the checkpoint itself, so even --resume-force cannot change
 # FIXED; the rest it may (e.g. a lower --cutmix-prob for the last epochs).
-FIXED = {"dataset", "blocks", "width", "epochs", "batch_size", "max_lr", "div_factor",
+FIXED = {"dataset", "blocks", "width", "stem_pool", "epochs", "batch_size", "max_lr", "div_factor",
          "final_div_factor", "pct_start", "momentum", "smoke", "val_split", "init_from",
          "image_size"}
 RECIPE = FIXED | {"dropout", "block_dropout", "weight_decay", "label_smoothing", "grad_clip",
@@ -127,7 +130,7 @@ RECIPE = FIXED | {"dropout", "block_dropout", "weight_decay", "label_smoothing",
                   "aug_on_device", "accum_steps", "labels", "label_column"}
 # What a run saved before a field existed was trained with: a resumed run keeps it.
 OLDER_RUNS = {"cutmix_label_smoothing": True, "block_dropout": 0.0, "init_from": "",
-              "image_size": 32, "val_folder": False, "accum_steps": 1,
+              "stem_pool": False, "image_size": 32, "val_folder": False, "accum_steps": 1,
               "labels": "", "label_column": ""}
 
 # --smoke: a reduced network on generated CIFAR-100-format data; explicit flags win.
@@ -186,6 +189,16 @@ def build_parser():
                         "accuracy, confusions, confusion_matrix.png")
     p.add_argument("--tta", action="store_true", default=False,
                    help="with --evaluate: also average each image's logits with its mirror's")
+    p.add_argument("--find-lr", action="store_true", default=False,
+                   help="only run the learning-rate range test with these settings: "
+                        "<out-dir>/lr_find/ gets the curve and a suggested --max-lr; no run "
+                        "of the out-dir is touched (docs/choosing-a-recipe.md)")
+    p.add_argument("--lr-start", type=float, default=1e-7, metavar="LR",
+                   help="with --find-lr: the ramp's first learning rate (default: 1e-7)")
+    p.add_argument("--lr-end", type=float, default=10.0, metavar="LR",
+                   help="with --find-lr: the ramp's last learning rate (default: 10)")
+    p.add_argument("--find-lr-steps", type=int, default=200, metavar="N",
+                   help="with --find-lr: optimizer steps of the ramp, at most (default: 200)")
     p.add_argument("--debug", action="store_true", default=False,
                    help="on a crash, print the full traceback too (it always goes to "
                         "<out-dir>/crash.log)")
@@ -196,7 +209,12 @@ def parse_args(argv=None):
     """(flags given explicitly, as a dict of Config fields; the mode flags)"""
     args = vars(build_parser().parse_args(argv))
     modes = {k: args.pop(k) for k in ("resume", "resume_force", "archive", "metrics_from_ckpt",
-                                      "evaluate", "tta", "debug")}
+                                      "evaluate", "tta", "debug", "find_lr", "lr_start",
+                                      "lr_end", "find_lr_steps")}
+    if modes["find_lr"]:
+        other = [k for k in ("resume", "archive", "metrics_from_ckpt", "evaluate") if modes[k]]
+        if other:
+            raise UserError(f"--find-lr runs alone: leave out --{other[0].replace('_', '-')}")
     return args, modes
 
 

@@ -461,3 +461,22 @@ def check_input(run, epoch, waited, seconds):
 
 
 INPUT_BOUND = 0.1  # share of an epoch spent waiting for batches that is worth a warning
+
+
+def accumulation(cfg, dist):
+    """How the log says --accum-steps splits each process's share of a batch."""
+    if cfg.accum_steps == 1:
+        return ""
+    return (f", as {cfg.accum_steps} micro-batches of {cfg.batch_size // dist.world // cfg.accum_steps}: "
+            f"BatchNorm sees those")
+
+
+def check_distributed(cfg, dist, device):
+    """One-line errors for settings this job's processes or device cannot run."""
+    if cfg.batch_size % (dist.world * cfg.accum_steps):
+        each = f" times --accum-steps {cfg.accum_steps}" if cfg.accum_steps > 1 else ""
+        raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must divide by "
+                        f"the {dist.world} processes{each}")
+    if cfg.sync_bn and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on "
+                        f"{device.type}")

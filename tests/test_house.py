@@ -23,7 +23,7 @@ FLOORS = [
     ["folder_listing"],
     ["imagefolder"],
     ["data", "metrics"],
-    ["config", "gradcam"],
+    ["config", "gradcam", "lr_range"],
     ["logs", "run_folder", "runlock", "tensorboard_events"],
     ["checkpointing", "runtime", "card"],
     ["evaluation", "predicting"],

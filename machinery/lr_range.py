@@ -1,0 +1,218 @@
+"""The learning-rate range test (`train.py --find-lr`): train with a learning rate that
+grows exponentially from --lr-start to --lr-end, one step each, record the loss, stop once
+it blows up, and suggest a --max-lr for the OneCycle schedule.
+
+    ramp = Ramp(1e-7, 10, 200)        # sched = LambdaLR(opt, ramp.factor) drives the LR
+    curve = record(steps, ramp, say)  # steps: (lr, mean loss of each step) as it trains
+    pick = suggest(curve)             # the valley, its floor, the suggestion, the rule
+    write(curve, pick, folder)        # lr_find.csv and lr_find.png
+
+The rule. The raw loss is noisy (CutMix mixes 30% of the batches, a batch is 128 images),
+so the curve is smoothed twice: an exponential moving average (EMA) while it runs, for the
+stop rule, which can only look back; and a centred running median then mean once it is
+complete, for the suggestion, which should not lag behind the LR it names. The valley is
+the longest descending run of the centred curve (its longest decreasing subsequence, so a
+few noisy points inside a long fall do not cut it short and an early spike or dip, which
+no long fall passes through, cannot be it); its last point is the floor, where the loss
+stops falling. The suggestion is one decade below the floor's LR: the loss still falls
+fast there, and OneCycle spends its middle epochs near the maximum, where a rate at the
+floor already makes training unstable (Smith's range test; fastai's "minimum / 10").
+"""
+import csv
+import itertools
+import math
+import os
+import shlex
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint_files import atomic_path
+from .metrics import new_figure, save_figure
+
+STOP_FACTOR = 4.0  # stop once the smoothed loss passes this many times its best
+EMA_BETA = 0.98  # the stop rule's smoothing (bias-corrected, as the loss starts at zero weight)
+FIRST_CHECK = 10  # steps before the stop rule may fire: the EMA needs a few to settle
+MIN_FALL = 0.02  # a valley whose loss falls by less than this share is no valley
+FOLDER = "lr_find"
+
+
+class Ramp:
+    """An exponential ramp: step k trains at start * (end / start) ** (k / (steps - 1))."""
+
+    def __init__(self, start, end, steps):
+        self.start, self.end, self.steps = start, end, steps
+        self.ratio = (end / start) ** (1 / max(steps - 1, 1))
+
+    def factor(self, k):  # LambdaLR's multiplier of the start LR after k scheduler steps
+        return self.ratio ** k
+
+    def lr(self, k):
+        return self.start * self.factor(k)
+
+
+def check(start, end, steps):
+    """One-line reasons the flags cannot make a ramp, or None."""
+    if not (start > 0 and end > 0):
+        return f"--lr-start and --lr-end must be positive (got {start:g}, {end:g})"
+    if end <= start:
+        return f"--lr-end {end:g} must be above --lr-start {start:g}"
+    if steps < 20:
+        return f"--find-lr-steps must be at least 20 (got {steps}): a curve needs points"
+    return None
+
+
+def losses(loader, step, dist):
+    """Each step's mean loss over every process's images, epoch after epoch, for as long
+    as it is asked: step(x, y, epoch, k) trains on a batch and returns (summed loss, images).
+    The mean is the same on every rank, so every rank stops at the same step."""
+    for epoch in itertools.count():
+        loader.batch_sampler.set_epoch(epoch)
+        for k, (x, y) in enumerate(loader):
+            loss_sum, n = step(x, y, epoch, k)
+            total = dist.all_sum(torch.stack([loss_sum.float(), torch.full_like(loss_sum, n).float()]))
+            yield (total[0] / total[1]).item()
+
+
+def record(losses, ramp, disable=False):
+    """Consume `losses` (an iterator of each step's loss, trained at ramp.lr(k) for step k)
+    until the ramp ends, the loss is not finite, or the EMA passes STOP_FACTOR times its
+    best. Returns {"lr", "loss", "ema": lists, "stopped": why the test ended}."""
+    curve = {"lr": [], "loss": [], "ema": [], "stopped": f"the ramp ended at {ramp.end:g}"}
+    avg, best = 0.0, math.inf
+    bar = tqdm(total=ramp.steps, desc="range test", leave=False, dynamic_ncols=True,
+               disable=disable)
+    for k, loss in enumerate(losses):
+        if k >= ramp.steps:
+            break
+        bar.update()
+        if not math.isfinite(loss):
+            curve["stopped"] = f"the loss was not finite at LR {ramp.lr(k):.3g}"
+            break
+        avg = EMA_BETA * avg + (1 - EMA_BETA) * loss
+        ema = avg / (1 - EMA_BETA ** (k + 1))
+        for key, v in zip(("lr", "loss", "ema"), (ramp.lr(k), loss, ema)):
+            curve[key].append(v)
+        best = min(best, ema)
+        bar.set_postfix(lr=f"{ramp.lr(k):.2e}", loss=f"{ema:.3f}")
+        if k >= FIRST_CHECK and ema > STOP_FACTOR * best:
+            curve["stopped"] = (f"the smoothed loss passed {STOP_FACTOR:g}x its best at LR "
+                                f"{ramp.lr(k):.3g}")
+            break
+    bar.close()
+    return curve
+
+
+def centred(loss, window):
+    """The curve smoothed without lag: a running median (spikes go) then a running mean,
+    both over `window` points centred on each (shorter at the ends)."""
+    x, h = np.asarray(loss, float), window // 2
+    med = np.array([np.median(x[max(i - h, 0):i + h + 1]) for i in range(len(x))])
+    return np.array([med[max(i - h, 0):i + h + 1].mean() for i in range(len(x))])
+
+
+def longest_descent(y):
+    """(first, last) index of the longest strictly decreasing subsequence of y; O(n^2),
+    which a few hundred points afford. Ties go to the one that ends later."""
+    n = len(y)
+    length, prev = [1] * n, [-1] * n
+    for i in range(n):
+        for j in range(i):
+            if y[j] > y[i] and length[j] + 1 > length[i]:
+                length[i], prev[i] = length[j] + 1, j
+    last = max(range(n), key=lambda i: (length[i], i))
+    first = last
+    while prev[first] >= 0:
+        first = prev[first]
+    return first, last
+
+
+def suggest(curve):
+    """{"lr": the suggested --max-lr, "floor": the valley floor's LR, "valley": (first,
+    last) step, "smooth": the centred curve, "rule": the rule in words}, or None when the
+    curve is too short to say anything."""
+    lr, loss = curve["lr"], curve["loss"]
+    if len(loss) < FIRST_CHECK:
+        return None
+    smooth = centred(loss, window=max(5, len(loss) // 20) | 1)
+    first, last = longest_descent(smooth)
+    if last - first < 3 or smooth[last] > (1 - MIN_FALL) * smooth[first]:
+        return None  # no fall to speak of: noise around a flat line has descending stretches too
+    return {"lr": lr[last] / 10, "floor": lr[last], "valley": (first, last), "smooth": smooth,
+            "rule": (f"the longest descending stretch of the smoothed loss runs from LR "
+                     f"{lr[first]:.2g} to {lr[last]:.2g}, where it stops falling; the "
+                     f"suggestion is one decade below that floor")}
+
+
+def write(curve, pick, folder, title=""):
+    """lr_find.csv (every step) and lr_find.png (loss against LR, log axis, the valley and
+    the suggestion marked); returns the two paths. Each file replaced atomically."""
+    os.makedirs(folder, exist_ok=True)
+    table, picture = os.path.join(folder, "lr_find.csv"), os.path.join(folder, "lr_find.png")
+    smooth = pick["smooth"] if pick else [float("nan")] * len(curve["lr"])
+    with atomic_path(table) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "lr", "loss", "ema", "centred"])
+            for k, row in enumerate(zip(curve["lr"], curve["loss"], curve["ema"], smooth)):
+                w.writerow([k, *(f"{v:.6g}" for v in row)])
+    fig = new_figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    ax.plot(curve["lr"], curve["loss"], color="0.75", lw=0.8, label="loss of each step")
+    ax.plot(curve["lr"], curve["ema"], color="tab:blue", lw=1, label="EMA (the stop rule)")
+    if pick:
+        first, last = pick["valley"]
+        ax.plot(curve["lr"], smooth, color="tab:orange", lw=1.6, label="centred (the valley)")
+        ax.axvspan(curve["lr"][first], curve["lr"][last], color="tab:green", alpha=0.12,
+                   label="longest descending valley")
+        ax.axvline(pick["lr"], color="tab:red", ls="--",
+                   label=f"suggested --max-lr {pick['lr']:.2g} (floor / 10)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    finite = [v for v in curve["loss"] if math.isfinite(v)]
+    if finite:  # the blow-up at the end would otherwise squash the curve that matters
+        ax.set_ylim(min(finite) * 0.95, min(max(finite), STOP_FACTOR * min(curve["ema"])) * 1.05)
+    ax.set_title(f"Learning-rate range test{title}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    save_figure(fig, picture)
+    return table, picture
+
+
+# the flags of the range test itself, and the one its suggestion replaces: (name, takes a value)
+OWN_FLAGS = {"--find-lr": False, "--lr-start": True, "--lr-end": True, "--find-lr-steps": True,
+             "--max-lr": True}
+
+
+def training_command(argv, max_lr):
+    """The command line that trains with the suggestion: argv without the range test's own
+    flags (as `--flag value` or `--flag=value`), with --max-lr set."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in OWN_FLAGS:
+            skip = OWN_FLAGS[name] and "=" not in a
+            continue
+        kept.append(a)
+    return "python train.py " + " ".join(map(shlex.quote, kept + ["--max-lr", f"{max_lr:.2g}"]))
+
+
+def summary(curve, pick, files, argv):
+    """What the user reads at the end: the test, the suggestion, its rule, the next command."""
+    n = len(curve["lr"])
+    span = f" from LR {curve['lr'][0]:.2g} to {curve['lr'][-1]:.2g}" if n else ""
+    lines = [f"range test: {n} steps{span}; stopped because {curve['stopped']}",
+             f"the curve: {files[1]} (every step: {files[0]})"]
+    if pick is None:
+        lines.append("no suggestion: the loss did not fall over the ramp; widen it (--lr-start, "
+                     "--lr-end) or give it more --find-lr-steps")
+    else:
+        lines += [f"suggested --max-lr {pick['lr']:.2g}",
+                  f"the rule: {pick['rule']}",
+                  f"train with: {training_command(argv, pick['lr'])}"]
+    return "\n".join(lines)

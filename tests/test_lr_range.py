@@ -1,0 +1,127 @@
+"""`train.py --find-lr`, the learning-rate range test: its stop rule and suggestion on
+curves made to order, and the command on generated data: its files, its determinism, and
+the run folder it leaves as it found it."""
+import csv
+import hashlib
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import train_here
+from machinery import lr_range
+
+TINY = ["--blocks", "1", "1", "1", "1", "--width", "8", "--batch-size", "32",
+        "--num-workers", "0"]
+
+
+
+def test_the_test_stops_once_the_smoothed_loss_passes_four_times_its_best():
+    ramp = lr_range.Ramp(1e-6, 10, 300)
+    # falls from 5 to 1 over 150 steps, then grows by 10% a step
+    loss = [5 - 4 * min(k, 150) / 150 for k in range(300)]
+    for k in range(151, 300):
+        loss[k] = loss[k - 1] * 1.1
+    curve = lr_range.record(iter(loss), ramp, disable=True)
+    ema, n = curve["ema"], len(curve["ema"])
+    assert n < 300 and "passed 4x its best" in curve["stopped"]
+    assert ema[-1] > 4 * min(ema) and ema[-2] <= 4 * min(ema[:-1])  # at the first crossing
+    assert curve["lr"][-1] == pytest.approx(ramp.lr(n - 1))
+    # a loss that is not finite ends the test at once, and is not recorded
+    curve = lr_range.record(iter([3.0] * 20 + [math.nan] + [3.0] * 50), ramp, disable=True)
+    assert len(curve["loss"]) == 20 and "not finite" in curve["stopped"]
+    # a single early spike (the first steps of a fresh network) does not stop it
+    curve = lr_range.record(iter([3.0, 40.0] + [3.0] * 100), lr_range.Ramp(1e-6, 1, 100),
+                            disable=True)
+    assert len(curve["loss"]) == 100 and "ramp ended" in curve["stopped"]
+
+
+def test_the_suggestion_is_a_decade_below_the_longest_valleys_floor_whatever_the_noise():
+    rng = np.random.default_rng(0)
+    ramp, n = lr_range.Ramp(1e-7, 10, 200), 200
+    k = np.arange(n)
+    # flat at 4.6, a fall to 2 between steps 100 and 160, then a blow-up; noise all along,
+    # an early dip far below the valley floor and an early spike
+    loss = np.where(k < 100, 4.6, np.where(k < 160, 4.6 - 2.6 * (k - 100) / 60,
+                                           2.0 * 1.04 ** (k - 160)))
+    loss = loss * (1 + 0.03 * rng.standard_normal(n))
+    loss[5], loss[12] = 0.5, 30.0
+    curve = {"lr": [ramp.lr(i) for i in k], "loss": list(loss), "ema": list(loss)}
+    pick = lr_range.suggest(curve)
+    first, last = pick["valley"]
+    assert 150 <= last <= 170, pick["valley"]
+    assert pick["floor"] == curve["lr"][last] and pick["lr"] == pytest.approx(pick["floor"] / 10)
+    assert "one decade below" in pick["rule"]
+    # noise around a flat line is no valley
+    flat = dict(curve, loss=list(4.6 * (1 + 0.01 * rng.standard_normal(n))))
+    assert lr_range.suggest(flat) is None
+
+
+def test_the_suggested_command_keeps_the_users_flags_and_drops_the_tests_own():
+    argv = ["--dataset", "folder", "--data-dir", "my photos", "--find-lr", "--lr-start=1e-6",
+            "--lr-end", "3", "--find-lr-steps", "100", "--max-lr", "0.5", "--epochs", "30"]
+    line = lr_range.training_command(argv, 0.0234)
+    assert line == "python train.py --dataset folder --data-dir 'my photos' --epochs 30 --max-lr 0.023"
+
+
+def _files(folder, skip):
+    """{relative path: sha256} of every file under folder but `skip`."""
+    out = {}
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != skip]
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = (hashlib.sha256(f.read()).hexdigest(),
+                                                      os.stat(path).st_mtime_ns)
+    return out
+
+
+@pytest.mark.slow
+def test_a_range_test_in_a_trained_runs_folder_writes_only_lr_find(smoke_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run[0], out)  # (copy2: the times kept, so a rewrite shows)
+    before = _files(out, skip="lr_find")
+    proc = train_here("--smoke", "--find-lr", "--find-lr-steps", "40", "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _files(out, skip="lr_find") == before  # no checkpoint, lock, metric or log touched
+    with open(out / "lr_find" / "lr_find.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert 20 <= len(rows) <= 40 and list(rows[0]) == ["step", "lr", "loss", "ema", "centred"]
+    assert float(rows[0]["lr"]) == pytest.approx(1e-7)
+    lrs = [float(r["lr"]) for r in rows]
+    assert all(b > a for a, b in zip(lrs, lrs[1:]))  # one step per rate, rising
+    assert (out / "lr_find" / "lr_find.png").stat().st_size > 10_000
+    said = proc.stdout
+    assert "range test: " in said and ("suggested --max-lr" in said or "no suggestion" in said)
+    if "suggested" in said:
+        assert f"train with: python train.py --smoke --out-dir {out} --max-lr" in said
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_curve_across_epochs_with_accumulation(tiny_data, tmp_path):
+    args = ["--dataset", "cifar100", "--data-dir", tiny_data, *TINY, "--accum-steps", "2",
+            "--find-lr", "--find-lr-steps", "25", "--lr-start", "1e-4", "--lr-end", "1"]
+    curves = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        proc = train_here(*args, "--seed", seed, "--out-dir", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        curves.append((tmp_path / name / "lr_find" / "lr_find.csv").read_text())
+    assert len(curves[0].splitlines()) == 26  # 25 steps: 300 images in batches of 32 -> 3 epochs
+    assert curves[0] == curves[1]
+    assert curves[0] != curves[2]
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--lr-start", "1", "--lr-end", "0.1"], "--lr-end 0.1 must be above --lr-start 1"),
+    (["--lr-start", "0"], "must be positive"),
+    (["--find-lr-steps", "3"], "--find-lr-steps must be at least 20"),
+    (["--resume", "auto"], "--find-lr runs alone: leave out --resume"),
+])
+def test_bad_range_flags_are_one_line_before_anything_is_made(flags, said, tmp_path):
+    proc = train_here("--smoke", "--find-lr", *flags, "--out-dir", tmp_path / "out")
+    assert proc.returncode == 2
+    assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
