@@ -12,7 +12,7 @@ PACKAGE = "machinery"
 # the rows before its own.
 COMMANDS = [
     ["model"],
-    ["gradcam_utils", "export", "hubconf", "predict", "app"],
+    ["gradcam_utils", "export", "hubconf", "predict", "app", "sweep"],
     ["train"],
 ]
 # The package's floors, lowest first: a module may import any module of a lower floor,
@@ -24,9 +24,9 @@ FLOORS = [
     ["imagefolder"],
     ["data", "metrics"],
     ["config", "gradcam", "lr_range"],
-    ["logs", "run_folder", "runlock", "tensorboard_events"],
-    ["checkpointing", "runtime", "card"],
-    ["evaluation", "predicting"],
+    ["logs", "run_folder", "runlock", "tensorboard_events", "sweep_space"],
+    ["checkpointing", "runtime", "card", "sweep_trials"],
+    ["evaluation", "predicting", "sweep_report"],
 ]
 
 

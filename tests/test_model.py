@@ -22,6 +22,22 @@ def test_seed_network_keeps_full_resolution_in_the_first_stage():
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
 
 
+def test_the_stem_pool_ablation_halves_the_first_stage_and_survives_a_checkpoint(tmp_path):
+    pooled = ResNet((1, 1, 1, 1), 8, 10, stem_pool=True).eval()
+    seen = {}
+    pooled.layer1.register_forward_hook(lambda m, i, o: seen.update(l1=o.shape))
+    pooled(torch.randn(1, 3, 32, 32))
+    assert seen["l1"] == (1, 8, 16, 16)  # ImageNet's max-pool: 3/4 of the pixels gone at once
+    assert count_parameters(pooled) == count_parameters(ResNet((1, 1, 1, 1), 8, 10))
+    assert "stem_pool" not in ResNet((1, 1, 1, 1), 8, 10).model_args  # the seed's files unchanged
+    path = str(tmp_path / "pooled.pt")
+    save_checkpoint({"model_state_dict": pooled.state_dict(), "model_args": pooled.model_args}, path)
+    rebuilt, _ = model_from_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt(x), pooled(x))
+    assert "stem max-pool" in network_name(pooled.model_args)
+
+
 def test_reduced_network_is_the_same_code():
     model = ResNet(blocks=(1, 1, 1, 1), width=16, num_classes=10)
     assert model.eval()(torch.randn(3, 3, 32, 32)).shape == (3, 10)

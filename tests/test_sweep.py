@@ -1,0 +1,174 @@
+"""sweep.py: studies on Optuna whose trials are train.py runs. Workers sharing one SQLite
+study, a worker killed mid-trial, pruning, a grid's spread over seeds, --repeat-best, and
+the bad input that must stop before anything trains. Trials train a tiny network on a
+generated CIFAR-format data set for an epoch or a few."""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import sweep
+from conftest import ROOT
+from machinery import sweep_space
+from machinery.config import UserError
+from machinery.sweep_trials import Plan, Worker, read_curve
+
+TINY = ["--blocks", "1", "1", "1", "1", "--width", "8", "--batch-size", "32",
+        "--num-workers", "0", "--gradcam-images", "0", "--tensorboard", "off", "--val-split", "100"]
+
+
+def _fixed(data, epochs):
+    return ["--dataset", "cifar100", "--data-dir", data, *TINY, "--epochs", str(epochs)]
+
+
+def _command(*args):
+    return [sys.executable, os.path.join(ROOT, "sweep.py"), *map(str, args)]
+
+
+def _study(folder, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / name / 'study.db'}")
+
+
+def _runs_started(run_folder):
+    with open(os.path.join(run_folder, "training_logs.md")) as f:
+        return f.read().count("### Run started")
+
+
+@pytest.mark.slow
+def test_two_sweeps_share_one_grid_each_cell_trained_once_and_report_mean_std(tiny_data, tmp_path):
+    cmd = _command("--study", "grid", "--sampler", "grid", "--seeds", "2",
+                   "--space", "stem_pool=false,true", "--sweeps-dir", tmp_path, "--",
+                   *_fixed(tiny_data, 1))
+    # two commands at once on one SQLite study: two machines' workers, as far as it can tell
+    procs = [subprocess.Popen(cmd + extra, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for extra in ([], [])]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    trials = _study(tmp_path, "grid").get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    cells = sorted((t.params["stem_pool"], t.params["seed"]) for t in done)
+    assert cells == [(False, 1), (False, 2), (True, 1), (True, 2)]  # each cell once
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("surplus") for t in trials)
+    folders = [tmp_path / "grid" / t.user_attrs["folder"] for t in done]
+    assert len(set(folders)) == 4 and all(_runs_started(f) == 1 for f in folders)
+    report = (tmp_path / "grid" / "report.md").read_text()
+    assert "## Each setting over seeds" in report
+    for setting in ("stem_pool=False", "stem_pool=True"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {setting} |"))
+        assert " ± " in row and "(n=2)" in row
+    for picture in ("history.png", "curves.png"):
+        assert (tmp_path / "grid" / picture).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_then_the_same_command_finishes_the_study(tiny_data, tmp_path):
+    cmd = _command("--study", "k", "--trials", "2", "--sampler", "random", "--sampler-seed", "0",
+                   "--space", "max_lr=0.05:0.2:log", "--repeat-best", "2",
+                   "--sweeps-dir", tmp_path, "--", *_fixed(tiny_data, 4))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "k" / "trial_0"
+    deadline = time.monotonic() + 300
+    while not read_curve(first, "val_acc"):  # killed once its first epoch is saved
+        assert proc.poll() is None and time.monotonic() < deadline, "the first epoch never came"
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "its worker is gone; queued again" in again.stdout
+    trials = _study(tmp_path, "k").get_trials()
+    states = sorted(t.state.name for t in trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the lost attempt, and two that count
+    lost = next(t for t in trials if t.state == TrialState.FAIL)
+    retry = next(t for t in trials if t.state == TrialState.COMPLETE
+                 and t.user_attrs["folder"] == "trial_0")
+    assert retry.params == lost.params and retry.user_attrs["folder"] == "trial_0"
+    log = (first / "training_logs.md").read_text()
+    assert "resumed from" in log  # it went on from its checkpoint, not from scratch
+    assert len(read_curve(first, "val_acc")) == 4
+    report = (tmp_path / "k" / "report.md").read_text()
+    assert "## The best settings over seeds (--repeat-best)" in report
+    assert "(n=2)" in report and "seeds 2, 3" in report
+    assert all((tmp_path / "k" / f"repeat_best_{n}" / "checkpoints" / "last.pt").exists()
+               for n in (0, 1))
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize",
+                                pruner=optuna.pruners.ThresholdPruner(lower=1000.0))  # hopeless
+    plan = Plan(_fixed(tiny_data, 30), str(tmp_path), 1, "val_acc", lambda t: {})
+    said = []
+    Worker(study, plan, say=said.append).run()
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED, said
+    decided = int(trial.user_attrs["note"].rsplit(" ", 1)[1])  # "pruned after epoch N"
+    assert len(read_curve(tmp_path / "trial_0", "val_acc")) <= decided + 2 < 30
+    assert "SIGTERM" in (tmp_path / "trial_0" / "trial.log").read_text()  # it saved and left
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--trials", "2", "--space", "nosuch=1:2"], "nosuch is not a training flag"),
+    (["--trials", "2", "--space", "max-lrr=0.1:0.2"], "did you mean max_lr?"),
+    (["--trials", "2", "--space", "max_lr=0.5:0.1"], "the range is empty"),
+    (["--trials", "2", "--space", "max_lr=0:0.1:log"], "a log range must start above 0"),
+    (["--trials", "2", "--space", "dropout=0:1"], "--space dropout: 1.0 cannot train"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "sqlite:////no/such/dir/s.db"],
+     "cannot open --storage sqlite:////no/such/dir/s.db"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--seeds", "2"], "--seeds is for grid"),
+    (["--sampler", "grid", "--space", "max_lr=0.1:0.2"], "--sampler grid needs choices"),
+    (["--space", "max_lr=0.1:0.2"], "--trials is needed with --sampler tpe"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--", "--out-dir", "x"],
+     "--out-dir is each trial's own"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--", "--epochs", "none"],
+     "in the training flags after --"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--", "--resume", "auto"],
+     "--resume is not a sweep's training flag"),
+    (["--trials", "2", "--space", "epochs=2,3", "--", "--epochs", "4"],
+     "--epochs is both in --space and in the fixed training flags"),
+])
+def test_bad_input_is_one_line_before_anything_is_made(args, said, tmp_path, capsys):
+    assert sweep.main(["--study", "s", "--sweeps-dir", str(tmp_path / "sw"), *args]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "sw").exists()
+
+
+def test_without_optuna_the_command_names_the_pip_command(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "optuna" else real(n, *a))
+    assert sweep.main(["--study", "s", "--trials", "1", "--space", "max_lr=0.1:0.2"]) == 2
+    assert "pip install -r requirements-sweep.txt" in capsys.readouterr().err
+
+
+def test_a_space_from_flags_and_yaml_gives_each_trial_its_flags(tmp_path):
+    spec = tmp_path / "space.yaml"
+    spec.write_text("weight_decay: 1e-5:1e-3:log\nblocks: ['5 5 5 5', '3 4 6 3']\n"
+                    "cutmix_prob: {low: 0, high: 0.6}\nsave_every: 1:4\n")
+    dims = {d.name: d for d in sweep_space.parse_space(["stem_pool=true,false", str(spec)])}
+    assert (dims["weight_decay"].kind, dims["weight_decay"].log) == ("float", True)
+    assert dims["blocks"].choices == ("5 5 5 5", "3 4 6 3")
+    assert (dims["cutmix_prob"].low, dims["cutmix_prob"].high) == (0.0, 0.6)
+    assert dims["save_every"].kind == "int"
+    sweep_space.check_space(list(dims.values()), {"epochs": 3})
+    flags = sweep_space.as_flags({"blocks": "3 4 6 3", "stem_pool": False, "max_lr": 0.25,
+                                  "save_every": 2})
+    assert flags == ["--blocks", "3", "4", "6", "3", "--no-stem-pool", "--max-lr", "0.25",
+                     "--save-every", "2"]
+    with pytest.raises(UserError, match="blocks=1 2: '1 2' is not 4 whole numbers"):
+        sweep_space.parse_space(["blocks=1 2"])
+
+
+def test_a_second_command_with_other_settings_is_refused(tmp_path, capsys):
+    base = ["--study", "s", "--sweeps-dir", str(tmp_path), "--trials", "1"]
+    study, _, _ = sweep.make_plan(*sweep.read_command(base + ["--space", "max_lr=0.1:0.2"]),
+                                  say=print)
+    assert study.user_attrs["settings"]["space"] == ["max_lr=0.1:0.2"]
+    assert sweep.main(base + ["--space", "max_lr=0.1:0.3"]) == 2
+    assert "study s was started with other space" in capsys.readouterr().err
