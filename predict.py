@@ -21,8 +21,9 @@ summary line also gives the accuracy against those folders.
 Exit status: 0 when every file was predicted; 1 when some could not be read (their rows
 say why) or the table could not be written; 2 for bad input, before any picture is decoded and anything written: a PATH
 that does not exist or holds no picture, a checkpoint that is not one, an --out that
-exists (without --force), that cannot be written, or that is one of the inputs (even with
---force), two files of one submission id. The table is written atomically: it appears
+exists (without --force), that cannot be written, that is a pipe or device (/dev/stdout:
+even with --force), or that is one of the inputs (even with --force), two files of one
+submission id. The table is written atomically: it appears
 whole, or not at all.
 """
 import argparse
@@ -90,6 +91,11 @@ def check(args):
                         f"--checkpoint")
     args.format = args.format or ("jsonl" if (args.out or "").endswith((".jsonl", ".json")) else "csv")
     args.out = args.out or FORMATS[args.format]
+    if os.path.exists(args.out) and not (os.path.isfile(args.out) or os.path.isdir(args.out)):
+        # a pipe or device (/dev/stdout, /dev/null): the table is renamed into place, which
+        # would replace the node itself (or fail on /dev, after every picture is decoded)
+        raise UserError(f"--out {shown(args.out)} is not a file but a pipe, socket or device, "
+                        f"which the table cannot replace (even with --force); give a file's name")
     if os.path.islink(args.out) and os.path.exists(args.out):
         args.out = os.path.realpath(args.out)  # the table replaces the link's file, not the link
     out = shown(args.out)

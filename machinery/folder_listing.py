@@ -117,8 +117,13 @@ def images_of_tree(folder):
     pictures are listed as its own, never twice, never under the linking name), sorted."""
     subs = [os.path.join(folder, name) for name in folders_in(folder)]
     tops = {_identity(folder)} | {_identity(s) for s in subs}
-    files = [e.path for e in _entries(folder) if not _is_dir(e) and is_image(e.name)]
+    # (a top-level pipe too is skipped: reading one waits for ever)
+    files = [e.path for e in _entries(folder) if not _is_dir(e) and is_image(e.name) and _is_file(e)]
+    entered = {_identity(folder)}
     for sub in subs:
+        if _identity(sub) in entered:
+            continue  # a link to the folder itself (`again -> .`), or a second name of a sub-folder
+        entered.add(_identity(sub))
         files += _walk(sub, tops - {_identity(sub)}, None)
     return sorted(files)
 
@@ -138,7 +143,8 @@ def fingerprint(path, nbytes):
     """A digest of a file's first and last 64 KiB (all of a smaller one): beside its size
     and modification time in the cache's key, so that a file replaced by another of the
     same size with its time kept (cp -p, rsync -t, unzip) is decoded again, not served
-    stale. Cheap next to decoding (benchmarks/cache_key.py)."""
+    stale. Cheap next to decoding (benchmarks/cache_key.py), and so blind to an edit
+    between a larger file's ends with its size and time kept (docs/own-images.md says so)."""
     try:  # (os.open and pread: a third less time than a Python file object, for small files)
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -323,14 +329,16 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
     apart = seen | {_identity(f) for f in evaluated}  # (what train/'s walk may not enter)
     train = folders["train"]
     if table:
-        ids, splits = _table_split("train", train, table, label_column, None, warn)
+        ids, splits = _table_split("train", train, table, label_column, None, warn, apart, loops)
     else:
         ids = [c for c in folders_in(train) if _identity(os.path.join(train, c)) not in ours]
         _check_classes(root, train, ids, flat)
         splits = {"train": _class_split("train", train, ids, apart, loops)}
+    # and the other way: a link test/b/sub -> train/a would test on training images, as b's
+    trained = seen | {_identity(os.path.join(train, c)) for c in folders_in(train)}
     for name in ("val", "test"):
         if name in folders:
-            split = _evaluation_split(root, name, folders[name], ids, label_column, seen, loops, warn)
+            split = _evaluation_split(root, name, folders[name], ids, label_column, trained, loops, warn)
             if split is not None:
                 splits[name] = split
     if "val" in splits and "test" not in splits:  # test/ unlabeled: val/ is evaluated each epoch
@@ -393,9 +401,11 @@ def _class_split(name, folder, ids, seen, loops, named=None):
     return split
 
 
-def _table_split(name, folder, table, label_column, known, warn):
-    """(class ids, {name: Split}) of a folder labelled by a table."""
-    rows = label_tables.labelled_files(table, folder, walk_images(folder), label_column, known, warn,
+def _table_split(name, folder, table, label_column, known, warn, seen=(), loops=None):
+    """(class ids, {name: Split}) of a folder labelled by a table. seen: the folders its
+    walk may not enter (another split's)."""
+    images = walk_images(folder, set(seen), loops)
+    rows = label_tables.labelled_files(table, folder, images, label_column, known, warn,
                                        single_warning=known is None)
     ids = known or label_tables.sorted_labels({label for _, label in rows})
     if known is None and len(ids) < 2:
@@ -416,7 +426,7 @@ def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn):
              if unicodedata.normalize("NFC", i) in found}
     table = table_for(root, folder, train=False)
     if table:
-        split = _table_split(name, folder, table, label_column, ids, warn)[1][name]
+        split = _table_split(name, folder, table, label_column, ids, warn, seen, loops)[1][name]
     elif named:
         unknown = sorted(set(found.values()) - set(named.values()))
         if unknown:

@@ -10,6 +10,7 @@ split, the first whose cells are all classes of train/).
 """
 import csv
 import os
+import posixpath
 import sys
 
 from .cifar import DataError
@@ -79,34 +80,53 @@ def file_index(images, folder, table_folder, root=None):
         name = os.path.basename(path)
         for key in {name, os.path.splitext(name)[0]}:
             names.setdefault(key, []).append(path)
-    return whole, names
+    return whole, names, {}  # (the real paths, made when an absolute cell first needs them)
+
+
+def _candidates(index, cell):
+    """(the cell as compared, [the files it may name]): the one its whole path names, else
+    those with its name (two or more: ambiguous)."""
+    whole, names, real = index
+    cell = cell.replace("\\", "/")
+    if cell:  # `train/a//0.png`, `./train/a/../a/0.png`: the path they spell
+        cell = posixpath.normpath(cell)
+    if cell in whole:
+        return cell, [whole[cell]]
+    if os.path.isabs(cell):  # through a linked folder: the same real file
+        if not real:
+            real.update((os.path.realpath(p), p) for p in set(whole.values()))
+        found = real.get(os.path.realpath(cell))
+        if found:
+            return cell, [found]
+    name = cell.rsplit("/", 1)[-1]
+    for key in (name, os.path.splitext(name)[0]):
+        if names.get(key):
+            return cell, names[key]
+    return cell, []
 
 
 def lookup(index, cell, where=None):
-    """The file a table's cell names: by its whole path first, by its name only where no
-    path matches and one file alone has that name. None where none does. A name two files
-    share is a DataError (where: the table and row, to name in it); without `where`
-    (guessing which column names the files) it is None."""
-    whole, names = index
-    cell = cell.replace("\\", "/")
-    while cell.startswith("./"):
-        cell = cell[2:]
-    if cell in whole:
-        return whole[cell]
-    name = cell.rsplit("/", 1)[-1]
-    for key in (name, os.path.splitext(name)[0]):
-        found = names.get(key, [])
-        if len(found) > 1 and where:
-            raise DataError(f"{where}: {cell} could be {_shown(found[0])} or {_shown(found[1])}"
-                            f"{' (or more)' if len(found) > 2 else ''}; name each file by its "
-                            f"path, relative to the table's folder")
-        if len(found) == 1:
-            return found[0]
-    return None
+    """The file a table's cell names: by its whole path first (normalised; an absolute one
+    by its real path), by its name only where no path matches and one file alone has that
+    name. None where none does. A name two files share is a DataError (where: the table
+    and row, to name in it); without `where` (guessing which column names the files) it
+    is None."""
+    cell, found = _candidates(index, cell)
+    if len(found) > 1 and where:
+        raise DataError(f"{where}: {cell} could be {_shown(found[0])} or {_shown(found[1])}"
+                        f"{' (or more)' if len(found) > 2 else ''}; name each file by its "
+                        f"path, relative to the table's folder")
+    return found[0] if len(found) == 1 else None
+
+
+def names_files(index, cell):
+    """Whether a cell names one file or more (an ambiguous name still says which column
+    names the files: the rows then say which name is ambiguous)."""
+    return bool(_candidates(index, cell)[1])
 
 
 def _is_header(cells, image, index, label_column):
-    if image < len(cells) and lookup(index, cells[image]):
+    if image < len(cells) and names_files(index, cells[image]):
         return False
     words = {c.lower() for c in cells}
     if words & set(IMAGE_NAMES + LABEL_NAMES) or (label_column or "").lower() in words:
@@ -151,13 +171,13 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
     index = file_index(images, folder, os.path.dirname(os.path.abspath(path)), root)
     width = max(len(cells) for _, cells in rows[:SAMPLE + 1])
     sample = rows[1:SAMPLE + 1] or rows
-    hits = [sum(1 for _, r in sample if i < len(r) and lookup(index, r[i])) for i in range(width)]
+    hits = [sum(1 for _, r in sample if i < len(r) and names_files(index, r[i])) for i in range(width)]
     image = max(range(width), key=hits.__getitem__)
     named = [i for i, c in enumerate(rows[0][1]) if c.lower() in IMAGE_NAMES and hits[i]]
     if named and rows[0][1][image].lower() not in IMAGE_NAMES:
         image = named[0]  # the header says which column names the files (`id,label`), even
         # where the labels are small numbers that name more files (a part of a folder)
-    if not hits[image] and not (len(rows) == 1 and any(lookup(index, c) for c in rows[0][1])):
+    if not hits[image] and not (len(rows) == 1 and any(names_files(index, c) for c in rows[0][1])):
         where = _shown(folder)
         raise DataError(f"{_shown(path)}: no column names the files of {where} (row "
                         f"{sample[0][0]}: {', '.join(sample[0][1][:3])}; files such as "
@@ -166,6 +186,9 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
     if _is_header(rows[0][1], image, index, label_column):
         header, rows = [c.lower() for c in rows[0][1]], rows[1:]
     label = _label_column(path, header, width, image, label_column, known, sample)
+    if label_column and label == image:  # one class per image: no classifier to learn
+        raise DataError(f"--label-column {label_column}: that column of {_shown(path)} names the "
+                        f"images; name the column of labels")
     labelled, absent, twice = {}, [], []
     for line, cells in rows:
         if len(cells) <= max(image, label):

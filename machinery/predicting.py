@@ -105,22 +105,42 @@ class Prediction:
 # Pictures: what to read, and reading them in worker processes
 
 def expand(sources, lists=None):
-    """Paths to pictures, in a stable order, each once: a folder's images as --dataset
-    folder lists them (sub-folders, every format it reads, what tools leave behind
-    skipped, a link from one class folder into another not followed), a glob's matches
-    sorted, @list.txt's lines (one path each, in turn expanded, relative to the working
-    folder), anything else as it is: a file, a PIL image, an array. (source, root) pairs:
+    """Paths to pictures, in a stable order, each real file once (however spelled, the
+    first spelling kept): a folder's images as --dataset folder lists them (sub-folders,
+    every format it reads, what tools leave behind and pipes skipped, a link from one
+    class folder into another not followed), a glob's matches sorted (pipes skipped),
+    @list.txt's lines (one path each, in turn expanded, relative to the working folder),
+    anything else as it is: a file, a PIL image, an array. (source, root) pairs:
     root is the folder a file was found under, None for what was named directly.
     DataError, naming the @list and line where one said it, for a path that does not
     exist, a folder named that holds no picture, a glob that matches nothing, an @list
     that names itself. lists: the @list files read are appended to it."""
     out, taken = [], set()
     for source, root in _expand(sources, [] if lists is None else lists, (), ""):
-        key = source if isinstance(source, str) else id(source)
-        if key not in taken:  # a file named twice, or matched by `**` and by its folder
+        key = _real(source) if isinstance(source, str) else id(source)
+        if key not in taken:  # a file named twice (`a.png ./a.png`), or by `**` and its folder
             taken.add(key)
             out.append((source, root))
     return out
+
+
+def _real(path):
+    """The file a path names, however spelled (relative, absolute, through links): its
+    device and inode; a path that does not exist (a dangling link) by its real path."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return os.path.realpath(path)
+
+
+def _special(path):
+    """Whether `path` is a pipe, socket or device (reading one waits for ever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # a dangling link: its row says it is missing
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _expand(sources, lists, within, where):
@@ -152,7 +172,7 @@ def _expand(sources, lists, within, where):
             for p in found:  # (a folder a glob matches is searched; an empty one passed over)
                 if os.path.isdir(p):
                     yield from ((f, p) for f in images_under(p))
-                else:
+                elif not _special(p):  # a pipe matched is skipped, as in a folder
                     yield p, None
         else:
             raise DataError(f"{said}{shown(src) or 'an empty path'} does not exist")

@@ -249,3 +249,65 @@ def test_a_runs_own_folders_inside_a_flat_data_folder_are_not_classes(tmp_path, 
         proc = train_here(*run, *(["--resume", "auto"] if where == "out-dir" else ["--archive"]))
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "classes: 2," in proc.stdout, proc.stdout
+
+
+def test_a_link_from_test_into_train_is_not_tested_on(tmp_path):
+    """test/dog/sub -> train/cat would make cat's training images dog's test images."""
+    for split in ("train", "test"):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(2):
+                picture(tmp_path / split / name / f"{i}.png", (100 * c, 50, i))
+    os.symlink(tmp_path / "train" / "cat", tmp_path / "test" / "dog" / "sub")
+    said = []
+    folder = imagefolder.Folder(str(tmp_path), warn=said.append)
+    assert len(folder.splits["test"].files) == 4 and "link" in " ".join(said)
+
+
+def test_a_table_whose_every_name_is_ambiguous_says_which_row(tmp_path):
+    """Not "no column names the files": the row and the files its name could be."""
+    for part in ("part1", "part2"):
+        for i in range(4):
+            picture(tmp_path / "train" / part / f"{i}.png", (50 * i, 0, 0))
+    (tmp_path / "train.csv").write_text("file,label\n0.png,cat\n1.png,dog\n2.png,cat\n3.png,dog\n")
+    with pytest.raises(DataError) as e:
+        imagefolder.Folder(str(tmp_path), labels=str(tmp_path / "train.csv"), warn=lambda line: None)
+    assert str(e.value).startswith(f"{tmp_path / 'train.csv'}, row 2: 0.png could be "
+                                   f"{tmp_path / 'train' / 'part1' / '0.png'} or "
+                                   f"{tmp_path / 'train' / 'part2' / '0.png'}; "), str(e.value)
+
+
+SPELLED = [  # (case, the cell naming train/a/0.png; its bare name 0.png is train/0.png's too)
+    ("a doubled slash", "train/a//0.png"),
+    ("a .. inside", "train/a/../a/0.png"),
+    ("./ in front", "./train/a/0.png"),
+    ("absolute, through a linked folder", "{tmp}/linked/a/0.png"),
+]
+
+
+@pytest.mark.parametrize("case, cell", SPELLED, ids=[r[0] for r in SPELLED])
+def test_a_tables_path_is_normalised_before_it_is_matched(tmp_path, case, cell):
+    cell = cell.format(tmp=tmp_path)
+    kaggle(tmp_path, f"file,label\n{cell},cat\ntrain/0.png,dog\ntrain/a/1.png,cat\n")
+    os.symlink(tmp_path / "train", tmp_path / "linked")
+    folder = imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+    got = {os.path.relpath(p, tmp_path / "train"): folder.classes[label]
+           for p, label in folder.splits["train"].files}
+    assert got == {"a/0.png": "cat", "0.png": "dog", "a/1.png": "cat"}
+
+
+def test_a_label_column_that_names_the_images_is_one_line(tmp_path):
+    """--label-column id would make one class of each image."""
+    for i in range(4):
+        picture(tmp_path / "train" / f"{i}.png", (50 * i, 0, 0))
+    (tmp_path / "train.csv").write_text("id,label\n0,cat\n1,dog\n2,cat\n3,dog\n")
+    with pytest.raises(DataError, match=re.escape("--label-column id: that column of ")):
+        imagefolder.Folder(str(tmp_path), label_column="id", warn=lambda line: None)
+
+
+def test_the_docs_say_which_edits_the_cache_key_does_not_see():
+    """The fingerprint reads a file whole up to 2 * SAMPLED bytes, else its two ends: the
+    docs promise no more (an edit in the middle of a large BMP, its size and time kept)."""
+    from machinery.folder_listing import SAMPLED
+    text = " ".join(open(os.path.join(ROOT, "docs", "own-images.md")).read().split())
+    assert (f"the whole of a file up to {2 * SAMPLED // 1024} KiB, of a larger one's first and "
+            f"last {SAMPLED // 1024} KiB" in text and "What this does not see" in text)

@@ -130,6 +130,12 @@ MORE_REFUSED = [  # (case, files, PATH arguments, --out, flags, the line says) f
     ("--out an input, without --force: said so", ["a.png"], ["a.png"], "a.png", [],
      "it is one of the inputs"),
     ("a pipe named as a picture", [], ["pipe.png"], "p.csv", [], "is not a file but a pipe"),
+    ("a folder holding only a pipe", [], ["pipes"], "p.csv", [], "{tmp}/pipes holds no picture"),
+    ("a glob matching only a pipe", [], ["pipes/*.png"], "p.csv", [], "holds no picture"),
+    ("--out a pipe, even with --force", ["a.png"], ["a.png"], "pipe.png", ["--force"],
+     "--out {tmp}/pipe.png is not a file but a pipe"),
+    ("--out a device, even with --force", ["a.png"], ["a.png"], "/dev/null", ["--force"],
+     "--out /dev/null is not a file but a pipe, socket or device"),
 ]
 
 
@@ -145,6 +151,8 @@ def test_more_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_pat
     (tmp_path / "outer.txt").write_text(f"@{tmp_path / 'inner.txt'}\n")
     (tmp_path / "self.txt").write_text(f"@{tmp_path / 'self.txt'}\n")
     os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "pipes").mkdir()
+    os.mkfifo(tmp_path / "pipes" / "only.png")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(predicting, "load_image", lambda *a: pytest.fail("a picture was decoded"))
     args = ["@" + str(tmp_path / p[1:]) if p.startswith("@") else tmp_path / p for p in paths]
@@ -152,6 +160,28 @@ def test_more_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_pat
     proc = run_here("predict.py", *args, *model_flags, "--out", tmp_path / out, *flags)
     assert says.format(tmp=tmp_path) in _refused(proc)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert (tmp_path / "pipe.png").is_fifo()  # not replaced by a table
+
+
+def test_a_pipe_beside_pictures_or_matched_by_a_glob_is_skipped(tmp_path):
+    """Reading a pipe waits for ever: skipped at a folder's top as in its sub-folders."""
+    picture(tmp_path / "p1" / "a.png")
+    os.mkfifo(tmp_path / "p1" / "fifo.png")
+    for path in (tmp_path / "p1", str(tmp_path / "p1" / "*.png")):
+        assert [p for p, _ in predicting.expand([path])] == [str(tmp_path / "p1" / "a.png")]
+
+
+def test_each_file_is_read_once_however_it_is_spelled(tmp_path, monkeypatch):
+    """Relative, ./, absolute, and through a link to its own folder (`again -> .`): the
+    first spelling kept."""
+    from machinery.imagefolder import images_under
+    picture(tmp_path / "p1" / "a.png")
+    picture(tmp_path / "p3" / "b.png")
+    os.symlink(".", tmp_path / "p3" / "again")
+    monkeypatch.chdir(tmp_path)
+    assert images_under("p3") == ["p3/b.png"]
+    found = predicting.expand(["p1/a.png", "./p1/a.png", str(tmp_path / "p1"), "p3", "p3/again/b.png"])
+    assert [p for p, _ in found] == ["p1/a.png", "p3/b.png"]
 
 
 def test_a_link_from_one_class_folder_into_another_is_not_followed(model, tmp_path):
