@@ -43,11 +43,12 @@ def test_the_suggestion_is_a_decade_below_the_longest_valleys_floor_whatever_the
     ramp, n = lr_range.Ramp(1e-7, 10, 200), 200
     k = np.arange(n)
     # flat at 4.6, a fall to 2 between steps 100 and 160, then a blow-up; noise all along,
-    # an early dip far below the valley floor and an early spike
+    # an early spike, and an early dip far below the valley floor, wide enough to pass the
+    # smoothing (its minimum is the curve's: a rule that takes the minimum is fooled)
     loss = np.where(k < 100, 4.6, np.where(k < 160, 4.6 - 2.6 * (k - 100) / 60,
                                            2.0 * 1.04 ** (k - 160)))
     loss = loss * (1 + 0.03 * rng.standard_normal(n))
-    loss[5], loss[12] = 0.5, 30.0
+    loss[20:30], loss[12] = 0.5, 30.0
     curve = {"lr": [ramp.lr(i) for i in k], "loss": list(loss), "ema": list(loss)}
     pick = lr_range.suggest(curve)
     first, last = pick["valley"]

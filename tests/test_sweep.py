@@ -100,6 +100,24 @@ def test_a_worker_killed_mid_trial_then_the_same_command_finishes_the_study(tiny
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_after_saving_and_queues_the_trial_again(tiny_data, tmp_path):
+    cmd = _command("--study", "c", "--trials", "1", "--space", "max_lr=0.05:0.2:log",
+                   "--sweeps-dir", tmp_path, "--", *_fixed(tiny_data, 200))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not read_curve(tmp_path / "c" / "trial_0", "val_acc"):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "stopped: the trials in progress saved where they were; the same command goes on" in err
+    assert (tmp_path / "c" / "trial_0" / "checkpoints" / "last.pt").exists()
+    states = [t.state for t in _study(tmp_path, "c").get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]  # queued, to go on from last.pt
+
+
+@pytest.mark.slow
 def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize",
                                 pruner=optuna.pruners.ThresholdPruner(lower=1000.0))  # hopeless
