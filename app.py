@@ -16,6 +16,7 @@ analytics off) unless --share asks for a public link. Needs `pip install gradio`
 """
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -82,11 +83,18 @@ def test_examples(model, folder, n=EXAMPLES):
         if int(label) in seen:
             continue
         seen.add(int(label))
-        paths.append(os.path.join(folder, f"{len(paths)}_{model.names[int(label)]}.png"))
+        paths.append(os.path.join(folder, f"{len(paths)}_{file_name(model.names[int(label)])}.png"))
         Image.fromarray(image).save(paths[-1])
         if len(paths) == n:
             break
     return paths
+
+
+def file_name(name, most=40):
+    """A class name as a part of a file name: a label table's names may hold '/' ("n/a"),
+    a NUL or hundreds of characters, none of which a file's name may; what is left of the
+    name is for the eye only."""
+    return re.sub(r"[^\w.-]+", "_", name, flags=re.ASCII)[:most].strip("._") or "class"
 
 
 def parse_args(argv=None):

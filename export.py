@@ -23,13 +23,19 @@ is the checkpoint itself, or any existing file but an earlier export of the same
 (which is replaced), is refused before anything is exported (exit 2, one line); --force
 replaces such a file, never the checkpoint. The same for a card this tool did not write
 (its first lines say when it did) and for the files of a Space folder: the folder's
-.export.json names what the last export wrote, as it wrote it; files beside them stay.
+.export.json names what the last export wrote, as it wrote it; files beside them stay,
+and a checkpoint under a Space file's name is refused even with --force. An --out that
+is no regular file (a device, a FIFO, /dev/stdout) is refused, --force or not; so is a
+checkpoint load_classifier refuses, and a --license that is not a Hub licence id.
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
+import re
 import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -43,7 +49,9 @@ from machinery import own_files
 from machinery.card import card, summary, written_card
 from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of, fill_metadata,
                                         is_checkpoint_file, load_checkpoint)
+from machinery.folder_cache import writer_alive
 from machinery.images import standardize
+from machinery.predicting import as_classifier
 from machinery.space_app import stop_cleanly_on_sigterm
 from model import model_from_checkpoint
 
@@ -76,6 +84,7 @@ def deployable(path):
     ckpt = load_checkpoint(path)
     note = fill_metadata(ckpt)
     net, _ = model_from_checkpoint(ckpt)
+    as_classifier(net, ckpt, path)  # what load_classifier refuses (names, size, std): never exported
     meta = {"class_names": json.dumps(list(ckpt["class_names"])), "image_size": str(ckpt["image_size"]),
             "mean": json.dumps(list(ckpt["mean"])), "std": json.dumps(list(ckpt["std"])),
             "epoch": str(ckpt.get("epoch", "")),
@@ -194,6 +203,31 @@ def is_export(path, fmt):
     return any(p.key == "class_names" for p in proto.metadata_props)
 
 
+SYSTEM = ("/dev/", "/proc/", "/sys/")
+
+
+def check_special(out):
+    """Refuse, even with --force and before any work, an --out that exists and is not a
+    regular file: a device, a FIFO (reading it to see whose it is would wait for ever), a
+    socket, or a link that leads into /dev, /proc or /sys (/dev/stdout): replacing one
+    breaks what others use it for."""
+    path, hops = os.path.abspath(out), 0
+    while True:  # each link on the way, not only where it ends (/proc/self/fd/1 -> a file)
+        if path.startswith(SYSTEM):
+            raise CheckpointError(f"refusing to write {out}: it is, or leads to, {path}: not a "
+                                  f"regular file; choose another --out")
+        if not os.path.islink(path) or hops == 40:
+            break
+        path, hops = os.path.join(os.path.dirname(path), os.readlink(path)), hops + 1
+    try:
+        mode = os.stat(out).st_mode
+    except OSError:
+        return  # nothing there (or a dangling link): a new file
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a folder: said by the format)
+        raise CheckpointError(f"refusing to write {out}: it is not a regular file (a device, "
+                              f"FIFO or socket); choose another --out")
+
+
 def check_out(out, fmt, checkpoint, force=False):
     """Refuse, before anything is exported, an `out` that is the checkpoint itself or (but
     with --force) an existing file that is not an earlier export of the same kind (which
@@ -244,7 +278,7 @@ def export(path, fmt, out, images, module, meta, say=print, out_name=None):
         with torch.no_grad():
             reference = [t.numpy() for t in module(torch.from_numpy(images))]
         same, diff = compare(reference, run(tmp, images))
-        if not same or diff > TOLERANCE:
+        if not same or not diff <= TOLERANCE:  # (NaN > TOLERANCE is False: NaN fails too)
             raise ExportError(f"the {fmt} export of {path} does not match PyTorch on "
                               f"{len(images)} images (top-1 {'identical' if same else 'differs'}, "
                               f"max |probability difference| {diff:.2e}, allowed {TOLERANCE:.0e}); "
@@ -288,11 +322,28 @@ def space_names(examples):
         f"examples/{i}.png" for i in range(min(len(examples), EXAMPLES))]
 
 
-def check_space(out, examples, force):
+def space_writes(name):
+    """Whether an export, of this version or another (more examples), writes `name`."""
+    return name in SPACE_FILES or name == "training_curves.png" or \
+        re.fullmatch(r"examples/\d+\.png", name) is not None
+
+
+def check_space(out, examples, force, checkpoint):
     """An --out folder that is new, or whose files this tool would replace are its own as
-    it wrote them (own_files' manifest), or --force. Files beside them are kept."""
+    it wrote them (own_files' manifest), or --force. Files beside them are kept. A
+    checkpoint under one of the names it writes or removes (the one being exported, say,
+    copied in as model.onnx) is refused even with --force."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise CheckpointError(f"refusing to write {out}: it is a file; a Space is a folder")
+    removes = [n for n in own_files.written(out) if space_writes(n)] if os.path.isdir(out) else []
+    for name in space_names(range(EXAMPLES)) + removes:  # every name it writes, or removes
+        path = os.path.join(out, name)
+        if os.path.exists(checkpoint) and os.path.exists(path) and os.path.samefile(path, checkpoint):
+            raise CheckpointError(f"refusing to write {out}: its {name} is the checkpoint being "
+                                  f"exported; choose another --out")
+        if is_checkpoint_file(path):
+            raise CheckpointError(f"refusing to write {out}: its {name} is a checkpoint; "
+                                  f"choose another --out")
     if os.path.islink(os.path.join(out, "examples")) and not force:
         raise CheckpointError(f"refusing to write into {out}/examples: it is a link to another "
                               f"folder; add --force to replace the link with a folder")
@@ -315,10 +366,8 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
     not write stays; a link in the folder is replaced by the file, never written through."""
     from machinery.metrics import write_metrics
     os.makedirs(out, exist_ok=True)
-    for old in os.listdir(out):  # what a killed export left
-        if old.startswith(".export-") and os.path.isdir(os.path.join(out, old)):
-            shutil.rmtree(os.path.join(out, old), ignore_errors=True)
-    build = tempfile.mkdtemp(prefix=".export-", dir=out)
+    remove_dead_builds(out)
+    build = tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out)
     try:
         names = space_names(examples)
         os.makedirs(os.path.join(build, "examples"))
@@ -344,7 +393,7 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
             f.write(card(ckpt, "model.onnx", curve, kind="space", source=path,
                          sdk_version=versions["gradio"], license=license))
         # all made: now in place, each file by a rename (whole, never through a link)
-        for old in own_files.leftovers(out, names):
+        for old in own_files.leftovers(out, names, space_writes):
             os.remove(os.path.join(out, old))
         if os.path.islink(os.path.join(out, "examples")):
             os.remove(os.path.join(out, "examples"))
@@ -356,6 +405,35 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
         shutil.rmtree(build, ignore_errors=True)
     print(f"{out}: a Space (Gradio) with the model card; try it: pip install -r "
           f"{os.path.join(out, 'requirements.txt')} && python {os.path.join(out, 'app.py')}")
+
+
+BUILD = re.compile(r"\.export-(\d+)-")  # a Space's build folder, by its process id
+
+
+def remove_dead_builds(out):
+    """The build folders that a killed export left in `out`: those whose process is gone
+    (or whose id a later process took). Another export into the same folder at the same
+    time keeps its own; a folder of an older export.py, with no id, is a killed one's."""
+    for old in os.listdir(out):
+        path, found = os.path.join(out, old), BUILD.match(old)
+        if not old.startswith(".export-") or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        with contextlib.suppress(OSError):
+            if found and writer_alive(int(found.group(1)), path):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+
+LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's ids: mit, apache-2.0, cc-by-4.0, ...
+
+
+def check_license(license):
+    """A licence id as the Hub writes them, nothing else: the card's YAML front matter
+    takes it as it is (a colon or a new line there would break it, or add keys)."""
+    if not LICENSE.fullmatch(license):
+        raise CheckpointError(f"--license {license!r}: not a licence id as the Hub names them "
+                              f"(lowercase letters, digits, '.', '-', '+': mit, apache-2.0, "
+                              f"cc-by-4.0, other)")
 
 
 def write_card(ckpt, out, source, force, license="mit"):
@@ -401,26 +479,29 @@ def main(argv=None):
     stem = os.path.splitext(args.out or args.checkpoint)[0]
     try:
         check_packages(fmts)
+        check_license(args.license)
+        outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
+                for fmt in fmts if fmt in FORMATS and args.format != "space"}
+        space, card_out = args.out or stem + "-space", args.out or stem + "_card.md"
+        for out in {"space": [space], "card": [card_out]}.get(args.format, outs.values()):
+            check_special(out)  # a device, a FIFO, /dev/stdout: never, before any work
         if args.format == "space":
-            check_space(args.out or stem + "-space", range(EXAMPLES), args.force)
+            check_space(space, range(EXAMPLES), args.force, args.checkpoint)
+        for fmt, out in outs.items():
+            check_out(out, fmt, args.checkpoint, args.force)
         module, meta, note, ckpt = deployable(args.checkpoint)
         if note:
             print(f"note: {args.checkpoint}: {note}", file=sys.stderr)
         if args.format == "card":
-            write_card(ckpt, args.out or stem + "_card.md", args.checkpoint, args.force,
-                       args.license)
+            write_card(ckpt, card_out, args.checkpoint, args.force, args.license)
             return 0
         images, source = check_images(ckpt)
         if args.format == "space":
             print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
             real = not source.endswith("generated images")  # the test set's: worth showing
-            export_space(args.checkpoint, args.out or stem + "-space", images, module, meta, ckpt,
+            export_space(args.checkpoint, space, images, module, meta, ckpt,
                          images if real else (), args.license)
             return 0
-        outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
-                for fmt in fmts}
-        for fmt, out in outs.items():
-            check_out(out, fmt, args.checkpoint, args.force)
         print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
         for fmt, out in outs.items():
             export(args.checkpoint, fmt, out, images, module, meta)

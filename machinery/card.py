@@ -85,7 +85,9 @@ def summary(ckpt):
     top5 = f" (top-5 {_pct(f['top5'])})" if f["top5"] is not None else ""
     smoke = (" **A `--smoke` demo model: generated pictures, not real data; its numbers say "
              "nothing about photos.**" if f["smoke"] else "")
-    return (f"**{NAMES.get(f['dataset'], f['dataset'])}**, {len(f['classes'])} classes, "
+    dataset = NAMES.get(f["dataset"], f["dataset"])  # said first: a smoke model's is generated
+    return (f"**{'Generated ' + dataset + '-format pictures' if f['smoke'] else dataset}**, "
+            f"{len(f['classes'])} classes, "
             f"{f['image_size']}x{f['image_size']} px | epoch {f['epoch']} of {f['epochs']} | "
             f"test accuracy {_pct(f['accuracy'])}{top5} | {f['parameters']:,} parameters.{smoke}")
 

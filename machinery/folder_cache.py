@@ -253,12 +253,18 @@ def remove_dead_leftovers(folder):
             continue
         path, pid = os.path.join(folder, name), int(found.group(1))
         try:
-            written = os.stat(path).st_mtime
-            if _alive(pid) and _started(pid) <= written:
+            if writer_alive(pid, path):
                 continue
             os.remove(path)
         except OSError:
             pass  # gone already, or a folder this user may not change
+
+
+def writer_alive(pid, path):
+    """Whether the process `pid`, which named `path` after itself, is still the one that
+    wrote it: alive, and started before the file was last written (not a later process
+    that took its id)."""
+    return _alive(pid) and _started(pid) <= os.stat(path).st_mtime
 
 
 def _alive(pid):

@@ -58,11 +58,14 @@ def foreign(folder, names):
             and not unchanged(folder, n, mine)]
 
 
-def leftovers(folder, keep):
+def leftovers(folder, keep, writes):
     """Files of an earlier write, unchanged, that this write does not make again: `keep`
-    are the names it makes (an earlier Space's 6th example, when this one has 3)."""
+    are the names it makes (an earlier Space's 6th example, when this one has 3), and
+    `writes(name)` says whether the tool ever writes a file of that name there. A name the
+    manifest holds beyond those (.git/config, a checkpoint: a stale manifest, or one
+    crafted and pushed) is never removed: the tool removes only what it could have written."""
     mine = written(folder)
-    return [n for n in sorted(mine) if n not in keep and unchanged(folder, n, mine)]
+    return [n for n in sorted(mine) if n not in keep and writes(n) and unchanged(folder, n, mine)]
 
 
 def record(folder, names):

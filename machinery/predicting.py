@@ -13,6 +13,7 @@ ONNX file (onnx_classifier): onnxruntime runs it, with the preprocessing inside.
 """
 import glob
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -60,6 +61,13 @@ def as_classifier(model, ckpt, source):
     if not 8 <= int(ckpt["image_size"]) <= 1024:
         raise CheckpointError(f"{source}: its image_size {ckpt['image_size']} is no picture size "
                               f"this repo trains at (16 to 128)")
+    try:
+        fine = all(math.isfinite(float(s)) and float(s) > 0 for s in ckpt["std"])
+    except (TypeError, ValueError):
+        fine = False
+    if not fine:  # (x - mean) / 0: every answer NaN
+        raise CheckpointError(f"{source}: its std {ckpt['std']!r} is no data set's (each "
+                              f"channel's must be a positive number)")
     for key in ("class_names", "class_ids"):
         if ckpt.get(key) is not None and len(ckpt[key]) != classes:
             raise CheckpointError(f"{source}: its {key} name {len(ckpt[key])} classes, and its "

@@ -206,16 +206,16 @@ def address(host=None, port=None):
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     given = [(f"--port {port}", port)] if port is not None else [
         (f"{k}={os.environ[k]}", os.environ[k]) for k in ("GRADIO_SERVER_PORT", "PORT") if os.environ.get(k)]
-    if not given:
-        return host, None
-    what, value = given[0]
-    if not str(value).isdigit() or not 1 <= int(value) <= 65535:
+    what, value = given[0] if given else (None, None)
+    if given and (not str(value).isdigit() or not 1 <= int(value) <= 65535):
         raise PageError(f"{what}: a port is a number from 1 to 65535")
-    try:
-        socket.getaddrinfo(host, int(value))
-    except socket.gaierror:
+    try:  # with a port or without: Gradio would try a host that is not there for minutes
+        socket.getaddrinfo(host, int(value) if given else None)
+    except (socket.gaierror, UnicodeError):
         raise PageError(f"cannot serve on host {host}: no such address on this machine "
                         f"(--host or GRADIO_SERVER_NAME; 0.0.0.0 is every network)") from None
+    if not given:
+        return host, None
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, int(value)))
@@ -241,6 +241,21 @@ def stop_cleanly_on_sigterm():
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))
 
 
+def onnx_model(path):
+    """OnnxModel(path), or one line (PageError) saying why not: a Space pushed without its
+    model (or with Git LFS's pointer in its place) starts, and says so in its log."""
+    if not os.path.isfile(path):
+        raise PageError(f"{path}: no such file; export one with export.py --format space")
+    try:
+        return OnnxModel(path)
+    except Exception as e:  # noqa: BLE001 -- onnxruntime's load errors have no common type
+        with open(path, "rb") as f:
+            pointer = f.read(40).startswith(b"version https://git-lfs")
+        why = ("a Git LFS pointer: git lfs pull, or push the file itself" if pointer else
+               f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}")
+        raise PageError(f"{path} is not an ONNX file of export.py ({why})") from None
+
+
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description="The demo page of an exported model.")
@@ -253,7 +268,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         address(args.host, args.port)  # (before gradio: its import fails on a port of letters)
-        model, folder = OnnxModel(args.onnx), page_folder()
+        model, folder = onnx_model(args.onnx), page_folder()
         examples = copied(pictures_in(os.path.join(here, "examples")), folder)
         serve(model, examples, folder, args.host, args.port, args.share)
     except PageError as e:
@@ -267,12 +282,28 @@ PICTURES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
 def pictures_in(folder):
     """The pictures of `folder`, sorted: what a file manager (.DS_Store), an editor or a
-    download left beside them is not an example."""
+    download left beside them is not an example. The page publishes every example, so one
+    is a picture inside the folder, as app.py's --examples must be: a link that leads out
+    of it (to a .env) or a file only named like a picture (notes.jpg) is skipped, with a
+    line saying so."""
     if not os.path.isdir(folder):
         return []
-    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-            if f.lower().endswith(PICTURES) and not f.startswith(".")
-            and os.path.isfile(os.path.join(folder, f))]
+    here, out = os.path.realpath(folder), []
+    for f in sorted(os.listdir(folder)):
+        path = os.path.join(folder, f)
+        if not f.lower().endswith(PICTURES) or f.startswith(".") or not os.path.isfile(path):
+            continue
+        if os.path.commonpath([os.path.realpath(path), here]) != here:
+            why = "a link that leads out of the folder"
+        else:
+            try:
+                load_image(path, max_pixels=Image.MAX_IMAGE_PIXELS)
+                out.append(path)
+                continue
+            except Exception as e:  # noqa: BLE001 -- Pillow raises many kinds for a broken file
+                why = reason(e)
+        print(f"note: example {f} skipped: {why}; it is not offered on the page", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":

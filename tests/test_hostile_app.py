@@ -109,14 +109,18 @@ PORTS = [  # (case, flags, environment, the line says)
     ("GRADIO_SERVER_PORT not a number", [], {"GRADIO_SERVER_PORT": "abc"}, "GRADIO_SERVER_PORT=abc"),
     ("a host that does not exist", ["--host", "bogus.invalid", "--port", "7999"], {},
      "cannot serve on host bogus.invalid"),
+    ("a host that does not exist, no port", ["--host", "bogus.invalid"], {},
+     "cannot serve on host bogus.invalid"),
 ]
 
 
 @pytest.mark.parametrize("case, flags, env, says", PORTS, ids=[r[0] for r in PORTS])
 def test_a_port_or_host_that_cannot_serve_is_one_line(tmp_path, case, flags, env, says):
+    env = {k: v for k, v in {**os.environ, **env}.items()
+           if k not in ("PORT", "GRADIO_SERVER_PORT") or k in env}  # (the machine's own: not here)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
                            tmp_path / "none.pt", *flags], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **env})
+                          text=True, timeout=120, env=env)
     assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
@@ -143,3 +147,42 @@ def test_sigterm_removes_the_pages_folder(smoke_run, tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     assert not [p for p in os.listdir(tmp_path) if p.startswith("page-")]
+
+
+def test_class_names_no_file_may_have_still_give_examples(smoke_run, tmp_path):
+    """A labels table's names ("n/a", one of 250 characters) name the examples' files too:
+    made safe and short, not a crash at start-up."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import app
+    ckpt = torch.load(smoke_run[0] / "checkpoints" / "best_model.pt", weights_only=True)
+    names = ["n/a", "x" * 250, "..", *ckpt["class_names"][3:]]
+    model = SimpleNamespace(config=ckpt["config"], names=names, size=32,
+                            clf=SimpleNamespace(class_ids=None))
+    paths = app.test_examples(model, str(tmp_path), n=100)
+    assert len(paths) == len(set(paths)) > 3
+    assert all(os.path.dirname(p) == str(tmp_path) and len(os.path.basename(p)) < 60 for p in paths)
+
+
+SPACE_MODELS = [  # (case, what model.onnx holds, the line says)
+    ("no model.onnx", None, "no such file"),
+    ("a Git LFS pointer", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n",
+     "a Git LFS pointer"),
+    ("not an ONNX file", b"garbage", "is not an ONNX file of export.py"),
+]
+
+
+@pytest.mark.parametrize("case, holds, says", SPACE_MODELS, ids=[r[0] for r in SPACE_MODELS])
+def test_the_spaces_page_without_its_model_is_one_line(tmp_path, case, holds, says):
+    import shutil
+    shutil.copy(os.path.join(ROOT, "machinery", "space_app.py"), tmp_path / "app.py")
+    shutil.copy(os.path.join(ROOT, "machinery", "images.py"), tmp_path / "pictures.py")
+    if holds is not None:
+        (tmp_path / "model.onnx").write_bytes(holds)
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "GRADIO_SERVER_PORT")}
+    proc = subprocess.run([sys.executable, str(tmp_path / "app.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1

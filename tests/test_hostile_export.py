@@ -187,16 +187,24 @@ def test_a_bare_state_dict_and_a_windows_path_make_no_claims(best, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_manifest_cannot_send_a_space_export_out_of_its_folder(best, tmp_path):
+def test_a_manifest_cannot_make_a_space_export_remove_what_it_never_writes(best, tmp_path):
+    """Out of its folder, or inside it (.git/, a file of the owner's): a crafted or stale
+    manifest removes only names the export itself writes."""
     out = tmp_path / "space"
     assert _space(best, out).returncode == 0
     victim = tmp_path / "victim.txt"
     victim.write_text("")
+    (out / ".git").mkdir()
+    (out / ".git" / "config").write_text("[core]\n")
+    (out / "notes.txt").write_text("mine\n")
     mine = own_files.written(out)
-    mine.update({str(victim): own_files.sha256(victim), "../victim.txt": own_files.sha256(victim)})
+    mine.update({str(victim): own_files.sha256(victim), "../victim.txt": own_files.sha256(victim),
+                 ".git/config": own_files.sha256(out / ".git" / "config"),
+                 "notes.txt": own_files.sha256(out / "notes.txt")})
     import json
     (out / own_files.MANIFEST).write_text(json.dumps({"files": mine}))
     assert _space(best, out).returncode == 0 and victim.exists()
+    assert (out / ".git" / "config").exists() and (out / "notes.txt").exists()
 
 
 @pytest.mark.slow
@@ -229,3 +237,131 @@ def test_an_out_that_is_a_folder_is_one_line(best, tmp_path):
     for flags in (["--out", f"{tmp_path}/"], ["--format", "card", "--out", tmp_path]):
         proc = run_here("export.py", best, *flags)
         assert proc.returncode == 2 and "is a folder" in proc.stderr, proc.stderr
+
+
+def test_a_space_export_never_replaces_its_checkpoint_or_another_even_with_force(best, tmp_path):
+    """The checkpoint copied in under a Space file's name, exported from there: refused in
+    one line before any work, as is another checkpoint there."""
+    space = tmp_path / "space"
+    space.mkdir()
+    shutil.copy(best, space / "model.onnx")
+    shutil.copy(best, space / "README.md")
+    blob = best.read_bytes()
+    for source, says in ((space / "model.onnx", "its model.onnx is the checkpoint being exported"),
+                         (best, "its model.onnx is a checkpoint")):
+        proc = _space(source, space, "--force")
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1
+    assert (space / "model.onnx").read_bytes() == blob == (space / "README.md").read_bytes()
+    assert sorted(os.listdir(space)) == ["README.md", "model.onnx"]
+
+
+SPECIAL = [  # (case, how --out is made, format)
+    ("a FIFO, a card", lambda p: os.mkfifo(p), "card"),
+    ("a link to /dev/null, a card", lambda p: os.symlink("/dev/null", p), "card"),
+    ("a link to a link into /proc, a card",
+     lambda p: (os.symlink("/proc/self/fd/1", f"{p}.hop"), os.symlink(f"{p}.hop", p)), "card"),
+    ("a FIFO, onnx", lambda p: os.mkfifo(p), "onnx"),
+]
+
+
+@pytest.mark.parametrize("case, make, fmt", SPECIAL, ids=[r[0] for r in SPECIAL])
+def test_an_out_that_is_no_regular_file_is_refused_even_with_force(best, tmp_path, case, make, fmt):
+    out = tmp_path / "out"
+    make(str(out))
+    before = (os.lstat(out).st_mode, os.readlink(out) if os.path.islink(out) else None)
+    proc = run_here("export.py", best, "--format", fmt, "--out", out, "--force")
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not proc.stdout
+    assert (os.lstat(out).st_mode, os.readlink(out) if os.path.islink(out) else None) == before
+
+
+LICENSES = [  # (case, --license, refused?)
+    ("a key of its own after a colon", "cc-by-4.0: x", True),
+    ("a new line with a key", "mit\ntitle: owned", True),
+    ("capitals", "MIT", True),
+    ("the Hub's apache-2.0", "apache-2.0", False),
+    ("the Hub's gpl-3.0+", "gpl-3.0+", False),
+]
+
+
+@pytest.mark.parametrize("case, license, refused", LICENSES, ids=[r[0] for r in LICENSES])
+def test_a_license_is_a_hub_id_or_one_line(best, tmp_path, case, license, refused):
+    out = tmp_path / "card.md"
+    proc = run_here("export.py", best, "--format", "card", "--out", out, "--license", license)
+    if refused:
+        assert proc.returncode == 2 and not out.exists()
+        assert proc.stderr.startswith("error: --license ") and len(proc.stderr.splitlines()) == 1
+    else:
+        assert proc.returncode == 0 and front(out.read_text())["license"] == license
+
+
+BROKEN = [  # (case, key, its value, the line says)
+    ("fewer class names than outputs", "class_names", ["apple", "bee", "cat"], "class_names"),
+    ("an image size of 0", "image_size", 0, "image_size 0"),
+    ("a std of zeros", "std", [0.0, 0.0, 0.0], "std"),
+]
+
+
+@pytest.mark.parametrize("case, key, value, says", BROKEN, ids=[r[0] for r in BROKEN])
+def test_a_checkpoint_app_py_refuses_is_not_exported(best, tmp_path, case, key, value, says):
+    ckpt = {**torch.load(best, weights_only=True), key: value}
+    torch.save(ckpt, tmp_path / "broken.pt")
+    proc = run_here("export.py", tmp_path / "broken.pt", "--out", tmp_path / "m.onnx")
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_nan_difference_fails_the_check(best, tmp_path):
+    """NaN > 1e-4 is False: a network that answers NaN must not pass as 'checked'."""
+    ckpt = torch.load(best, weights_only=True)
+    ckpt["model_state_dict"]["fc.bias"] = torch.full_like(ckpt["model_state_dict"]["fc.bias"],
+                                                          float("nan"))
+    torch.save(ckpt, tmp_path / "nan.pt")
+    proc = run_here("export.py", tmp_path / "nan.pt", "--out", tmp_path / "m.onnx")
+    assert proc.returncode == 1 and "does not match PyTorch" in proc.stderr, proc.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_spaces_examples_are_pictures_inside_its_folder(tmp_path, capsys):
+    """The Space's page publishes its examples/: never a link out of it (to a .env), nor
+    a file only named like a picture."""
+    import numpy as np
+    from PIL import Image
+    from machinery.space_app import pictures_in
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (tmp_path / ".env").write_text("API_KEY=secret\n")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(examples / "0.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "outside.png")
+    os.symlink(tmp_path / ".env", examples / "evil.png")
+    os.symlink(tmp_path / "outside.png", examples / "out.png")  # a picture, but not the folder's
+    (examples / "notes.jpg").write_text("my notes\n")
+    assert pictures_in(str(examples)) == [str(examples / "0.png")]
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 3 and all(line.startswith("note: example ") for line in said), said
+
+
+def test_a_second_space_export_leaves_the_firsts_build_folder(best, tmp_path):
+    """Two exports into one folder at once: a build folder whose process lives stays; one
+    whose process is gone (a killed export's) goes, as does an older export.py's."""
+    import subprocess
+    import export
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f".export-{live.pid}-abc", ".export-999999999-def", ".export-old"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "model.onnx").write_bytes(b"half")
+        export.remove_dead_builds(str(tmp_path))
+        assert sorted(os.listdir(tmp_path)) == [f".export-{live.pid}-abc"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_smoke_models_summary_says_generated_data_first(best):
+    from machinery.card import summary
+    line = summary(torch.load(best, weights_only=True))
+    assert line.startswith("**Generated CIFAR-100-format pictures**"), line
+    assert summary(_real(best)).startswith("**CIFAR-100**")
