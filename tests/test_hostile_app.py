@@ -186,3 +186,32 @@ def test_the_spaces_page_without_its_model_is_one_line(tmp_path, case, holds, sa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_a_pasted_picture_is_read_as_an_upload_is(tmp_path):
+    """A data URL (the clipboard, an API client) goes through load_image too: a 16-bit
+    mid-grey stays mid-grey (Gradio's own decode made it white), and a huge picture is
+    refused from its header before it is decoded."""
+    import base64
+    import io
+    from gradio.data_classes import FileData
+    from machinery.images import load_image
+    from machinery.space_app import Unreadable, picture_input
+
+    def as_data_url(picture, **kw):
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", **kw)
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    preprocess = picture_input().preprocess
+    grey = Image.fromarray(np.full((40, 40), 32768, np.uint16))  # I;16, mid-grey
+    got = preprocess(FileData(path=str(tmp_path / "pasted.png"), url=as_data_url(grey)))
+    assert np.abs(load_image(got, 32).astype(int) - 128).max() <= 1
+    huge = Image.new("1", (12500, 12500))  # a few hundred KB of PNG, 156 megapixels
+    got = preprocess(FileData(path=str(tmp_path / "huge.png"), url=as_data_url(huge, optimize=True)))
+    with pytest.raises(Image.DecompressionBombError, match="more than"):
+        load_image(got, 32, max_pixels=Image.MAX_IMAGE_PIXELS)
+    with pytest.raises(OSError):  # (the page says "Could not read it" and why)
+        load_image(preprocess(FileData(path=str(tmp_path / "bad.png"),
+                                       url="data:image/png;base64,@@@")), 32)
+    assert isinstance(preprocess(FileData(path=str(tmp_path / "no.png"), url="data:image/png")),
+                      Unreadable)
