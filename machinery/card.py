@@ -30,6 +30,10 @@ MARKED = re.compile(r"<!-- written by export\.py as (\w+) card from .*?, digest 
                     r"rerun it to update -->\n")
 
 
+def _number(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def facts(ckpt):
     """What a card says, from the checkpoint: a dict of plain values."""
     cfg = {**dataclasses.asdict(Config()), **(ckpt.get("config") or {})}
@@ -37,8 +41,8 @@ def facts(ckpt):
     accs = ckpt.get(f"{split}_acc") or []
     top5s = ckpt.get(f"{split}_top5") or []
     epoch = ckpt.get("epoch", len(accs) - 1)
-    test = ckpt.get("test_accuracy") if split == "val" else (accs[epoch] if 0 <= epoch < len(accs)
-                                                               else ckpt.get("test_accuracy"))
+    test = _number(ckpt.get("test_accuracy")) if split == "val" else (
+        accs[epoch] if 0 <= epoch < len(accs) else _number(ckpt.get("test_accuracy")))
     params = sum(v.numel() for k, v in ckpt["model_state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     names = list(ckpt["class_names"])
@@ -48,7 +52,8 @@ def facts(ckpt):
         "dataset": dataset_of(ckpt) or "cifar100", "classes": names, "image_size": ckpt["image_size"],
         "epoch": epoch, "epochs": len(ckpt.get("train_acc") or []), "planned": cfg.get("epochs"),
         "split": split, "accuracy": test,
-        "top5": (top5s[epoch] if split == "test" and 0 <= epoch < len(top5s) else ckpt.get("test_top5"))
+        "top5": (top5s[epoch] if split == "test" and 0 <= epoch < len(top5s) else
+                 _number(ckpt.get("test_top5")))  # (an epoch past the history: its list is no figure)
         if len(names) > 5 else None,
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
         "test_images": ckpt.get("test_images"), "parameters": params,

@@ -365,3 +365,16 @@ def test_a_smoke_models_summary_says_generated_data_first(best):
     line = summary(torch.load(best, weights_only=True))
     assert line.startswith("**Generated CIFAR-100-format pictures**"), line
     assert summary(_real(best)).startswith("**CIFAR-100**")
+
+
+def test_a_checkpoint_whose_epoch_is_past_its_history_still_gets_a_card(best, tmp_path):
+    """The epoch it names is beyond the lists of accuracies (a hand-edited file): the card
+    leaves those figures out instead of formatting a whole list as a number."""
+    ckpt = torch.load(best, weights_only=False)
+    ckpt["epoch"] = 99
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    proc = run_here("export.py", path, "--format", "card", "--out", tmp_path / "card.md")
+    assert proc.returncode == 0, proc.stderr
+    assert "%" not in "".join(line for line in (tmp_path / "card.md").read_text().splitlines()
+                              if "[" in line and "]" in line and "BasicBlocks" not in line)
