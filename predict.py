@@ -91,6 +91,9 @@ def check(args):
                         f"--checkpoint")
     args.format = args.format or ("jsonl" if (args.out or "").endswith((".jsonl", ".json")) else "csv")
     args.out = args.out or FORMATS[args.format]
+    if args.out == "-":  # not a file named "-": the table is a file, never stdout
+        raise UserError("--out -: predict.py writes its table to a file, not to stdout (the "
+                        "summary goes there); give a file's name (a file named -: --out ./-)")
     if os.path.exists(args.out) and not (os.path.isfile(args.out) or os.path.isdir(args.out)):
         # a pipe or device (/dev/stdout, /dev/null): the table is renamed into place, which
         # would replace the node itself (or fail on /dev, after every picture is decoded)

@@ -81,15 +81,40 @@ def ensure_dataset(root, name, download=True):
     if download:
         import torchvision  # only needed here; keeps importing data.py light
         cls = torchvision.datasets.CIFAR100 if name == "cifar100" else torchvision.datasets.CIFAR10
+        made = _missing_folders(root)  # (torchvision makes them before it connects)
+        archive = os.path.join(root, getattr(cls, "filename", ""))
+        had_archive = os.path.exists(archive)
         try:
             cls(root, train=True, download=True)
         except Exception as e:  # network, disk and checksum failures all end the same way
+            _remove_made(made, None if had_archive else archive)
             raise DataError(f"{name} is not in {where} and the download failed "
                             f"({type(e).__name__}: {str(e)[:100]}); download it from "
                             f"{cls.url} and extract it into {os.path.abspath(root)}") from None
     if not dataset_present(root, name):
         raise DataError(f"{name} is not in {where} (downloads are off); put the extracted "
                         f"'{DATASETS[name]['folder']}' folder in {os.path.abspath(root)}")
+
+
+def _missing_folders(root):
+    """The folders of `root`'s path that do not exist yet, deepest first."""
+    missing, path = [], os.path.abspath(root)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_made(folders, archive):
+    """What a failed download left of its own: its partial archive (one that was not
+    there before), and the folders it made, where nothing else is in them."""
+    try:
+        if archive and os.path.isfile(archive):
+            os.remove(archive)
+        for folder in folders:
+            os.rmdir(folder)  # only an empty one
+    except OSError:
+        pass
 
 
 class _Forbidden(pickle.UnpicklingError):

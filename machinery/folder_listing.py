@@ -332,6 +332,7 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
         ids, splits = _table_split("train", train, table, label_column, None, warn, apart, loops)
     else:
         ids = [c for c in folders_in(train) if _identity(os.path.join(train, c)) not in ours]
+        _refuse_two_unicode_forms(train, ids)
         _check_classes(root, train, ids, flat)
         splits = {"train": _class_split("train", train, ids, apart, loops)}
     # and the other way: a link test/b/sub -> train/a would test on training images, as b's
@@ -363,6 +364,20 @@ def _check_classes(root, train, ids, flat):
     if len(ids) < 2:
         raise DataError(f"{shown(train)} has {len(ids)} class folder{'s' * (len(ids) != 1)}; a "
                         f"classifier needs at least two")
+
+
+def _refuse_two_unicode_forms(folder, names):
+    """Two class folders whose names differ only in Unicode form (café written by a Mac,
+    NFD, beside café written elsewhere, NFC): one name shown for two classes. One line."""
+    first = {}
+    for n in names:
+        key = unicodedata.normalize("NFC", n)
+        if key in first:
+            raise DataError(f"{shown(os.path.join(folder, first[key]))} and "
+                            f"{shown(os.path.join(folder, n))} are two folders whose names differ "
+                            f"only in Unicode form (NFC and NFD, as a Mac and Linux write é): one "
+                            f"class shown as two; move the pictures of one into the other")
+        first[key] = n
 
 
 def _refuse_one_folder_twice(named):
@@ -421,6 +436,7 @@ def _table_split(name, folder, table, label_column, known, warn, seen=(), loops=
 def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn):
     """An evaluation folder's Split: by class folders, by a table inside or beside it, or
     None (unlabeled, said in one line)."""
+    _refuse_two_unicode_forms(folder, folders_in(folder))
     found = {unicodedata.normalize("NFC", n): n for n in folders_in(folder)}
     named = {i: found[unicodedata.normalize("NFC", i)] for i in ids
              if unicodedata.normalize("NFC", i) in found}

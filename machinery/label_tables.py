@@ -12,6 +12,7 @@ import csv
 import os
 import posixpath
 import sys
+import unicodedata
 
 from .cifar import DataError
 
@@ -39,7 +40,9 @@ def _examples(items):
 
 def read_rows(path):
     """[(line number, [cells])] of a table's non-empty rows: tab-separated where its first
-    line has a tab (.tsv always), comma-separated where it has a comma, else by spaces."""
+    line has a tab (.tsv always), semicolon-separated where it has more semicolons than
+    commas (Excel's CSV where the decimal mark is a comma: `1.png;cat;0,5`),
+    comma-separated where it has a comma, else by spaces."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
@@ -52,8 +55,8 @@ def read_rows(path):
     first = next((line for line in lines if line.strip()), "")
     tabs = path.lower().endswith(".tsv") or "\t" in first
     # (a space after a comma is not part of the next cell: `2, "dog"` is the label dog)
-    options = (dict(delimiter="\t") if tabs else dict(delimiter=",", skipinitialspace=True)
-               if "," in first else dict(delimiter=" ", skipinitialspace=True))
+    mark = ";" if first.count(";") > first.count(",") else "," if "," in first else " "
+    options = dict(delimiter="\t") if tabs else dict(delimiter=mark, skipinitialspace=True)
     reader, rows = csv.reader(lines, strict=True, **options), []
     try:
         for cells in reader:
@@ -196,6 +199,10 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
                             f"{'s' * (len(cells) != 1)}, where the labels are column {label + 1}")
         if not cells[label]:
             raise DataError(f"{_shown(path)}, row {line}: {cells[image]} has no label")
+        odd = next((ch for ch in cells[label] if unicodedata.category(ch) == "Cc"), None)
+        if odd is not None:  # `cat\x00` would be a class of its own, shown as cat
+            raise DataError(f"{_shown(path)}, row {line}: the label {cells[label]!r} holds a "
+                            f"control character ({odd!r}); a label is printable text")
         if known is not None and cells[label] not in known:
             raise DataError(f"{_shown(path)}, row {line}: label {cells[label]} is not one of "
                             f"train/'s classes")

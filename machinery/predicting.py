@@ -68,6 +68,13 @@ def as_classifier(model, ckpt, source):
     if not fine:  # (x - mean) / 0: every answer NaN
         raise CheckpointError(f"{source}: its std {ckpt['std']!r} is no data set's (each "
                               f"channel's must be a positive number)")
+    try:
+        fine = len(ckpt["mean"]) == 3 and all(math.isfinite(float(m)) for m in ckpt["mean"])
+    except (TypeError, ValueError):
+        fine = False
+    if not fine:  # 'abc', None, NaN: a traceback in export.py and app.py, or every answer NaN
+        raise CheckpointError(f"{source}: its mean {ckpt['mean']!r} is no data set's (it must be "
+                              f"three numbers, one per colour channel)")
     for key in ("class_names", "class_ids"):
         if ckpt.get(key) is not None and len(ckpt[key]) != classes:
             raise CheckpointError(f"{source}: its {key} name {len(ckpt[key])} classes, and its "
@@ -162,7 +169,7 @@ def _expand(sources, lists, within, where):
             if path in within:
                 raise DataError(f"{said}@{shown(src[1:])} names itself, through the lists it names")
             lists.append(src[1:])
-            yield from _expand(_lines(src[1:]), lists, within + (path,), f"@{shown(src[1:])}")
+            yield from _expand(_lines(src[1:], said), lists, within + (path,), f"@{shown(src[1:])}")
         elif os.path.isdir(src):
             found = images_under(src)
             if not found:
@@ -186,14 +193,15 @@ def _expand(sources, lists, within, where):
             raise DataError(f"{said}{shown(src) or 'an empty path'} does not exist")
 
 
-def _lines(path):
+def _lines(path, said=""):
     """(line number, path) of an @list's lines: blank lines and # comments skipped, a
-    UTF-8 byte order mark (Notepad's, PowerShell's) ignored."""
+    UTF-8 byte order mark (Notepad's, PowerShell's) ignored. said: where the list was
+    named ("@outer.txt, line 3: "), for the error when it cannot be read."""
     try:
         with open(path, "rb") as f:
             raw = f.read().splitlines()
     except OSError as e:
-        raise DataError(f"cannot read the list @{shown(path)}: {e.strerror}") from None
+        raise DataError(f"{said}cannot read the list @{shown(path)}: {e.strerror}") from None
     lines = []
     for n, line in enumerate(raw, 1):
         try:

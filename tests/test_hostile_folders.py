@@ -39,7 +39,31 @@ LABELS = [  # (case, the table, {file under train/: the label it must get})
      {"a/0.png": "cat", "0.png": "dog", "a/1.png": "dog"}),
     ("a name only one file has", "file,label\ntrain/a/0.png,cat\ntrain/0.png,dog\n1.png,dog\n",
      {"a/0.png": "cat", "0.png": "dog", "a/1.png": "dog"}),
+    ("separated by semicolons, as a European Excel saves CSV",
+     "file;label\ntrain/a/0.png;cat\ntrain/0.png;dog\ntrain/a/1.png;cat\n",
+     {"a/0.png": "cat", "0.png": "dog", "a/1.png": "cat"}),
+    ("semicolons without a header, a decimal comma in a cell",
+     "a/0.png;cat;0,5\n0.png;dog;1,5\na/1.png;dog;2,0\n",
+     {"a/0.png": "cat", "0.png": "dog", "a/1.png": "dog"}),
 ]
+
+
+BAD_LABELS = [  # (case, the table beside train/, the line says)
+    ("a NUL byte in a label", "file,label\ntrain/a/0.png,cat\ntrain/0.png,cat\x00\ntrain/a/1.png,dog\n",
+     "train.csv, row 3: the label 'cat\\x00' holds a control character"),
+    ("an escape character in a label", "file,label\ntrain/a/0.png,c\x1bat\ntrain/0.png,dog\n",
+     "train.csv, row 2: the label 'c\\x1bat' holds a control character"),
+    ("a DEL in a label", "file,label\ntrain/a/0.png,cat\ntrain/0.png,dog\x7f\ntrain/a/1.png,dog\n",
+     "train.csv, row 3: the label 'dog\\x7f' holds a control character"),
+]
+
+
+@pytest.mark.parametrize("case, table, says", BAD_LABELS, ids=[r[0] for r in BAD_LABELS])
+def test_a_label_with_a_control_character_is_one_line_naming_the_row(tmp_path, case, table, says):
+    kaggle(tmp_path, table)
+    with pytest.raises(DataError) as e:
+        imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("case, table, want", LABELS, ids=[r[0] for r in LABELS])
@@ -200,7 +224,23 @@ LINKED = [  # (case, made after train/{cat,dog} and test/{cat,dog}, the line say
     ("test/'s classes in another case", lambda r: (os.rename(r / "test" / "cat", r / "test" / "Cat"),
                                                    os.rename(r / "test" / "dog", r / "test" / "Dog")),
      "in another case (Cat for cat)"),
+    ("train/ holds café in both Unicode forms, test/ one",
+     lambda r: (_cafe(r / "train", "NFC"), _cafe(r / "train", "NFD"), _cafe(r / "test", "NFC")),
+     "are two folders whose names differ only in Unicode form"),
+    ("train/ holds café in both Unicode forms, test/ none",
+     lambda r: (_cafe(r / "train", "NFC"), _cafe(r / "train", "NFD")),
+     "are two folders whose names differ only in Unicode form"),
+    ("test/ holds café in both Unicode forms",
+     lambda r: (_cafe(r / "train", "NFC"), _cafe(r / "test", "NFC"), _cafe(r / "test", "NFD")),
+     "are two folders whose names differ only in Unicode form"),
 ]
+
+
+def _cafe(split, form):
+    """A class café, its name in Unicode form `form` (a Mac writes NFD, Linux NFC)."""
+    import unicodedata
+    for i in range(2):
+        picture(split / unicodedata.normalize(form, "café") / f"{i}.png", (200, 9 * len(form), i))
 
 
 @pytest.mark.parametrize("case, make, says", LINKED, ids=[r[0] for r in LINKED])
@@ -311,3 +351,19 @@ def test_the_docs_say_which_edits_the_cache_key_does_not_see():
     text = " ".join(open(os.path.join(ROOT, "docs", "own-images.md")).read().split())
     assert (f"the whole of a file up to {2 * SAMPLED // 1024} KiB, of a larger one's first and "
             f"last {SAMPLED // 1024} KiB" in text and "What this does not see" in text)
+
+
+def test_a_failed_download_leaves_no_data_folder_behind(tmp_path, monkeypatch):
+    """--data-dir /nonexistent offline: the folders torchvision made are removed again."""
+    import urllib.error
+    import urllib.request
+    from machinery import cifar
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / "kept").mkdir()
+    for root in (tmp_path / "no" / "such", tmp_path / "kept"):
+        with pytest.raises(DataError, match="the download failed"):
+            cifar.ensure_dataset(str(root), "cifar100")
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and not os.listdir(tmp_path / "kept")

@@ -121,6 +121,8 @@ MORE_REFUSED = [  # (case, files, PATH arguments, --out, flags, the line says) f
     ("--out is an @list named inside an @list, --force", ["a.png"], ["@outer.txt"], "inner.txt",
      ["--force"], "it is one of the inputs"),
     ("an @list that names itself", ["a.png"], ["@self.txt"], "p.csv", [], "names itself"),
+    ("an @list that names a missing @list", ["a.png"], ["@l1.txt"], "p.csv", [],
+     "@{tmp}/l1.txt, line 2: cannot read the list @{tmp}/missing.txt: No such file or directory"),
     ("a folder among the PATHs holds no picture", ["a.png"], ["a.png", "empty"], "p.csv", [],
      "{tmp}/empty holds no picture"),
     ("an --out name too long for its temporary ending", ["a.png"], ["a.png"], "p" * 250 + ".csv", [],
@@ -134,6 +136,8 @@ MORE_REFUSED = [  # (case, files, PATH arguments, --out, flags, the line says) f
     ("a glob matching only a pipe", [], ["pipes/*.png"], "p.csv", [], "holds no picture"),
     ("--out a pipe, even with --force", ["a.png"], ["a.png"], "pipe.png", ["--force"],
      "--out {tmp}/pipe.png is not a file but a pipe"),
+    ("--out - is no stdout, nor a file named -", ["a.png"], ["a.png"], "-", [],
+     "--out -: predict.py writes its table to a file, not to stdout"),
     ("--out a device, even with --force", ["a.png"], ["a.png"], "/dev/null", ["--force"],
      "--out /dev/null is not a file but a pipe, socket or device"),
 ]
@@ -150,6 +154,7 @@ def test_more_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_pat
     (tmp_path / "inner.txt").write_text(f"{tmp_path / 'a.png'}\n")
     (tmp_path / "outer.txt").write_text(f"@{tmp_path / 'inner.txt'}\n")
     (tmp_path / "self.txt").write_text(f"@{tmp_path / 'self.txt'}\n")
+    (tmp_path / "l1.txt").write_text(f"{tmp_path / 'a.png'}\n@{tmp_path / 'missing.txt'}\n")
     os.mkfifo(tmp_path / "pipe.png")
     (tmp_path / "pipes").mkdir()
     os.mkfifo(tmp_path / "pipes" / "only.png")
@@ -157,7 +162,9 @@ def test_more_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_pat
     monkeypatch.setattr(predicting, "load_image", lambda *a: pytest.fail("a picture was decoded"))
     args = ["@" + str(tmp_path / p[1:]) if p.startswith("@") else tmp_path / p for p in paths]
     model_flags = [] if "--onnx" in flags else ["--checkpoint", best]
-    proc = run_here("predict.py", *args, *model_flags, "--out", tmp_path / out, *flags)
+    monkeypatch.chdir(tmp_path)  # (where a file named "-" would be written)
+    proc = run_here("predict.py", *args, *model_flags, "--out", out if out == "-" else tmp_path / out,
+                    *flags)
     assert says.format(tmp=tmp_path) in _refused(proc)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert (tmp_path / "pipe.png").is_fifo()  # not replaced by a table
@@ -243,3 +250,23 @@ def test_names_that_do_not_fit_the_network_are_one_line(model, tmp_path):
     proc = run_here("predict.py", tmp_path / "a.png", "--checkpoint", tmp_path / "short.pt",
                     "--out", tmp_path / "p.csv")
     assert "its class_names name 50 classes, and its network has 100" in _refused(proc)
+
+
+BAD_MEANS = [  # (case, mean): each a CheckpointError from load_classifier, not a TypeError later
+    ("a string", "abc"),
+    ("None", None),
+    ("two numbers", (0.5, 0.5)),
+    ("a NaN", (0.5, float("nan"), 0.5)),
+    ("a word among numbers", (0.5, "x", 0.5)),
+]
+
+
+@pytest.mark.parametrize("case, mean", BAD_MEANS, ids=[r[0] for r in BAD_MEANS])
+def test_a_mean_that_is_not_three_numbers_is_a_checkpoint_error(model, tmp_path, case, mean):
+    from model import load_classifier
+    from machinery.checkpoint_files import CheckpointError
+    best, _, _, _ = model
+    ckpt = torch.load(best, weights_only=True)
+    torch.save({**ckpt, "mean": mean}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="its mean .* is no data set's"):
+        load_classifier(str(tmp_path / "bad.pt"))
