@@ -97,8 +97,16 @@ def file_name(name, most=40):
     return re.sub(r"[^\w.-]+", "_", name, flags=re.ASCII)[:most].strip("._") or "class"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's, whose errors (--port abc) are one line and exit 2, as the page's others."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="A demo page for a trained model.")
+    p = Parser(description="A demo page for a trained model.")
     p.add_argument("--checkpoint", help="default: <out-dir>/checkpoints/best_model.pt")
     p.add_argument("--onnx", metavar="FILE", help="an export.py ONNX file instead (no Grad-CAM)")
     p.add_argument("--out-dir", default=".", help="where to look for the checkpoint (default .)")

@@ -84,7 +84,7 @@ def deployable(path):
     ckpt = load_checkpoint(path)
     note = fill_metadata(ckpt)
     net, _ = model_from_checkpoint(ckpt)
-    as_classifier(net, ckpt, path)  # what load_classifier refuses (names, size, std): never exported
+    as_classifier(net, ckpt, path)  # what load_classifier refuses (names, size, mean, std): never exported
     meta = {"class_names": json.dumps(list(ckpt["class_names"])), "image_size": str(ckpt["image_size"]),
             "mean": json.dumps(list(ckpt["mean"])), "std": json.dumps(list(ckpt["std"])),
             "epoch": str(ckpt.get("epoch", "")),
@@ -176,7 +176,9 @@ def export_pt2(module, meta, path, size):
     program = torch.export.export(_exportable(module), (example,), dynamic_shapes=_dynamic_batch())
     for node in program.graph.nodes:  # (stack traces name this machine's folders)
         node.meta.pop("stack_trace", None)
-    torch.export.save(program, path, extra_files={"metadata.json": json.dumps(meta)})
+    with open(path, "wb") as f:  # (a file, not its name: the archive's folder is "archive",
+        torch.export.save(program, f,  # never the temporary name with its process id)
+                          extra_files={"metadata.json": json.dumps(meta)})
     return "torch.export"
 
 
@@ -228,6 +230,17 @@ def check_special(out):
                               f"FIFO or socket); choose another --out")
 
 
+def check_parents(out):
+    """Refuse, before any work, an `out` one of whose folders is a file (ck.pt/model.onnx):
+    the folders export makes would fail only once the model was exported."""
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            raise CheckpointError(f"cannot write {out}: {folder} exists and is not a folder; "
+                                  f"choose another --out")
+        folder = os.path.dirname(folder)
+
+
 def check_out(out, fmt, checkpoint, force=False):
     """Refuse, before anything is exported, an `out` that is the checkpoint itself or (but
     with --force) an existing file that is not an earlier export of the same kind (which
@@ -241,12 +254,13 @@ def check_out(out, fmt, checkpoint, force=False):
         raise CheckpointError(f"cannot write {out}: {folder} cannot be written to")
     if not os.path.lexists(out):
         return
-    if os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+    if os.path.exists(checkpoint) and os.path.exists(out) and os.path.samefile(out, checkpoint):
         raise CheckpointError(f"refusing to write {out}: it is the checkpoint being exported; "
                               f"choose another --out")
     if is_checkpoint_file(out):  # another one: an export never replaces a checkpoint either
         raise CheckpointError(f"refusing to write {out}: it is a checkpoint; choose another --out")
-    if not os.path.isfile(out) or not (force or is_export(out, fmt)):
+    dangling = os.path.islink(out) and not os.path.exists(out)  # (--force replaces the link)
+    if not (os.path.isfile(out) or dangling) or not (force or is_export(out, fmt)):
         kind = {"onnx": "an ONNX", "pt2": "a .pt2"}[fmt]
         raise CheckpointError(f"refusing to write {out}: it exists and is not {kind} export; "
                               f"choose another --out, or add --force to replace it")
@@ -264,6 +278,7 @@ def export(path, fmt, out, images, module, meta, say=print, out_name=None):
     suffix, write, run = FORMATS[fmt]
     shown_out = out_name or out
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    remove_dead_checks(out, suffix)
     tmp = f"{os.path.splitext(out)[0]}.checking{os.getpid()}{suffix}"  # the ending tools expect
     try:
         try:
@@ -293,6 +308,21 @@ def export(path, fmt, out, images, module, meta, say=print, out_name=None):
     say(f"{shown_out}: {fmt} ({how}), {mib:.1f} MiB; checked against PyTorch: top-1 identical, "
         f"max |probability difference| {diff:.1e}")
     return out
+
+
+def remove_dead_checks(out, suffix):
+    """The files being checked that a killed export of `out` left beside it (its
+    <name>.checking<pid><suffix>, full size): those whose process is gone, or whose id a
+    later process took. Another export of the same name running now keeps its own."""
+    folder, name = os.path.split(os.path.abspath(out))
+    mine = re.compile(re.escape(os.path.splitext(name)[0]) + r"\.checking(\d+)" + re.escape(suffix))
+    for old in os.listdir(folder):
+        found, path = mine.fullmatch(old), os.path.join(folder, old)
+        if not found or os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with contextlib.suppress(OSError):
+            if not writer_alive(int(found.group(1)), path):
+                os.remove(path)
 
 
 # -----------------------------------------------------------------------------
@@ -332,9 +362,21 @@ def check_space(out, examples, force, checkpoint):
     """An --out folder that is new, or whose files this tool would replace are its own as
     it wrote them (own_files' manifest), or --force. Files beside them are kept. A
     checkpoint under one of the names it writes or removes (the one being exported, say,
-    copied in as model.onnx) is refused even with --force."""
+    copied in as model.onnx), or a folder under the name of a file it writes (or a file
+    as examples/), is refused even with --force, before the first file is replaced.
+    examples: the pictures this export writes; None, before they are known: all but
+    whose files these are is checked then."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise CheckpointError(f"refusing to write {out}: it is a file; a Space is a folder")
+    for name in space_names(() if examples is None else examples) + [own_files.MANIFEST]:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise CheckpointError(f"refusing to write {out}: its {name} is a folder, where the "
+                                  f"export writes a file; move it away, or choose another --out")
+    folder = os.path.join(out, "examples")
+    if os.path.lexists(folder) and not os.path.islink(folder) and not os.path.isdir(folder):
+        raise CheckpointError(f"refusing to write {out}: its examples is a file, where the "
+                              f"export writes a folder; move it away, or choose another --out")
     removes = [n for n in own_files.written(out) if space_writes(n)] if os.path.isdir(out) else []
     for name in space_names(range(EXAMPLES)) + removes:  # every name it writes, or removes
         path = os.path.join(out, name)
@@ -347,6 +389,8 @@ def check_space(out, examples, force, checkpoint):
     if os.path.islink(os.path.join(out, "examples")) and not force:
         raise CheckpointError(f"refusing to write into {out}/examples: it is a link to another "
                               f"folder; add --force to replace the link with a folder")
+    if examples is None:
+        return
     theirs = os.path.isdir(out) and own_files.foreign(out, space_names(examples))
     if theirs and not force:
         raise CheckpointError(
@@ -442,6 +486,7 @@ def write_card(ckpt, out, source, force, license="mit"):
     or with --force; never a checkpoint."""
     if os.path.isdir(out):
         raise CheckpointError(f"--out {out} is a folder; give the card's file name (README.md)")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # (as the others do)
     if os.path.lexists(out) and not force:
         try:
             with open(out, encoding="utf-8", errors="replace") as f:
@@ -478,6 +523,9 @@ def main(argv=None):
     fmts = {"all": ["onnx", "pt2"], "space": ["onnx"], "card": []}.get(args.format, [args.format])
     stem = os.path.splitext(args.out or args.checkpoint)[0]
     try:
+        if os.path.isdir(args.checkpoint):
+            raise CheckpointError(f"{args.checkpoint} is a folder; give the checkpoint file "
+                                  f"(its checkpoints/best_model.pt, say)")
         check_packages(fmts)
         check_license(args.license)
         outs = {fmt: args.out if args.out and len(fmts) == 1 else stem + FORMATS[fmt][0]
@@ -485,8 +533,9 @@ def main(argv=None):
         space, card_out = args.out or stem + "-space", args.out or stem + "_card.md"
         for out in {"space": [space], "card": [card_out]}.get(args.format, outs.values()):
             check_special(out)  # a device, a FIFO, /dev/stdout: never, before any work
+            check_parents(out)  # (ck.pt/model.onnx)
         if args.format == "space":
-            check_space(space, range(EXAMPLES), args.force, args.checkpoint)
+            check_space(space, None, args.force, args.checkpoint)
         for fmt, out in outs.items():
             check_out(out, fmt, args.checkpoint, args.force)
         module, meta, note, ckpt = deployable(args.checkpoint)
@@ -497,10 +546,12 @@ def main(argv=None):
             return 0
         images, source = check_images(ckpt)
         if args.format == "space":
-            print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
             real = not source.endswith("generated images")  # the test set's: worth showing
-            export_space(args.checkpoint, space, images, module, meta, ckpt,
-                         images if real else (), args.license)
+            examples = images if real else ()
+            check_space(space, examples, args.force, args.checkpoint)  # the names it writes
+            print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
+            export_space(args.checkpoint, space, images, module, meta, ckpt, examples,
+                         args.license)
             return 0
         print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
         for fmt, out in outs.items():

@@ -14,6 +14,7 @@ path of the machine it was made on: paths are reduced to their last part.
 import dataclasses
 import hashlib
 import re
+import shlex
 import sys
 
 from .checkpoint_files import dataset_of
@@ -57,7 +58,7 @@ def facts(ckpt):
         if len(names) > 5 else None,
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
         "test_images": ckpt.get("test_images"), "parameters": params,
-        "settings": changed_settings(Config(**{k: v if v == defaults[k] else local(k, v)
+        "settings": changed_settings(Config(**{k: v if v == defaults[k] else typed(k, v)
                                                for k, v in cfg.items() if k in defaults})),
         "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
         "hours": ckpt.get("train_seconds", 0) / 3600 or None,
@@ -70,6 +71,24 @@ def local(key, value):
     if key in PATHS and isinstance(value, str) and value not in ("", "."):
         return re.split(r"[\\/]", value.rstrip("\\/"))[-1] or value  # (a Windows path too)
     return value
+
+
+def typed(key, value):
+    """A setting as one would type it in a shell: local(), and quoted where it holds a
+    space or another character a shell reads (--out-dir 'exp 1', not --out-dir exp 1)."""
+    value = local(key, value)
+    if isinstance(value, str):
+        return shlex.quote(value)
+    if isinstance(value, list):
+        return [shlex.quote(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def marked(source):
+    """A checkpoint's file name as the card's marker line may hold it: no '<' or '>' (a
+    '-->' would end the comment, the rest shown on the card) and no line break (the
+    marker is one line: the tool would no longer know its own card)."""
+    return re.sub(r"[<>\x00-\x1f\x7f]|[^\S ]", "_", source)
 
 
 def _pct(v):
@@ -200,7 +219,7 @@ With PyTorch and the training repo: `load_classifier("best_model.pt")` and
 `predict(clf, ["cat.jpg"])` from its `model.py`, or `python predict.py photos/`.
 """
     head = front_matter(f, title, kind, sdk_version=sdk_version, license=license)
-    mark = MARK.format(kind=kind, source=local("init_from", source) or "a checkpoint",
+    mark = MARK.format(kind=kind, source=marked(local("init_from", source) or "a checkpoint"),
                        digest=digest(head + body))
     return head + mark + "\n" + body  # (the front matter first: Hugging Face reads it there)
 

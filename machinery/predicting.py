@@ -62,14 +62,16 @@ def as_classifier(model, ckpt, source):
         raise CheckpointError(f"{source}: its image_size {ckpt['image_size']} is no picture size "
                               f"this repo trains at (16 to 128)")
     try:
-        fine = all(math.isfinite(float(s)) and float(s) > 0 for s in ckpt["std"])
+        fine = not isinstance(ckpt["std"], (str, bytes)) and all(
+            math.isfinite(float(s)) and float(s) > 0 for s in ckpt["std"])
     except (TypeError, ValueError):
         fine = False
     if not fine:  # (x - mean) / 0: every answer NaN
         raise CheckpointError(f"{source}: its std {ckpt['std']!r} is no data set's (each "
                               f"channel's must be a positive number)")
     try:
-        fine = len(ckpt["mean"]) == 3 and all(math.isfinite(float(m)) for m in ckpt["mean"])
+        fine = (not isinstance(ckpt["mean"], (str, bytes)) and len(ckpt["mean"]) == 3  # ('123')
+                and all(math.isfinite(float(m)) for m in ckpt["mean"]))
     except (TypeError, ValueError):
         fine = False
     if not fine:  # 'abc', None, NaN: a traceback in export.py and app.py, or every answer NaN

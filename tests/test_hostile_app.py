@@ -111,6 +111,7 @@ PORTS = [  # (case, flags, environment, the line says)
      "cannot serve on host bogus.invalid"),
     ("a host that does not exist, no port", ["--host", "bogus.invalid"], {},
      "cannot serve on host bogus.invalid"),
+    ("a port of letters", ["--port", "abc"], {}, "argument --port: invalid int value: 'abc'"),
 ]
 
 
@@ -215,3 +216,15 @@ def test_a_pasted_picture_is_read_as_an_upload_is(tmp_path):
                                        url="data:image/png;base64,@@@")), 32)
     assert isinstance(preprocess(FileData(path=str(tmp_path / "no.png"), url="data:image/png")),
                       Unreadable)
+
+
+@pytest.mark.parametrize("mean", ["abc", "123", 0.5, [0.5, float("nan"), 0.5]])
+def test_a_mean_that_is_no_numbers_is_refused_before_the_page(smoke_run, tmp_path, mean):
+    import torch
+    import app
+    from machinery.checkpoint_files import CheckpointError
+    path = tmp_path / "broken.pt"
+    ckpt = torch.load(smoke_run[0] / "checkpoints" / "best_model.pt", weights_only=True)
+    torch.save({**ckpt, "mean": mean}, path)
+    with pytest.raises(CheckpointError, match="its mean"):
+        app.TorchModel(str(path), torch.device("cpu"))

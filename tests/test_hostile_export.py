@@ -11,7 +11,7 @@ import yaml
 
 from conftest import run_here
 from machinery import own_files
-from machinery.card import card
+from machinery.card import card, written_card
 
 SPACE_ONLY = {"title", "sdk", "sdk_version", "app_file", "emoji", "colorFrom", "colorTo", "pinned"}
 
@@ -231,6 +231,7 @@ def test_the_exported_files_name_no_folder_of_this_machine(best, tmp_path):
     assert here not in (tmp_path / "m.onnx").read_bytes()
     with zipfile.ZipFile(tmp_path / "m.pt2") as z:
         assert not [n for n in z.namelist() if here in z.read(n)]
+        assert {n.split("/")[0] for n in z.namelist()} == {"archive"}  # no temporary name, no pid
 
 
 def test_an_out_that_is_a_folder_is_one_line(best, tmp_path):
@@ -300,6 +301,10 @@ BROKEN = [  # (case, key, its value, the line says)
     ("fewer class names than outputs", "class_names", ["apple", "bee", "cat"], "class_names"),
     ("an image size of 0", "image_size", 0, "image_size 0"),
     ("a std of zeros", "std", [0.0, 0.0, 0.0], "std"),
+    ("a mean of letters", "mean", "abc", "its mean 'abc'"),
+    ("a mean of one number", "mean", 0.5, "its mean 0.5"),
+    ("a mean of three digits in a string", "mean", "123", "its mean '123'"),
+    ("a mean with a NaN", "mean", [0.5, float("nan"), 0.5], "its mean"),
 ]
 
 
@@ -378,3 +383,112 @@ def test_a_checkpoint_whose_epoch_is_past_its_history_still_gets_a_card(best, tm
     assert proc.returncode == 0, proc.stderr
     assert "%" not in "".join(line for line in (tmp_path / "card.md").read_text().splitlines()
                               if "[" in line and "]" in line and "BasicBlocks" not in line)
+
+
+SPACE_TARGETS = [  # (case, what is made in the Space folder before the export)
+    ("README.md a folder", lambda out: (out / "README.md").mkdir()),
+    ("model.onnx a folder", lambda out: (out / "model.onnx").mkdir()),
+    ("examples/3.png a folder", lambda out: (out / "examples" / "3.png").mkdir(parents=True)),
+    ("the manifest a folder", lambda out: (out / own_files.MANIFEST).mkdir()),
+    ("examples a file", lambda out: (out / "examples").write_text("mine")),
+]
+
+
+@pytest.mark.parametrize("case, make", SPACE_TARGETS, ids=[r[0] for r in SPACE_TARGETS])
+def test_a_space_target_that_is_a_folder_is_refused_before_anything_changes(best, tmp_path, case,
+                                                                            make):
+    out = tmp_path / "space"
+    out.mkdir()
+    (out / "app.py").write_text("mine\n")
+    make(out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    proc = _space(best, out, "--force")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: refusing to write {out}: its ")
+    assert ".export-" not in proc.stderr  # (never the temporary folder's name)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "app.py").read_text() == "mine\n"
+
+
+PATHS = [  # (case, what is made in tmp_path, the arguments after the checkpoint, the line says)
+    ("a file on the way to --out", lambda t: (t / "ck.pt").write_bytes(b"x"),
+     ["--out", "ck.pt/model.onnx"], "ck.pt exists and is not a folder"),
+    ("a file on the way to a card", lambda t: (t / "ck.pt").write_bytes(b"x"),
+     ["--format", "card", "--out", "ck.pt/card.md"], "ck.pt exists and is not a folder"),
+    ("a folder as the checkpoint", None, ["--out", "m.onnx"],
+     "is a folder; give the checkpoint file"),
+]
+
+
+@pytest.mark.parametrize("case, make, flags, says", PATHS, ids=[r[0] for r in PATHS])
+def test_a_path_that_cannot_be_is_one_line_before_any_work(best, tmp_path, case, make, flags, says):
+    if make:
+        make(tmp_path)
+    source = tmp_path if make is None else best
+    proc = run_here("export.py", source, *[str(tmp_path / f) if f.startswith(("ck", "m."))
+                                           else f for f in flags])
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "exporting" not in proc.stdout
+
+
+def test_a_card_makes_the_folders_it_needs(best, tmp_path):
+    out = tmp_path / "new" / "dir" / "card.md"
+    proc = run_here("export.py", best, "--format", "card", "--out", out)
+    assert proc.returncode == 0 and written_card(out.read_text()) == "model", proc.stderr
+
+
+def test_a_dangling_link_as_out_is_replaced_with_force_and_refused_without(best, tmp_path):
+    import export
+    link = tmp_path / "m.onnx"
+    os.symlink(tmp_path / "nowhere", link)
+    export.check_out(str(link), "onnx", str(best), force=True)  # (no "No such file or directory")
+    with pytest.raises(export.CheckpointError, match="add --force"):
+        export.check_out(str(link), "onnx", str(best), force=False)
+
+
+@pytest.mark.parametrize("name", ["evil-->.pt", "two\nlines.pt", "a\u2028b.pt", "x--!>y<!--.pt"])
+def test_a_checkpoints_name_cannot_break_the_cards_marker(best, name):
+    text = card(torch.load(best, weights_only=True), source=name)
+    assert written_card(text) == "model"  # still known as its own card
+    line = next(x for x in text.splitlines() if x.startswith("<!-- written by export.py"))
+    assert line.endswith("-->") and ">" not in line[:-3]  # one comment, ended where it should
+
+
+def test_a_setting_with_a_space_is_quoted_on_the_card(best):
+    text = card(_real(best, out_dir="/home/me/exp 1", dataset="cifar10"))
+    assert "--out-dir 'exp 1'" in text and "--dataset cifar10" in text
+
+
+def test_a_killed_exports_file_being_checked_goes_and_a_live_ones_stays(tmp_path):
+    """kill -9 while --format all checks: its <name>.checking<pid>.onnx, full size, is
+    removed by the next export of that name; a live process's stays."""
+    import subprocess
+    import export
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f"m.checking{live.pid}.onnx", "m.checking999999999.onnx",
+                     "m.checking999999999.pt2", "other.checking999999999.onnx"):
+            (tmp_path / name).write_bytes(b"half")
+        export.remove_dead_checks(str(tmp_path / "m.onnx"), ".onnx")
+        assert sorted(os.listdir(tmp_path)) == sorted([f"m.checking{live.pid}.onnx",
+                                                       "m.checking999999999.pt2",
+                                                       "other.checking999999999.onnx"])
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.slow
+def test_a_space_without_examples_leaves_its_owners_examples_alone(best, tmp_path):
+    """A bare state dict (no data to show): the export writes no examples/0.png, so an
+    owner's picture there is not its business."""
+    ckpt = torch.load(best, weights_only=True)
+    bare = tmp_path / "bare.pt"
+    torch.save({"model_state_dict": ckpt["model_state_dict"], "class_names": ckpt["class_names"],
+                "mean": ckpt["mean"], "std": ckpt["std"], "image_size": 32}, bare)
+    out = tmp_path / "space"
+    (out / "examples").mkdir(parents=True)
+    (out / "examples" / "0.png").write_bytes(b"my own picture")
+    proc = _space(bare, out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "examples" / "0.png").read_bytes() == b"my own picture"

@@ -68,9 +68,9 @@ def test_two_sweeps_share_one_grid_each_cell_trained_once_and_report_mean_std(ti
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_trial_then_the_same_command_finishes_the_study(tiny_data, tmp_path):
-    cmd = _command("--study", "k", "--trials", "2", "--sampler", "random", "--sampler-seed", "0",
-                   "--space", "max_lr=0.05:0.2:log", "--repeat-best", "2",
-                   "--sweeps-dir", tmp_path, "--", *_fixed(tiny_data, 4))
+    cmd = _command("--study", "k", "--trials", "1", "--sampler", "random", "--sampler-seed", "0",
+                   "--space", "max_lr=0.05:0.2:log", "--sweeps-dir", tmp_path, "--",
+                   *_fixed(tiny_data, 3))
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "k" / "trial_0"
     deadline = time.monotonic() + 300
@@ -84,18 +84,34 @@ def test_a_worker_killed_mid_trial_then_the_same_command_finishes_the_study(tiny
     assert "its worker is gone; queued again" in again.stdout
     trials = _study(tmp_path, "k").get_trials()
     states = sorted(t.state.name for t in trials)
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # the lost attempt, and two that count
+    assert states == ["COMPLETE", "FAIL"]  # the lost attempt, and the one that counts
     lost = next(t for t in trials if t.state == TrialState.FAIL)
     retry = next(t for t in trials if t.state == TrialState.COMPLETE
                  and t.user_attrs["folder"] == "trial_0")
     assert retry.params == lost.params and retry.user_attrs["folder"] == "trial_0"
     log = (first / "training_logs.md").read_text()
     assert "resumed from" in log  # it went on from its checkpoint, not from scratch
-    assert len(read_curve(first, "val_acc")) == 4
-    report = (tmp_path / "k" / "report.md").read_text()
+    assert len(read_curve(first, "val_acc")) == 3
+    assert "| 1 | trial_0 | complete |" in (tmp_path / "k" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_repeat_best_trains_the_best_settings_with_new_seeds_and_reports_the_spread(tiny_data,
+                                                                                   tmp_path):
+    proc = subprocess.run(_command("--study", "r", "--trials", "1", "--space", "dropout=0.1,0.2",
+                                   "--repeat-best", "2", "--sweeps-dir", tmp_path, "--",
+                                   *_fixed(tiny_data, 1)), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    best = _study(tmp_path, "r").best_trial.params
+    again = optuna.load_study(study_name="r.repeat-best",  # (in the study's own database)
+                              storage=f"sqlite:///{tmp_path / 'r' / 'study.db'}").get_trials()
+    assert sorted(t.params["seed"] for t in again) == [2, 3]  # new seeds, not the search's 1
+    assert all(t.state == TrialState.COMPLETE and t.user_attrs["best"] == best for t in again)
+    report = (tmp_path / "r" / "report.md").read_text()
     assert "## The best settings over seeds (--repeat-best)" in report
     assert "(n=2)" in report and "seeds 2, 3" in report
-    assert all((tmp_path / "k" / f"repeat_best_{n}" / "checkpoints" / "last.pt").exists()
+    assert all((tmp_path / "r" / f"repeat_best_{n}" / "checkpoints" / "last.pt").exists()
                for n in (0, 1))
 
 
