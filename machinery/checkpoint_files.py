@@ -64,9 +64,27 @@ def save_checkpoint(ckpt, path):
         torch.save(ckpt, tmp)
 
 
+# What torch.save's older format (before 1.6, or _use_new_zipfile_serialization=False)
+# starts with: pickle protocol 2 and torch's magic number, a long of 10 bytes
+LEGACY_START = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _legacy(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(LEGACY_START)) == LEGACY_START
+    except OSError:
+        return False
+
+
 def is_checkpoint_file(path):
-    """Whether `path` is a file torch.save wrote (a zip archive holding a data.pkl)."""
-    if not os.path.isfile(path) or not zipfile.is_zipfile(path):
+    """Whether `path` is a file torch.save wrote (a zip archive holding a data.pkl, or the
+    older format)."""
+    if not os.path.isfile(path):
+        return False
+    if _legacy(path):
+        return True
+    if not zipfile.is_zipfile(path):
         return False
     with contextlib.suppress(zipfile.BadZipFile, OSError), zipfile.ZipFile(path) as z:
         return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
@@ -79,8 +97,8 @@ def peek_checkpoint(path):
     readable checkpoint. Never for the weights' use: load_checkpoint checks far more."""
     if not is_checkpoint_file(path):
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # (mmap: zip archives only)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=not _legacy(path))
     except Exception:  # noqa: BLE001 -- any unreadable file is simply "not a checkpoint" here
         return None
     return ckpt if isinstance(ckpt, dict) else None
@@ -91,7 +109,7 @@ def load_checkpoint(path, map_location="cpu"):
     map_location: where its tensors go (a file saved on a GPU loads on the CPU)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since 1.6
+    if not zipfile.is_zipfile(path) and not _legacy(path):  # (zip archives since torch 1.6)
         raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint, "
                               f"or corrupt or truncated")
     try:

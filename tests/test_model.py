@@ -111,3 +111,19 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_a_checkpoint_in_torchs_older_format_loads_and_counts_as_a_checkpoint(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False), as torch before 1.6 wrote:
+    read as safely as a zip archive, and protected as a checkpoint from being replaced."""
+    from machinery.checkpoint_files import is_checkpoint_file
+    net = ResNet((1, 1, 1, 1), 8, 10)
+    path = tmp_path / "old.pt"
+    torch.save({"model_state_dict": net.state_dict(), "model_args": net.model_args}, path,
+               _use_new_zipfile_serialization=False)
+    assert is_checkpoint_file(str(path))
+    rebuilt, _ = model_from_checkpoint(str(path))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(rebuilt(x), net.eval()(x))
+    (tmp_path / "text.pt").write_text("not one")
+    assert not is_checkpoint_file(str(tmp_path / "text.pt"))
