@@ -52,7 +52,7 @@ from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of
 from machinery.folder_cache import writer_alive
 from machinery.images import standardize
 from machinery.predicting import as_classifier
-from machinery.space_app import stop_cleanly_on_sigterm
+from machinery.space_app import stop_cleanly_on_sigterm, stopped_by_signal
 from model import model_from_checkpoint
 
 CHECK_IMAGES = 64
@@ -568,6 +568,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("stopped: nothing was changed (an export is kept only whole)", file=sys.stderr)
         return 130
+    except Exception:
+        if stopped_by_signal():  # SIGTERM inside an import: stopped, not a failure to report
+            print("stopped: nothing was changed (an export is kept only whole)", file=sys.stderr)
+            return 143
+        raise
     return 0
 
 

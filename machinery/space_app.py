@@ -264,7 +264,19 @@ def stop_cleanly_on_sigterm():
     """`docker stop`, systemd and `kill` send SIGTERM: end as Ctrl-C does, so the page's
     folder (its visitors' pictures) is removed. (A command's __main__ only: a notebook's
     kernel keeps its own handlers.)"""
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))
+    def stop(*_):
+        _STOPPED.append(signal.SIGTERM)
+        sys.exit(128 + signal.SIGTERM)
+    signal.signal(signal.SIGTERM, stop)
+
+
+_STOPPED = []  # the SIGTERM stop_cleanly_on_sigterm has seen
+
+
+def stopped_by_signal():
+    """Whether SIGTERM has arrived: whatever exception follows is how it surfaced (inside
+    an extension's import, the SystemExit comes out as ImportError: initialization failed)."""
+    return bool(_STOPPED)
 
 
 def onnx_model(path):

@@ -492,3 +492,19 @@ def test_a_space_without_examples_leaves_its_owners_examples_alone(best, tmp_pat
     proc = _space(bare, out)
     assert proc.returncode == 0, proc.stderr
     assert (out / "examples" / "0.png").read_bytes() == b"my own picture"
+
+
+def test_sigterm_inside_an_import_is_a_stop_not_a_traceback(best, tmp_path, monkeypatch, capsys):
+    """SIGTERM while onnxruntime is being imported surfaces as ImportError ("initialization
+    failed"), not as the SystemExit the handler raised: still a stop, in one line."""
+    import export
+    from machinery import space_app
+
+    def interrupted(*_):
+        space_app._STOPPED.append(15)  # as the handler does, then the import fails
+        raise ImportError("initialization failed")
+    monkeypatch.setattr(space_app, "_STOPPED", [])
+    monkeypatch.setattr(export, "deployable", interrupted)
+    assert export.main([str(best), "--out", str(tmp_path / "m.onnx")]) == 143
+    assert capsys.readouterr().err.strip() == "stopped: nothing was changed (an export is kept only whole)"
+    assert not os.listdir(tmp_path)
