@@ -595,10 +595,9 @@ def find_lr(cfg, modes, argv):
     """--find-lr: the learning-rate range test (machinery/lr_range.py) with this run's data,
     augmentation, CutMix, precision, step mode, accumulation and processes. The network and
     optimizer are made for it and thrown away: only <out-dir>/lr_find/ is written."""
-    why = lr_range.check(modes["lr_start"], modes["lr_end"], modes["find_lr_steps"])
-    if why:
-        raise UserError(why)
     ramp = lr_range.Ramp(modes["lr_start"], modes["lr_end"], modes["find_lr_steps"])
+    if ramp.problem:
+        raise UserError(ramp.problem)
     folder = os.path.join(cfg.out_dir, lr_range.FOLDER)
     os.makedirs(folder, exist_ok=True)  # (a folder that cannot be written: said before the work)
     dist, device = init_distributed(cfg.device)
@@ -609,7 +608,6 @@ def find_lr(cfg, modes, argv):
         log.info(init_from_checkpoint(run.net, cfg.init_from))
     opt = make_sgd(run.net, cfg, ramp.start)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, ramp.factor)  # step k trains at ramp.lr(k)
-
     def step(x, y, epoch, k):  # (summed loss, images) of one step, keyed as training's
         key = (cfg.seed, epoch, k, dist.rank)
         loss_sum, _, _, n = keyed_step(run.model, x, y, opt, sched, run.scaler, run.rt, cfg, key)

@@ -43,7 +43,8 @@ class Ramp:
 
     def __init__(self, start, end, steps):
         self.start, self.end, self.steps = start, end, steps
-        self.ratio = (end / start) ** (1 / max(steps - 1, 1))
+        self.problem = check(start, end, steps)  # one line for the user, or None
+        self.ratio = (end / start) ** (1 / max(steps - 1, 1)) if not self.problem else 1.0
 
     def factor(self, k):  # LambdaLR's multiplier of the start LR after k scheduler steps
         return self.ratio ** k
