@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from .config import UserError
 from .runlock import holding_out_dir
+from .sweep_space import as_flags
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 HEARTBEAT_S = 30  # how often a worker says it is alive (RDB storage)
@@ -191,9 +192,9 @@ class Worker:
             self.say(f"trial {trial.number}: {folder} stays in use by another process; failed")
             self.study.tell(trial, state=TrialState.FAIL)
             return
-        from .sweep_space import as_flags
         argv = [*self.plan.fixed_argv, *as_flags(params), "--out-dir", folder, "--resume", "auto"]
-        self.say(f"trial {trial.number} ({os.path.basename(folder)}): {' '.join(as_flags(params)) or '(fixed flags only)'}")
+        flags = " ".join(as_flags(params)) or "(the fixed flags only)"
+        self.say(f"trial {trial.number} ({os.path.basename(folder)}): {flags}")
         state, value, why = self._watch(trial, argv, folder)
         # cumulated over a lost trial's attempts; train_s: train.py's own processes
         for key, spent in (("seconds", time.monotonic() - self.began), ("train_s", self.child_s)):
