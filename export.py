@@ -404,14 +404,15 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
     (machinery/space_app.py as app.py, images.py as pictures.py), the checked ONNX model,
     pinned CPU requirements, a few examples, the training curves and the model card.
 
-    Everything is made in a temporary folder inside `out` first and moved into place
-    only once all of it is made and checked: an export stopped half-way (Ctrl-C, kill)
+    Everything is made in a temporary folder beside `out` first (build_home) and moved
+    into place only once all of it is made and checked: an export stopped half-way (Ctrl-C, kill)
     leaves the earlier one as it was. The earlier export's own examples go; what it did
     not write stays; a link in the folder is replaced by the file, never written through."""
     from machinery.metrics import write_metrics
     os.makedirs(out, exist_ok=True)
     remove_dead_builds(out)
-    build = tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out)
+    home, prefix = build_home(out)
+    build = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=home)
     try:
         names = space_names(examples)
         os.makedirs(os.path.join(build, "examples"))
@@ -454,12 +455,33 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
 BUILD = re.compile(r"\.export-(\d+)-")  # a Space's build folder, by its process id
 
 
+def build_home(out):
+    """Where a Space is built, and the build folder's prefix: beside `out` (a sibling
+    `.<name>.export-<pid>-*`), so that a killed export's half-made folder is never inside
+    the Space, where the next upload or `git add .` would carry it. Inside `out` only
+    where its parent cannot take it (not writable, or another file system, where the
+    final renames would not be atomic)."""
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    with contextlib.suppress(OSError):
+        if os.access(parent, os.W_OK | os.X_OK) and os.stat(parent).st_dev == os.stat(out).st_dev:
+            return parent, f".{os.path.basename(out)}.export-"
+    return out, ".export-"
+
+
 def remove_dead_builds(out):
-    """The build folders that a killed export left in `out`: those whose process is gone
-    (or whose id a later process took). Another export into the same folder at the same
-    time keeps its own; a folder of an older export.py, with no id, is a killed one's."""
-    for old in os.listdir(out):
-        path, found = os.path.join(out, old), BUILD.match(old)
+    """The build folders that a killed export left beside or in `out`: those whose process
+    is gone (or whose id a later process took). Another export into the same folder at the
+    same time keeps its own; a folder of an older export.py, with no id, is a killed one's."""
+    out = os.path.abspath(out)
+    parent, mine = os.path.dirname(out), f".{os.path.basename(out)}"
+    places = [(out, old) for old in os.listdir(out)]
+    with contextlib.suppress(OSError):
+        places += [(parent, old[len(mine):]) for old in os.listdir(parent)
+                   if old.startswith(mine + ".export-")]
+    for home, old in places:
+        path = os.path.join(home, mine + old if home == parent else old)
+        found = BUILD.match(old)
         if not old.startswith(".export-") or os.path.islink(path) or not os.path.isdir(path):
             continue
         with contextlib.suppress(OSError):

@@ -214,13 +214,19 @@ def test_a_space_export_that_fails_half_way_leaves_the_earlier_one_whole(best, t
     assert _space(best, out).returncode == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
+    seen = {}
+
     def stopped(*a, **k):  # Ctrl-C while the curves are drawn, after model.onnx was made
+        seen["inside"], seen["beside"] = os.listdir(out), os.listdir(tmp_path)
         raise KeyboardInterrupt
     monkeypatch.setattr(metrics, "write_metrics", stopped)
     proc = _space(best, out)
     assert proc.returncode == 130 and "nothing was changed" in proc.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert not [p for p in os.listdir(out) if p.startswith(".export-")]
+    assert sorted(os.listdir(tmp_path)) == ["space"]
+    # the half-made Space was beside it, never in it (where an upload would carry it)
+    assert not [p for p in seen["inside"] if ".export-" in p]
+    assert [p for p in seen["beside"] if p.startswith(".space.export-")]
 
 
 @pytest.mark.slow
@@ -354,12 +360,18 @@ def test_a_second_space_export_leaves_the_firsts_build_folder(best, tmp_path):
     import subprocess
     import export
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    space = tmp_path / "space"
+    space.mkdir()
+    try:  # inside the Space (an older export.py's, or a parent it could not write) and beside
         for name in (f".export-{live.pid}-abc", ".export-999999999-def", ".export-old"):
-            (tmp_path / name).mkdir()
-            (tmp_path / name / "model.onnx").write_bytes(b"half")
-        export.remove_dead_builds(str(tmp_path))
-        assert sorted(os.listdir(tmp_path)) == [f".export-{live.pid}-abc"]
+            for home, name in ((space, name), (tmp_path, ".space" + name), (tmp_path, ".other" + name)):
+                (home / name).mkdir()
+                (home / name / "model.onnx").write_bytes(b"half")
+        export.remove_dead_builds(str(space))
+        assert sorted(os.listdir(space)) == [f".export-{live.pid}-abc"]
+        assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".space")) == [
+            f".space.export-{live.pid}-abc"]
+        assert len([p for p in os.listdir(tmp_path) if p.startswith(".other")]) == 3  # not its own
     finally:
         live.kill()
         live.wait()
