@@ -35,6 +35,11 @@ import sys
 import time
 import warnings
 
+from machinery.stops import quiet_ctrl_c
+
+if __name__ == "__main__":
+    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+
 from tqdm import tqdm
 
 from machinery.checkpoint_files import CheckpointError, atomic_path, is_checkpoint_file

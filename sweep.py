@@ -22,6 +22,11 @@ import signal
 import sys
 import threading
 
+from machinery.stops import quiet_ctrl_c
+
+if __name__ == "__main__":
+    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+
 from machinery.config import Parser, UserError, parse_args, resolve_config
 
 

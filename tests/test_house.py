@@ -5,6 +5,8 @@ import ast
 import os
 import re
 
+import pytest
+
 from conftest import ROOT
 
 PACKAGE = "machinery"
@@ -18,7 +20,7 @@ COMMANDS = [
 # The package's floors, lowest first: a module may import any module of a lower floor,
 # none of its own or higher, and nothing at the top.
 FLOORS = [
-    ["cifar", "images", "failures", "progress", "workers", "own_files"],
+    ["cifar", "images", "failures", "progress", "workers", "own_files", "stops"],
     ["checkpoint_files", "folder_cache", "label_tables", "space_app"],
     ["folder_listing"],
     ["imagefolder"],
@@ -199,3 +201,22 @@ def test_a_programs_own_data_config_and_images_do_not_shadow_the_repo(smoke_run,
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]
+
+
+COMMAND_LINES = ["train", "predict", "export", "app", "sweep", "gradcam_utils"]
+
+
+@pytest.mark.parametrize("command", COMMAND_LINES)
+def test_a_ctrl_c_while_a_command_still_loads_torch_is_one_line(command):
+    """Ctrl-C in the first second (`import torch`, before main() and its own handlers):
+    one line and Python's SIGINT exit, not importlib's thirty-line traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, f"{command}.py"), "--help"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert "Traceback" not in err and len(err.splitlines()) <= 1, err
