@@ -241,6 +241,11 @@ def _split_folders(root, labels, ours=frozenset()):
     by_case = {n.lower(): n for n in names if n.lower() in SPLIT_FOLDERS}
     evals = [by_case[n] for n in EVAL_FOLDERS if n in by_case]
     where = shown(os.path.abspath(root))
+    for split in by_case:  # train/ and Train/: which one is meant? (one folder on macOS)
+        twins = sorted(n for n in names if n.lower() == split and holds_images(os.path.join(root, n)))
+        if len(twins) > 1:
+            raise DataError(f"{where} has both {twins[0]}/ and {twins[1]}/ (names that differ "
+                            f"only in case): keep one of them, or merge them")
     if "train" not in by_case or _is_flat(root, names, by_case, labels):
         holding = [n for n in names if holds_images(os.path.join(root, n))]
         tables = [labels] if labels else _tables_in(root, (".csv", ".tsv"))
