@@ -12,6 +12,7 @@ Decoding writes each image straight into the new file, so it needs the disk's ro
 the memory's; files are written under a temporary name and renamed, so a run killed
 half-way leaves no cache behind.
 """
+import contextlib
 import json
 import multiprocessing
 import os
@@ -88,14 +89,20 @@ def rows(array, index):
 # -----------------------------------------------------------------------------
 # Decoding, in worker processes for many files
 
-def why(error):
-    """A file's failure to read, in a few words."""
+def why(error, path=None):
+    """A file's failure to read, in a few words, without its path (the line or row has it):
+    the same words in training's warning and predict's table."""
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        if path is not None and os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "an empty file"
     if type(error).__name__ == "UnidentifiedImageError":
-        return "not a picture Pillow can read"
+        return "not a picture (or in a format Pillow cannot read)"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    text = (str(error).splitlines() or [type(error).__name__])[0]
-    return text if len(text) <= 100 else text[:100].rsplit(" ", 1)[0] + " ..."  # (whole words)
+    text = (str(error).strip().splitlines() or [""])[0]
+    text = text.replace(f"'{path}'", "").strip() if isinstance(path, str) else text
+    text = text if len(text) <= 100 else text[:100].rsplit(" ", 1)[0] + " ..."  # (whole words)
+    return text or type(error).__name__
 
 
 def decode_one(path, size):
@@ -103,7 +110,7 @@ def decode_one(path, size):
     try:
         return load_image(path, size), None
     except Exception as e:  # noqa: BLE001 -- PIL raises many kinds for a broken file
-        return None, why(e)
+        return None, why(e, path)
 
 
 _work = {}  # a worker's paths, size and progress marks, set once when it starts

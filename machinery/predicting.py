@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .checkpoint_files import CheckpointError, fill_metadata
 from .cifar import DataError
+from .folder_cache import why
 from .folder_listing import EXTENSIONS
 from .imagefolder import images_under, shown
 from .images import load_image, normalize
@@ -236,16 +237,9 @@ def truth(source, root, classes, ids=None):
 
 
 def error_text(e, source):
-    """A one-line reason a picture could not be read (without its path: the row has it)."""
-    from PIL import UnidentifiedImageError
-    if isinstance(source, str) and os.path.isfile(source) and os.path.getsize(source) == 0:
-        return "an empty file"
-    if isinstance(e, UnidentifiedImageError):
-        return "not a picture (or in a format Pillow cannot read)"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    text = (str(e).strip().splitlines() or [""])[0].replace(f"'{source}'", "").strip()
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    """A one-line reason a picture could not be read (without its path: the row has it),
+    in the words training's warning uses for the same file."""
+    return why(e, source if isinstance(source, str) else None)
 
 
 class Pictures(torch.utils.data.Dataset):

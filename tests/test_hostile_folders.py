@@ -371,3 +371,24 @@ def test_a_failed_download_leaves_no_data_folder_behind(tmp_path, monkeypatch):
         with pytest.raises(DataError, match="the download failed"):
             cifar.ensure_dataset(str(root), "cifar100")
     assert sorted(os.listdir(tmp_path)) == ["kept"] and not os.listdir(tmp_path / "kept")
+
+
+def test_training_and_predict_give_an_unreadable_file_the_same_reason(tmp_path):
+    """An empty file and a file that is no picture: training's warning and predict's row
+    say the same words for each (once they did not: 'not a picture' for an empty file)."""
+    from machinery.predicting import error_text
+    for c, name in enumerate(("cat", "dog")):
+        for i in range(2):
+            picture(tmp_path / "train" / name / f"{i}.png", (100 * c, 50, i))
+    (tmp_path / "train" / "cat" / "empty.png").write_bytes(b"")
+    (tmp_path / "train" / "cat" / "text.png").write_bytes(b"not a picture\n")
+    said = []
+    imagefolder.read_split(str(tmp_path), "train", warn=said.append)
+    for name in ("empty.png", "text.png"):
+        path = str(tmp_path / "train" / "cat" / name)
+        try:
+            Image.open(path).load()
+        except Exception as e:  # noqa: BLE001 -- what predict's reader catches
+            reason = error_text(e, path)
+        assert f"{path} ({reason})" in " ".join(said), (reason, said)
+    assert "(an empty file)" in " ".join(said)

@@ -35,8 +35,8 @@ def test_the_reader_decodes_every_format_and_mode_and_skips_what_it_cannot_read(
     assert np.bincount(y).tolist() == [12, 12, 12]  # notes.txt is not an image, broken*.png skipped
     assert said == [f"decoded images cached in {tmp_path / imagefolder.CACHE}",
                     f"warning: skipped 2 files that are not a readable image: "
-                    f"{tmp_path / 'train' / 'cat' / 'broken0.png'} (not a picture Pillow can read), "
-                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'} (not a picture Pillow can read)"]
+                    f"{tmp_path / 'train' / 'cat' / 'broken0.png'} (not a picture (or in a format Pillow cannot read)), "
+                    f"{tmp_path / 'train' / 'dog' / 'broken1.png'} (not a picture (or in a format Pillow cannot read))"]
     # each class keeps its colour through every format (grey, palette and RGBA become RGB)
     means = np.stack([x[y == c].reshape(-1, 3).mean(0) for c in range(3)])
     assert np.abs(means[:, None] - means[None]).sum(-1)[~np.eye(3, dtype=bool)].min() > 20
