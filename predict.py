@@ -78,6 +78,11 @@ def parse_args(argv=None):
                    help="average each picture's logits with its mirror's, as --evaluate --tta")
     p.add_argument("--force", action="store_true",
                    help="replace an existing --out (never one of the inputs)")
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    for a in argv[:argv.index("--") if "--" in argv else len(argv)]:
+        if a.startswith("-") and a not in p._option_string_actions and os.path.lexists(a):
+            p.error(f"{a} is a file, but a name that starts with '-' reads as a flag: write "
+                    f"./{a}, or put the files after -- (predict.py -- {a})")
     return p.parse_args(argv)
 
 
@@ -226,7 +231,11 @@ class Tally:
 def run(args):
     check(args)
     lists = []
-    found = expand(args.paths, lists)
+    with warnings.catch_warnings(record=True) as said:  # an @list's comment naming a file
+        warnings.simplefilter("always")
+        found = expand(args.paths, lists)
+    for w in said:
+        print(f"note: {w.message}", file=sys.stderr)
     check_found(args, found, lists)
     with warnings.catch_warnings(record=True) as said:  # a file without names: one line
         warnings.simplefilter("always")

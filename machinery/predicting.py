@@ -16,6 +16,7 @@ import json
 import math
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,8 +198,8 @@ def _expand(sources, lists, within, where):
 
 
 def _lines(path, said=""):
-    """(line number, path) of an @list's lines: blank lines and # comments skipped, a
-    UTF-8 byte order mark (Notepad's, PowerShell's) ignored. said: where the list was
+    """(line number, path) of an @list's lines: blank lines and # comments skipped (a
+    comment that names a file is said, ./#name names it), a UTF-8 byte order mark (Notepad's, PowerShell's) ignored. said: where the list was
     named ("@outer.txt, line 3: "), for the error when it cannot be read."""
     try:
         with open(path, "rb") as f:
@@ -211,7 +212,10 @@ def _lines(path, said=""):
             text = line.decode("utf-8-sig" if n == 1 else "utf-8").strip()
         except UnicodeDecodeError:
             raise DataError(f"@{shown(path)}, line {n}: not UTF-8 text; save the list as UTF-8") from None
-        if text and not text.startswith("#"):
+        if text.startswith("#") and os.path.lexists(text):  # a comment, said once: no guess
+            warnings.warn(f"@{shown(path)}, line {n}: {text} is a comment (lines that start with "
+                          f"#), though a file of that name exists; write ./{text} to name it")
+        elif text and not text.startswith("#"):
             lines.append((n, text))
     return lines
 

@@ -233,6 +233,37 @@ def test_odd_ids_and_lists_still_make_a_table(model, tmp_path):
     assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["path"].endswith("2.png")
 
 
+def test_a_file_whose_name_starts_with_a_dash_is_told_how_to_name_it(model, tmp_path, monkeypatch):
+    """`predict.py -dash.png` read as a flag used to end in 'the following arguments are
+    required: PATH'; now the line says how to name it, and ./-dash.png works."""
+    best, _, _, _ = model
+    monkeypatch.chdir(tmp_path)
+    picture(tmp_path / "-dash.png")
+    proc = run_here("predict.py", "-dash.png", "--checkpoint", best, "--out", "p.csv")
+    assert proc.returncode == 2 and "write ./-dash.png, or put the files after --" in proc.stderr
+    assert not (tmp_path / "p.csv").exists()
+    assert run_here("predict.py", "--checkpoint", best, "--out", "p.csv", "--", "-dash.png").returncode == 0
+    assert "-dash.png," in (tmp_path / "p.csv").read_text()
+
+
+def test_an_at_list_comment_that_names_a_file_is_said_not_guessed(model, tmp_path, monkeypatch):
+    """`#` starts a comment in an @list; where a file of that very name exists, one note
+    says so (and how to name it: ./#name) rather than a silent skip."""
+    best, _, _, _ = model
+    monkeypatch.chdir(tmp_path)
+    picture(tmp_path / "#a.png", 1)
+    picture(tmp_path / "b.png", 2)
+    (tmp_path / "l.txt").write_text("#a.png\n# just a comment\nb.png\n")
+    proc = run_here("predict.py", "@l.txt", "--checkpoint", best, "--out", "p.csv")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "line 1: #a.png is a comment" in notes[0] and "./#a.png" in notes[0]
+    assert [r[0] for r in csv.reader(open(tmp_path / "p.csv"))][1:] == ["b.png"]
+    (tmp_path / "l.txt").write_text("./#a.png\n")
+    assert run_here("predict.py", "@l.txt", "--checkpoint", best, "--out", "p.csv", "--force").returncode == 0
+    assert [r[0] for r in csv.reader(open(tmp_path / "p.csv"))][1:] == ["./#a.png"]
+
+
 def test_predict_takes_one_path_as_one_picture(model, tmp_path):
     from model import load_classifier, predict
     best, _, _, _ = model
