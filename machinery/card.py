@@ -14,7 +14,6 @@ path of the machine it was made on: paths are reduced to their last part.
 import dataclasses
 import hashlib
 import re
-import shlex
 import sys
 
 from .checkpoint_files import dataset_of
@@ -58,7 +57,7 @@ def facts(ckpt):
         if len(names) > 5 else None,
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
         "test_images": ckpt.get("test_images"), "parameters": params,
-        "settings": changed_settings(Config(**{k: v if v == defaults[k] else typed(k, v)
+        "settings": changed_settings(Config(**{k: v if v == defaults[k] else local(k, v)
                                                for k, v in cfg.items() if k in defaults})),
         "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
         "hours": ckpt.get("train_seconds", 0) / 3600 or None,
@@ -70,17 +69,6 @@ def local(key, value):
     others to read; /home/<user>/... is not theirs to know)."""
     if key in PATHS and isinstance(value, str) and value not in ("", "."):
         return re.split(r"[\\/]", value.rstrip("\\/"))[-1] or value  # (a Windows path too)
-    return value
-
-
-def typed(key, value):
-    """A setting as one would type it in a shell: local(), and quoted where it holds a
-    space or another character a shell reads (--out-dir 'exp 1', not --out-dir exp 1)."""
-    value = local(key, value)
-    if isinstance(value, str):
-        return shlex.quote(value)
-    if isinstance(value, list):
-        return [shlex.quote(v) if isinstance(v, str) else v for v in value]
     return value
 
 

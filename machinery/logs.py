@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -101,14 +102,21 @@ def log_model_summary(model):
                f"{text.getvalue().strip()}\n```\n</details>")
 
 
+def _typed(value):
+    """A value as a shell reads it back: quoted where it holds a space or another character
+    a shell reads (--out-dir 'exp 1', not --out-dir exp 1)."""
+    return shlex.quote(value) if isinstance(value, str) else str(value)
+
+
 def changed_settings(cfg):
-    """The flags that differ from the reference's defaults, as one would type them."""
+    """The flags that differ from the reference's defaults, as one would type them (the log
+    and training_logs.md can be pasted into a shell)."""
     default = dataclasses.asdict(Config())
     flags = []
     typed = {f.name for f in config_flags()}  # not what the data decides (val_folder)
     for k, v in dataclasses.asdict(cfg).items():
         if k in typed and v != default[k] and not (isinstance(v, list) and tuple(v) == tuple(default[k])):
-            value = " ".join(map(str, v)) if isinstance(v, list) else v
+            value = " ".join(map(_typed, v)) if isinstance(v, list) else _typed(v)
             flag = "--" + k.replace("_", "-")
             flags.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {value}")
     return " ".join(flags) or "none (the reference recipe)"

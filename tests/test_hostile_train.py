@@ -70,3 +70,16 @@ def test_flags_that_would_be_taken_for_others_are_one_line(tiny_data, tmp_path, 
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
     assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run" / "checkpoints")
+
+
+def test_the_logs_settings_line_reads_back_in_a_shell():
+    """'settings that differ' (the log, training_logs.md) as one would type them: a path
+    with a space or a quote is quoted, so the line pasted into a shell gives the same run."""
+    import shlex
+    from machinery.config import Config, parse_args
+    from machinery.logs import changed_settings
+    cfg = Config(out_dir="exp 1", data_dir="it's $HOME", blocks=[3, 4, 6, 3], smoke=True)
+    line = changed_settings(cfg)
+    assert "--out-dir 'exp 1'" in line
+    again, _ = parse_args(shlex.split(line))
+    assert (again["out_dir"], again["data_dir"], again["blocks"]) == ("exp 1", "it's $HOME", [3, 4, 6, 3])
