@@ -42,13 +42,13 @@ from machinery.checkpointing import (CheckpointWriter, adopt_reference, claim_fi
                                      to_host, why_not_resumable)
 from machinery.config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from machinery.evaluation import evaluate_checkpoint, final_test, finish
-from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped,
+from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, stop_at_once,
                                 changing_state, describe, one_line, report)
 from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, open_table,
                             setup_logging, start_epoch_table, table_file)
 from machinery.metrics import LiveMetrics, write_metrics
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
-from machinery.run_folder import claim, folder_of, resumed_here
+from machinery.run_folder import busy as busy_folder, claim, folder_of, resumed_here
 from machinery.runlock import holding_out_dir
 from machinery.runtime import (INPUT_BOUND, BufferSnapshot, Runtime, TrainingNetwork,  # noqa: F401
                                accumulation, channels_last_crashes, check_distributed,
@@ -101,6 +101,9 @@ def make_optimizer(model, cfg, steps_per_epoch):
     gradients were finite."""
     opt = make_sgd(model, cfg, cfg.max_lr / cfg.div_factor)
     total = cfg.epochs * steps_per_epoch
+    if steps_per_epoch == 0:  # (torchrun: each rank needs an image of every step)
+        raise UserError("the training images are fewer than the processes: an epoch has no "
+                        "step; run fewer processes, or bring more images")
     if abs(cfg.pct_start * total - 1) < 1e-9:  # OneCycleLR divides by zero on this exact size
         raise UserError(f"--pct-start {cfg.pct_start} leaves a warm-up of one step; change "
                         f"--epochs or --pct-start")
@@ -599,12 +602,18 @@ def with_lrs(ckpt):
 def find_lr(cfg, modes, argv):
     """--find-lr: the learning-rate range test (machinery/lr_range.py) with this run's data,
     augmentation, CutMix, precision, step mode, accumulation and processes. The network and
-    optimizer are made for it and thrown away: only <out-dir>/lr_find/ is written."""
+    optimizer are made for it and thrown away: only <out-dir>/lr_find/ is written (at the
+    end: a test stopped part-way leaves nothing, not even the folder it made)."""
     ramp = lr_range.Ramp(modes["lr_start"], modes["lr_end"], modes["find_lr_steps"])
     if ramp.problem:
         raise UserError(ramp.problem)
     folder = os.path.join(cfg.out_dir, lr_range.FOLDER)
-    os.makedirs(folder, exist_ok=True)  # (a folder that cannot be written: said before the work)
+    with lr_range.own_folder(folder, UserError), stop_at_once(
+            "the range test wrote nothing (its files are written at the end)"):
+        return range_test(cfg, ramp, folder, argv)
+
+
+def range_test(cfg, ramp, folder, argv):
     dist, device = init_distributed(cfg.device)
     check_distributed(cfg, dist, device)
     setup_logging(cfg, enabled=dist.main)  # the console only: training_logs.md is a run's
@@ -615,8 +624,8 @@ def find_lr(cfg, modes, argv):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, ramp.factor)  # step k trains at ramp.lr(k)
     def step(x, y, epoch, k):  # (summed loss, images) of one step, keyed as training's
         key = (cfg.seed, epoch, k, dist.rank)
-        loss_sum, _, _, n = keyed_step(run.model, x, y, opt, sched, run.scaler, run.rt, cfg, key)
-        return loss_sum, n
+        loss_sum, _, bad, n = keyed_step(run.model, x, y, opt, sched, run.scaler, run.rt, cfg, key)
+        return torch.where(bad, float("nan"), loss_sum), n  # (training counts it 0: skipped)
     try:
         curve = lr_range.record(lr_range.losses(run.train_loader, step, dist), ramp,
                                 disable=not dist.main)
@@ -625,7 +634,9 @@ def find_lr(cfg, modes, argv):
     if dist.main:
         pick = lr_range.suggest(curve)
         files = lr_range.write(curve, pick, folder, " (smoke run on generated data)" if cfg.smoke else "")
-        print(lr_range.summary(curve, pick, files, argv))
+        busy = busy_folder(cfg.out_dir)
+        print(lr_range.summary(curve, pick, files, argv, lr_range.launcher(dist.world), busy and (
+            f"note: {busy}: add --archive to move them aside, or train in another --out-dir")))
     dist.barrier(patient=True)
     return 0
 
@@ -674,6 +685,8 @@ def main(argv=None):
     try:
         args, modes = parse_args(argv)
         out_dir, debug = args.get("out_dir", "."), modes["debug"]
+        if modes["find_lr"]:  # a crash of the range test is reported in its folder, not the run's
+            out_dir = os.path.join(out_dir, lr_range.FOLDER)
         return run(args, modes, argv)
     except (UserError, data.DataError, CheckpointError) as e:
         print(f"{error} {e}", file=sys.stderr)

@@ -193,11 +193,11 @@ def build_parser():
                    help="only run the learning-rate range test with these settings: "
                         "<out-dir>/lr_find/ gets the curve and a suggested --max-lr; no run "
                         "of the out-dir is touched (docs/choosing-a-recipe.md)")
-    p.add_argument("--lr-start", type=float, default=1e-7, metavar="LR",
+    p.add_argument("--lr-start", type=float, default=None, metavar="LR",
                    help="with --find-lr: the ramp's first learning rate (default: 1e-7)")
-    p.add_argument("--lr-end", type=float, default=10.0, metavar="LR",
+    p.add_argument("--lr-end", type=float, default=None, metavar="LR",
                    help="with --find-lr: the ramp's last learning rate (default: 10)")
-    p.add_argument("--find-lr-steps", type=int, default=200, metavar="N",
+    p.add_argument("--find-lr-steps", type=int, default=None, metavar="N",
                    help="with --find-lr: optimizer steps of the ramp, at most (default: 200)")
     p.add_argument("--debug", action="store_true", default=False,
                    help="on a crash, print the full traceback too (it always goes to "
@@ -215,7 +215,17 @@ def parse_args(argv=None):
         other = [k for k in ("resume", "archive", "metrics_from_ckpt", "evaluate") if modes[k]]
         if other:
             raise UserError(f"--find-lr runs alone: leave out --{other[0].replace('_', '-')}")
+    ramp = [k for k in RAMP if modes[k] is not None]
+    if ramp and not modes["find_lr"]:  # (without it, a whole training run would start)
+        raise UserError(f"--{ramp[0].replace('_', '-')} is a flag of --find-lr: add --find-lr, "
+                        f"or leave it out")
+    if modes["tta"] and not modes["evaluate"]:
+        raise UserError("--tta is a flag of --evaluate CHECKPOINT: add it, or leave --tta out")
+    modes.update({k: d for k, d in RAMP.items() if modes[k] is None})
     return args, modes
+
+
+RAMP = {"lr_start": 1e-7, "lr_end": 10.0, "find_lr_steps": 200}  # --find-lr's, by default
 
 
 def resolve_config(explicit, saved=None, force=False, assumed=()):

@@ -55,6 +55,21 @@ class GracefulStop:
               f"(send it again to stop at once)", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def stop_at_once(message):
+    """SIGINT/SIGTERM end the work inside at once as Stopped(signum, message): for work
+    with nothing to save (the range test writes its files at the end)."""
+    def stop(signum, frame):
+        raise Stopped(signum, message)
+    main = threading.current_thread() is threading.main_thread()  # signals need it
+    previous = {s: signal.signal(s, stop) for s in GracefulStop.SIGNALS} if main else {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 class StateLost(Exception):
     """A failure while a step was changing weights, momentum, loss scale or schedule: the
     state is then none the run ever had between two steps, so it must not be saved."""

@@ -18,11 +18,13 @@ stops falling. The suggestion is one decade below the floor's LR: the loss still
 fast there, and OneCycle spends its middle epochs near the maximum, where a rate at the
 floor already makes training unstable (Smith's range test; fastai's "minimum / 10").
 """
+import contextlib
 import csv
 import itertools
 import math
 import os
 import shlex
+import sys
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ EMA_BETA = 0.98  # the stop rule's smoothing (bias-corrected, as the loss starts
 FIRST_CHECK = 10  # steps before the stop rule may fire: the EMA needs a few to settle
 MIN_FALL = 0.02  # a valley whose loss falls by less than this share is no valley
 FOLDER = "lr_find"
+MAX_STEPS = 100_000  # (a test of minutes, not days; more steps would round the ramp away)
 
 
 class Ramp:
@@ -55,13 +58,53 @@ class Ramp:
 
 def check(start, end, steps):
     """One-line reasons the flags cannot make a ramp, or None."""
-    if not (start > 0 and end > 0):
-        return f"--lr-start and --lr-end must be positive (got {start:g}, {end:g})"
+    if not (start > 0 and end > 0 and math.isfinite(start) and math.isfinite(end)):
+        return f"--lr-start and --lr-end must be positive and finite (got {start:g}, {end:g})"
     if end <= start:
         return f"--lr-end {end:g} must be above --lr-start {start:g}"
     if steps < 20:
         return f"--find-lr-steps must be at least 20 (got {steps}): a curve needs points"
+    if steps > MAX_STEPS:
+        return f"--find-lr-steps must be at most {MAX_STEPS:,} (got {steps:,}); a few hundred is the usual"
+    if not math.isfinite(end / start) or (end / start) ** (1 / (steps - 1)) <= 1:
+        return (f"--lr-start {start:g} to --lr-end {end:g} over {steps} steps is no ramp a float "
+                f"can hold; narrow it")
     return None
+
+
+@contextlib.contextmanager
+def own_folder(folder, error=ValueError):
+    """The test's folder, made, or one line (`error`) on why it cannot hold the test's
+    files, before any work. A test stopped inside removes the folder again if it made it
+    and nothing was written (its files are written only at the end)."""
+    made = not os.path.lexists(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise error(f"cannot make {folder}: {e.strerror}") from None
+    for name in ("lr_find.csv", "lr_find.png"):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise error(f"{path} is a folder, where the range test writes a file; move it away")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"cannot write to {folder}")
+    try:
+        yield folder
+    except BaseException:
+        if made and os.path.isdir(folder) and not os.listdir(folder):
+            os.rmdir(folder)
+        raise
+
+
+def launcher(world):
+    """How the test was started, for the command it prints: `python train.py` (as the
+    script was named), or torchrun with as many processes on one machine."""
+    script = sys.argv[0] if os.path.basename(sys.argv[0]) == "train.py" else "train.py"
+    if world > 1:
+        if int(os.environ.get("LOCAL_WORLD_SIZE", world)) == world:  # all on this machine
+            return f"torchrun --standalone --nproc_per_node={world} {shlex.quote(script)}"
+        return f"torchrun <the flags this test ran with> {shlex.quote(script)}"
+    return f"python {shlex.quote(script)}"
 
 
 def losses(loader, step, dist):
@@ -80,16 +123,22 @@ def record(losses, ramp, disable=False):
     """Consume `losses` (an iterator of each step's loss, trained at ramp.lr(k) for step k)
     until the ramp ends, the loss is not finite, or the EMA passes STOP_FACTOR times its
     best. Returns {"lr", "loss", "ema": lists, "stopped": why the test ended}."""
-    curve = {"lr": [], "loss": [], "ema": [], "stopped": f"the ramp ended at {ramp.end:g}"}
+    curve = {"lr": [], "loss": [], "ema": [], "stopped": f"the ramp ended at {ramp.end:g}",
+             "blew_up": False}
+    with tqdm(total=ramp.steps, desc="range test", leave=False, dynamic_ncols=True,
+              disable=disable) as bar:  # (closed on a stop too: its line is not left behind)
+        return _record(losses, ramp, curve, bar)
+
+
+def _record(losses, ramp, curve, bar):
     avg, best = 0.0, math.inf
-    bar = tqdm(total=ramp.steps, desc="range test", leave=False, dynamic_ncols=True,
-               disable=disable)
     for k, loss in enumerate(losses):
         if k >= ramp.steps:
             break
         bar.update()
         if not math.isfinite(loss):
             curve["stopped"] = f"the loss was not finite at LR {ramp.lr(k):.3g}"
+            curve["blew_up"] = True
             break
         avg = EMA_BETA * avg + (1 - EMA_BETA) * loss
         ema = avg / (1 - EMA_BETA ** (k + 1))
@@ -100,8 +149,8 @@ def record(losses, ramp, disable=False):
         if k >= FIRST_CHECK and ema > STOP_FACTOR * best:
             curve["stopped"] = (f"the smoothed loss passed {STOP_FACTOR:g}x its best at LR "
                                 f"{ramp.lr(k):.3g}")
+            curve["blew_up"] = True
             break
-    bar.close()
     return curve
 
 
@@ -130,20 +179,32 @@ def longest_descent(y):
 
 
 def suggest(curve):
-    """{"lr": the suggested --max-lr, "floor": the valley floor's LR, "valley": (first,
-    last) step, "smooth": the centred curve, "rule": the rule in words}, or None when the
-    curve is too short to say anything."""
+    """{"lr": the suggested --max-lr or None, "why": why none, "floor": the valley floor's
+    LR, "valley": (first, last) step, "smooth": the centred curve, "rule": the rule in
+    words}. No suggestion from a curve too short, one that does not fall, or one still
+    falling when the ramp ended (its floor is beyond the ramp: a guess, not a floor)."""
     lr, loss = curve["lr"], curve["loss"]
-    if len(loss) < FIRST_CHECK:
-        return None
-    smooth = centred(loss, window=max(5, len(loss) // 20) | 1)
+    n = len(loss)
+    if n < FIRST_CHECK:
+        return {"lr": None, "why": f"the test stopped after {n} steps, too few for a curve: "
+                                   f"narrow the ramp (a lower --lr-end) or give it more --find-lr-steps"}
+    smooth = centred(loss, window=max(5, n // 20) | 1)
     first, last = longest_descent(smooth)
     if last - first < 3 or smooth[last] > (1 - MIN_FALL) * smooth[first]:
-        return None  # no fall to speak of: noise around a flat line has descending stretches too
-    return {"lr": lr[last] / 10, "floor": lr[last], "valley": (first, last), "smooth": smooth,
+        # no fall to speak of: noise around a flat line has descending stretches too
+        return {"lr": None, "smooth": smooth, "why": "the loss did not fall over the ramp; widen "
+                "it (--lr-start, --lr-end) or give it more --find-lr-steps"}
+    if last == n - 1 and not curve.get("blew_up", True):
+        return {"lr": None, "smooth": smooth, "why": f"the loss was still falling when the ramp "
+                f"ended at LR {lr[-1]:.2g}: its floor lies beyond; raise --lr-end"}
+    pick = {"lr": lr[last] / 10, "floor": lr[last], "valley": (first, last), "smooth": smooth,
             "rule": (f"the longest descending stretch of the smoothed loss runs from LR "
                      f"{lr[first]:.2g} to {lr[last]:.2g}, where it stops falling; the "
                      f"suggestion is one decade below that floor")}
+    if pick["lr"] < lr[0]:
+        pick["rule"] += (f" (below the ramp's start, {lr[0]:.2g}: the curve there is "
+                         f"unmeasured; a lower --lr-start shows it)")
+    return pick
 
 
 def write(curve, pick, folder, title=""):
@@ -151,7 +212,7 @@ def write(curve, pick, folder, title=""):
     the suggestion marked); returns the two paths. Each file replaced atomically."""
     os.makedirs(folder, exist_ok=True)
     table, picture = os.path.join(folder, "lr_find.csv"), os.path.join(folder, "lr_find.png")
-    smooth = pick["smooth"] if pick else [float("nan")] * len(curve["lr"])
+    smooth = pick.get("smooth", [float("nan")] * len(curve["lr"]))
     with atomic_path(table) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
@@ -162,9 +223,10 @@ def write(curve, pick, folder, title=""):
     ax = fig.add_subplot()
     ax.plot(curve["lr"], curve["loss"], color="0.75", lw=0.8, label="loss of each step")
     ax.plot(curve["lr"], curve["ema"], color="tab:blue", lw=1, label="EMA (the stop rule)")
-    if pick:
-        first, last = pick["valley"]
+    if "smooth" in pick:
         ax.plot(curve["lr"], smooth, color="tab:orange", lw=1.6, label="centred (the valley)")
+    if pick["lr"]:
+        first, last = pick["valley"]
         ax.axvspan(curve["lr"][first], curve["lr"][last], color="tab:green", alpha=0.12,
                    label="longest descending valley")
         ax.axvline(pick["lr"], color="tab:red", ls="--",
@@ -187,9 +249,10 @@ OWN_FLAGS = {"--find-lr": False, "--lr-start": True, "--lr-end": True, "--find-l
              "--max-lr": True}
 
 
-def training_command(argv, max_lr):
+def training_command(argv, max_lr, launcher="python train.py"):
     """The command line that trains with the suggestion: argv without the range test's own
-    flags (as `--flag value` or `--flag=value`), with --max-lr set."""
+    flags (as `--flag value` or `--flag=value`), with --max-lr set, started as the test
+    was (launcher: `python train.py`, or torchrun's)."""
     kept, skip = [], False
     for a in argv:
         if skip:
@@ -200,20 +263,22 @@ def training_command(argv, max_lr):
             skip = OWN_FLAGS[name] and "=" not in a
             continue
         kept.append(a)
-    return "python train.py " + " ".join(map(shlex.quote, kept + ["--max-lr", f"{max_lr:.2g}"]))
+    return f"{launcher} " + " ".join(map(shlex.quote, kept + ["--max-lr", f"{max_lr:.2g}"]))
 
 
-def summary(curve, pick, files, argv):
-    """What the user reads at the end: the test, the suggestion, its rule, the next command."""
+def summary(curve, pick, files, argv, launcher="python train.py", busy=None):
+    """What the user reads at the end: the test, the suggestion, its rule, the next command.
+    busy: a line on why that command would not start as it is (the out-dir holds a run)."""
     n = len(curve["lr"])
     span = f" from LR {curve['lr'][0]:.2g} to {curve['lr'][-1]:.2g}" if n else ""
     lines = [f"range test: {n} steps{span}; stopped because {curve['stopped']}",
              f"the curve: {files[1]} (every step: {files[0]})"]
-    if pick is None:
-        lines.append("no suggestion: the loss did not fall over the ramp; widen it (--lr-start, "
-                     "--lr-end) or give it more --find-lr-steps")
+    if pick["lr"] is None:
+        lines.append(f"no suggestion: {pick['why']}")
     else:
         lines += [f"suggested --max-lr {pick['lr']:.2g}",
                   f"the rule: {pick['rule']}",
-                  f"train with: {training_command(argv, pick['lr'])}"]
+                  f"train with: {training_command(argv, pick['lr'], launcher)}"]
+        if busy:
+            lines.append(busy)
     return "\n".join(lines)

@@ -86,7 +86,7 @@ def claim(out_dir, resumed=None, resumed_here=False, archive=False, say=print):
         say(f"--archive: {len(others)} checkpoint file{'s' * (len(others) != 1)} of another "
             f"run ({describe([os.path.join(aside, os.path.basename(p)) for p in others])}) "
             f"moved to {aside}")
-    elif all(((peek_checkpoint(p) or {}).get("config") or {}).get("smoke") for p in others):
+    elif _smoke_only(others):
         for path in others:
             os.remove(path)  # each one read first: a --smoke run's demo file
         say(f"replaced the --smoke demo run's checkpoints in {folder}")
@@ -94,6 +94,20 @@ def claim(out_dir, resumed=None, resumed_here=False, archive=False, say=print):
         raise UserError(f"{folder} holds another run's checkpoints ({describe(others)}); "
                         f"continue that run with --resume auto, train in another --out-dir, "
                         f"or move its files aside with --archive")
+
+
+def _smoke_only(paths):
+    return all(((peek_checkpoint(p) or {}).get("config") or {}).get("smoke") for p in paths)
+
+
+def busy(out_dir):
+    """Why a fresh run would be refused in out_dir as it stands (another run's checkpoints,
+    not a --smoke demo's), or None: what claim() would say, without moving anything."""
+    folder = os.path.join(out_dir, "checkpoints")
+    others = in_the_way(folder, None, False)
+    if others and not _smoke_only(others):
+        return f"{folder} holds another run's checkpoints ({describe(others)})"
+    return None
 
 
 def in_the_way(folder, resumed, resumed_here):

@@ -83,3 +83,30 @@ def test_the_logs_settings_line_reads_back_in_a_shell():
     assert "--out-dir 'exp 1'" in line
     again, _ = parse_args(shlex.split(line))
     assert (again["out_dir"], again["data_dir"], again["blocks"]) == ("exp 1", "it's $HOME", [3, 4, 6, 3])
+
+
+def test_an_epoch_without_a_step_is_one_line_not_onecycles_error():
+    """Fewer training images than torchrun processes: every rank's epoch has no step.
+    OneCycleLR's 'Expected positive integer total_steps' became a crash log in the run's
+    folder; now it is the user's line."""
+    import train
+    from machinery.config import Config, UserError
+    with pytest.raises(UserError, match="fewer than the processes"):
+        train.make_optimizer(torch.nn.Linear(2, 2), Config(), 0)
+
+
+def test_a_range_test_in_a_finished_runs_folder_says_its_command_needs_archive(done, tmp_path,
+                                                                             monkeypatch):
+    """The command the range test prints would be refused in a folder that holds another
+    (not --smoke) run: the test says so, and how, under the command."""
+    from machinery import lr_range
+    out = tmp_path / "run"
+    shutil.copytree(done, out)
+    data_dir = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["config"]["data_dir"]
+    pick = {"lr": 0.01, "floor": 0.1, "rule": "(a valley made to order)", "valley": (0, 1)}
+    monkeypatch.setattr(lr_range, "suggest", lambda curve: pick)  # (whatever the tiny curve)
+    proc = train_here(*flags(data_dir, out), "--find-lr", "--find-lr-steps", "20")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = proc.stdout.split("train with: ", 1)[1].splitlines()
+    assert "--max-lr 0.01" in said[0]
+    assert "holds another run's checkpoints" in said[1] and "add --archive" in said[1]

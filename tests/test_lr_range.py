@@ -57,7 +57,7 @@ def test_the_suggestion_is_a_decade_below_the_longest_valleys_floor_whatever_the
     assert "one decade below" in pick["rule"]
     # noise around a flat line is no valley
     flat = dict(curve, loss=list(4.6 * (1 + 0.01 * rng.standard_normal(n))))
-    assert lr_range.suggest(flat) is None
+    assert lr_range.suggest(flat)["lr"] is None
 
 
 def test_the_suggested_command_keeps_the_users_flags_and_drops_the_tests_own():
@@ -116,13 +116,79 @@ def test_the_same_seed_gives_the_same_curve_across_epochs_with_accumulation(tiny
 
 
 @pytest.mark.parametrize("flags, said", [
-    (["--lr-start", "1", "--lr-end", "0.1"], "--lr-end 0.1 must be above --lr-start 1"),
-    (["--lr-start", "0"], "must be positive"),
-    (["--find-lr-steps", "3"], "--find-lr-steps must be at least 20"),
-    (["--resume", "auto"], "--find-lr runs alone: leave out --resume"),
+    (["--find-lr", "--lr-start", "1", "--lr-end", "0.1"], "--lr-end 0.1 must be above --lr-start 1"),
+    (["--find-lr", "--lr-start", "0"], "must be positive"),
+    (["--find-lr", "--find-lr-steps", "3"], "--find-lr-steps must be at least 20"),
+    (["--find-lr", "--resume", "auto"], "--find-lr runs alone: leave out --resume"),
+    (["--find-lr", "--lr-end", "inf"], "must be positive and finite"),  # (once: --max-lr inf)
+    (["--find-lr", "--lr-start", "1e-320", "--lr-end", "1e308"], "is no ramp a float can hold"),
+    (["--find-lr", "--find-lr-steps", "10" * 12], "--find-lr-steps must be at most 100,000"),
+    (["--lr-start", "1e-5"], "--lr-start is a flag of --find-lr"),  # (once: a 200-epoch run)
+    (["--find-lr-steps", "30"], "--find-lr-steps is a flag of --find-lr"),
+    (["--tta"], "--tta is a flag of --evaluate"),
 ])
 def test_bad_range_flags_are_one_line_before_anything_is_made(flags, said, tmp_path):
-    proc = train_here("--smoke", "--find-lr", *flags, "--out-dir", tmp_path / "out")
+    proc = train_here("--smoke", *flags, "--out-dir", tmp_path / "out")
     assert proc.returncode == 2
     assert said in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_steps_loss_that_blew_up_ends_the_test_it_is_not_a_zero(tiny_data, tmp_path):
+    """Training counts a non-finite step as skipped (loss 0); the range test must see it as
+    the blow-up it is, not as a loss of 0 that drags the curve down into a suggestion of
+    1e13 (a review found exactly that)."""
+    proc = train_here("--dataset", "cifar100", "--data-dir", tiny_data, *TINY, "--grad-clip", "0",
+                      "--find-lr", "--find-lr-steps", "20", "--lr-start", "1e-3", "--lr-end", "1e60",
+                      "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # (which of the two blow-up rules sees it first varies with the threads' float sums)
+    assert ("stopped because the loss was not finite" in proc.stdout or
+            "stopped because the smoothed loss passed 4x its best" in proc.stdout), proc.stdout
+    with open(tmp_path / "lr_find" / "lr_find.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) < 20 and all(float(r["loss"]) > 1 for r in rows)  # no zeros recorded
+    if "suggested --max-lr" in proc.stdout:  # (a blow-up's zeros once gave 2.3e+13)
+        assert float(proc.stdout.split("suggested --max-lr ")[1].split()[0]) < 1
+
+
+def test_no_floor_is_claimed_for_a_curve_still_falling_at_the_ramps_end():
+    ramp = lr_range.Ramp(1e-3, 1e-2, 60)
+    curve = lr_range.record(iter([5 - k / 30 for k in range(60)]), ramp, disable=True)
+    pick = lr_range.suggest(curve)
+    assert pick["lr"] is None and "still falling when the ramp ended" in pick["why"]
+    # the same curve, then a blow-up: its floor is measured, a decade below may be untested
+    curve = lr_range.record(iter([5 - k / 30 for k in range(50)] + [50.0] * 10), ramp, disable=True)
+    pick = lr_range.suggest(curve)
+    assert pick["lr"] == pytest.approx(pick["floor"] / 10) and pick["lr"] < 1e-3
+    assert "below the ramp's start" in pick["rule"]
+
+
+def test_the_printed_command_starts_as_the_test_did(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/opt/repo/train.py"])
+    assert lr_range.launcher(1) == "python /opt/repo/train.py"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert lr_range.launcher(2) == "torchrun --standalone --nproc_per_node=2 /opt/repo/train.py"
+    assert lr_range.launcher(4).startswith("torchrun <the flags")  # two machines: not guessed
+
+
+def test_a_file_name_held_by_a_folder_is_one_line_before_the_work(tmp_path, monkeypatch):
+    (tmp_path / "lr_find" / "lr_find.csv").mkdir(parents=True)
+    monkeypatch.setattr(lr_range, "record", lambda *a, **k: pytest.fail("the test ran"))
+    proc = train_here("--smoke", "--find-lr", "--out-dir", tmp_path)
+    assert proc.returncode == 2 and "lr_find.csv is a folder" in proc.stderr
+
+
+@pytest.mark.parametrize("signum", [2, 15])
+def test_a_stopped_test_says_so_and_leaves_no_folder(tmp_path, monkeypatch, signum):
+    """Ctrl-C or SIGTERM during the test: one line ("stopped by ..."), exit 128 + signal,
+    and the lr_find/ it made is gone (its files are written only at the end)."""
+    import signal
+    def stopped(*a, **k):
+        os.kill(os.getpid(), signum)
+        pytest.fail("the signal did not stop the test")
+    monkeypatch.setattr(lr_range, "record", stopped)
+    proc = train_here("--smoke", "--find-lr", "--out-dir", tmp_path)
+    assert proc.returncode == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name}: the range test wrote nothing" in proc.stderr
+    assert not (tmp_path / "lr_find").exists()
