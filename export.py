@@ -195,19 +195,27 @@ def run_pt2(path, images):
 FORMATS = {"onnx": (".onnx", export_onnx, run_onnx), "pt2": (".pt2", export_pt2, run_pt2)}
 
 
+MARKS = {"class_names", "image_size", "mean", "std", "epoch", "source", "summary"}  # deployable()'s
+
+
 def is_export(path, fmt):
-    """Whether `path` is a file this tool exported in format `fmt` (its metadata inside)."""
+    """Whether `path` is a file this tool exported in format `fmt`: every metadata key
+    deployable() writes is inside (another tool's model with class names alone is not)."""
     if fmt == "pt2":
         if not zipfile.is_zipfile(path):
             return False
         with zipfile.ZipFile(path) as z:
-            return any(n.endswith("/extra/metadata.json") for n in z.namelist())
+            names = [n for n in z.namelist() if n.endswith("/extra/metadata.json")]
+            try:
+                return bool(names) and MARKS <= set(json.loads(z.read(names[0])))
+            except (ValueError, TypeError):  # not JSON, or not an object
+                return False
     import onnx
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # noqa: BLE001 -- protobuf's decode errors: not an ONNX file
         return False
-    return any(p.key == "class_names" for p in proto.metadata_props)
+    return MARKS <= {p.key for p in proto.metadata_props}
 
 
 SYSTEM = ("/dev/", "/proc/", "/sys/")
@@ -277,9 +285,11 @@ def compare(reference, exported):
     return same, float(np.abs(reference[1] - exported[1]).max())
 
 
-def export(path, fmt, out, images, module, meta, say=print, out_name=None):
+def export(path, fmt, out, images, module, meta, say=print, out_name=None, commit=True):
     """Export to `out` via a temporary file, check it, and keep it only if it matches.
-    out_name: the name to say, where `out` is itself a temporary one (a Space's build)."""
+    out_name: the name to say, where `out` is itself a temporary one (a Space's build).
+    commit=False: leave the checked file under its temporary name, returned, for the
+    caller to move into place with the others (--format all: all of them or none)."""
     suffix, write, run = FORMATS[fmt]
     shown_out = out_name or out
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -305,14 +315,32 @@ def export(path, fmt, out, images, module, meta, say=print, out_name=None):
                               f"nothing was written")
         with open(tmp, "rb+") as f:  # on disk before it takes the final name
             os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
+        mib = os.path.getsize(tmp) / 2**20
+        if commit:
+            os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
-    mib = os.path.getsize(out) / 2**20
+        raise
     say(f"{shown_out}: {fmt} ({how}), {mib:.1f} MiB; checked against PyTorch: top-1 identical, "
         f"max |probability difference| {diff:.1e}")
-    return out
+    return out if commit else tmp
+
+
+def export_all(path, outs, images, module, meta):
+    """Each format of `outs` made and checked first, then all moved into place: a stop or a
+    failure half-way leaves every earlier file as it was (never a new .onnx beside an old
+    .pt2 of another model, under a message that nothing was changed)."""
+    checked = []
+    try:
+        for fmt, out in outs.items():
+            checked.append((export(path, fmt, out, images, module, meta, commit=False), out))
+        for tmp, out in checked:
+            os.replace(tmp, out)
+    finally:
+        for tmp, _ in checked:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 def remove_dead_checks(out, suffix):
@@ -581,8 +609,7 @@ def main(argv=None):
                          args.license)
             return 0
         print(f"exporting {args.checkpoint} (epoch {meta['epoch'] or '?'}); checking on {source}")
-        for fmt, out in outs.items():
-            export(args.checkpoint, fmt, out, images, module, meta)
+        export_all(args.checkpoint, outs, images, module, meta)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -520,3 +520,41 @@ def test_sigterm_inside_an_import_is_a_stop_not_a_traceback(best, tmp_path, monk
     assert export.main([str(best), "--out", str(tmp_path / "m.onnx")]) == 143
     assert capsys.readouterr().err.strip() == "stopped: nothing was changed (an export is kept only whole)"
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_stop_half_way_through_format_all_leaves_both_files_as_they_were(best, tmp_path, monkeypatch):
+    """Ctrl-C after the ONNX file is made and checked, while the .pt2 is: once, the new
+    m.onnx was in place beside the old m.pt2 (two models, one name) under 'nothing was
+    changed'. Now both are moved into place only once both are checked."""
+    import export
+    assert run_here("export.py", best, "--format", "all", "--out", tmp_path / "m").returncode == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    ckpt = torch.load(best, weights_only=True)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["model_state_dict"].items()}
+    torch.save({**ckpt, "model_state_dict": state}, tmp_path / "other.pt")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(export.FORMATS, "pt2", (".pt2", stopped, export.run_pt2))
+    proc = run_here("export.py", tmp_path / "other.pt", "--format", "all", "--out", tmp_path / "m")
+    assert proc.returncode == 130 and "nothing was changed" in proc.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "other.pt"}
+    assert after == before  # (and no temporary file left)
+
+
+def test_another_tools_onnx_file_is_not_taken_for_an_export(best, tmp_path):
+    """A model of another tool that happens to carry class names is not this tool's export:
+    replaced only with --force."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "detector",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, producer_name="my-detector")
+    model.metadata_props.add(key="class_names", value='["car", "person"]')
+    onnx.save(model, tmp_path / "detector.onnx")
+    theirs = (tmp_path / "detector.onnx").read_bytes()
+    proc = run_here("export.py", best, "--out", tmp_path / "detector.onnx")
+    assert proc.returncode == 2 and "is not an ONNX export" in proc.stderr
+    assert (tmp_path / "detector.onnx").read_bytes() == theirs
