@@ -98,6 +98,11 @@ def summary(ckpt):
     smoke = (" **A `--smoke` demo model: generated pictures, not real data; its numbers say "
              "nothing about photos.**" if f["smoke"] else "")
     dataset = NAMES.get(f["dataset"], f["dataset"])  # said first: a smoke model's is generated
+    if not f["history"]:  # a bare state dict: its names may be a guess from their count
+        assumed = " (names assumed from their count)" if ckpt.get("names_assumed") else ""
+        return (f"**Weights only: the data set and recipe are unknown**, {len(f['classes'])} "
+                f"classes{assumed}, {f['image_size']}x{f['image_size']} px | "
+                f"{f['parameters']:,} parameters.")
     return (f"**{'Generated ' + dataset + '-format pictures' if f['smoke'] else dataset}**, "
             f"{len(f['classes'])} classes, "
             f"{f['image_size']}x{f['image_size']} px | epoch {f['epoch']} of {f['epochs']} | "
@@ -152,8 +157,19 @@ def card(ckpt, model_file="model.onnx", curve=None, title=None, kind="model", so
         dataset = f"generated {dataset}-format pictures"
     net = f["network"]
     seed = list(net.get("blocks") or []) == [5, 5, 5, 5] and net.get("width") == 64
-    title = title or (f"{'Enhanced ResNet34' if seed else 'ResNet'} on {dataset}"
+    where = f"on {dataset}" if f["history"] else "(weights only)"
+    title = title or (f"{'Enhanced ResNet34' if seed else 'ResNet'} {where}"
                       + (" (a --smoke demo)" if f["smoke"] else ""))
+    recipe = (f"The recipe of the enhanced ResNet34 on CIFAR-100 (SGD with Nesterov momentum, "
+              f"OneCycleLR\nup to 0.1, CutMix on 30% of batches, label smoothing 0.1, random "
+              f"crops, flips, affine\njitter, cut-out and noise). Settings that differ from it: "
+              f"`{f['settings']}`.")
+    if not f["history"]:  # a bare state dict: no settings, no history; the names a guess
+        dataset = "a data set the file does not name" + (
+            f" (the names below are {dataset}'s, assumed from the class count)"
+            if ckpt.get("names_assumed") else "")
+        recipe = ("The file holds the weights alone: the data set and the recipe they were "
+                  "trained with are unknown.")
     classes = ", ".join(f["classes"][:12]) + (", ..." if len(f["classes"]) > 12 else "")
     net = f["network"]
     shape = (f"ResNet with {net.get('blocks')} BasicBlocks at width {net.get('width')}"
@@ -173,9 +189,7 @@ pictures into the {len(f['classes'])} classes of {dataset}: {classes}.
 {results(f, top5, curve)}
 ## Training
 
-The recipe of the enhanced ResNet34 on CIFAR-100 (SGD with Nesterov momentum, OneCycleLR
-up to 0.1, CutMix on 30% of batches, label smoothing 0.1, random crops, flips, affine
-jitter, cut-out and noise). Settings that differ from it: `{f['settings']}`.{hours}
+{recipe}{hours}
 
 ## Use
 

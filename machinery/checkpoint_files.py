@@ -260,7 +260,8 @@ def fill_metadata(ckpt):
     name = name if name in cifar.DATASETS else None  # an image folder's come with its files
     spec = cifar.DATASETS[name or "cifar100"]
     names = cifar.CLASS_NAMES[name] if name else [f"class_{i}" for i in range(args["num_classes"])]
-    ckpt.setdefault("class_names", list(names))
+    if "class_names" in missing:
+        ckpt["class_names"], ckpt["names_assumed"] = list(names), True  # (a card says so)
     ckpt.setdefault("mean", list(spec["mean"]))
     ckpt.setdefault("std", list(spec["std"]))
     said = {"model_args": "network arguments", "class_names": "class names", "mean": "mean/std",

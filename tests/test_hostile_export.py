@@ -11,7 +11,7 @@ import yaml
 
 from conftest import run_here
 from machinery import own_files
-from machinery.card import card, written_card
+from machinery.card import card, summary, written_card
 
 SPACE_ONLY = {"title", "sdk", "sdk_version", "app_file", "emoji", "colorFrom", "colorTo", "pinned"}
 
@@ -181,6 +181,16 @@ def test_a_bare_state_dict_and_a_windows_path_make_no_claims(best, tmp_path):
     text = card(bare)
     assert "datasets" not in front(text) and "model-index" not in front(text)
     assert "no training history" in text and "epoch | -1" not in text
+    # nor the data set or the recipe: the file does not say them (once: "on CIFAR-100",
+    # "Settings that differ from it: none (the reference recipe)")
+    assert "CIFAR-100" not in text.split("\n# ", 1)[1].split(":", 1)[0] and "reference recipe" not in text
+    assert "the data set and the recipe they were trained with are unknown" in text
+    from machinery.checkpoint_files import fill_metadata
+    weights = {"model_state_dict": ckpt["model_state_dict"], "bare_state_dict": True}
+    fill_metadata(weights)  # (torch.save(model.state_dict()): the names are a guess)
+    text = card(weights)
+    assert "# ResNet (weights only)" in text and "assumed from the class count" in text
+    assert "Weights only: the data set and recipe are unknown" in summary(weights)
     win = _real(best, data_dir="C:\\Users\\alice\\secret\\data")
     assert "alice" not in card(win) and "--data-dir data" in card(win)
     assert "--data-dir" not in card(_real(best, data_dir="./data"))  # the default, unreduced
