@@ -485,7 +485,7 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
           f"{os.path.join(out, 'requirements.txt')} && python {os.path.join(out, 'app.py')}")
 
 
-BUILD = re.compile(r"\.export-(\d+)-")  # a Space's build folder, by its process id
+BUILD = re.compile(r"\.export-(\d+)-[a-z0-9_]{8}")  # a Space's build folder (mkdtemp's), by its process id
 
 
 def build_home(out):
@@ -505,7 +505,8 @@ def build_home(out):
 def remove_dead_builds(out):
     """The build folders that a killed export left beside or in `out`: those whose process
     is gone (or whose id a later process took). Another export into the same folder at the
-    same time keeps its own; a folder of an older export.py, with no id, is a killed one's."""
+    same time keeps its own; a folder not named exactly as a build (`.export-mine`, an
+    older export.py's without an id) is the user's, and stays."""
     out = os.path.abspath(out)
     parent, mine = os.path.dirname(out), f".{os.path.basename(out)}"
     places = [(out, old) for old in os.listdir(out)]
@@ -514,13 +515,12 @@ def remove_dead_builds(out):
                    if old.startswith(mine + ".export-")]
     for home, old in places:
         path = os.path.join(home, mine + old if home == parent else old)
-        found = BUILD.match(old)
-        if not old.startswith(".export-") or os.path.islink(path) or not os.path.isdir(path):
+        found = BUILD.fullmatch(old)
+        if not found or os.path.islink(path) or not os.path.isdir(path):
             continue
         with contextlib.suppress(OSError):
-            if found and writer_alive(int(found.group(1)), path):
-                continue
-            shutil.rmtree(path, ignore_errors=True)
+            if not writer_alive(int(found.group(1)), path):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's ids: mit, apache-2.0, cc-by-4.0, ...

@@ -372,16 +372,19 @@ def test_a_second_space_export_leaves_the_firsts_build_folder(best, tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     space = tmp_path / "space"
     space.mkdir()
-    try:  # inside the Space (an older export.py's, or a parent it could not write) and beside
-        for name in (f".export-{live.pid}-abc", ".export-999999999-def", ".export-old"):
+    try:  # inside the Space (a parent it could not write) and beside; and the user's own
+        # folders named alike but not as a build is (mkdtemp's 8 characters after the id)
+        for name in (f".export-{live.pid}-abc_1234", ".export-999999999-def_5678", ".export-old",
+                     ".export-mine", ".export-12-x"):
             for home, name in ((space, name), (tmp_path, ".space" + name), (tmp_path, ".other" + name)):
                 (home / name).mkdir()
                 (home / name / "model.onnx").write_bytes(b"half")
         export.remove_dead_builds(str(space))
-        assert sorted(os.listdir(space)) == [f".export-{live.pid}-abc"]
-        assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".space")) == [
-            f".space.export-{live.pid}-abc"]
-        assert len([p for p in os.listdir(tmp_path) if p.startswith(".other")]) == 3  # not its own
+        kept = sorted([f".export-{live.pid}-abc_1234", ".export-12-x", ".export-mine", ".export-old"])
+        assert sorted(os.listdir(space)) == kept
+        assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".space")) == sorted(
+            ".space" + name for name in kept)
+        assert len([p for p in os.listdir(tmp_path) if p.startswith(".other")]) == 5  # not its own
     finally:
         live.kill()
         live.wait()
