@@ -53,6 +53,13 @@ class OnnxModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.names, self.size = json.loads(meta["class_names"]), int(meta["image_size"])
         self.summary = meta.get("summary") or f"{len(self.names)} classes, {self.size} px"
+        # the metadata must fit the network, or every request would fail, not the start
+        given = self.session.get_inputs()[0].shape[1:3]
+        classes = {o.name: o.shape[-1] for o in self.session.get_outputs()}.get("probabilities")
+        if not isinstance(self.names, list) or classes != len(self.names):
+            raise ValueError(f"its metadata names {len(self.names)} classes, its network gives {classes}")
+        if list(given) != [self.size, self.size]:
+            raise ValueError(f"its metadata says {self.size} px, its network takes {given}")
 
     def probabilities(self, square):
         return self.session.run(["probabilities"], {"images": square[None]})[0][0]

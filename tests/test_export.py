@@ -246,3 +246,23 @@ def test_missing_onnx_packages_are_one_line_before_anything_is_exported(tmp_path
         "error: ONNX export needs onnxscript: pip install onnx onnxscript onnxruntime (or "
         "--format pt2, which needs none)"]
     assert sorted(os.listdir(tmp_path)) == ["w.pt"]
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("class_names", '["a", "b", "c"]', "its metadata names 3 classes, its network gives"),
+    ("image_size", "64", "its metadata says 64 px, its network takes"),
+])
+def test_an_onnx_file_whose_metadata_does_not_fit_its_network_is_refused_at_start(
+        exported, tmp_path, key, value, says):
+    """Metadata edited (or another export's pasted in): the page once started and then
+    failed every request with a bare 'Error'; now it does not start, in one line."""
+    import onnx
+    from machinery.space_app import PageError, onnx_model
+    _, stem, _ = exported
+    proto = onnx.load(f"{stem}.onnx")
+    for p in proto.metadata_props:
+        if p.key == key:
+            p.value = value
+    onnx.save(proto, tmp_path / "m.onnx")
+    with pytest.raises(PageError, match=re.escape(says)):
+        onnx_model(str(tmp_path / "m.onnx"))
