@@ -83,13 +83,14 @@ def classifier(model, folder):
     """The page's function: a picture's path -> (top classes, the picture as the network
     saw it, a note). It never raises: a bad file is a note, and the next picture is
     answered as usual. One picture at a time through the model (a lock): Grad-CAM's hooks
-    on the network are not for two requests at once.
+    on the network are not for two requests at once. One large picture decoded at a time
+    (another lock): four visitors' 80-megapixel scans at once would take 6 GB.
 
     The picture shown is handed to Gradio as a file of its own in `folder` (a new name
     each time): Gradio writes an image it is given as an array into its cache under a
     name made from its content, so two requests with the same picture wrote, and read,
     one file at once, and one answer arrived truncated. A file it copies in whole."""
-    lock = threading.Lock()
+    lock, big = threading.Lock(), threading.Lock()
 
     def classify(path):
         if isinstance(path, Unreadable):  # a pasted picture Gradio could not decode
@@ -97,7 +98,8 @@ def classifier(model, folder):
         if not path:
             return {}, None, "Drop a picture above first."
         try:  # (past Pillow's 89-megapixel warning: a visitor's 16-bit scan could take GBs)
-            square = load_image(path, model.size, max_pixels=Image.MAX_IMAGE_PIXELS)
+            with big if pixels(path) > BIG_PIXELS else contextlib.nullcontext():
+                square = load_image(path, model.size, max_pixels=Image.MAX_IMAGE_PIXELS)
         except Exception as e:  # noqa: BLE001 -- Pillow raises many kinds for a broken file
             return {}, None, f"**Could not read it:** {reason(e)}."
         with lock:
@@ -109,6 +111,18 @@ def classifier(model, folder):
         note = "" if model.explains else model.no_explaining
         return {model.names[i]: float(probs[i]) for i in top}, own_file(shown, folder), note
     return classify
+
+
+BIG_PIXELS = 16_000_000  # a picture this large is decoded alone: 80 MP of RGBA took 1.6 GB
+
+
+def pixels(path):
+    """The picture's pixel count from its header (0 where it has none: load_image says why)."""
+    try:
+        with Image.open(path) as im:
+            return im.width * im.height
+    except Exception:  # noqa: BLE001 -- not a picture: load_image gives the reason
+        return 0
 
 
 KEEP_S = 600  # how long an answer's picture stays in the page's folder for Gradio to copy
@@ -212,9 +226,13 @@ def page(model, folder, examples=(), title="What does the network see?"):
 
 def page_folder():
     """The page's own folder, removed when the process ends (not when launch() returns:
-    in a notebook it returns at once, and the page goes on)."""
+    in a notebook it returns at once, and the page goes on). Gradio's cache of uploads and
+    answers goes inside it (unless GRADIO_TEMP_DIR names another): in the shared
+    /tmp/gradio, the visitors' pictures outlived the page, and the page served files that
+    other programs' pages had cached there."""
     folder = tempfile.mkdtemp(prefix="page-")
     atexit.register(shutil.rmtree, folder, True)
+    os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(folder, "gradio"))  # (read per page)
     return folder
 
 

@@ -228,3 +228,52 @@ def test_a_mean_that_is_no_numbers_is_refused_before_the_page(smoke_run, tmp_pat
     torch.save({**ckpt, "mean": mean}, path)
     with pytest.raises(CheckpointError, match="its mean"):
         app.TorchModel(str(path), torch.device("cpu"))
+
+
+def test_large_pictures_are_decoded_one_at_a_time_small_ones_side_by_side(tmp_path, monkeypatch):
+    """Four visitors' 80-megapixel scans decoded at once would take 6 GB (1.6 GB each): a
+    picture over BIG_PIXELS waits for the one before it; ordinary photos do not wait."""
+    import threading
+    import time
+    from types import SimpleNamespace
+    from machinery import space_app
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new("1", (5000, 4000)).save(big)  # 20 MP, a few kB on disk
+    Image.new("RGB", (64, 64)).save(small)
+    at_once, most, counting = [0], {}, threading.Lock()
+
+    def decoding(path, size, max_pixels=None):
+        with counting:
+            at_once[0] += 1
+            most[path] = max(most.get(path, 0), at_once[0])
+        time.sleep(0.3)
+        with counting:
+            at_once[0] -= 1
+        return np.zeros((size, size, 3), np.uint8)
+    monkeypatch.setattr(space_app, "load_image", decoding)
+    model = SimpleNamespace(size=8, explains=False, names=["a", "b"], no_explaining="",
+                            probabilities=lambda square: np.array([0.5, 0.5]))
+    classify = space_app.classifier(model, str(tmp_path))
+    for path in (big, small):
+        threads = [threading.Thread(target=classify, args=(str(path),)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert most[str(big)] == 1 and most[str(small)] > 1
+
+
+def test_gradios_cache_of_the_visitors_pictures_lives_in_the_pages_folder(monkeypatch):
+    """Uploads and answers in the shared /tmp/gradio outlived the page (its pruning stops
+    with it) and were served to any page on the machine: now they are in the page's own
+    folder, removed with it; a GRADIO_TEMP_DIR the user set is theirs to keep."""
+    import gradio as gr
+    from machinery.space_app import page_folder
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    folder = page_folder()
+    with gr.Blocks() as blocks:
+        gr.Markdown("a page")
+    assert blocks.GRADIO_CACHE.startswith(folder + os.sep)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "/srv/mine")
+    page_folder()
+    assert os.environ["GRADIO_TEMP_DIR"] == "/srv/mine"
