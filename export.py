@@ -493,12 +493,13 @@ def build_home(out):
     `.<name>.export-<pid>-*`), so that a killed export's half-made folder is never inside
     the Space, where the next upload or `git add .` would carry it. Inside `out` only
     where its parent cannot take it (not writable, or another file system, where the
-    final renames would not be atomic)."""
+    final renames would not be atomic; or a name so long that the build's would not fit)."""
     out = os.path.abspath(out)
-    parent = os.path.dirname(out)
+    parent, prefix = os.path.dirname(out), f".{os.path.basename(out)}.export-"
+    fits = len(os.fsencode(prefix)) + 30 <= 255  # (a long name: its build's name would not fit)
     with contextlib.suppress(OSError):
-        if os.access(parent, os.W_OK | os.X_OK) and os.stat(parent).st_dev == os.stat(out).st_dev:
-            return parent, f".{os.path.basename(out)}.export-"
+        if fits and os.access(parent, os.W_OK | os.X_OK) and os.stat(parent).st_dev == os.stat(out).st_dev:
+            return parent, prefix
     return out, ".export-"
 
 

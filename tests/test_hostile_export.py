@@ -571,3 +571,14 @@ def test_another_tools_onnx_file_is_not_taken_for_an_export(best, tmp_path):
     proc = run_here("export.py", best, "--out", tmp_path / "detector.onnx")
     assert proc.returncode == 2 and "is not an ONNX export" in proc.stderr
     assert (tmp_path / "detector.onnx").read_bytes() == theirs
+
+
+def test_a_space_whose_name_is_long_is_built_inside_it_not_beside(tmp_path):
+    """A 250-character Space folder: `.<name>.export-<pid>-...` beside it would pass the
+    file system's 255 bytes, after the whole export was made."""
+    import export
+    long, short = tmp_path / ("b" * 250), tmp_path / "space"
+    long.mkdir()
+    short.mkdir()
+    assert export.build_home(str(long)) == (str(long), ".export-")
+    assert export.build_home(str(short)) == (str(tmp_path), ".space.export-")
