@@ -124,8 +124,8 @@ class Prediction:
 # Pictures: what to read, and reading them in worker processes
 
 def expand(sources, lists=None):
-    """Paths to pictures, in a stable order, each real file once (however spelled, the
-    first spelling kept): a folder's images as --dataset folder lists them (sub-folders,
+    """Paths to pictures, in a stable order, each directory entry once (however spelled,
+    the first spelling kept; a link to a picture is a picture of its own): a folder's images as --dataset folder lists them (sub-folders,
     every format it reads, what tools leave behind and pipes skipped, a link from one
     class folder into another not followed), a glob's matches sorted (pipes skipped),
     @list.txt's lines (one path each, in turn expanded, relative to the working folder),
@@ -144,13 +144,12 @@ def expand(sources, lists=None):
 
 
 def _real(path):
-    """The file a path names, however spelled (relative, absolute, through links): its
-    device and inode; a path that does not exist (a dangling link) by its real path."""
-    try:
-        st = os.stat(path)
-        return st.st_dev, st.st_ino
-    except OSError:
-        return os.path.realpath(path)
+    """The directory entry a path names, however spelled (relative, absolute, through a
+    link to its folder): its folder's real path and its own name. Two entries of one file
+    (a link to another picture, a hard link: Hugging Face snapshots, DVC caches) are two
+    rows, as a submission needs an id for each."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.realpath(folder), name
 
 
 def _special(path):

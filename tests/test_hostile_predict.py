@@ -301,3 +301,19 @@ def test_a_mean_that_is_not_three_numbers_is_a_checkpoint_error(model, tmp_path,
     torch.save({**ckpt, "mean": mean}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="its mean .* is no data set's"):
         load_classifier(str(tmp_path / "bad.pt"))
+
+
+def test_a_link_to_another_picture_is_a_row_of_its_own(model, tmp_path):
+    """Hugging Face snapshots, DVC and git-annex keep identical pictures as links to one
+    file: each name is a picture of its own (once, 2.png and 3.png were dropped from the
+    submission without a word: Kaggle refuses one with ids missing)."""
+    best, _, _, _ = model
+    sub = tmp_path / "sub"
+    picture(sub / "1.png", 1)
+    os.symlink("1.png", sub / "2.png")
+    os.link(sub / "1.png", sub / "3.png")
+    picture(sub / "4.png", 4)
+    proc = run_here("predict.py", sub, "--checkpoint", best, "--format", "submission",
+                    "--out", tmp_path / "s.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert [r[0] for r in csv.reader(open(tmp_path / "s.csv"))][1:] == ["1", "2", "3", "4"]
