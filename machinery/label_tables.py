@@ -83,13 +83,18 @@ def file_index(images, folder, table_folder, root=None):
         name = os.path.basename(path)
         for key in {name, os.path.splitext(name)[0]}:
             names.setdefault(key, []).append(path)
-    return whole, names, {}  # (the real paths, made when an absolute cell first needs them)
+    parents = {_parent(p) for p in images}  # the folders the images sit in, by name
+    return whole, names, {}, parents  # ({}: the real paths, made when an absolute cell needs them)
+
+
+def _parent(path):
+    return os.path.basename(os.path.dirname(path.replace("\\", "/").replace(os.sep, "/")))
 
 
 def _candidates(index, cell):
     """(the cell as compared, [the files it may name]): the one its whole path names, else
     those with its name (two or more: ambiguous)."""
-    whole, names, real = index
+    whole, names, real, parents = index
     cell = cell.replace("\\", "/")
     if cell:  # `train/a//0.png`, `./train/a/../a/0.png`: the path they spell
         cell = posixpath.normpath(cell)
@@ -101,10 +106,13 @@ def _candidates(index, cell):
         found = real.get(os.path.realpath(cell))
         if found:
             return cell, [found]
-    name = cell.rsplit("/", 1)[-1]
+    name, parent = cell.rsplit("/", 1)[-1], _parent(cell)
     for key in (name, os.path.splitext(name)[0]):
-        if names.get(key):
-            return cell, names[key]
+        found = names.get(key) or []
+        if parent in parents:  # `train/cat/5.png` is never dog/5.png: a folder it names is here
+            found = [p for p in found if _parent(p) == parent]
+        if found:
+            return cell, found
     return cell, []
 
 
