@@ -10,10 +10,11 @@ this file reads pictures where PyTorch is not installed: the demo Space of expor
     square = load_image("cat.jpg")               # uint8 (32, 32, 3) RGB
     x = normalize(square[None], mean, std)       # float (1, 3, 32, 32), channels_last
 """
+import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, TiffImagePlugin
 
 
 # What Pillow may open: raster formats alone (Image.open would hand an EPS, even named
@@ -40,7 +41,7 @@ def load_image(image, size=32, max_pixels=None):
     else:
         with warnings.catch_warnings():  # (Pillow's warning past 89 megapixels: said below)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            f = Image.open(image, formats=FORMATS)  # OSError for unreadable or non-image files
+            f = _open(image)  # OSError for unreadable or non-image files
         with f:
             if max_pixels and f.width * f.height > max_pixels:
                 raise Image.DecompressionBombError(
@@ -51,6 +52,27 @@ def load_image(image, size=32, max_pixels=None):
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
     return np.array(image.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)  # writable
+
+
+_LIBTIFF = threading.Lock()
+
+
+def _open(path):
+    """Image.open, but an uncompressed TIFF turned by its Orientation tag (5-8: a quarter
+    turn) read through libtiff: Pillow's own reader (12.3) takes the turned size for the
+    stored one, and the pixels come out scrambled, with no error. libtiff reads them
+    right, as it does every compressed TIFF."""
+    f = Image.open(path, formats=FORMATS)
+    if f.format != "TIFF" or getattr(f, "use_load_libtiff", True) or \
+            f.tag_v2.get(ExifTags.Base.Orientation) not in (5, 6, 7, 8):
+        return f
+    f.close()
+    with _LIBTIFF:  # (Pillow's switch is global: one reopening at a time)
+        TiffImagePlugin.READ_LIBTIFF = True
+        try:
+            return Image.open(path, formats=FORMATS)
+        finally:
+            TiffImagePlugin.READ_LIBTIFF = False
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # grey, 16 bits a pixel (I: 32)
