@@ -338,6 +338,7 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
     else:
         ids = [c for c in folders_in(train) if _identity(os.path.join(train, c)) not in ours]
         _refuse_two_unicode_forms(train, ids)
+        _alike(shown(train), ids, "class folders", warn)
         _check_classes(root, train, ids, flat)
         splits = {"train": _class_split("train", train, ids, apart, loops)}
     # and the other way: a link test/b/sub -> train/a would test on training images, as b's
@@ -385,6 +386,25 @@ def _refuse_two_unicode_forms(folder, names):
         first[key] = n
 
 
+def _alike(where, names, kind, warn):
+    """Class names that look alike: two that differ only in Unicode form are one line (the
+    same name on screen, two classes); two that differ only in case are said (EMNIST's a
+    and A are two letters, but a Mac or Windows disk holds cat/ and Cat/ as one folder)."""
+    first, said = {}, set()
+    for n in names:
+        nfc = unicodedata.normalize("NFC", n)
+        if nfc in first and first[nfc] != n:
+            raise DataError(f"{where}: the {kind} {first[nfc]!r} and {n!r} differ only in "
+                            f"Unicode form (NFC and NFD, as Linux and a Mac write é): one class "
+                            f"shown as two; write them one way")
+        first[nfc] = n
+        twin = next((m for m in first.values() if m != n and m.casefold() == n.casefold()), None)
+        if twin and n.casefold() not in said:
+            said.add(n.casefold())
+            warn(f"warning: {where}: the {kind} {twin!r} and {n!r} differ only in case: two "
+                 f"classes here, one folder on a Mac's or Windows' disk")
+
+
 def _refuse_one_folder_twice(named):
     """Two names of one folder (a link) among splits or classes: the same pictures twice,
     as two classes, or tested on as trained on. One line naming both."""
@@ -428,6 +448,8 @@ def _table_split(name, folder, table, label_column, known, warn, seen=(), loops=
     rows = label_tables.labelled_files(table, folder, images, label_column, known, warn,
                                        single_warning=known is None)
     ids = known or label_tables.sorted_labels({label for _, label in rows})
+    if known is None:
+        _alike(shown(table), ids, "labels", warn)
     if known is None and len(ids) < 2:
         raise DataError(f"{shown(table)} has {len(ids)} label{'s' * (len(ids) != 1)}; a classifier "
                         f"needs at least two")

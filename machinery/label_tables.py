@@ -207,10 +207,11 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
                             f"{'s' * (len(cells) != 1)}, where the labels are column {label + 1}")
         if not cells[label]:
             raise DataError(f"{_shown(path)}, row {line}: {cells[image]} has no label")
-        odd = next((ch for ch in cells[label] if unicodedata.category(ch) == "Cc"), None)
-        if odd is not None:  # `cat\x00` would be a class of its own, shown as cat
-            raise DataError(f"{_shown(path)}, row {line}: the label {cells[label]!r} holds a "
-                            f"control character ({odd!r}); a label is printable text")
+        odd = next((ch for ch in cells[label] if unicodedata.category(ch) in ("Cc", "Cf")), None)
+        if odd is not None:  # `cat\x00`, `cat\u200b` would be classes of their own, shown as cat
+            kind = "a control" if unicodedata.category(odd) == "Cc" else "an invisible"
+            raise DataError(f"{_shown(path)}, row {line}: the label {cells[label]!r} holds "
+                            f"{kind} character ({odd!r}); a label is printable text")
         if known is not None and cells[label] not in known:
             raise DataError(f"{_shown(path)}, row {line}: label {cells[label]} is not one of "
                             f"train/'s classes")

@@ -61,6 +61,10 @@ BAD_LABELS = [  # (case, the table beside train/, the line says)
      "train.csv, row 2: the label 'c\\x1bat' holds a control character"),
     ("a DEL in a label", "file,label\ntrain/a/0.png,cat\ntrain/0.png,dog\x7f\ntrain/a/1.png,dog\n",
      "train.csv, row 3: the label 'dog\\x7f' holds a control character"),
+    ("a zero-width space in a label", "file,label\ntrain/a/0.png,cat\ntrain/0.png,cat\u200b\ntrain/a/1.png,dog\n",
+     "train.csv, row 3: the label 'cat\\u200b' holds an invisible character"),
+    ("one label in both Unicode forms", "file,label\ntrain/a/0.png,caf\u00e9\ntrain/0.png,cafe\u0301\ntrain/a/1.png,dog\n",
+     "differ only in Unicode form (NFC and NFD"),
 ]
 
 
@@ -398,3 +402,15 @@ def test_training_and_predict_give_an_unreadable_file_the_same_reason(tmp_path):
             reason = error_text(e, path)
         assert f"{path} ({reason})" in " ".join(said), (reason, said)
     assert "(an empty file)" in " ".join(said)
+
+
+def test_class_folders_that_differ_only_in_case_are_said(tmp_path):
+    """train/cat/ beside train/Cat/: two classes here (EMNIST's a and A are two letters),
+    one folder on a Mac's disk; said in one warning, not silently."""
+    for c, name in enumerate(("cat", "Cat", "dog")):
+        for i in range(2):
+            picture(tmp_path / "train" / name / f"{i}.png", (80 * c, 50, i))
+    said = []
+    folder = imagefolder.Folder(str(tmp_path), warn=said.append)
+    assert len(folder.classes) == 3
+    assert [line for line in said if "differ only in case" in line and "'Cat' and 'cat'" in line]
