@@ -51,10 +51,10 @@ import torch.nn as nn
 from PIL import Image
 
 from machinery import own_files
+from machinery.own_files import writer_alive
 from machinery.card import card, summary, written_card
 from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of, fill_metadata,
                                         is_checkpoint_file, load_checkpoint)
-from machinery.folder_cache import writer_alive
 from machinery.images import standardize
 from machinery.predicting import as_classifier
 from machinery.space_app import stop_cleanly_on_sigterm, stopped_by_signal

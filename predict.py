@@ -99,6 +99,12 @@ def check(args):
     if args.onnx and args.device not in ("auto", "cpu"):
         raise UserError(f"--onnx runs on the CPU (onnxruntime); --device {args.device} is for "
                         f"--checkpoint")
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out '': give the table's file name (or leave --out out: "
+                        + ", ".join(f"{v} for {k}" for k, v in FORMATS.items()) + ")")
+    if args.out and args.out.endswith(("/", os.sep)):
+        raise UserError(f"--out {shown(args.out)} ends with /, a folder's name; give the "
+                        f"table's file name")
     args.format = args.format or ("jsonl" if (args.out or "").endswith((".jsonl", ".json")) else "csv")
     args.out = args.out or FORMATS[args.format]
     if args.out == "-":  # not a file named "-": the table is a file, never stdout
@@ -121,9 +127,22 @@ def check(args):
         raise UserError(f"--out {out}: the folder {shown(folder)} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {shown(folder)} cannot be written to")
+    if sticky_and_theirs(folder, args.out):
+        raise UserError(f"--out {out}: another user's file in a folder where only its owner may "
+                        f"replace it (/tmp's sticky bit); choose another --out")
     if len(os.fsencode(os.path.basename(args.out))) + len(f".tmp{os.getpid()}") > NAME_MAX:
         raise UserError(f"--out {out}: the name is too long (with its temporary ending, over "
                         f"{NAME_MAX} bytes)")
+
+
+def sticky_and_theirs(folder, path):
+    """Whether `path` is another user's file in a sticky folder (/tmp): a rename over it
+    fails (EPERM), which would be found only after every picture was decoded."""
+    try:
+        me, st, owner = os.geteuid(), os.stat(folder), os.lstat(path).st_uid
+    except (OSError, AttributeError):  # (no such file; Windows has no euid)
+        return False
+    return bool(st.st_mode & 0o1000) and me != 0 and me not in (owner, st.st_uid)
 
 
 def check_found(args, found, lists):

@@ -22,6 +22,7 @@ from collections import OrderedDict
 import torch
 
 from . import cifar
+from .own_files import writer_alive
 
 # The seed network's shape (model.SEED_BLOCKS / SEED_WIDTH), named "ResNet34" in messages
 # as the reference names it; tests/test_model.py checks the two agree.
@@ -46,6 +47,7 @@ def atomic_path(path, replaces_checkpoint=False):
     if not replaces_checkpoint and is_checkpoint_file(path):
         raise CheckpointError(f"refusing to write {path}: it is a checkpoint, and this "
                               f"writes another kind of file; choose another name or folder")
+    remove_dead_temporaries(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
@@ -57,6 +59,19 @@ def atomic_path(path, replaces_checkpoint=False):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_dead_temporaries(path):
+    """The `<name>.tmp<pid>` files beside `path` that a killed writer left (a table, a
+    checkpoint of 229 MB): those whose process is gone. A live writer's stays."""
+    folder, name = os.path.split(os.path.abspath(path))
+    mine = re.compile(re.escape(name) + r"\.tmp(\d+)")
+    with contextlib.suppress(OSError):
+        for old in os.listdir(folder):
+            found, tmp = mine.fullmatch(old), os.path.join(folder, old)
+            if found and int(found.group(1)) != os.getpid() and os.path.isfile(tmp) \
+                    and not os.path.islink(tmp) and not writer_alive(int(found.group(1)), tmp):
+                os.remove(tmp)
 
 
 def save_checkpoint(ckpt, path):

@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from .cifar import DataError
+from .own_files import writer_alive
 from .images import load_image
 
 VERSION = 4  # of the cache's contents; a new one reads every folder again (4: memory-mapped)
@@ -265,36 +266,6 @@ def remove_dead_leftovers(folder):
             os.remove(path)
         except OSError:
             pass  # gone already, or a folder this user may not change
-
-
-def writer_alive(pid, path):
-    """Whether the process `pid`, which named `path` after itself, is still the one that
-    wrote it: alive, and started before the file was last written (not a later process
-    that took its id)."""
-    return _alive(pid) and _started(pid) <= os.stat(path).st_mtime
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's: alive
-    return True
-
-
-def _started(pid):
-    """When the process `pid` started, in seconds since the epoch (Linux: its start time
-    in clock ticks after boot, and the boot's time); 0 where that cannot be known."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK") - 1  # (boot: whole seconds)
-    except (OSError, ValueError, IndexError, StopIteration):
-        return 0
 
 
 def write_cache(folder, name, paths, labels, size, workers, desc, meta):

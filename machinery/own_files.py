@@ -6,6 +6,9 @@ own put in examples/), is someone else's: a tool replaces it only when told (--f
     theirs = foreign(folder, names_about_to_be_written)   # refuse unless --force
     ... write ...
     record(folder, names_written)
+
+And whose a temporary file is: writer_alive(pid, path) tells a live writer's file from one
+a killed process left (its id in the name), which the next writer may remove.
 """
 import hashlib
 import json
@@ -98,3 +101,33 @@ def write_json(path, figures, tool):
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"written_by": tool, **figures}, f, indent=1)
     os.replace(tmp, path)
+
+
+def writer_alive(pid, path):
+    """Whether the process `pid`, which named `path` after itself, is still the one that
+    wrote it: alive, and started before the file was last written (not a later process
+    that took its id)."""
+    return _alive(pid) and _started(pid) <= os.stat(path).st_mtime
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's: alive
+    return True
+
+
+def _started(pid):
+    """When the process `pid` started, in seconds since the epoch (Linux: its start time
+    in clock ticks after boot, and the boot's time); 0 where that cannot be known."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK") - 1  # (boot: whole seconds)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0

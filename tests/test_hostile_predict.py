@@ -317,3 +317,43 @@ def test_a_link_to_another_picture_is_a_row_of_its_own(model, tmp_path):
                     "--out", tmp_path / "s.csv")
     assert proc.returncode == 0, proc.stderr
     assert [r[0] for r in csv.reader(open(tmp_path / "s.csv"))][1:] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("out, says", [
+    ("{tmp}/newdir/", "ends with /, a folder's name"),  # (once: every picture decoded, then exit 1)
+    ("", "--out '': give the table's file name"),  # (once: predictions.csv, silently)
+    ("{tmp}/sticky/p.csv", "another user's file in a folder where only its owner may replace it"),
+])
+def test_an_out_that_cannot_be_written_is_one_line_before_any_picture(model, tmp_path, monkeypatch,
+                                                                       out, says):
+    best, _, _, _ = model
+    picture(tmp_path / "a.png")
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    (sticky / "p.csv").write_text("theirs\n")
+    os.chmod(sticky, 0o1777)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(sticky).st_uid + 4321)  # (CI runs as root)
+    monkeypatch.setattr(predicting, "load_image", lambda *a: pytest.fail("a picture was decoded"))
+    proc = run_here("predict.py", tmp_path / "a.png", "--checkpoint", best, "--force",
+                    "--out", out.format(tmp=tmp_path))
+    assert says in _refused(proc)
+    assert (sticky / "p.csv").read_text() == "theirs\n"
+
+
+def test_a_killed_predicts_half_table_is_removed_by_the_next(model, tmp_path):
+    """kill -9 (or `timeout`) while the table was written left p.csv.tmp<pid> for good;
+    the next table of that name removes it (not a live writer's)."""
+    import subprocess
+    import sys
+    best, _, _, _ = model
+    picture(tmp_path / "a.png")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "p.csv.tmp999999999").write_text("path,class_1\nhalf")
+        (tmp_path / f"p.csv.tmp{live.pid}").write_text("being written")
+        assert run_here("predict.py", tmp_path / "a.png", "--checkpoint", best,
+                        "--out", tmp_path / "p.csv").returncode == 0
+        assert sorted(os.listdir(tmp_path)) == ["a.png", "p.csv", f"p.csv.tmp{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
