@@ -12,6 +12,7 @@ model.predict() is the list form of the same path. The network may also be an ex
 ONNX file (onnx_classifier): onnxruntime runs it, with the preprocessing inside.
 """
 import glob
+import itertools
 import json
 import math
 import os
@@ -187,13 +188,23 @@ def _expand(sources, lists, within, where):
             found = sorted(glob.glob(src, recursive=True))
             if not found:
                 raise DataError(f"{said}{shown(src)} matches no file")
+            base = _fixed_part(src)  # (the class is the first folder under it, as for a folder)
             for p in found:  # (a folder a glob matches is searched; an empty one passed over)
                 if os.path.isdir(p):
-                    yield from ((f, p) for f in images_under(p))
+                    yield from ((f, base) for f in images_under(p))
                 elif not _special(p):  # a pipe matched is skipped, as in a folder
-                    yield p, None
+                    yield p, base
         else:
             raise DataError(f"{said}{shown(src) or 'an empty path'} does not exist")
+
+
+def _fixed_part(pattern):
+    """The folder a glob searches under: its leading components without a wildcard
+    (`t3/**/*.png`, `t3/*`: t3), so that its files' classes are the first folders under
+    it, as where t3 was named itself, however the glob is spelled."""
+    parts = pattern.replace(os.sep, "/").split("/")
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return "/".join(fixed) or ("/" if pattern.startswith("/") else ".")
 
 
 def _lines(path, said=""):

@@ -357,3 +357,21 @@ def test_a_killed_predicts_half_table_is_removed_by_the_next(model, tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("spelled", ["t3/**/*.png", "t3/*", "t3/*/*/*.png"])
+def test_a_glob_gives_the_classes_its_folder_would(model, tmp_path, monkeypatch, spelled):
+    """t3/apple/aquarium_fish/*.png are apples, as `predict.py t3` says; a glob of the
+    same files once took each file's own folder (aquarium_fish) for its class, and the
+    accuracy line said 17% where the folder's said 83%."""
+    _, _, names, _ = model
+    for i in range(2):
+        picture(tmp_path / "t3" / names[0] / names[1] / f"{i}.png", i)
+        picture(tmp_path / "t3" / names[1] / names[0] / f"{i}.png", 10 + i)
+    monkeypatch.chdir(tmp_path)
+
+    def classes(found):
+        return sorted((p.replace(os.sep, "/").split("/")[-3:][0], predicting.truth(p, root, names))
+                      for p, root in found)
+    assert classes(predicting.expand([spelled])) == classes(predicting.expand(["t3"]))
+    assert {c for _, c in classes(predicting.expand(["t3"]))} == {0, 1}
