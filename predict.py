@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 import warnings
 
 from machinery.stops import quiet_ctrl_c
@@ -82,7 +83,7 @@ def parse_args(argv=None):
     for a in argv[:argv.index("--") if "--" in argv else len(argv)]:
         if a.startswith("-") and a not in p._option_string_actions and os.path.lexists(a):
             p.error(f"{a} is a file, but a name that starts with '-' reads as a flag: write "
-                    f"./{a}, or put the files after -- (predict.py -- {a})")
+                    f"./{a}, or put the files last, after -- (predict.py --out p.csv -- {a})")
     return p.parse_args(argv)
 
 
@@ -164,8 +165,8 @@ def check_found(args, found, lists):
         raise UserError(f"{out} exists: add --force to replace it, or choose another --out")
     if args.format == "submission":
         first = {}
-        for source, _ in found:
-            other = first.setdefault(submission_id(source), source)
+        for source, _ in found:  # (é as a Mac and Linux write it: one id, two files)
+            other = first.setdefault(unicodedata.normalize("NFC", submission_id(source)), source)
             if other is not source:
                 raise UserError(f"--format submission: {shown(other)} and {shown(source)} both "
                                 f"have the id {submission_id(source)}, and a submission needs one "

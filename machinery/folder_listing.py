@@ -37,6 +37,12 @@ def shown(path):
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def printable(path):
+    """shown(path) for a message line: control characters (a NUL, a line break that an
+    @list's line or a file name may hold) as escapes, so the line stays one line."""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) == "Cc" else ch for ch in shown(path))
+
+
 def left_behind(name):
     return name.startswith(".") or name.lower() in LEFT_BEHIND
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 from .checkpoint_files import CheckpointError, fill_metadata
 from .cifar import DataError
 from .folder_cache import why
-from .folder_listing import EXTENSIONS
+from .folder_listing import EXTENSIONS, is_image, printable
 from .imagefolder import images_under, shown
 from .images import load_image, normalize
 from .runtime import make_runtime
@@ -177,25 +177,25 @@ def _expand(sources, lists, within, where):
         elif os.path.isdir(src):
             found = images_under(src)
             if not found:
-                raise DataError(f"{said}{shown(src)} holds no picture "
+                raise DataError(f"{said}{printable(src)} holds no picture "
                                 f"({', '.join(e.lstrip('.') for e in EXTENSIONS)})")
             yield from ((p, src) for p in found)
         elif os.path.exists(src) and not stat.S_ISREG(os.stat(src).st_mode):
-            raise DataError(f"{said}{shown(src)} is not a file but a pipe, socket or device")
+            raise DataError(f"{said}{printable(src)} is not a file but a pipe, socket or device")
         elif os.path.lexists(src):
             yield src, None
         elif glob.has_magic(src):
             found = sorted(glob.glob(src, recursive=True))
             if not found:
-                raise DataError(f"{said}{shown(src)} matches no file")
+                raise DataError(f"{said}{printable(src)} matches no file")
             base = _fixed_part(src)  # (the class is the first folder under it, as for a folder)
             for p in found:  # (a folder a glob matches is searched; an empty one passed over)
                 if os.path.isdir(p):
                     yield from ((f, base) for f in images_under(p))
-                elif not _special(p):  # a pipe matched is skipped, as in a folder
-                    yield p, base
+                elif not _special(p) and is_image(os.path.basename(p)):  # as in a folder:
+                    yield p, base  # a pipe, a sidecar (IMG_1.png.json), .DS_Store skipped
         else:
-            raise DataError(f"{said}{shown(src) or 'an empty path'} does not exist")
+            raise DataError(f"{said}{printable(src) or 'an empty path'} does not exist")
 
 
 def _fixed_part(pattern):

@@ -97,6 +97,10 @@ REFUSED = [  # (case, files to make, PATH arguments, --out, more flags, the line
      "it is one of the inputs"),
     ("an @list line that is not UTF-8", ["a.png"], ["@latin1.txt"], "p.csv", [],
      "@{tmp}/latin1.txt, line 2: not UTF-8 text"),
+    ("one id in two Unicode forms", ["test/caf\u00e9.png", "test/cafe\u0301.png"], ["test"], "s.csv",
+     ["--format", "submission"], "both have the id caf"),
+    ("a glob matching sidecars only", ["a.png"], ["tk/*"], "p.csv", [], "holds no picture"),
+    ("an @list line holding a NUL", ["a.png"], ["@nul.txt"], "p.csv", [], "a\\x00b.png does not exist"),
 ]
 
 
@@ -109,6 +113,10 @@ def test_bad_input_is_one_line_before_any_picture_is_decoded(model, tmp_path, mo
     (tmp_path / "empty").mkdir()
     (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.png'}\n")
     (tmp_path / "latin1.txt").write_bytes(f"{tmp_path / 'a.png'}\n".encode() + "café.png\n".encode("latin-1"))
+    (tmp_path / "tk").mkdir()
+    (tmp_path / "tk" / "IMG_1.png.json").write_text("{}")  # (a phone's sidecar: no picture)
+    (tmp_path / "tk" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "nul.txt").write_bytes(b"a\x00b.png\n")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.setattr(predicting, "load_image", lambda *a: pytest.fail("a picture was decoded"))
     args = ["@" + str(tmp_path / p[1:]) if p.startswith("@") else tmp_path / p for p in paths]
@@ -240,7 +248,7 @@ def test_a_file_whose_name_starts_with_a_dash_is_told_how_to_name_it(model, tmp_
     monkeypatch.chdir(tmp_path)
     picture(tmp_path / "-dash.png")
     proc = run_here("predict.py", "-dash.png", "--checkpoint", best, "--out", "p.csv")
-    assert proc.returncode == 2 and "write ./-dash.png, or put the files after --" in proc.stderr
+    assert proc.returncode == 2 and "write ./-dash.png, or put the files last, after --" in proc.stderr
     assert not (tmp_path / "p.csv").exists()
     assert run_here("predict.py", "--checkpoint", best, "--out", "p.csv", "--", "-dash.png").returncode == 0
     assert "-dash.png," in (tmp_path / "p.csv").read_text()
