@@ -14,6 +14,7 @@ study lives in sweeps/<study>/study.db (or --storage: start the same command on 
 machines to share one study). Ctrl-C stops after saving; the same command goes on.
 sweeps/<study>/report.md is rebuilt after every trial. docs/choosing-a-recipe.md says more.
 """
+import contextlib
 import importlib.util
 import itertools
 import os
@@ -28,6 +29,7 @@ if __name__ == "__main__":
     quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
 
 from machinery.config import Parser, UserError, parse_args, resolve_config
+from machinery.sweep_space import TrialsFailing
 
 
 class SweepParser(Parser):
@@ -96,6 +98,9 @@ def read_command(argv):
         value = getattr(args, name)
         if value is not None and value < least:
             raise UserError(f"--{name.replace('_', '-')} must be at least {least} (got {value})")
+    if args.storage is not None and not args.storage.strip():
+        raise UserError("--storage '': give a database URL or journal:PATH (or leave it out: "
+                        "SQLite in the study's folder)")
     if args.trials is None and args.sampler != "grid":
         raise UserError(f"--trials is needed with --sampler {args.sampler}")
     if args.seeds > 1 and args.sampler != "grid":
@@ -129,6 +134,7 @@ def make_plan(args, fixed, explicit, say):
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make {folder}: {e.strerror}") from None
+    mark = sweep_folder(folder)  # (before a default study.db is made in it)
     storage = storage or sweep_trials.open_storage(url)
     # a grid's cells are queued up front (below) rather than drawn by Optuna's GridSampler,
     # which lets two workers that ask at once draw the same cell
@@ -140,30 +146,96 @@ def make_plan(args, fixed, explicit, say):
               "none": optuna.pruners.NopPruner}[pruner]()
     study = optuna.create_study(study_name=args.study, storage=storage, sampler=sampler,
                                 pruner=pruner, direction="maximize", load_if_exists=True)
-    same_study(study, {"fixed": fixed, "space": args.space, "sampler": args.sampler,
-                       "seeds": args.seeds})
+    same_study(study, {"fixed": fixed, "space": [d.spec for d in dims], "sampler": args.sampler,
+                       "seeds": args.seeds})  # (the space as read: a YAML file edited since differs)
+    claim_folder(study, folder, mark)
     if grid:
-        queue_cells(study, grid, folder)
+        queue_cells(study, grid, folder, total)
 
     def params_of(trial):  # (a queued cell's or retry's values come back as queued)
         params = sweep_space.suggest(trial, dims)
         if grid and "seed" in grid:
             params["seed"] = trial.suggest_categorical("seed", grid["seed"])
         return params
-    return study, sweep_trials.Plan(fixed, folder, total, metric_name(cfg), params_of), url
+    return study, sweep_trials.Plan(fixed, folder, total, metric_name(cfg), params_of,
+                                    queued=bool(grid)), url
 
 
-def queue_cells(study, grid, folder):
-    """Every cell of the grid queued once, however many workers start at once (on one
-    machine a lock orders them; Optuna skips a cell already queued)."""
+@contextlib.contextmanager
+def folder_lock(folder):
+    """The study folder's lock: workers starting at once on one machine take turns."""
     with open(os.path.join(folder, ".queue.lock"), "w") as lock:
         try:
             import fcntl
             fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # Windows: workers started one at a time queue it once
+        except ImportError:  # Windows: workers started one at a time take turns anyway
             pass
-        for cell in itertools.product(*grid.values()):
+        yield
+
+
+def queue_cells(study, grid, folder, total):
+    """The grid's first `total` cells (all, by default) queued once, however many workers
+    start at once (Optuna skips a cell already queued)."""
+    with folder_lock(folder):
+        for cell in itertools.islice(itertools.product(*grid.values()), total):
             study.enqueue_trial(dict(zip(grid, cell)), skip_if_exists=True)
+
+
+MARK = "sweep.json"  # a study folder's: which study made it
+OURS = {MARK, ".queue.lock", "study.db", "study.db-journal"}
+
+
+def sweep_folder(folder):
+    """The study folder's mark ({"sweep": id}), made now in a folder that holds nothing,
+    or one line where the folder holds files sweep.py did not write (their report.md,
+    their study.db would be replaced): checked before anything is made in it."""
+    import json
+    import uuid
+    path = os.path.join(folder, MARK)
+
+    def read():
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a sweep's mark ({e}); move it away") from None
+    mark = read()
+    if mark is None:
+        theirs = sorted(set(os.listdir(folder)) - OURS)
+        if theirs or os.path.exists(os.path.join(folder, "study.db")):
+            raise UserError(f"{folder} holds files sweep.py did not write ({', '.join(theirs[:3]) or 'study.db'}"
+                            f"{', ...' if len(theirs) > 3 else ''}); choose another --study or "
+                            f"--sweeps-dir, or move them away")
+        with folder_lock(folder):  # (two workers starting at once: one mark)
+            mark = read()
+            if mark is None:
+                mark = {"sweep": uuid.uuid4().hex}
+                with open(path, "w") as f:
+                    json.dump(mark, f)
+    return mark
+
+
+def claim_folder(study, folder, mark):
+    """The study and its folder belong together: a new study (its database deleted, or
+    another --storage) never trains in, and reports over, an earlier study's trial folders;
+    a machine joining with a fresh folder of its own takes the study's mark."""
+    import json
+    with folder_lock(folder):
+        known = study.user_attrs.get("sweep")
+        trials = [n for n in os.listdir(folder) if re.fullmatch(r"(trial|repeat_best)_\d+", n)]
+        if known == mark["sweep"]:
+            return
+        if trials:
+            raise UserError(f"{folder} holds the trial folders of another study ({trials[0]}, "
+                            f"...): its database was deleted, or another --storage names it; "
+                            f"move them away, or choose another --study or --sweeps-dir")
+        if known is None:
+            study.set_user_attr("sweep", mark["sweep"])
+        else:
+            with open(os.path.join(folder, MARK), "w") as f:
+                json.dump({"sweep": known}, f)
 
 
 def same_study(study, settings):
@@ -232,16 +304,17 @@ def repeat_best(args, study, plan, url, say, stop):
     again = optuna.create_study(study_name=f"{args.study}.repeat-best",
                                 storage=sweep_trials.open_storage(url), direction="maximize",
                                 load_if_exists=True)
-    same_study(again, {"best": best, "seeds": seeds})
-    for s in seeds:
-        again.enqueue_trial({"seed": s}, user_attrs={"best": best}, skip_if_exists=True)
+    same_study(again, {"best": best})  # (more seeds later: those run, the others are kept)
+    with folder_lock(plan.folder):
+        for s in seeds:
+            again.enqueue_trial({"seed": s}, user_attrs={"best": best}, skip_if_exists=True)
     rplan = sweep_trials.Plan(plan.fixed_argv, plan.folder, len(seeds), plan.metric,
-                              lambda t: {**t.user_attrs["best"],
-                                         "seed": t.suggest_categorical("seed", seeds)},
-                              prefix="repeat_best")
+                              lambda t: {**t.user_attrs["best"], "seed": t.suggest_int("seed", 0, 2**31 - 1)},
+                              prefix="repeat_best", queued=True)
     say(f"--repeat-best: {_settings(best)} with seeds {', '.join(map(str, seeds))}")
     run_workers(again, rplan, args.workers, say, stop)
-    values = [t.value for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [t.value for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if t.params.get("seed") in seeds]
     return {"values": values, "seeds": seeds}
 
 
@@ -274,7 +347,7 @@ def main(argv=None):
             raise UserError("sweep.py needs Optuna: pip install -r requirements-sweep.txt")
         quiet_optuna()
         study, plan, url = make_plan(args, fixed, explicit, say)
-        if "--val-split" not in " ".join(fixed):
+        if plan.metric != "val_acc":
             say("note: without --val-split the trials are scored on the test set (unless the "
                 "data has val/), which the search then overfits; add --val-split N")
         say(f"study {args.study}: {plan.total} trials, {args.sampler} sampler, storage {url}")
@@ -298,6 +371,9 @@ def main(argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrialsFailing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 130

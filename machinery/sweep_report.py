@@ -48,16 +48,22 @@ def _params(p):
 
 def trial_rows(study, plan):
     """One dict per shown trial: number, folder, state, params, best, epochs, seconds, note."""
-    rows = []
-    for t in shown(study):
+    rows, trials = [], shown(study)
+    last = {}  # each folder's latest attempt: the folder's curve is its (a retry goes on there)
+    for t in trials:
+        last[root_of(t)] = max(last.get(root_of(t), t.number), t.number)
+    for t in trials:
         folder = os.path.join(plan.folder, f"{plan.prefix}_{root_of(t)}")
-        curve = read_curve(folder, plan.metric)
+        retried = last[root_of(t)] != t.number
+        curve = [] if retried else read_curve(folder, plan.metric)
+        note = t.user_attrs.get("note", "")
         rows.append({"number": t.number, "folder": os.path.basename(folder),
                      "state": STATES.get(t.state, t.state.name.lower()), "params": t.params,
                      "best": t.value if t.state == TrialState.COMPLETE else
                      max((v for _, v in curve), default=None),
                      "epochs": len(curve), "seconds": t.user_attrs.get("seconds", 0.0),
-                     "note": t.user_attrs.get("note", ""), "curve": curve})
+                     "note": f"{note}; went on as trial {last[root_of(t)]}" if retried else note,
+                     "curve": curve})
     return rows
 
 

@@ -13,10 +13,17 @@ several numbers (--blocks) are written with spaces: `blocks=5 5 5 5,3 4 6 3`.
 import dataclasses
 import difflib
 
-from .config import Config, UserError, flags, resolve_config
+from .config import Config, UserError, flags, parse_args, resolve_config
 
 # flags a trial's run decides for itself, or that make it something else than a run
 NOT_SWEPT = {"out_dir"}
+# flags that change what a trial is scored on: trials that differ there are not comparable
+SCORED_ON = {"dataset", "data_dir", "labels", "label_column", "val_split"}
+
+
+class TrialsFailing(Exception):
+    """Trials fail one after another (settings that cannot train: data missing, a device
+    the machine lacks): one line, exit 1, rather than new trials for ever."""
 
 
 @dataclasses.dataclass
@@ -32,6 +39,13 @@ class Dimension:
     def flag(self):
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def spec(self):
+        """NAME=SPEC as it was read (a YAML file's entry too): what a study records."""
+        values = (",".join(map(str, self.choices)) if self.kind == "choice" else
+                  f"{self.low}:{self.high}" + (":log" if self.log else ""))
+        return f"{self.name}={values}"
+
     def corners(self):
         """The values a check must try: both ends of a range, every choice."""
         return list(self.choices) if self.kind == "choice" else [self.low, self.high]
@@ -40,9 +54,12 @@ class Dimension:
 def _field(name, given):
     fields = {f.name: f for f in flags()}
     key = name.strip().lstrip("-").replace("-", "_")
+    if key in SCORED_ON:
+        raise UserError(f"--space {given}: {key} changes what the trials are scored on (their "
+                        f"accuracies would not compare); give it after -- as a fixed flag")
     if key in fields and key not in NOT_SWEPT:
         return fields[key]
-    close = difflib.get_close_matches(key, [k for k in fields if k not in NOT_SWEPT], n=1)
+    close = difflib.get_close_matches(key, [k for k in fields if k not in NOT_SWEPT | SCORED_ON], n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     why = "is each trial's own" if key in NOT_SWEPT else "is not a training flag"
     raise UserError(f"--space {given}: {name.strip()} {why}{hint}; see python train.py --help")
@@ -74,8 +91,14 @@ def parse_dimension(name, spec, given=None):
     given = given or f"{name}={spec}"
     field = _field(name, given)
     if isinstance(spec, dict):
-        log = str(spec.get("log", "")).lower() in ("true", "yes", "on", "1")
-        spec = f"{spec.get('low')}:{spec.get('high')}" + (":log" if log else "")
+        odd = sorted(set(spec) - {"low", "high", "log"})
+        if odd or "low" not in spec or "high" not in spec:
+            raise UserError(f"--space {given}: a range is {{low, high}} or {{low, high, log}}"
+                            + (f"; {odd[0]!r} is neither" if odd else ""))
+        log = str(spec.get("log", "false")).lower()
+        if log not in ("true", "false"):
+            raise UserError(f"--space {given}: log is true or false (got {spec['log']!r})")
+        spec = f"{spec['low']}:{spec['high']}" + (":log" if log == "true" else "")
     if isinstance(spec, (list, tuple)):
         spec = ",".join(map(str, spec))
     spec = str(spec).strip()
@@ -118,12 +141,31 @@ def parse_space(items):
     return list(dims.values())
 
 
+def _strict_loader():
+    """YAML's BaseLoader (every scalar as written), refusing a key given twice: PyYAML
+    keeps the last one silently, and a sweep would then search half of what was meant."""
+    import yaml
+
+    class Strict(yaml.BaseLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+    return Strict
+
+
 def _yaml_pairs(path):
     import yaml
+    _StrictLoader = _strict_loader()
     try:
         with open(path, encoding="utf-8") as f:
             # every scalar as written: YAML 1.1 would read `epochs: 10:30` as the number 630
-            loaded = yaml.load(f, Loader=yaml.BaseLoader)
+            loaded = yaml.load(f, Loader=_StrictLoader)
     except OSError as e:
         raise UserError(f"--space {path}: {e.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -141,7 +183,8 @@ def check_space(dims, fixed):
         if dim.name in fixed:
             raise UserError(f"{dim.flag} is both in --space and in the fixed training flags")
         for v in dim.corners():
-            try:
+            try:  # as train.py reads its flags (choices: --precision fp64), then the config
+                parse_args(as_flags({dim.name: v}))
                 resolve_config({**fixed, dim.name: _typed(dim.name, v)})
             except UserError as e:
                 raise UserError(f"--space {dim.name}: {v} cannot train: {e}") from None

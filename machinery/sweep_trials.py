@@ -33,13 +33,15 @@ from optuna.trial import TrialState
 
 from .config import UserError
 from .runlock import holding_out_dir
-from .sweep_space import as_flags
+from .sweep_space import TrialsFailing, as_flags
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 HEARTBEAT_S = 30  # how often a worker says it is alive (RDB storage)
 GRACE_S = 180  # a trial without a heartbeat for this long is another machine's lost one
 POLL_S = 1.0  # how often a worker reads its trial's metrics
 RETRIES = 3  # a trial lost this many times is left failed
+FAILS_IN_A_ROW = 3  # a worker whose trials fail this many times in a row stops: bad settings
+UNCLAIMED_S = 60  # a running trial with no worker named after this long was lost at its start
 METRICS = os.path.join("training_metrics_from_ckpt", "metrics_from_ckpt.csv")
 
 
@@ -53,6 +55,10 @@ def retry_callback():
 def open_storage(url):
     """Optuna storage for a URL: a database (sqlite:///..., postgresql://..., mysql://...)
     with heartbeats, or journal:PATH (Optuna's journal file). One line if it cannot open."""
+    if url.split("?")[0] in ("sqlite://", "sqlite:///:memory:"):
+        raise UserError(f"--storage {url}: an in-memory database lives and dies with one "
+                        f"process, and a sweep's workers and restarts share it; give a file "
+                        f"(sqlite:///sweep.db)")
     params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
     on_stale = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
                 else "failed_trial_callback")
@@ -73,11 +79,17 @@ def open_storage(url):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ImportError as e:
-        raise UserError(f"--storage {url}: a package it needs is missing ({e.name}); "
-                        f"pip install it (e.g. psycopg2-binary for PostgreSQL)") from None
+        scheme = url.split(":")[0]
+        raise UserError(f"--storage {url}: the database driver for {scheme} is missing"
+                        f"{f' ({e.name})' if e.name else ''}; "
+                        f"{DRIVERS.get(scheme.split('+')[0], 'pip install it')}") from None
     except Exception as e:  # noqa: BLE001 -- SQLAlchemy's and the drivers' errors vary
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot open --storage {url}: {why}") from None
+
+
+DRIVERS = {"postgresql": "pip install psycopg2-binary", "postgres": "pip install psycopg2-binary",
+           "mysql": "pip install pymysql, and write mysql+pymysql://..."}  # (SQLAlchemy's defaults)
 
 
 def _engine_kwargs(url):
@@ -98,9 +110,13 @@ def counted(study):
 
 
 def _alive_here(trial):
-    """False for a running trial whose worker process, on this host, is gone."""
+    """False for a running trial whose worker process, on this host, is gone, or whose
+    worker was killed between asking for it and naming itself on it."""
     attrs = trial.user_attrs
-    if attrs.get("host") != socket.gethostname() or "worker_pid" not in attrs:
+    if "worker_pid" not in attrs:  # (every worker names itself at once, on any machine)
+        started = trial.datetime_start
+        return started is None or time.time() - started.timestamp() < UNCLAIMED_S
+    if attrs.get("host") != socket.gethostname():
         return True  # another machine's: the heartbeat decides
     try:
         os.kill(int(attrs["worker_pid"]), 0)
@@ -140,9 +156,10 @@ class Plan:
     study's folder; total: trials that count; metric: the metrics column scored
     ("val_acc" or "test_acc"); params_of(trial): a trial's {name: value}."""
 
-    def __init__(self, fixed_argv, folder, total, metric, params_of, prefix="trial"):
+    def __init__(self, fixed_argv, folder, total, metric, params_of, prefix="trial", queued=False):
         self.fixed_argv, self.folder, self.total = fixed_argv, folder, total
         self.metric, self.params_of, self.prefix = metric, params_of, prefix
+        self.queued = queued  # every trial queued up front (a grid's cells, repeat-best's seeds)
 
     def trial_folder(self, trial):
         return os.path.join(self.folder, f"{self.prefix}_{root_of(trial)}")
@@ -156,7 +173,7 @@ class Worker:
                  after_trial=lambda: None):
         self.study, self.plan, self.gpu, self.threads = study, plan, gpu, threads
         self.say, self.stop = say, stop or threading.Event()
-        self.after_trial, self.child = after_trial, None
+        self.after_trial, self.child, self.failed = after_trial, None, []
 
     def run(self):
         while not self.stop.is_set():
@@ -164,8 +181,12 @@ class Worker:
             recover_lost(self.study, self.say)
             trials = counted(self.study)
             queued = any(t.state == TrialState.WAITING for t in trials)  # a grid cell, a retry
-            if not queued and len(trials) >= self.plan.total:
-                return
+            if not queued and (len(trials) >= self.plan.total or self.plan.queued):
+                return  # (a grid never draws a cell of its own: a failed cell stays failed)
+            if len(self.failed) >= FAILS_IN_A_ROW:
+                raise TrialsFailing(f"{len(self.failed)} trials in a row failed (trials "
+                                    f"{', '.join(map(str, self.failed))}), the last: {self.why}; "
+                                    f"fix that, then run the same command again")
             trial = self.study.ask()
             if self._surplus(trial):
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -206,6 +227,7 @@ class Worker:
             retry_callback()(self.study, self.study._storage.get_trial(trial._trial_id))
             return
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        self.failed, self.why = (self.failed + [trial.number], why) if state == TrialState.FAIL else ([], None)
         self.say(f"trial {trial.number}: {state.name.lower()}"
                  + (f", best {self.plan.metric} {value:.2f}" if value is not None else "")
                  + (f" ({why})" if why else ""))

@@ -92,7 +92,10 @@ def test_a_worker_killed_mid_trial_then_the_same_command_finishes_the_study(tiny
     log = (first / "training_logs.md").read_text()
     assert "resumed from" in log  # it went on from its checkpoint, not from scratch
     assert len(read_curve(first, "val_acc")) == 3
-    assert "| 1 | trial_0 | complete |" in (tmp_path / "k" / "report.md").read_text()
+    report = (tmp_path / "k" / "report.md").read_text()
+    assert "| 1 | trial_0 | complete |" in report
+    lost_row = next(line for line in report.splitlines() if line.startswith("| 0 | trial_0 |"))
+    assert "went on as trial 1" in lost_row  # (once: the retry's score and epochs, twice)
 
 
 @pytest.mark.slow
@@ -113,6 +116,17 @@ def test_repeat_best_trains_the_best_settings_with_new_seeds_and_reports_the_spr
     assert "(n=2)" in report and "seeds 2, 3" in report
     assert all((tmp_path / "r" / f"repeat_best_{n}" / "checkpoints" / "last.pt").exists()
                for n in (0, 1))
+    # one more seed later: that one trains, the two before are kept (once: refused, after
+    # the whole search, with 'give the same, or another --study')
+    proc = subprocess.run(_command("--study", "r", "--trials", "1", "--space", "dropout=0.1,0.2",
+                                   "--repeat-best", "3", "--sweeps-dir", tmp_path, "--",
+                                   *_fixed(tiny_data, 1)), cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    again = optuna.load_study(study_name="r.repeat-best",
+                              storage=f"sqlite:///{tmp_path / 'r' / 'study.db'}").get_trials()
+    assert sorted(t.params["seed"] for t in again) == [2, 3, 4]
+    assert "(n=3)" in (tmp_path / "r" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -166,8 +180,23 @@ def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_pat
      "--resume is not a sweep's training flag"),
     (["--trials", "2", "--space", "epochs=2,3", "--", "--epochs", "4"],
      "--epochs is both in --space and in the fixed training flags"),
+    # found by the hostile pass: each once trained (or looped on failing trials)
+    (["--sampler", "grid", "--space", "precision=fp64,fp32"], "argument --precision: invalid choice"),
+    (["--sampler", "grid", "--space", "val_split=0,500"], "val_split changes what the trials are scored on"),
+    (["--trials", "2", "--space", "{yaml}dup.yaml"], "'dropout' is given twice"),
+    (["--trials", "2", "--space", "{yaml}lgo.yaml"], "'lgo' is neither"),
+    (["--trials", "2", "--space", "{yaml}maybe.yaml"], "log is true or false"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "sqlite:///:memory:"],
+     "an in-memory database lives and dies with one process"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", ""], "--storage '': give"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "mysql://u:p@127.0.0.1:1/db"],
+     "the database driver for mysql is missing; pip install pymysql"),
 ])
 def test_bad_input_is_one_line_before_anything_is_made(args, said, tmp_path, capsys):
+    (tmp_path / "dup.yaml").write_text("dropout: [0.1, 0.3]\ndropout: [0.5]\n")
+    (tmp_path / "lgo.yaml").write_text("max_lr: {low: 0.1, high: 0.3, lgo: true}\n")
+    (tmp_path / "maybe.yaml").write_text("max_lr: {low: 0.1, high: 0.3, log: maybe}\n")
+    args = [a.format(yaml=f"{tmp_path}/") for a in args]
     assert sweep.main(["--study", "s", "--sweeps-dir", str(tmp_path / "sw"), *args]) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
@@ -206,3 +235,63 @@ def test_a_second_command_with_other_settings_is_refused(tmp_path, capsys):
     assert study.user_attrs["settings"]["space"] == ["max_lr=0.1:0.2"]
     assert sweep.main(base + ["--space", "max_lr=0.1:0.3"]) == 2
     assert "study s was started with other space" in capsys.readouterr().err
+
+
+def test_a_study_folder_holds_only_its_own_study(tmp_path, capsys):
+    """A folder with a user's own report.md (or study.db) is not taken over; a new study
+    (its study.db deleted, or another --storage) never trains in, and reports over, an
+    earlier study's trial folders. Both one line, before anything trains."""
+    base = ["--trials", "1", "--space", "max_lr=0.1:0.2", "--sweeps-dir", str(tmp_path)]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my own notes\n")
+    assert sweep.main(["--study", "mine", *base]) == 2
+    assert "holds files sweep.py did not write (report.md)" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "mine")) == ["report.md"]  # no study.db made in it
+    sweep.make_plan(*sweep.read_command(["--study", "old", *base]), say=print)
+    (tmp_path / "old" / "trial_0").mkdir()  # (its trial, trained)
+    os.remove(tmp_path / "old" / "study.db")
+    assert sweep.main(["--study", "old", *base]) == 2
+    assert "holds the trial folders of another study (trial_0" in capsys.readouterr().err
+
+
+def test_a_space_file_edited_since_is_another_space(tmp_path, capsys):
+    spec = tmp_path / "space.yaml"
+    spec.write_text("dropout: [0.1]\n")
+    base = ["--study", "y", "--trials", "1", "--space", str(spec), "--sweeps-dir", str(tmp_path)]
+    sweep.make_plan(*sweep.read_command(base), say=print)
+    spec.write_text("max_lr: [0.05]\n")
+    assert sweep.main(base) == 2
+    assert "study y was started with other space" in capsys.readouterr().err
+
+
+def test_a_trial_lost_before_its_worker_named_itself_is_queued_again(tmp_path, monkeypatch):
+    """kill -9 between Optuna's ask and the worker's name on the trial: once, the trial
+    stayed running for ever and the same command finished without training it."""
+    from machinery import sweep_trials
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    study.ask()  # running, no worker named
+    sweep_trials.recover_lost(study, say=lambda line: None)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # (a minute's grace)
+    monkeypatch.setattr(sweep_trials, "UNCLAIMED_S", 0)
+    sweep_trials.recover_lost(study, say=lambda line: None)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
+@pytest.mark.slow
+def test_trials_that_keep_failing_stop_the_sweep_and_a_grids_failed_cell_stays_failed(
+        tiny_data, tmp_path, capsys):
+    """Settings that cannot train (data that is not there) once made new trials for ever;
+    now three failures in a row stop the worker, in one line. A grid's failed cell is not
+    replaced by a second run of a finished one."""
+    missing = ["--dataset", "folder", "--data-dir", str(tmp_path / "nowhere"), *TINY, "--epochs", "1"]
+    assert sweep.main(["--study", "f", "--trials", "5", "--space", "dropout=0.1,0.2",
+                       "--sweeps-dir", str(tmp_path), "--", *missing]) == 1
+    err = capsys.readouterr().err
+    assert "3 trials in a row failed (trials 0, 1, 2)" in err and "is not a folder" in err
+    assert len(_study(tmp_path, "f").get_trials()) == 3
+    # a grid whose first cell cannot train (no GPU here): the other trains once, no more
+    assert sweep.main(["--study", "g", "--sampler", "grid", "--space", "device=cuda,cpu",
+                       "--sweeps-dir", str(tmp_path), "--", *_fixed(tiny_data, 1)]) == 0
+    trials = _study(tmp_path, "g").get_trials()
+    assert sorted((t.params.get("device"), t.state.name) for t in trials) == [
+        ("cpu", "COMPLETE"), ("cuda", "FAIL")]
