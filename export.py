@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -51,6 +52,7 @@ import torch.nn as nn
 from PIL import Image
 
 from machinery import own_files
+from machinery.failures import Stopped, signals_held
 from machinery.own_files import writer_alive
 from machinery.card import card, summary, written_card
 from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of, fill_metadata,
@@ -335,8 +337,9 @@ def export_all(path, outs, images, module, meta):
     try:
         for fmt, out in outs.items():
             checked.append((export(path, fmt, out, images, module, meta, commit=False), out))
-        for tmp, out in checked:
-            os.replace(tmp, out)
+        with signals_held(WHOLE):  # (a Ctrl-C between two renames: a new .onnx, an old .pt2)
+            for tmp, out in checked:
+                os.replace(tmp, out)
     finally:
         for tmp, _ in checked:
             with contextlib.suppress(OSError):
@@ -470,21 +473,24 @@ def export_space(path, out, images, module, meta, ckpt, examples=(), license="mi
         with open(os.path.join(build, "README.md"), "w", encoding="utf-8") as f:
             f.write(card(ckpt, "model.onnx", curve, kind="space", source=path,
                          sdk_version=versions["gradio"], license=license))
-        # all made: now in place, each file by a rename (whole, never through a link)
-        for old in own_files.leftovers(out, names, space_writes):
-            os.remove(os.path.join(out, old))
-        if os.path.islink(os.path.join(out, "examples")):
-            os.remove(os.path.join(out, "examples"))
-        os.makedirs(os.path.join(out, "examples"), exist_ok=True)
-        for name in names:
-            os.replace(os.path.join(build, name), os.path.join(out, name))
-        own_files.record(out, names)
+        # all made: now in place, each file by a rename (whole, never through a link), the
+        # manifest last, with Ctrl-C and SIGTERM held until all of it is done
+        with signals_held(WHOLE):
+            for old in own_files.leftovers(out, names, space_writes):
+                os.remove(os.path.join(out, old))
+            if os.path.islink(os.path.join(out, "examples")):
+                os.remove(os.path.join(out, "examples"))
+            os.makedirs(os.path.join(out, "examples"), exist_ok=True)
+            for name in names:
+                os.replace(os.path.join(build, name), os.path.join(out, name))
+            own_files.record(out, names)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     print(f"{out}: a Space (Gradio) with the model card; try it: pip install -r "
           f"{os.path.join(out, 'requirements.txt')} && python {os.path.join(out, 'app.py')}")
 
 
+WHOLE = "the export was already in place, whole, when it came"
 BUILD = re.compile(r"\.export-(\d+)-[a-z0-9_]{8}")  # a Space's build folder (mkdtemp's), by its process id
 
 
@@ -620,6 +626,9 @@ def main(argv=None):
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 1
+    except Stopped as e:  # (held while the files moved into place: they are all new)
+        print(f"stopped by {signal.Signals(e.signum).name}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("stopped: nothing was changed (an export is kept only whole)", file=sys.stderr)
         return 130

@@ -13,6 +13,8 @@ path of the machine it was made on: paths are reduced to their last part.
 """
 import dataclasses
 import hashlib
+import json
+import math
 import re
 import sys
 
@@ -38,9 +40,9 @@ def facts(ckpt):
     """What a card says, from the checkpoint: a dict of plain values."""
     cfg = {**dataclasses.asdict(Config()), **(ckpt.get("config") or {})}
     split = "val" if cfg.get("val_split") or cfg.get("val_folder") else "test"
-    accs = ckpt.get(f"{split}_acc") or []
-    top5s = ckpt.get(f"{split}_top5") or []
-    epoch = ckpt.get("epoch", len(accs) - 1)
+    accs, top5s = _numbers(ckpt.get(f"{split}_acc")), _numbers(ckpt.get(f"{split}_top5"))
+    epoch = ckpt.get("epoch", len(accs) - 1)  # (an edited file's "3" or 1.5: said as unknown)
+    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else -1
     test = _number(ckpt.get("test_accuracy")) if split == "val" else (
         accs[epoch] if 0 <= epoch < len(accs) else _number(ckpt.get("test_accuracy")))
     params = sum(v.numel() for k, v in ckpt["model_state_dict"].items()
@@ -56,12 +58,17 @@ def facts(ckpt):
                  _number(ckpt.get("test_top5")))  # (an epoch past the history: its list is no figure)
         if len(names) > 5 else None,
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
-        "test_images": ckpt.get("test_images"), "parameters": params,
+        "test_images": _number(ckpt.get("test_images")), "parameters": params,
         "settings": changed_settings(Config(**{k: v if v == defaults[k] else local(k, v)
                                                for k, v in cfg.items() if k in defaults})),
         "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
-        "hours": ckpt.get("train_seconds", 0) / 3600 or None,
+        "hours": (_number(ckpt.get("train_seconds")) or 0) / 3600 or None,
     }
+
+
+def _numbers(values):
+    """A history list as figures: anything else in it (an edited file's "x") is no figure."""
+    return [_number(v) for v in values] if isinstance(values, (list, tuple)) else []
 
 
 def local(key, value):
@@ -79,8 +86,12 @@ def marked(source):
     return re.sub(r"[<>\x00-\x1f\x7f]|[^\S ]", "_", source)
 
 
+def _epoch(f):
+    return f["epoch"] if 0 <= f["epoch"] < max(f["epochs"], 1) else "?"  # (past its history: unknown)
+
+
 def _pct(v):
-    return "n/a" if v is None or v != v else f"{v:.2f}%"
+    return "n/a" if _number(v) is None or not math.isfinite(v) else f"{v:.2f}%"
 
 
 def protocol(f):
@@ -105,7 +116,7 @@ def summary(ckpt):
                 f"{f['parameters']:,} parameters.")
     return (f"**{'Generated ' + dataset + '-format pictures' if f['smoke'] else dataset}**, "
             f"{len(f['classes'])} classes, "
-            f"{f['image_size']}x{f['image_size']} px | epoch {f['epoch']} of {f['epochs']} | "
+            f"{f['image_size']}x{f['image_size']} px | epoch {_epoch(f)} of {f['epochs']} | "
             f"test accuracy {_pct(f['accuracy'])}{top5} | {f['parameters']:,} parameters.{smoke}")
 
 
@@ -116,7 +127,7 @@ def front_matter(f, title, kind, app_file="app.py", sdk_version=None, license="m
     known = not f["smoke"] and f["history"]
     if kind == "space":
         python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the pins' Python
-        lines = ["---", f"title: {title}", "emoji: 🔍", "colorFrom: indigo", "colorTo: gray",
+        lines = ["---", f"title: {_yaml_text(title)}", "emoji: 🔍", "colorFrom: indigo", "colorTo: gray",
                  "sdk: gradio"] + ([f"sdk_version: {sdk_version}"] if sdk_version else []) + [
                  f'python_version: "{python}"', f"app_file: {app_file}", f"license: {license}",
                  "pinned: false"]
@@ -131,8 +142,14 @@ def front_matter(f, title, kind, app_file="app.py", sdk_version=None, license="m
     return "\n".join(lines + ["---", ""])
 
 
+def _yaml_text(text):
+    """Text as one quoted YAML string (JSON's quoting, which YAML reads): a data set's
+    name from an edited checkpoint ("cifar100\\nlicense: evil") adds no key to the card."""
+    return json.dumps(re.sub(r"[\x00-\x1f\x7f]", " ", text), ensure_ascii=False)
+
+
 def model_index(f, title):
-    lines = ["model-index:", f"- name: {title}", "  results:", "  - task:",
+    lines = ["model-index:", f"- name: {_yaml_text(title)}", "  results:", "  - task:",
              "      type: image-classification", "      name: Image classification",
              "    dataset:", f"      name: {NAMES.get(f['dataset'], f['dataset'])}",
              f"      type: {HUB_DATASETS.get(f['dataset'], f['dataset'])}",
@@ -234,7 +251,7 @@ def results(f, top5, curve):
     images = f", {f['test_images']:,} images" if f["test_images"] else ""
     table = (f"| | |\n|---|---|\n| top-1 accuracy | **{_pct(f['accuracy'])}**{top5} |\n"
              f"| measured on | {where}{images} |\n"
-             f"| epoch | {f['epoch']} (of {f['epochs']} trained, {f['planned']} planned) |\n")
+             f"| epoch | {_epoch(f)} (of {f['epochs']} trained, {f['planned']} planned) |\n")
     return table + (f"\n![training curves]({curve})\n" if curve else "")
 
 

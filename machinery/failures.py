@@ -70,6 +70,26 @@ def stop_at_once(message):
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def signals_held(message):
+    """SIGINT/SIGTERM held back while the block runs (files moved into place: a few
+    renames that must all happen or none), then Stopped(signum, message) once it is done,
+    so the stop is said truly: the block had finished."""
+    if threading.current_thread() is not threading.main_thread():  # signals need it
+        yield
+        return
+    got = []
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum))
+                for s in GracefulStop.SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if got:
+        raise Stopped(got[0], message)
+
+
 class StateLost(Exception):
     """A failure while a step was changing weights, momentum, loss scale or schedule: the
     state is then none the run ever had between two steps, so it must not be saved."""

@@ -13,8 +13,10 @@ a killed process left (its id in the name), which the next writer may remove.
 import hashlib
 import json
 import os
+import stat
 
 MANIFEST = ".export.json"
+MANIFEST_MAX = 1 << 20  # bytes: a manifest names a dozen files
 
 
 def sha256(path):
@@ -30,8 +32,12 @@ def written(folder):
     name that leads out of the folder (absolute, .., through a link) is no name of its: a
     manifest travels with the folder (a Space's is pushed and cloned), and one crafted
     must not make a tool remove or replace files elsewhere."""
-    try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+    path = os.path.join(folder, MANIFEST)
+    try:  # a regular file of a manifest's size, never through a link (to /dev/zero, a pipe)
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MANIFEST_MAX:
+            return {}
+        with open(path, encoding="utf-8") as f:
             files = json.load(f).get("files", {})
     except (OSError, ValueError, AttributeError):
         return {}

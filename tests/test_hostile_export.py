@@ -582,3 +582,67 @@ def test_a_space_whose_name_is_long_is_built_inside_it_not_beside(tmp_path):
     short.mkdir()
     assert export.build_home(str(long)) == (str(long), ".export-")
     assert export.build_home(str(short)) == (str(tmp_path), ".space.export-")
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_while_the_files_move_into_place_waits_for_the_last(best, tmp_path, monkeypatch):
+    """Ctrl-C between two of the final renames once left the new m.onnx beside the old
+    m.pt2, under 'nothing was changed'. Now the renames finish, then the stop is said."""
+    import signal
+    import export
+    assert run_here("export.py", best, "--format", "all", "--out", tmp_path / "m").returncode == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    ckpt = torch.load(best, weights_only=True)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["model_state_dict"].items()}
+    torch.save({**ckpt, "model_state_dict": state}, tmp_path / "other.pt")
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if str(dst).endswith("m.onnx"):  # the first of the two: Ctrl-C now
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(export.os, "replace", replace)
+    proc = run_here("export.py", tmp_path / "other.pt", "--format", "all", "--out", tmp_path / "m")
+    assert proc.returncode == 130 and "already in place, whole" in proc.stderr, proc.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "other.pt"}
+    assert after.keys() == before.keys()
+    assert all(after[n] != before[n] for n in ("m.onnx", "m.pt2"))  # both new: one model
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_a_manifest_that_is_a_link_to_a_device_or_pipe_is_no_manifest(tmp_path, target):
+    """A Space repo's .export.json can be a link (git keeps links): to /dev/zero it read
+    until memory ran out, to a pipe it waited for ever. A manifest is a small regular file."""
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        target = str(tmp_path / "fifo")
+    os.symlink(target, tmp_path / own_files.MANIFEST)
+    assert own_files.written(str(tmp_path)) == {}
+
+
+EDITED = [  # (case, the checkpoint's keys changed by hand): a card and a summary, no traceback
+    ("an epoch as text", {"epoch": "3"}),
+    ("training time as text", {"train_seconds": "12"}),
+    ("an accuracy as text, a history of text", {"test_accuracy": "high", "test_acc": ["x"]}),
+    ("an accuracy that is True", {"test_accuracy": True}),
+    ("a top-5 that is infinite", {"test_top5": [float("inf")]}),
+    ("an epoch far past its history", {"epoch": 10**6}),
+]
+
+
+@pytest.mark.parametrize("case, edits", EDITED, ids=[r[0] for r in EDITED])
+def test_a_checkpoint_edited_by_hand_still_gets_a_true_card(best, case, edits):
+    ckpt = {**torch.load(best, weights_only=True), **edits}
+    text, line = card(ckpt), summary(ckpt)
+    for said in (text, line):
+        assert "1.00%" not in said and "inf%" not in said and "1000000" not in said
+
+
+def test_a_data_set_name_from_the_checkpoint_adds_no_key_to_the_cards_front_matter(best):
+    import re
+    ckpt = _real(best, dataset="cifar100\nlicense: evil")
+    for kind in ("space", "model"):
+        text = card(ckpt, kind=kind)
+        assert not re.search(r"^license: evil", text.split("---\n")[1], re.M)  # (once a key)
+        assert front(text)["license"] == "mit"
+    assert "evil" in front(card(ckpt, kind="space"))["title"]  # kept, as text
