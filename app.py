@@ -14,7 +14,6 @@ Examples come from the test split the model was trained on when it is on disk, o
 analytics off) unless --share asks for a public link. Needs `pip install gradio`
 (requirements-app.txt).
 """
-import argparse
 import os
 import re
 import sys
@@ -35,7 +34,7 @@ from machinery.gradcam import gradcam_maps, overlay
 from machinery.images import load_image, normalize
 from machinery.predicting import torch_probabilities
 from machinery.runtime import pick_device
-from machinery.space_app import (OnnxModel, PageError, address, copied, page_folder, reason, serve,
+from machinery.space_app import (OneLineParser, OnnxModel, PageError, address, copied, page_folder, reason, serve,
                                  stop_cleanly_on_sigterm)
 from model import load_classifier
 
@@ -102,16 +101,9 @@ def file_name(name, most=40):
     return re.sub(r"[^\w.-]+", "_", name, flags=re.ASCII)[:most].strip("._") or "class"
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse's, whose errors (--port abc) are one line and exit 2, as the page's others."""
-
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
 
 def parse_args(argv=None):
-    p = Parser(description="A demo page for a trained model.")
+    p = OneLineParser(description="A demo page for a trained model.")
     p.add_argument("--checkpoint", help="default: <out-dir>/checkpoints/best_model.pt")
     p.add_argument("--onnx", metavar="FILE", help="an export.py ONNX file instead (no Grad-CAM)")
     p.add_argument("--out-dir", default=".", help="where to look for the checkpoint (default .)")

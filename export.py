@@ -28,7 +28,6 @@ and a checkpoint under a Space file's name is refused even with --force. An --ou
 is no regular file (a device, a FIFO, /dev/stdout) is refused, --force or not; so is a
 checkpoint load_classifier refuses, and a --license that is not a Hub licence id.
 """
-import argparse
 import contextlib
 import copy
 import json
@@ -59,7 +58,7 @@ from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of
                                         is_checkpoint_file, load_checkpoint)
 from machinery.images import standardize
 from machinery.predicting import as_classifier
-from machinery.space_app import stop_cleanly_on_sigterm, stopped_by_signal
+from machinery.space_app import OneLineParser, stop_cleanly_on_sigterm, stopped_by_signal
 from model import model_from_checkpoint
 
 CHECK_IMAGES = 64
@@ -565,7 +564,7 @@ def write_card(ckpt, out, source, force, license="mit"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Export a checkpoint to ONNX or torch.export, "
+    p = OneLineParser(description="Export a checkpoint to ONNX or torch.export, "
                                             "preprocessing included, checked against PyTorch.")
     p.add_argument("checkpoint", help="e.g. checkpoints/best_model.pt")
     p.add_argument("--format", choices=("onnx", "pt2", "all", "space", "card"), default="onnx",

@@ -240,7 +240,9 @@ def copied(pictures, folder):
     """The pictures copied into the page's folder, under names of their own."""
     out = []
     for i, picture in enumerate(pictures):
-        out.append(os.path.join(folder, f"example{i}_{os.path.basename(picture)}"))
+        stem, ending = os.path.splitext(os.path.basename(picture))
+        stem = os.fsencode(stem)[:120].decode("utf-8", "ignore")  # (a 250-byte name + example0_)
+        out.append(os.path.join(folder, f"example{i}_{stem}{ending[:16]}"))
         shutil.copyfile(picture, out[-1])
     return out
 
@@ -258,7 +260,7 @@ def address(host=None, port=None):
     given = [(f"--port {port}", port)] if port is not None else [
         (f"{k}={os.environ[k]}", os.environ[k]) for k in ("GRADIO_SERVER_PORT", "PORT") if os.environ.get(k)]
     what, value = given[0] if given else (None, None)
-    if given and (not str(value).isdigit() or not 1 <= int(value) <= 65535):
+    if given and not (str(value).isascii() and str(value).isdigit() and 1 <= int(value) <= 65535):
         raise PageError(f"{what}: a port is a number from 1 to 65535")
     try:  # with a port or without: Gradio would try a host that is not there for minutes
         socket.getaddrinfo(host, int(value) if given else None)
@@ -319,9 +321,17 @@ def onnx_model(path):
         raise PageError(f"{path} is not an ONNX file of export.py ({why})") from None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's, whose errors (--port abc) are one line and exit 2, not usage and all."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
-    p = argparse.ArgumentParser(description="The demo page of an exported model.")
+    p = OneLineParser(description="The demo page of an exported model.")
     p.add_argument("--onnx", default=os.path.join(here, "model.onnx"), help="default: model.onnx beside this file")
     p.add_argument("--host", default=None, help="default 127.0.0.1, or GRADIO_SERVER_NAME")
     p.add_argument("--port", type=int, default=None,

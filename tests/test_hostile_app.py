@@ -112,6 +112,7 @@ PORTS = [  # (case, flags, environment, the line says)
     ("a host that does not exist, no port", ["--host", "bogus.invalid"], {},
      "cannot serve on host bogus.invalid"),
     ("a port of letters", ["--port", "abc"], {}, "argument --port: invalid int value: 'abc'"),
+    ("a port of a superscript digit", [], {"PORT": "\u00b2"}, "PORT=\u00b2: a port is a number"),
 ]
 
 
@@ -277,3 +278,25 @@ def test_gradios_cache_of_the_visitors_pictures_lives_in_the_pages_folder(monkey
     monkeypatch.setenv("GRADIO_TEMP_DIR", "/srv/mine")
     page_folder()
     assert os.environ["GRADIO_TEMP_DIR"] == "/srv/mine"
+
+
+def test_an_example_with_a_long_name_is_copied_under_a_name_that_fits(tmp_path):
+    """A 249-character example name (legal): 'example0_' before it passed the file system's
+    255 bytes, and app.py ended in a traceback."""
+    from machinery.space_app import copied
+    picture = tmp_path / ("a" * 249 + ".png")
+    Image.new("RGB", (8, 8)).save(picture)
+    (tmp_path / "page").mkdir()
+    [got] = copied([str(picture)], str(tmp_path / "page"))
+    assert got.endswith(".png") and len(os.path.basename(got)) < 255 and os.path.isfile(got)
+
+
+def test_the_spaces_page_and_export_say_a_bad_flag_in_one_line(tmp_path):
+    import shutil
+    shutil.copy(os.path.join(ROOT, "machinery", "space_app.py"), tmp_path / "app.py")  # (a Space)
+    shutil.copy(os.path.join(ROOT, "machinery", "images.py"), tmp_path / "pictures.py")
+    for command in ([os.path.join(ROOT, "export.py"), "x.pt", "--format", "xyz"],
+                    [str(tmp_path / "app.py"), "--port", "abc"]):
+        proc = subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
