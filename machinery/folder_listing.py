@@ -208,8 +208,14 @@ def _first_word(name):
 
 
 def _tables_in(folder, extensions=label_tables.EXTENSIONS):
+    """The tables found by themselves: never a submission's (Kaggle's sampleSubmission.csv
+    holds placeholder labels for the test ids; taken, it labelled train/1.png by them)."""
     return [e.path for e in _entries(folder) if not _is_dir(e) and e.name.lower().endswith(extensions)
-            and e.name not in WORDS and e.name.lower() != "wnids.txt"]
+            and e.name not in WORDS and e.name.lower() != "wnids.txt"
+            and not SUBMISSION.search(e.name.lower().replace("_", "").replace("-", ""))]
+
+
+SUBMISSION = re.compile(r"submission")  # sampleSubmission.csv, sample_submission.csv, submission.csv
 
 
 def table_for(root, split_folder, train=True):
@@ -233,8 +239,10 @@ def table_for(root, split_folder, train=True):
                         f"with --labels FILE")
     if beside and not classes:
         return beside[0]
-    if train and len(tables) == 1 and not folders_in(split_folder):
-        return tables[0]
+    others = [n for n in folders_in(root) if os.path.join(root, n) != split_folder
+              and holds_images(os.path.join(root, n))]
+    if train and len(tables) == 1 and not folders_in(split_folder) and not others:
+        return tables[0]  # (the only table beside the only folder of images)
     return None
 
 

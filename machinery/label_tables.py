@@ -79,7 +79,9 @@ def file_index(images, folder, table_folder, root=None):
     bases = {folder, table_folder} | ({root} if root else set())
     for path in images:
         for key in {os.path.relpath(path, base) for base in bases} | {os.path.abspath(path)}:
-            whole[key.replace(os.sep, "/")] = path
+            found = whole.setdefault(key.replace(os.sep, "/"), [])
+            if path not in found:  # train/1.png from the table's folder, and train/train/1.png
+                found.append(path)  # from train/'s: two files, a row that must say which
         name = os.path.basename(path)
         for key in {name, os.path.splitext(name)[0]}:
             names.setdefault(key, []).append(path)
@@ -99,10 +101,10 @@ def _candidates(index, cell):
     if cell:  # `train/a//0.png`, `./train/a/../a/0.png`: the path they spell
         cell = posixpath.normpath(cell)
     if cell in whole:
-        return cell, [whole[cell]]
+        return cell, whole[cell]
     if os.path.isabs(cell):  # through a linked folder: the same real file
         if not real:
-            real.update((os.path.realpath(p), p) for p in set(whole.values()))
+            real.update((os.path.realpath(p), p) for ps in whole.values() for p in ps)
         found = real.get(os.path.realpath(cell))
         if found:
             return cell, [found]
@@ -218,6 +220,10 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
         found = lookup(index, cells[image], where=f"{_shown(path)}, row {line}")
         if found is None:
             absent.append(cells[image])
+        elif found in labelled and labelled[found] != cells[label]:
+            raise DataError(f"{_shown(path)}, row {line}: {cells[image]} is labelled "
+                            f"{cells[label]!r} here and {labelled[found]!r} in a row above; "
+                            f"give each image one label")
         elif found in labelled:
             twice.append(cells[image])
         else:

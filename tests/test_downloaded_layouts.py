@@ -101,7 +101,7 @@ def test_a_tables_loose_ends_are_one_warning_each_and_a_broken_table_one_line(tm
     (tmp_path / "train" / "img00.png").unlink()  # a row without its file
     _picture(np.random.default_rng(0), (9, 9, 9), (20, 20), "RGB").save(tmp_path / "train" / "extra.png")
     (tmp_path / "trainLabels.csv").write_text(text.replace("lonely,frog", "lonely,dog") +
-                                              "img05,cat\n" + "single,horse\n")
+                                              "img05,frog\n" + "single,horse\n")
     _picture(np.random.default_rng(0), (9, 9, 9), (20, 20), "RGB").save(tmp_path / "train" / "single.png")
     said = []
     folder = imagefolder.Folder(str(tmp_path), warn=said.append)
@@ -114,7 +114,9 @@ def test_a_tables_loose_ends_are_one_warning_each_and_a_broken_table_one_line(tm
     for bad, line in [("id,label\nimg01,cat\nimg02\n", "row 3: 1 column, where the labels are column 2"),
                       ("id,label\nimg01,cat\nimg02,\n", "row 3: img02 has no label"),
                       ('id,label\nimg01,"cat\n', "row 2: unexpected end of data"),
-                      ("id,label\nnothing,cat\n", "no column names the files of")]:
+                      ("id,label\nnothing,cat\n", "no column names the files of"),
+                      # (once the first row won, said as 'a row above named it already')
+                      ("id,label\nimg01,cat\nimg01,dog\n", "row 3: img01 is labelled 'dog' here and 'cat'")]:
         (tmp_path / "trainLabels.csv").write_text(bad)
         with pytest.raises(data.DataError, match=line):
             imagefolder.Folder(str(tmp_path))

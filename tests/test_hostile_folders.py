@@ -414,3 +414,30 @@ def test_class_folders_that_differ_only_in_case_are_said(tmp_path):
     folder = imagefolder.Folder(str(tmp_path), warn=said.append)
     assert len(folder.classes) == 3
     assert [line for line in said if "differ only in case" in line and "'Cat' and 'cat'" in line]
+
+
+def test_a_submission_table_labels_nothing(tmp_path):
+    """Kaggle's sample_submission.csv holds placeholder labels for the test ids: taken as
+    'the only table', it labelled train/1.png..., or trained on test/ itself."""
+    for split in ("train", "test"):
+        for i in range(1, 5):
+            picture(tmp_path / "a" / split / f"{i}.png", (40 * i, 0, 0))
+    (tmp_path / "a" / "sample_submission.csv").write_text("id,label\n1,dog\n2,cat\n3,dog\n4,cat\n")
+    with pytest.raises(DataError, match="holds images but no labels"):
+        imagefolder.Folder(str(tmp_path / "a"), warn=lambda line: None)
+    shutil.rmtree(tmp_path / "a" / "train")
+    os.rename(tmp_path / "a" / "sample_submission.csv", tmp_path / "a" / "sampleSubmission.csv")
+    with pytest.raises(DataError, match="has test/ but no train/ folder"):
+        imagefolder.Folder(str(tmp_path / "a"), warn=lambda line: None)
+
+
+def test_a_tables_path_that_names_two_files_from_two_folders_is_one_line(tmp_path):
+    """train/1.png in a train.csv beside train/ is train/1.png from the table's folder and
+    train/train/1.png (a second unzip) from train/'s: once the nested copy was trained on."""
+    for i in range(1, 4):
+        picture(tmp_path / "train" / f"{i}.png", (255, 0, 0))
+        picture(tmp_path / "train" / "train" / f"{i}.png", (0, 0, 255))
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(
+        f"train/{i}.png,{'red' if i % 2 else 'pink'}\n" for i in range(1, 4)))
+    with pytest.raises(DataError, match=r"train/1\.png could be .*train/1\.png or .*train/train/1\.png"):
+        imagefolder.Folder(str(tmp_path), warn=lambda line: None)
