@@ -22,6 +22,7 @@ import re
 import signal
 import sys
 import threading
+import urllib.parse
 
 from machinery.stops import quiet_ctrl_c
 
@@ -128,7 +129,8 @@ def make_plan(args, fixed, explicit, say):
     if grid and args.trials and args.trials > size:
         say(f"the grid has {size} cells: --trials {args.trials} is cut to {size}")
     folder = os.path.join(args.sweeps_dir, args.study)
-    url = args.storage or f"sqlite:///{os.path.abspath(os.path.join(folder, 'study.db'))}"
+    url = args.storage or "sqlite:///" + urllib.parse.quote(  # (a ? or % in the folder's name)
+        os.path.abspath(os.path.join(folder, "study.db")))
     storage = sweep_trials.open_storage(url) if args.storage else None  # (before any folder)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -175,10 +177,16 @@ def folder_lock(folder):
 
 def queue_cells(study, grid, folder, total):
     """The grid's first `total` cells (all, by default) queued once, however many workers
-    start at once (Optuna skips a cell already queued)."""
+    start at once; a cell whose every trial failed is queued again (the command run again
+    after its cause was fixed trains it)."""
+    from optuna.trial import TrialState
     with folder_lock(folder):
+        taken = [dict(t.params, **t.system_attrs.get("fixed_params", {}))
+                 for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
         for cell in itertools.islice(itertools.product(*grid.values()), total):
-            study.enqueue_trial(dict(zip(grid, cell)), skip_if_exists=True)
+            params = dict(zip(grid, cell))
+            if not any(all(t.get(k) == v for k, v in params.items()) for t in taken):
+                study.enqueue_trial(params)
 
 
 MARK = "sweep.json"  # a study folder's: which study made it

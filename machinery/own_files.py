@@ -113,7 +113,7 @@ def writer_alive(pid, path):
     """Whether the process `pid`, which named `path` after itself, is still the one that
     wrote it: alive, and started before the file was last written (not a later process
     that took its id)."""
-    return _alive(pid) and _started(pid) <= os.stat(path).st_mtime
+    return _alive(pid) and process_started(pid) <= os.stat(path).st_mtime
 
 
 def _alive(pid):
@@ -126,7 +126,7 @@ def _alive(pid):
     return True
 
 
-def _started(pid):
+def process_started(pid):
     """When the process `pid` started, in seconds since the epoch (Linux: its start time
     in clock ticks after boot, and the boot's time); 0 where that cannot be known."""
     try:

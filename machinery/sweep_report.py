@@ -11,6 +11,7 @@ fANOVA), the optimization history, every trial's curve on one plot, each setting
 (--repeat-best).
 """
 import os
+import shlex
 import statistics
 
 from optuna.trial import TrialState
@@ -108,7 +109,8 @@ def write_report(study, plan, repeats=None):
     complete = [r for r in rows if r["state"] == "complete"]
     if complete:
         best = max(complete, key=lambda r: r["best"])
-        command = " ".join(["python train.py", *plan.fixed_argv, *as_flags(best["params"])])
+        command = "python train.py " + " ".join(  # (pasted into a shell: 'my photos' stays one)
+            map(shlex.quote, [*plan.fixed_argv, *as_flags(best["params"])]))
         lines += ["## Best", "", f"Trial {best['number']} (`{best['folder']}/`): "
                   f"{plan.metric} {best['best']:.2f} with {_params(best['params']) or 'the fixed flags'}.",
                   "", "```bash", command, "```", ""]

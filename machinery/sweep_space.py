@@ -12,6 +12,7 @@ several numbers (--blocks) are written with spaces: `blocks=5 5 5 5,3 4 6 3`.
 """
 import dataclasses
 import difflib
+import math
 
 from .config import Config, UserError, flags, parse_args, resolve_config
 
@@ -78,9 +79,12 @@ def _value(field, text, given):
             if len(numbers) != field.metadata["nargs"]:
                 raise ValueError
             return " ".join(map(str, numbers))
-        return field.type(text)
+        value = field.type(text)
+        if field.type is float and not math.isfinite(value):  # (a trial at LR inf, or Optuna's
+            raise ValueError  # range error after the study was made and its name taken)
+        return value
     except ValueError:
-        kind = {bool: "true or false", int: "a whole number", float: "a number",
+        kind = {bool: "true or false", int: "a whole number", float: "a finite number",
                 list: f"{field.metadata.get('nargs')} whole numbers with spaces"}.get(field.type, "text")
         raise UserError(f"--space {given}: {text!r} is not {kind}") from None
 

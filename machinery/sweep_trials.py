@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .config import UserError
+from .own_files import process_started
 from .runlock import holding_out_dir
 from .sweep_space import TrialsFailing, as_flags
 
@@ -45,11 +46,12 @@ UNCLAIMED_S = 60  # a running trial with no worker named after this long was los
 METRICS = os.path.join("training_metrics_from_ckpt", "metrics_from_ckpt.csv")
 
 
-def retry_callback():
-    """Optuna's callback that queues a lost trial again (renamed in Optuna 4.9)."""
+def retry_callback(limit=RETRIES):
+    """Optuna's callback that queues a lost trial again (renamed in Optuna 4.9); without a
+    limit for a trial the user stopped (Ctrl-C as often as they like: it goes on)."""
     cls = (getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
            or optuna.storages.RetryFailedTrialCallback)
-    return cls(max_retry=RETRIES)
+    return cls(max_retry=limit)
 
 
 def open_storage(url):
@@ -118,17 +120,17 @@ def _alive_here(trial):
         return started is None or time.time() - started.timestamp() < UNCLAIMED_S
     if attrs.get("host") != socket.gethostname():
         return True  # another machine's: the heartbeat decides
+    pid = int(attrs["worker_pid"])
     try:
-        os.kill(int(attrs["worker_pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a reused pid is some other program
-        with open(f"/proc/{attrs['worker_pid']}/cmdline", "rb") as f:
-            return b"sweep" in f.read()
-    except OSError:
-        return True
+    # a pid taken since by a later process is not the worker: one that started after the
+    # trial did (whatever its command line: a notebook's kernel runs sweep.main too)
+    started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+    return process_started(pid) <= started + 1
 
 
 def recover_lost(study, say):
@@ -223,8 +225,9 @@ class Worker:
         trial.set_user_attr("note", why or "")
         if state == TrialState.FAIL and self.stop.is_set():
             # stopped by the user: requeued so the same command goes on from its checkpoint
+            trial.set_user_attr("note", "stopped; queued again")
             self.study.tell(trial, state=TrialState.FAIL)
-            retry_callback()(self.study, self.study._storage.get_trial(trial._trial_id))
+            retry_callback(limit=None)(self.study, self.study._storage.get_trial(trial._trial_id))
             return
         self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         self.failed, self.why = (self.failed + [trial.number], why) if state == TrialState.FAIL else ([], None)

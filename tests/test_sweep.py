@@ -186,6 +186,8 @@ def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_pat
     (["--trials", "2", "--space", "{yaml}dup.yaml"], "'dropout' is given twice"),
     (["--trials", "2", "--space", "{yaml}lgo.yaml"], "'lgo' is neither"),
     (["--trials", "2", "--space", "{yaml}maybe.yaml"], "log is true or false"),
+    (["--trials", "2", "--space", "max_lr=1e-3:inf"], "'inf' is not a finite number"),
+    (["--trials", "2", "--space", "max_lr=-inf:1"], "'-inf' is not a finite number"),
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "sqlite:///:memory:"],
      "an in-memory database lives and dies with one process"),
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", ""], "--storage '': give"),
@@ -289,9 +291,54 @@ def test_trials_that_keep_failing_stop_the_sweep_and_a_grids_failed_cell_stays_f
     err = capsys.readouterr().err
     assert "3 trials in a row failed (trials 0, 1, 2)" in err and "is not a folder" in err
     assert len(_study(tmp_path, "f").get_trials()) == 3
-    # a grid whose first cell cannot train (no GPU here): the other trains once, no more
-    assert sweep.main(["--study", "g", "--sampler", "grid", "--space", "device=cuda,cpu",
-                       "--sweeps-dir", str(tmp_path), "--", *_fixed(tiny_data, 1)]) == 0
+    # a grid whose first cell cannot train (no GPU here): the other trains once, no more;
+    # the same command again tries the failed cell again (its cause may be fixed), only it
+    grid = ["--study", "g", "--sampler", "grid", "--space", "device=cuda,cpu",
+            "--sweeps-dir", str(tmp_path), "--", *_fixed(tiny_data, 1)]
+    assert sweep.main(grid) == 0
     trials = _study(tmp_path, "g").get_trials()
     assert sorted((t.params.get("device"), t.state.name) for t in trials) == [
         ("cpu", "COMPLETE"), ("cuda", "FAIL")]
+    assert sweep.main(grid) == 0
+    trials = _study(tmp_path, "g").get_trials()
+    assert sorted((t.params.get("device"), t.state.name) for t in trials) == [
+        ("cpu", "COMPLETE"), ("cuda", "FAIL"), ("cuda", "FAIL")]
+
+
+def test_a_trial_the_user_stops_again_and_again_is_queued_every_time(tmp_path):
+    """Ctrl-C four times on one trial: Optuna's retry limit (3) once dropped it, and the
+    same command then trained nothing."""
+    from machinery import sweep_trials
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    trial = study.ask()
+    for _ in range(5):
+        study.tell(trial, state=TrialState.FAIL)
+        sweep_trials.retry_callback(limit=None)(study, study._storage.get_trial(trial._trial_id))
+        trial = study.ask()
+    assert trial.number == 5 and len(study.get_trials()) == 6
+
+
+def test_a_worker_in_a_process_not_named_sweep_is_alive(tmp_path):
+    """sweep.main() run from a notebook or a wrapper: its process's command line does not
+    say 'sweep'; once its live trials were taken for lost and trained twice at once."""
+    import socket
+    from machinery import sweep_trials
+    kernel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+        trial = study.ask()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("worker_pid", kernel.pid)
+        sweep_trials.recover_lost(study, say=lambda line: None)
+        assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
+    finally:
+        kernel.kill()
+        kernel.wait()
+
+
+def test_a_sweeps_dir_with_a_question_mark_holds_its_own_database(tmp_path):
+    folder = tmp_path / "q?mode=ro%41"
+    sweep.make_plan(*sweep.read_command(["--study", "s", "--trials", "1", "--space",
+                                         "max_lr=0.1:0.2", "--sweeps-dir", str(folder)]), say=print)
+    assert (folder / "s" / "study.db").is_file() and not (tmp_path / "qA").exists()
