@@ -77,7 +77,10 @@ def own_folder(folder, error=ValueError):
     """The test's folder, made, or one line (`error`) on why it cannot hold the test's
     files, before any work. A test stopped inside removes the folder again if it made it
     and nothing was written (its files are written only at the end)."""
-    made = not os.path.lexists(folder)
+    made = folder  # the outermost folder this makes (an --out-dir that was not there too)
+    while not os.path.lexists(os.path.dirname(os.path.abspath(made))) and made != os.path.dirname(made):
+        made = os.path.dirname(os.path.abspath(made))
+    made = made if not os.path.lexists(made) else None
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -91,8 +94,15 @@ def own_folder(folder, error=ValueError):
     try:
         yield folder
     except BaseException:
-        if made and os.path.isdir(folder) and not os.listdir(folder):
-            os.rmdir(folder)
+        path = os.path.abspath(folder)
+        while made:  # empty folders only, innermost first, up to the outermost it made
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+            if path == os.path.abspath(made):
+                break
+            path = os.path.dirname(path)
         raise
 
 

@@ -192,3 +192,9 @@ def test_a_stopped_test_says_so_and_leaves_no_folder(tmp_path, monkeypatch, sign
     assert proc.returncode == 128 + signum
     assert f"stopped by {signal.Signals(signum).name}: the range test wrote nothing" in proc.stderr
     assert not (tmp_path / "lr_find").exists()
+    # an --out-dir that was not there: the folders made for it go too (not the data's)
+    proc = train_here("--dataset", "cifar100", "--data-dir", tmp_path / "nodata", "--no-download",
+                      "--find-lr", "--out-dir", tmp_path / "deep" / "x")
+    assert proc.returncode == 2 and not (tmp_path / "deep").exists()
+    proc = train_here("--find-lr", "--smoke", "--out-dir", tmp_path / "deep" / "x")
+    assert proc.returncode == 128 + signum and not (tmp_path / "deep" / "x" / "lr_find").exists()
