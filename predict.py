@@ -46,7 +46,7 @@ from tqdm import tqdm
 from machinery.checkpoint_files import CheckpointError, atomic_path, is_checkpoint_file
 from machinery.cifar import DataError
 from machinery.config import UserError
-from machinery.folder_listing import EXTENSIONS
+from machinery.folder_listing import EXTENSIONS, printable
 from machinery.imagefolder import shown
 from machinery.predicting import expand, onnx_classifier, predictions, truth
 from machinery.runtime import pick_device
@@ -106,7 +106,7 @@ def check(args):
     if args.out and args.out.endswith(("/", os.sep)):
         raise UserError(f"--out {shown(args.out)} ends with /, a folder's name; give the "
                         f"table's file name")
-    args.format = args.format or ("jsonl" if (args.out or "").endswith((".jsonl", ".json")) else "csv")
+    args.format = args.format or ("jsonl" if (args.out or "").lower().endswith((".jsonl", ".json")) else "csv")
     args.out = args.out or FORMATS[args.format]
     if args.out == "-":  # not a file named "-": the table is a file, never stdout
         raise UserError("--out -: predict.py writes its table to a file, not to stdout (the "
@@ -281,7 +281,7 @@ def run(args):
                         f"--out)") from None
     print(tally.line(args.out, time.perf_counter() - t0))
     for p in [p for p in results if p.top is None][:5]:
-        print(f"could not read {shown(p.source) if isinstance(p.source, str) else p.source}: "
+        print(f"could not read {printable(p.source) if isinstance(p.source, str) else p.source}: "
               f"{p.error}", file=sys.stderr)
     return 1 if tally.failed else 0
 

@@ -11,12 +11,14 @@ error instead of classes), so that one unreadable photo among thousands stops no
 model.predict() is the list form of the same path. The network may also be an exported
 ONNX file (onnx_classifier): onnxruntime runs it, with the preprocessing inside.
 """
+import functools
 import glob
 import itertools
 import json
 import math
 import os
 import stat
+import unicodedata
 import warnings
 from dataclasses import dataclass
 
@@ -190,12 +192,22 @@ def _expand(sources, lists, within, where):
                 raise DataError(f"{said}{printable(src)} matches no file")
             base = _fixed_part(src)  # (the class is the first folder under it, as for a folder)
             for p in found:  # (a folder a glob matches is searched; an empty one passed over)
+                if _through_link(p, base):  # `**` follows bowl/more -> ../trout; a folder does not
+                    continue
                 if os.path.isdir(p):
                     yield from ((f, base) for f in images_under(p))
                 elif not _special(p) and is_image(os.path.basename(p)):  # as in a folder:
                     yield p, base  # a pipe, a sidecar (IMG_1.png.json), .DS_Store skipped
         else:
             raise DataError(f"{said}{printable(src) or 'an empty path'} does not exist")
+
+
+def _through_link(path, base):
+    """Whether `path` lies under `base` through a linked folder (a link from one class
+    folder into another, which a folder's own walk does not follow)."""
+    parts = os.path.relpath(path, base).split(os.sep)
+    links = (os.path.join(base, *parts[:i + 1]) for i in range(len(parts)))
+    return any(os.path.islink(q) and os.path.isdir(q) for q in links)  # (a picture's link: its own)
 
 
 def _fixed_part(pattern):
@@ -245,9 +257,10 @@ def truth(source, root, classes, ids=None):
         name = parts[0]
     else:
         name = os.path.basename(os.path.dirname(os.path.abspath(source)))
-    known = {n: i for i, n in enumerate(ids or [])}
-    known.update({n: i for i, n in enumerate(classes)})  # a name wins over an id
-    return known.get(name)
+    nfc = functools.partial(unicodedata.normalize, "NFC")  # (café/ as a Mac writes it)
+    known = {nfc(n): i for i, n in enumerate(ids or [])}
+    known.update({nfc(n): i for i, n in enumerate(classes)})  # a name wins over an id
+    return known.get(nfc(name))
 
 
 def error_text(e, source):

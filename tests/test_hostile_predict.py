@@ -383,3 +383,44 @@ def test_a_glob_gives_the_classes_its_folder_would(model, tmp_path, monkeypatch,
                       for p, root in found)
     assert classes(predicting.expand([spelled])) == classes(predicting.expand(["t3"]))
     assert {c for _, c in classes(predicting.expand(["t3"]))} == {0, 1}
+
+
+def test_class_folders_named_as_a_mac_writes_them_are_scored(model, tmp_path):
+    """café/ in NFD (a Mac's) against a checkpoint whose class is café in NFC: the folder
+    reader takes them as one; predict's accuracy line once did not."""
+    import unicodedata
+    best, _, names, _ = model
+    ckpt = torch.load(best, weights_only=True)
+    nfc = [unicodedata.normalize("NFC", n) for n in ["café", "thé", *names[2:]]]
+    torch.save({**ckpt, "class_names": nfc}, tmp_path / "m.pt")
+    for c, name in enumerate(("café", "thé")):
+        for i in range(2):
+            picture(tmp_path / "q" / unicodedata.normalize("NFD", name) / f"{i}.png", 10 * c + i)
+    found = predicting.expand([tmp_path / "q"])
+    assert sorted(predicting.truth(p, root, nfc) for p, root in found) == [0, 0, 1, 1]
+
+
+def test_a_file_that_cannot_be_read_is_one_line_whatever_its_name(model, tmp_path):
+    best, _, _, _ = model
+    picture(tmp_path / "t" / "a.png")
+    (tmp_path / "t" / "bad\nerror: everything is fine.png").write_bytes(b"junk")
+    proc = run_here("predict.py", tmp_path / "t", "--checkpoint", best, "--out", tmp_path / "p.JSONL")
+    assert proc.returncode == 1
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("error: everything")]
+    assert "bad\\nerror: everything is fine.png" in proc.stderr
+    assert (tmp_path / "p.JSONL").read_text().startswith("{")  # (.JSONL is JSON Lines too)
+
+
+@pytest.mark.parametrize("spelled", ["lp3/**/*.png", "lp3/**"])
+def test_a_glob_does_not_follow_a_link_from_one_class_folder_into_another(model, tmp_path,
+                                                                           monkeypatch, spelled):
+    """bowl/more -> ../trout: the folder's walk leaves it; `**` once followed it, scored
+    the trout pictures as bowl and dropped their own spelling."""
+    _, _, names, _ = model
+    for c, name in enumerate(names[:2]):
+        picture(tmp_path / "lp3" / name / f"{c}.png", c)
+    os.symlink(f"../{names[1]}", tmp_path / "lp3" / names[0] / "more")
+    monkeypatch.chdir(tmp_path)
+    got = sorted(p for p, _ in predicting.expand([spelled]))
+    assert got == sorted(p for p, _ in predicting.expand(["lp3/*/*.png"])) and len(got) == 2
+    assert not [p for p in got if "more" in p]
