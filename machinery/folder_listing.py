@@ -402,8 +402,9 @@ def _refuse_two_unicode_forms(folder, names):
 
 def _alike(where, names, kind, warn):
     """Class names that look alike: two that differ only in Unicode form are one line (the
-    same name on screen, two classes); two that differ only in case are said (EMNIST's a
-    and A are two letters, but a Mac or Windows disk holds cat/ and Cat/ as one folder)."""
+    same name on screen, two classes); two that differ only in case, width or spacing are
+    said (EMNIST's a and A are two letters, but a Mac or Windows disk holds cat/ and Cat/
+    as one folder, and `big cat` with a no-break space prints as `big cat`)."""
     first, said = {}, set()
     for n in names:
         nfc = unicodedata.normalize("NFC", n)
@@ -412,11 +413,16 @@ def _alike(where, names, kind, warn):
                             f"Unicode form (NFC and NFD, as Linux and a Mac write é): one class "
                             f"shown as two; write them one way")
         first[nfc] = n
-        twin = next((m for m in first.values() if m != n and m.casefold() == n.casefold()), None)
-        if twin and n.casefold() not in said:
-            said.add(n.casefold())
-            warn(f"warning: {where}: the {kind} {twin!r} and {n!r} differ only in case: two "
-                 f"classes here, one folder on a Mac's or Windows' disk")
+        alike = _looks(n)  # case, full-width letters, a no-break space: cat, Cat, ｃat, big cat
+        twin = next((m for m in first.values() if m != n and _looks(m) == alike), None)
+        if twin and alike not in said:
+            said.add(alike)
+            warn(f"warning: {where}: the {kind} {twin!r} and {n!r} differ only in case, width "
+                 f"or spacing: two classes here (and one folder on a Mac's or Windows' disk)")
+
+
+def _looks(name):
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def _refuse_one_folder_twice(named):

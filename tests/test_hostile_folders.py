@@ -416,6 +416,18 @@ def test_class_folders_that_differ_only_in_case_are_said(tmp_path):
     assert [line for line in said if "differ only in case" in line and "'Cat' and 'cat'" in line]
 
 
+def test_labels_that_print_alike_are_said(tmp_path):
+    """A no-break space and a full-width letter: classes of their own that print as
+    'big cat' and 'cat'; said in a warning each."""
+    for i in range(4):
+        picture(tmp_path / "train" / f"{i}.png", (60 * i, 0, 0))
+    (tmp_path / "train.csv").write_text("id,label\n0,big cat\n1,big\u00a0cat\n2,cat\n3,\uff43at\n",
+                                        encoding="utf-8")
+    said = []
+    imagefolder.Folder(str(tmp_path), warn=said.append)
+    assert len([line for line in said if "differ only in case, width or spacing" in line]) == 2
+
+
 def test_a_submission_table_labels_nothing(tmp_path):
     """Kaggle's sample_submission.csv holds placeholder labels for the test ids: taken as
     'the only table', it labelled train/1.png..., or trained on test/ itself."""
