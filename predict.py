@@ -280,10 +280,24 @@ def run(args):
                         f"written (the predictions are lost: free the disk, or give another "
                         f"--out)") from None
     print(tally.line(args.out, time.perf_counter() - t0))
+    named = class_folders_named(args.paths, clf)
+    if len(tally.seen) < 2 and len(named) > 1:
+        print(f"note: {', '.join(named[:3])}{', ...' if len(named) > 3 else ''} are named like "
+              f"classes, but a folder named alone labels nothing: give their parent folder "
+              f"(or quote a glob: \"test/*\", not test/*) for the accuracy against them",
+              file=sys.stderr)
     for p in [p for p in results if p.top is None][:5]:
         print(f"could not read {printable(p.source) if isinstance(p.source, str) else p.source}: "
               f"{p.error}", file=sys.stderr)
     return 1 if tally.failed else 0
+
+
+def class_folders_named(paths, clf):
+    """The folders given one by one (a shell's expansion of test/*) whose names are the
+    checkpoint's classes: worth a note where no accuracy line could be given."""
+    known = {unicodedata.normalize("NFC", n) for n in [*clf.class_names, *(clf.class_ids or [])]}
+    return [printable(p) for p in map(str, paths) if os.path.isdir(p) and
+            unicodedata.normalize("NFC", os.path.basename(os.path.normpath(p))) in known]
 
 
 class Unwritten(Exception):

@@ -122,6 +122,8 @@ def peek_checkpoint(path):
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint safely: weights_only=True, so a file cannot run code when loaded.
     map_location: where its tensors go (a file saved on a GPU loads on the CPU)."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint (its checkpoints/best_model.pt?)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path) and not _legacy(path):  # (zip archives since torch 1.6)

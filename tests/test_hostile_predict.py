@@ -424,3 +424,23 @@ def test_a_glob_does_not_follow_a_link_from_one_class_folder_into_another(model,
     got = sorted(p for p, _ in predicting.expand([spelled]))
     assert got == sorted(p for p, _ in predicting.expand(["lp3/*/*.png"])) and len(got) == 2
     assert not [p for p in got if "more" in p]
+
+
+def test_class_folders_named_one_by_one_get_a_note_on_how_to_score_them(model, tmp_path):
+    """`predict.py test/*` unquoted: the shell names each class folder alone, and a
+    folder named alone labels nothing. No accuracy line then, but a note saying how."""
+    best, _, names, _ = model
+    for c, name in enumerate(names[:2]):
+        picture(tmp_path / "test" / name / "0.png", c)
+    proc = run_here("predict.py", *[tmp_path / "test" / n for n in names[:2]], "--checkpoint",
+                    best, "--out", tmp_path / "p.csv")
+    assert proc.returncode == 0 and "against their class folders" not in proc.stdout
+    assert "are named like classes, but a folder named alone labels nothing" in proc.stderr
+
+
+def test_a_folder_given_as_the_checkpoint_is_said_to_be_one(tmp_path):
+    (tmp_path / "run").mkdir()
+    picture(tmp_path / "a.png")
+    proc = run_here("predict.py", tmp_path / "a.png", "--checkpoint", tmp_path / "run",
+                    "--out", tmp_path / "p.csv")
+    assert "is a folder, not a checkpoint" in _refused(proc)
