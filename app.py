@@ -20,8 +20,7 @@ import sys
 
 from machinery.stops import quiet_ctrl_c
 
-if __name__ == "__main__":
-    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+quiet_ctrl_c(__name__)  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
 
 import numpy as np
 from PIL import Image

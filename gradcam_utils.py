@@ -17,8 +17,7 @@ import sys
 
 from machinery.stops import quiet_ctrl_c
 
-if __name__ == "__main__":
-    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+quiet_ctrl_c(__name__)  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
 
 from machinery import data
 from machinery.checkpoint_files import CheckpointError, dataset_of, fill_metadata, load_checkpoint

@@ -38,8 +38,7 @@ import warnings
 
 from machinery.stops import quiet_ctrl_c
 
-if __name__ == "__main__":
-    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+quiet_ctrl_c(__name__)  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
 
 from tqdm import tqdm
 

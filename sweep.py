@@ -26,8 +26,7 @@ import urllib.parse
 
 from machinery.stops import quiet_ctrl_c
 
-if __name__ == "__main__":
-    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+quiet_ctrl_c(__name__)  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
 
 from machinery.config import Parser, UserError, parse_args, resolve_config
 from machinery.sweep_space import TrialsFailing

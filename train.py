@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 from machinery.stops import quiet_ctrl_c
 
-if __name__ == "__main__":
-    quiet_ctrl_c()  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
+quiet_ctrl_c(__name__)  # before torch loads (seconds): a Ctrl-C there is one line, not a traceback
 
 import numpy as np
 import torch
@@ -42,8 +41,8 @@ from machinery.checkpointing import (CheckpointWriter, adopt_reference, claim_fi
                                      to_host, why_not_resumable)
 from machinery.config import SMOKE_SIZES, Config, UserError, parse_args, resolve_config
 from machinery.evaluation import evaluate_checkpoint, final_test, finish
-from machinery.failures import (Crashed, GracefulStop, StateLost, StepFailed, Stopped, stop_at_once,
-                                changing_state, describe, one_line, report)
+from machinery.failures import (Crashed, Diverged, GracefulStop, StateLost, StepFailed, Stopped,
+                                changing_state, check_finite, describe, one_line, report, stop_at_once)
 from machinery.logs import (changed_settings, log, log_epoch, log_model_summary, open_table,
                             setup_logging, start_epoch_table, table_file)
 from machinery.metrics import LiveMetrics, write_metrics
@@ -52,7 +51,7 @@ from machinery.run_folder import busy as busy_folder, claim, folder_of, resumed_
 from machinery.runlock import holding_out_dir
 from machinery.runtime import (INPUT_BOUND, BufferSnapshot, Runtime, TrainingNetwork,  # noqa: F401
                                accumulation, channels_last_crashes, check_distributed,
-                               check_input, default_workers, evaluate, fresh_gradients,
+                               check_input, default_workers, env_rank, evaluate, fresh_gradients,
                                init_distributed, make_runtime)
 from machinery.workers import chosen_workers
 from model import ResNet, count_parameters, model_from_checkpoint
@@ -141,12 +140,7 @@ def step_unless(opt, skip):
 # Train
 
 
-MAX_NONFINITE = 20  # consecutive steps with a non-finite loss before the run gives up
 SYNC_EVERY = 20  # steps between reads of device values (progress bar, divergence check)
-
-
-class Diverged(Exception):
-    """The loss stayed non-finite: training cannot recover by itself."""
 
 
 def train_step(model, x, y, opt, sched, scaler, rt, cfg, rng):
@@ -303,12 +297,6 @@ def failed_step(e, p, tally, kept, dist):
         return StepFailed(e.__cause__ or e, None)
     kept.restore()
     return StepFailed(e, tally.settle(p, dist)[0])
-
-
-def check_finite(longest, epoch, step):
-    if longest >= MAX_NONFINITE:
-        raise Diverged(f"the loss was not finite for {MAX_NONFINITE} steps in a row "
-                       f"(noticed at epoch {epoch}, step {step}); lower --max-lr or check the data")
 
 
 # -----------------------------------------------------------------------------
@@ -600,10 +588,9 @@ def with_lrs(ckpt):
 
 
 def find_lr(cfg, modes, argv):
-    """--find-lr: the learning-rate range test (machinery/lr_range.py) with this run's data,
-    augmentation, CutMix, precision, step mode, accumulation and processes. The network and
-    optimizer are made for it and thrown away: only <out-dir>/lr_find/ is written (at the
-    end: a test stopped part-way leaves nothing, not even the folder it made)."""
+    """--find-lr: the range test (machinery/lr_range.py) with this run's data, augmentation,
+    CutMix, precision, step mode, accumulation and processes, on a network made for it and
+    thrown away; only <out-dir>/lr_find/ is written, at the end (a stop leaves nothing)."""
     ramp = lr_range.Ramp(modes["lr_start"], modes["lr_end"], modes["find_lr_steps"])
     if ramp.problem:
         raise UserError(ramp.problem)
@@ -671,11 +658,6 @@ def run(args, modes, argv=None):
             claim(cfg.out_dir, ckpt, resumed_here(resume, cfg.out_dir), modes["archive"])
         train(cfg, ckpt, resume, given=set(args), claim_folder=claim_folder if env_rank() == 0 else None)
     return 0
-
-
-def env_rank():
-    """This process's rank as torchrun sets it (0 without torchrun), before any set-up."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def main(argv=None):

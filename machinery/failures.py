@@ -21,6 +21,19 @@ import traceback
 import torch
 
 
+MAX_NONFINITE = 20  # consecutive steps with a non-finite loss before a run gives up
+
+
+class Diverged(Exception):
+    """The loss stayed non-finite: training cannot recover by itself."""
+
+
+def check_finite(longest, epoch, step):
+    if longest >= MAX_NONFINITE:
+        raise Diverged(f"the loss was not finite for {MAX_NONFINITE} steps in a row "
+                       f"(noticed at epoch {epoch}, step {step}); lower --max-lr or check the data")
+
+
 class Stopped(Exception):
     """SIGINT/SIGTERM: the run saved where it stood and exits with 128 + signal number."""
 

@@ -149,6 +149,11 @@ def serves(host, port):
         return False
 
 
+def env_rank():
+    """This process's rank as torchrun sets it (0 without torchrun), before any set-up."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_distributed(device_name):
     """Join the torchrun job, if any (NCCL on CUDA, gloo on CPU, one device per process).
 
