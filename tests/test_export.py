@@ -248,6 +248,7 @@ def test_missing_onnx_packages_are_one_line_before_anything_is_exported(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["w.pt"]
 
 
+@pytest.mark.slow  # (the exported fixture: both formats made and checked)
 @pytest.mark.parametrize("key, value, says", [
     ("class_names", '["a", "b", "c"]', "its metadata names 3 classes, its network gives"),
     ("image_size", "64", "its metadata says 64 px, its network takes"),

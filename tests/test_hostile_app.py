@@ -291,6 +291,7 @@ def test_an_example_with_a_long_name_is_copied_under_a_name_that_fits(tmp_path):
     assert got.endswith(".png") and len(os.path.basename(got)) < 255 and os.path.isfile(got)
 
 
+@pytest.mark.slow
 def test_the_spaces_page_and_export_say_a_bad_flag_in_one_line(tmp_path):
     import shutil
     shutil.copy(os.path.join(ROOT, "machinery", "space_app.py"), tmp_path / "app.py")  # (a Space)

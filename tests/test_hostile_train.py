@@ -95,6 +95,7 @@ def test_an_epoch_without_a_step_is_one_line_not_onecycles_error():
         train.make_optimizer(torch.nn.Linear(2, 2), Config(), 0)
 
 
+@pytest.mark.slow
 def test_a_range_test_in_a_finished_runs_folder_says_its_command_needs_archive(done, tmp_path,
                                                                              monkeypatch):
     """The command the range test prints would be refused in a folder that holds another

@@ -206,6 +206,7 @@ def test_a_programs_own_data_config_and_images_do_not_shadow_the_repo(smoke_run,
 COMMAND_LINES = ["train", "predict", "export", "app", "sweep", "gradcam_utils"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMAND_LINES)
 def test_a_ctrl_c_while_a_command_still_loads_torch_is_one_line(command):
     """Ctrl-C in the first second (`import torch`, before main() and its own handlers):

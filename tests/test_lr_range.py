@@ -134,6 +134,7 @@ def test_bad_range_flags_are_one_line_before_anything_is_made(flags, said, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_steps_loss_that_blew_up_ends_the_test_it_is_not_a_zero(tiny_data, tmp_path):
     """Training counts a non-finite step as skipped (loss 0); the range test must see it as
     the blow-up it is, not as a loss of 0 that drags the curve down into a suggestion of
