@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .checkpoint_files import CheckpointError, fill_metadata
 from .cifar import DataError
-from .folder_cache import why
+from .folder_cache import die_with, why
 from .folder_listing import EXTENSIONS, is_image, printable
 from .imagefolder import images_under, shown
 from .images import load_image, normalize
@@ -285,6 +285,10 @@ class Pictures(torch.utils.data.Dataset):
             return i, None, error_text(e, self.sources[i])
 
 
+def _decoder_started(parent, worker_id):
+    die_with(parent)
+
+
 def _collate(items):
     """(uint8 (n, s, s, 3) of the pictures read, their indices, (index, error) of the rest)."""
     good = [(i, im) for i, im, _ in items if im is not None]
@@ -299,7 +303,8 @@ def batches(sources, size, batch_size=BATCH, workers=None):
         workers = min(default_workers(), len(sources) // FILES_PER_WORKER)
     return torch.utils.data.DataLoader(
         Pictures(sources, size), batch_size=batch_size, num_workers=workers,
-        collate_fn=_collate, prefetch_factor=4 if workers else None,
+        collate_fn=_collate, prefetch_factor=4 if workers else None,  # (kill -9 of predict:
+        worker_init_fn=functools.partial(_decoder_started, os.getpid()),  # its decoders go too)
         multiprocessing_context="fork" if workers and "fork" in
         torch.multiprocessing.get_all_start_methods() else None)
 

@@ -444,3 +444,32 @@ def test_a_folder_given_as_the_checkpoint_is_said_to_be_one(tmp_path):
     proc = run_here("predict.py", tmp_path / "a.png", "--checkpoint", tmp_path / "run",
                     "--out", tmp_path / "p.csv")
     assert "is a folder, not a checkpoint" in _refused(proc)
+
+
+@pytest.mark.slow
+def test_kill_9_of_predict_takes_its_decoding_workers_with_it(model, tmp_path):
+    """Its DataLoader's workers once decoded on for seconds as orphans after kill -9."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    best, _, _, _ = model
+    for i in range(600):
+        picture(tmp_path / "many" / f"{i}.png", i)
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "predict.py"), str(tmp_path / "many"), "--checkpoint", str(best),
+        "--num-workers", "2", "--batch-size", "8", "--out", str(tmp_path / "p.csv")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    children = []
+    while not children and time.monotonic() < deadline:  # the decoders started
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+        time.sleep(0.1)
+    assert children and proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    alive = [c for c in children if os.path.exists(f"/proc/{c}") and
+             open(f"/proc/{c}/stat").read().split(")")[1].split()[0] != "Z"]
+    assert not alive, alive
