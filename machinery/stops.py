@@ -1,5 +1,7 @@
 """Ctrl-C before a command's main() runs: one line, not a traceback. Standard library only,
 so that it is in place before torch loads."""
+import os
+import signal
 import sys
 
 
@@ -11,9 +13,19 @@ def quiet_ctrl_c(module="__main__"):
     the caller's __name__: only a command run as one changes the hook, not one imported."""
     if module != "__main__":
         return
+    seen = []
+
+    def interrupted(signum, frame):  # as Python's own handler, and remembered: a Ctrl-C
+        seen.append(signum)  # inside an extension's code can surface as its own error
+        raise KeyboardInterrupt  # (pydantic-core's SchemaError while albumentations loads)
+
     def hook(kind, value, tb):
-        if issubclass(kind, KeyboardInterrupt):
+        if issubclass(kind, KeyboardInterrupt) or seen:
             print("stopped (Ctrl-C) before anything started", file=sys.stderr)
+            if not issubclass(kind, KeyboardInterrupt):  # (exit as a Ctrl-C does: 130)
+                sys.stderr.flush()
+                os._exit(128 + signal.SIGINT)
         else:
             sys.__excepthook__(kind, value, tb)
     sys.excepthook = hook
+    signal.signal(signal.SIGINT, interrupted)

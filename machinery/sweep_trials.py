@@ -190,10 +190,18 @@ class Worker:
                                     f"{', '.join(map(str, self.failed))}), the last: {self.why}; "
                                     f"fix that, then run the same command again")
             trial = self.study.ask()
-            if self._surplus(trial):
-                self.study.tell(trial, state=TrialState.FAIL)
-                return
-            self._train(trial)
+            try:
+                if self._surplus(trial):
+                    self.study.tell(trial, state=TrialState.FAIL)
+                    return
+                self._train(trial)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # another worker ended this trial meanwhile (it took it for lost): its retry
+                # goes on from the same folder; this worker stops its process and goes on
+                if self.child is not None and self.child.poll() is None:
+                    self.child.send_signal(signal.SIGTERM)
+                    self.child.wait()
+                self.say(f"trial {trial.number}: ended by another worker; going on")
             self.after_trial()
 
     def _surplus(self, trial):
