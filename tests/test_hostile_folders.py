@@ -23,6 +23,14 @@ def picture(path, colour):
     Image.new("RGB", (16, 16), colour).save(path)
 
 
+def cats_and_dogs(root, splits=("train", "test")):
+    """train/{cat,dog}/ and test/{cat,dog}/, two pictures each, each class its own colour."""
+    for split in splits:
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(2):
+                picture(root / split / name / f"{i}.png", (100 * c, 50, i))
+
+
 def kaggle(root, table):
     """train/0.png, train/a/0.png and train/a/1.png (a sub-folder, not class folders),
     labelled by `table` beside train/."""
@@ -259,20 +267,14 @@ def _cafe(split, form):
 
 @pytest.mark.parametrize("case, make, says", LINKED, ids=[r[0] for r in LINKED])
 def test_one_folder_under_two_names_is_one_line(tmp_path, case, make, says):
-    for split in ("train", "test"):
-        for c, name in enumerate(("cat", "dog")):
-            for i in range(2):
-                picture(tmp_path / split / name / f"{i}.png", (100 * c, 50, i))
+    cats_and_dogs(tmp_path)
     make(tmp_path)
     with pytest.raises(DataError, match=re.escape(says)):
         imagefolder.Folder(str(tmp_path), warn=lambda line: None)
 
 
 def test_a_link_from_train_into_test_is_not_trained_on(tmp_path):
-    for split in ("train", "test"):
-        for c, name in enumerate(("cat", "dog")):
-            for i in range(2):
-                picture(tmp_path / split / name / f"{i}.png", (100 * c, 50, i))
+    cats_and_dogs(tmp_path)
     os.symlink(tmp_path / "test" / "cat", tmp_path / "train" / "cat" / "more")
     said = []
     folder = imagefolder.Folder(str(tmp_path), warn=said.append)
@@ -307,10 +309,7 @@ def test_a_runs_own_folders_inside_a_flat_data_folder_are_not_classes(tmp_path, 
 
 def test_a_link_from_test_into_train_is_not_tested_on(tmp_path):
     """test/dog/sub -> train/cat would make cat's training images dog's test images."""
-    for split in ("train", "test"):
-        for c, name in enumerate(("cat", "dog")):
-            for i in range(2):
-                picture(tmp_path / split / name / f"{i}.png", (100 * c, 50, i))
+    cats_and_dogs(tmp_path)
     os.symlink(tmp_path / "train" / "cat", tmp_path / "test" / "dog" / "sub")
     said = []
     folder = imagefolder.Folder(str(tmp_path), warn=said.append)
