@@ -145,8 +145,9 @@ def make_plan(args, fixed, explicit, say):
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
               "hyperband": lambda: optuna.pruners.HyperbandPruner(1, cfg.epochs),
               "none": optuna.pruners.NopPruner}[pruner]()
-    study = optuna.create_study(study_name=args.study, storage=storage, sampler=sampler,
-                                pruner=pruner, direction="maximize", load_if_exists=True)
+    study = sweep_trials.at_once(lambda: optuna.create_study(
+        study_name=args.study, storage=storage, sampler=sampler, pruner=pruner,
+        direction="maximize", load_if_exists=True))
     same_study(study, {"fixed": fixed, "space": [d.spec for d in dims], "sampler": args.sampler,
                        "seeds": args.seeds})  # (the space as read: a YAML file edited since differs)
     claim_folder(study, folder, mark)
@@ -159,7 +160,7 @@ def make_plan(args, fixed, explicit, say):
             params["seed"] = trial.suggest_categorical("seed", grid["seed"])
         return params
     return study, sweep_trials.Plan(fixed, folder, total, metric_name(cfg), params_of,
-                                    queued=bool(grid)), url
+                                    queued=bool(grid), ask_lock=sweep_trials.ask_lock_path(url, folder)), url
 
 
 @contextlib.contextmanager
@@ -189,7 +190,7 @@ def queue_cells(study, grid, folder, total):
 
 
 MARK = "sweep.json"  # a study folder's: which study made it
-OURS = {MARK, ".queue.lock", "study.db", "study.db-journal"}
+OURS = {MARK, ".queue.lock", ".ask.lock", "study.db", "study.db-journal", "study.db.ask.lock"}
 
 
 def sweep_folder(folder):
@@ -308,16 +309,16 @@ def repeat_best(args, study, plan, url, say, stop):
     best = {k: v for k, v in max(done, key=lambda t: t.value).params.items() if k != "seed"}
     base = resolve_config(parse_args(plan.fixed_argv)[0]).seed
     seeds = [base + 1 + i for i in range(args.repeat_best)]
-    again = optuna.create_study(study_name=f"{args.study}.repeat-best",
-                                storage=sweep_trials.open_storage(url), direction="maximize",
-                                load_if_exists=True)
+    again = sweep_trials.at_once(lambda: optuna.create_study(
+        study_name=f"{args.study}.repeat-best", storage=sweep_trials.open_storage(url),
+        direction="maximize", load_if_exists=True))
     same_study(again, {"best": best})  # (more seeds later: those run, the others are kept)
     with folder_lock(plan.folder):
         for s in seeds:
             again.enqueue_trial({"seed": s}, user_attrs={"best": best}, skip_if_exists=True)
     rplan = sweep_trials.Plan(plan.fixed_argv, plan.folder, len(seeds), plan.metric,
                               lambda t: {**t.user_attrs["best"], "seed": t.suggest_int("seed", 0, 2**31 - 1)},
-                              prefix="repeat_best", queued=True)
+                              prefix="repeat_best", queued=True, ask_lock=plan.ask_lock)
     say(f"--repeat-best: {_settings(best)} with seeds {', '.join(map(str, seeds))}")
     run_workers(again, rplan, args.workers, say, stop)
     values = [t.value for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

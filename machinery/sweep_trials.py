@@ -17,6 +17,7 @@ other hosts: no heartbeat for GRACE_S, with RDB storage) is marked failed and qu
 again with the same settings once, by whichever worker looks next; the retry trains in
 the first attempt's folder with --resume auto, so it goes on from its last checkpoint.
 """
+import contextlib
 import csv
 import inspect
 import math
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import optuna
 from optuna.trial import TrialState
@@ -69,17 +71,9 @@ def open_storage(url):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
             path = url[len("journal:"):]
             return JournalStorage(JournalFileBackend(path[2:] if path.startswith("//") else path))
-        for attempt in range(5 if url.startswith("sqlite") else 1):
-            try:
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                    engine_kwargs=_engine_kwargs(url), **{on_stale: retry_callback()})
-            except Exception:  # noqa: BLE001
-                # two workers creating one new SQLite file's tables at once: one of them
-                # finds them half made; a moment later they are whole
-                if attempt == 4 or not url.startswith("sqlite"):
-                    raise
-                time.sleep(0.5 * (attempt + 1))
+        return at_once(lambda: optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            engine_kwargs=_engine_kwargs(url), **{on_stale: retry_callback()}))
     except ImportError as e:
         scheme = url.split(":")[0]
         raise UserError(f"--storage {url}: the database driver for {scheme} is missing"
@@ -90,13 +84,72 @@ def open_storage(url):
         raise UserError(f"cannot open --storage {url}: {why}") from None
 
 
-DRIVERS = {"postgresql": "pip install psycopg2-binary", "postgres": "pip install psycopg2-binary",
+# what a database says when several processes make the same tables or study at once
+RACES = ("already exists", "duplicate", "unique constraint", "uniqueviolation", "locked",
+         "deadlock", "integrityerror", "no such table")
+
+
+def at_once(make, attempts=8):
+    """make(), again after a moment while it fails as processes starting at once fail:
+    workers of a cluster started together on a fresh database all create Optuna's tables
+    (PostgreSQL: UniqueViolation on pg_type) and the study (IntegrityError), and SQLite
+    shows one of them half-made tables. A moment later the other's are whole; any other
+    error (a wrong password, no server) is raised at once."""
+    import random
+    for attempt in range(attempts):
+        try:
+            return make()
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- SQLAlchemy's and the drivers' errors vary
+            text = f"{type(e).__name__} {e}".lower()
+            if attempt == attempts - 1 or not any(r in text for r in RACES):
+                raise
+            time.sleep(random.uniform(0.2, 0.6) * (attempt + 1))
+
+
+DRIVERS = {"postgresql": "pip install psycopg2-binary (or psycopg[binary], and write "
+                         "postgresql+psycopg://...)",
+           "postgres": "pip install psycopg2-binary",
            "mysql": "pip install pymysql, and write mysql+pymysql://..."}  # (SQLAlchemy's defaults)
 
 
 def _engine_kwargs(url):
     # SQLite: workers of one machine write to one file; wait for each other's writes
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+
+
+_ASKING = threading.Lock()  # one ask at a time in this process, whatever its studies
+
+
+def ask_lock_path(url, folder):
+    """The file every process of this machine takes before it asks: beside a SQLite
+    database (whose file is what the processes share), else in the study's folder."""
+    if url.startswith("sqlite:///"):
+        return urllib.parse.unquote(url[len("sqlite:///"):].split("?")[0]) + ".ask.lock"
+    return os.path.join(folder, ".ask.lock")
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    with open(path, "a") as f:
+        try:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # (Windows: the thread lock still serialises one process)
+            pass
+        yield
+
+
+def take(study, lock_path):
+    """study.ask(), one asker at a time: the threads of this process and, through a file
+    lock, every process of this machine. Optuna hands a queued trial (a grid's cell, a
+    retry, a seed) to the first asker by `SELECT ... FOR UPDATE`, which SQLite ignores:
+    two workers asking at once got the same trial and trained it twice, one of them
+    refused by the folder's lock. PostgreSQL and MySQL honour the row lock, and journal
+    storage replays its log in order, so machines sharing those need no more than this."""
+    with _ASKING, _file_lock(lock_path):
+        return study.ask()
 
 
 def root_of(trial):
@@ -158,8 +211,10 @@ class Plan:
     study's folder; total: trials that count; metric: the metrics column scored
     ("val_acc" or "test_acc"); params_of(trial): a trial's {name: value}."""
 
-    def __init__(self, fixed_argv, folder, total, metric, params_of, prefix="trial", queued=False):
+    def __init__(self, fixed_argv, folder, total, metric, params_of, prefix="trial", queued=False,
+                 ask_lock=None):
         self.fixed_argv, self.folder, self.total = fixed_argv, folder, total
+        self.ask_lock = ask_lock or os.path.join(folder, ".ask.lock")  # (take())
         self.metric, self.params_of, self.prefix = metric, params_of, prefix
         self.queued = queued  # every trial queued up front (a grid's cells, repeat-best's seeds)
 
@@ -189,7 +244,7 @@ class Worker:
                 raise TrialsFailing(f"{len(self.failed)} trials in a row failed (trials "
                                     f"{', '.join(map(str, self.failed))}), the last: {self.why}; "
                                     f"fix that, then run the same command again")
-            trial = self.study.ask()
+            trial = take(self.study, self.plan.ask_lock)
             try:
                 if self._surplus(trial):
                     self.study.tell(trial, state=TrialState.FAIL)
