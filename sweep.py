@@ -148,8 +148,8 @@ def make_plan(args, fixed, explicit, say):
     study = sweep_trials.at_once(lambda: optuna.create_study(
         study_name=args.study, storage=storage, sampler=sampler, pruner=pruner,
         direction="maximize", load_if_exists=True))
-    same_study(study, {"fixed": fixed, "space": [d.spec for d in dims], "sampler": args.sampler,
-                       "seeds": args.seeds})  # (the space as read: a YAML file edited since differs)
+    same_study(study, {"fixed": fixed_settings(explicit), "space": [d.spec for d in dims],
+                       "sampler": args.sampler, "seeds": args.seeds})  # (the space as read: a YAML file edited since differs)
     claim_folder(study, folder, mark)
     if grid:
         queue_cells(study, grid, folder, total)
@@ -159,8 +159,9 @@ def make_plan(args, fixed, explicit, say):
         if grid and "seed" in grid:
             params["seed"] = trial.suggest_categorical("seed", grid["seed"])
         return params
-    return study, sweep_trials.Plan(fixed, folder, total, metric_name(cfg), params_of,
-                                    queued=bool(grid), ask_lock=sweep_trials.ask_lock_path(url, folder)), url
+    return study, sweep_trials.Plan(trial_argv(fixed, explicit), folder, total, metric_name(cfg), params_of,
+                                    queued=bool(grid), ask_lock=sweep_trials.ask_lock_path(url, folder),
+                                    epochs=lambda params: int(params.get("epochs", cfg.epochs))), url
 
 
 @contextlib.contextmanager
@@ -250,12 +251,36 @@ def same_study(study, settings):
     """A study is started once with its settings: a second command with others is refused
     (its trials would not be comparable)."""
     saved = study.user_attrs.get("settings")
+    if saved is not None and isinstance(saved.get("fixed"), list):  # (recorded as text before)
+        try:
+            saved = {**saved, "fixed": fixed_settings(parse_args(saved["fixed"])[0])}
+        except UserError:
+            pass
     if saved is None:
         study.set_user_attr("settings", settings)
     elif saved != settings:
         differ = next(k for k in settings if saved.get(k) != settings[k])
         raise UserError(f"study {study.study_name} was started with other {differ} "
                         f"({saved.get(differ)}); give the same, or another --study")
+
+
+PATHS = ("data_dir", "cache_dir", "labels", "init_from")  # one folder however it is written
+
+
+def fixed_settings(explicit):
+    """The fixed training flags as a study records them: parsed, so that the same flags in
+    another order, `--max-lr=0.1` and `--max-lr 0.1`, or `photos/` and `photos` are one
+    study; as JSON holds them (a study's attributes are JSON)."""
+    import json
+    norm = {k: os.path.normpath(v) if k in PATHS and v else v for k, v in sorted(explicit.items())}
+    return json.loads(json.dumps(norm))
+
+
+def trial_argv(fixed, explicit):
+    """Every trial's fixed flags: as given, and --target-accuracy 0 unless given (a trial
+    stopped at 75% would be scored at the epoch it got there, not its best, and easy data
+    would rank by luck)."""
+    return fixed if "target_accuracy" in explicit else [*fixed, "--target-accuracy", "0"]
 
 
 def metric_name(cfg):
@@ -318,7 +343,8 @@ def repeat_best(args, study, plan, url, say, stop):
             again.enqueue_trial({"seed": s}, user_attrs={"best": best}, skip_if_exists=True)
     rplan = sweep_trials.Plan(plan.fixed_argv, plan.folder, len(seeds), plan.metric,
                               lambda t: {**t.user_attrs["best"], "seed": t.suggest_int("seed", 0, 2**31 - 1)},
-                              prefix="repeat_best", queued=True, ask_lock=plan.ask_lock)
+                              prefix="repeat_best", queued=True, ask_lock=plan.ask_lock,
+                              epochs=plan.epochs)
     say(f"--repeat-best: {_settings(best)} with seeds {', '.join(map(str, seeds))}")
     run_workers(again, rplan, args.workers, say, stop)
     values = [t.value for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -212,8 +212,9 @@ class Plan:
     ("val_acc" or "test_acc"); params_of(trial): a trial's {name: value}."""
 
     def __init__(self, fixed_argv, folder, total, metric, params_of, prefix="trial", queued=False,
-                 ask_lock=None):
+                 ask_lock=None, epochs=lambda params: None):
         self.fixed_argv, self.folder, self.total = fixed_argv, folder, total
+        self.epochs = epochs  # epochs(params): a trial's epochs (None: unknown)
         self.ask_lock = ask_lock or os.path.join(folder, ".ask.lock")  # (take())
         self.metric, self.params_of, self.prefix = metric, params_of, prefix
         self.queued = queued  # every trial queued up front (a grid's cells, repeat-best's seeds)
@@ -281,7 +282,7 @@ class Worker:
         argv = [*self.plan.fixed_argv, *as_flags(params), "--out-dir", folder, "--resume", "auto"]
         flags = " ".join(as_flags(params)) or "(the fixed flags only)"
         self.say(f"trial {trial.number} ({os.path.basename(folder)}): {flags}")
-        state, value, why = self._watch(trial, argv, folder)
+        state, value, why = self._watch(trial, argv, folder, self.plan.epochs(params))
         # cumulated over a lost trial's attempts; train_s: train.py's own processes
         for key, spent in (("seconds", time.monotonic() - self.began), ("train_s", self.child_s)):
             trial.set_user_attr(key, trial.user_attrs.get(key, 0) + spent)
@@ -309,8 +310,9 @@ class Worker:
                     return False
                 time.sleep(0.5)
 
-    def _watch(self, trial, argv, folder):
-        """Train, report each epoch, prune; returns (state, best value, why)."""
+    def _watch(self, trial, argv, folder, epochs=None):
+        """Train, report each epoch, prune; returns (state, best value, why). A trial whose
+        last epoch is in is not pruned: it has trained all it would, and is complete."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
@@ -329,7 +331,8 @@ class Worker:
                 if epoch not in reported:
                     reported.add(epoch)
                     trial.report(value, epoch)
-            if not pruned and reported and not done and trial.should_prune():
+            last_in = epochs is not None and reported and max(reported) >= epochs - 1
+            if not pruned and reported and not done and not last_in and trial.should_prune():
                 pruned = True
             if (pruned or self.stop.is_set()) and not done and not told:
                 told = True  # once: a second SIGTERM would stop it without saving

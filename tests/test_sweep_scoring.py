@@ -1,0 +1,76 @@
+"""What a sweep's trial is scored on, and what makes two commands one study: trials run
+every epoch (no target accuracy stops them), a trial that trained every epoch is complete,
+the score is named by the split it was measured on, fixed flags are compared as parsed,
+every value of an integer range is checked, and a continued seeded search proposes new
+settings. Most run no training: a stand-in child writes the metrics a run would."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import sweep
+from machinery import sweep_trials
+from machinery.sweep_trials import Plan, Worker
+
+# a stand-in for train.py: writes every epoch's metrics at once, then stays alive a while
+# (as a run does for its final test and Grad-CAM) and exits 0
+FAKE_RUN = textwrap.dedent("""
+    import os, sys, time
+    out = sys.argv[sys.argv.index("--out-dir") + 1]
+    os.makedirs(os.path.join(out, "training_metrics_from_ckpt"), exist_ok=True)
+    rows = ["epoch,val_acc"] + [f"{e},{10 + e}" for e in range(EPOCHS)]
+    with open(os.path.join(out, "training_metrics_from_ckpt", "metrics_from_ckpt.csv"), "w") as f:
+        f.write("\\n".join(rows) + "\\n")
+    time.sleep(3)
+""")
+
+
+def _fake_children(monkeypatch, tmp_path, epochs):
+    script = tmp_path / "fake_run.py"
+    script.write_text(FAKE_RUN.replace("EPOCHS", str(epochs)))
+    real = subprocess.Popen
+    seen = []
+
+    def popen(cmd, **kwargs):
+        seen.append(cmd)
+        return real([sys.executable, str(script), *cmd[2:]], **kwargs)
+    monkeypatch.setattr(sweep_trials.subprocess, "Popen", popen)
+    return seen
+
+
+def test_a_trial_that_trained_every_epoch_is_complete_not_pruned(tmp_path, monkeypatch):
+    """The pruner decided on the last epoch while the run did its final test: the trial
+    had trained every epoch, yet counted as pruned and dropped out of Best."""
+    _fake_children(monkeypatch, tmp_path, epochs=3)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize",
+                                pruner=optuna.pruners.ThresholdPruner(lower=1000.0))  # hopeless
+    plan = Plan([], str(tmp_path), 1, "val_acc", lambda t: {}, epochs=lambda params: 3)
+    said = []
+    Worker(study, plan, say=said.append).run()
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.value == 12.0, said
+
+
+def test_trials_run_every_epoch_unless_the_fixed_flags_give_a_target(tmp_path):
+    args = ["--study", "t", "--trials", "2", "--space", "dropout=0.1:0.3",
+            "--sweeps-dir", str(tmp_path), "--", "--epochs", "3"]
+    _, plan, _ = sweep.make_plan(*sweep.read_command(args), say=print)
+    assert plan.fixed_argv[-2:] == ["--target-accuracy", "0"]
+    _, plan, _ = sweep.make_plan(*sweep.read_command(
+        ["--study", "u", *args[2:], "--target-accuracy", "60"]), say=print)
+    assert plan.fixed_argv.count("--target-accuracy") == 1 and plan.fixed_argv[-1] == "60"
+
+
+def test_the_same_fixed_flags_written_otherwise_are_the_same_study(tmp_path, capsys):
+    base = ["--study", "s", "--trials", "2", "--space", "dropout=0.1:0.3", "--sweeps-dir", str(tmp_path)]
+    sweep.make_plan(*sweep.read_command([*base, "--", "--epochs", "3", "--data-dir", "photos/",
+                                         "--max-lr=0.2"]), say=print)
+    sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.2", "--data-dir", "photos",
+                                         "--epochs", "3"]), say=print)  # no error: one study
+    with pytest.raises(sweep.UserError, match="other fixed"):
+        sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.3", "--data-dir", "photos",
+                                             "--epochs", "3"]), say=print)
