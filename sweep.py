@@ -131,6 +131,7 @@ def make_plan(args, fixed, explicit, say):
     url = args.storage or "sqlite:///" + urllib.parse.quote(  # (a ? or % in the folder's name)
         os.path.abspath(os.path.join(folder, "study.db")))
     storage = sweep_trials.open_storage(url) if args.storage else None  # (before any folder)
+    folder_data = check_data(cfg, say)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -159,7 +160,8 @@ def make_plan(args, fixed, explicit, say):
         if grid and "seed" in grid:
             params["seed"] = trial.suggest_categorical("seed", grid["seed"])
         return params
-    return study, sweep_trials.Plan(trial_argv(fixed, explicit), folder, total, metric_name(cfg), params_of,
+    return study, sweep_trials.Plan(trial_argv(fixed, explicit), folder, total,
+                                    metric_name(cfg, folder_data), params_of,
                                     queued=bool(grid), ask_lock=sweep_trials.ask_lock_path(url, folder),
                                     epochs=lambda params: int(params.get("epochs", cfg.epochs))), url
 
@@ -283,8 +285,27 @@ def trial_argv(fixed, explicit):
     return fixed if "target_accuracy" in explicit else [*fixed, "--target-accuracy", "0"]
 
 
-def metric_name(cfg):
-    return "val_acc" if cfg.val_split else "test_acc"
+def check_data(cfg, say):
+    """The trials' data, checked (and CIFAR downloaded, a folder decoded into its cache)
+    once, before any trial: a missing --data-dir is one line now, not three failed trials,
+    and the workers do not download or decode the same files at once. Returns the image
+    folder (None for CIFAR)."""
+    from machinery import data
+    if cfg.smoke:
+        return None  # (each trial writes its generated data in its own folder)
+    try:
+        folder = data.open_folder(cfg)
+        data.check_protocol(cfg, folder)
+        say(f"checking the data in {cfg.data_dir} (read once for every trial)")
+        data.ensure_dataset(cfg.data_dir, cfg.dataset, cfg.download, folder)
+    except data.DataError as e:
+        raise UserError(f"in the training flags after --: {e}") from None
+    return folder
+
+
+def metric_name(cfg, folder=None):
+    """What trials are scored on: the validation images (--val-split, or a val/ folder)."""
+    return "val_acc" if cfg.val_split or (folder is not None and folder.has("val")) else "test_acc"
 
 
 def run_workers(study, plan, n, say, stop):

@@ -23,6 +23,9 @@ TINY = ["--blocks", "1", "1", "1", "1", "--width", "8", "--batch-size", "32",
         "--num-workers", "0", "--gradcam-images", "0", "--tensorboard", "off", "--val-split", "100"]
 
 
+SMOKE = ["--", "--smoke"]  # fixed flags for a study that trains nothing: no data to check
+
+
 def _fixed(data, epochs):
     return ["--dataset", "cifar100", "--data-dir", data, *TINY, "--epochs", str(epochs)]
 
@@ -193,12 +196,18 @@ def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_pat
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", ""], "--storage '': give"),
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "mysql://u:p@127.0.0.1:1/db"],
      "the database driver for mysql is missing; pip install pymysql"),
+    # once three trials were launched (and failed) before the sweep stopped
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--", "--dataset", "folder", "--data-dir",
+      "{tmp}/nowhere"], "in the training flags after --: "),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--", "--dataset", "folder", "--data-dir",
+      "{tmp}"], "has no train/ folder"),
 ])
 def test_bad_input_is_one_line_before_anything_is_made(args, said, tmp_path, capsys):
     (tmp_path / "dup.yaml").write_text("dropout: [0.1, 0.3]\ndropout: [0.5]\n")
     (tmp_path / "lgo.yaml").write_text("max_lr: {low: 0.1, high: 0.3, lgo: true}\n")
     (tmp_path / "maybe.yaml").write_text("max_lr: {low: 0.1, high: 0.3, log: maybe}\n")
-    args = [a.format(yaml=f"{tmp_path}/") for a in args]
+    args = [a.format(yaml=f"{tmp_path}/", tmp=tmp_path) for a in args]
+    args += [] if "--" in args else ["--", "--smoke"]  # (no data to check: generated)
     assert sweep.main(["--study", "s", "--sweeps-dir", str(tmp_path / "sw"), *args]) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
@@ -232,10 +241,10 @@ def test_a_space_from_flags_and_yaml_gives_each_trial_its_flags(tmp_path):
 
 def test_a_second_command_with_other_settings_is_refused(tmp_path, capsys):
     base = ["--study", "s", "--sweeps-dir", str(tmp_path), "--trials", "1"]
-    study, _, _ = sweep.make_plan(*sweep.read_command(base + ["--space", "max_lr=0.1:0.2"]),
+    study, _, _ = sweep.make_plan(*sweep.read_command(base + ["--space", "max_lr=0.1:0.2", *SMOKE]),
                                   say=print)
     assert study.user_attrs["settings"]["space"] == ["max_lr=0.1:0.2"]
-    assert sweep.main(base + ["--space", "max_lr=0.1:0.3"]) == 2
+    assert sweep.main(base + ["--space", "max_lr=0.1:0.3", *SMOKE]) == 2
     assert "study s was started with other space" in capsys.readouterr().err
 
 
@@ -243,7 +252,7 @@ def test_a_study_folder_holds_only_its_own_study(tmp_path, capsys):
     """A folder with a user's own report.md (or study.db) is not taken over; a new study
     (its study.db deleted, or another --storage) never trains in, and reports over, an
     earlier study's trial folders. Both one line, before anything trains."""
-    base = ["--trials", "1", "--space", "max_lr=0.1:0.2", "--sweeps-dir", str(tmp_path)]
+    base = ["--trials", "1", "--space", "max_lr=0.1:0.2", "--sweeps-dir", str(tmp_path), *SMOKE]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "report.md").write_text("my own notes\n")
     assert sweep.main(["--study", "mine", *base]) == 2
@@ -259,7 +268,7 @@ def test_a_study_folder_holds_only_its_own_study(tmp_path, capsys):
 def test_a_space_file_edited_since_is_another_space(tmp_path, capsys):
     spec = tmp_path / "space.yaml"
     spec.write_text("dropout: [0.1]\n")
-    base = ["--study", "y", "--trials", "1", "--space", str(spec), "--sweeps-dir", str(tmp_path)]
+    base = ["--study", "y", "--trials", "1", "--space", str(spec), "--sweeps-dir", str(tmp_path), *SMOKE]
     sweep.make_plan(*sweep.read_command(base), say=print)
     spec.write_text("max_lr: [0.05]\n")
     assert sweep.main(base) == 2
@@ -282,14 +291,14 @@ def test_a_trial_lost_before_its_worker_named_itself_is_queued_again(tmp_path, m
 @pytest.mark.slow
 def test_trials_that_keep_failing_stop_the_sweep_and_a_grids_failed_cell_stays_failed(
         tiny_data, tmp_path, capsys):
-    """Settings that cannot train (data that is not there) once made new trials for ever;
+    """Settings that cannot train (a device the machine lacks) once made new trials for ever;
     now three failures in a row stop the worker, in one line. A grid's failed cell is not
     replaced by a second run of a finished one."""
-    missing = ["--dataset", "folder", "--data-dir", str(tmp_path / "nowhere"), *TINY, "--epochs", "1"]
+    no_gpu = [*_fixed(tiny_data, 1), "--device", "cuda"]  # (the data is checked before trials)
     assert sweep.main(["--study", "f", "--trials", "5", "--space", "dropout=0.1,0.2",
-                       "--sweeps-dir", str(tmp_path), "--", *missing]) == 1
+                       "--sweeps-dir", str(tmp_path), "--", *no_gpu]) == 1
     err = capsys.readouterr().err
-    assert "3 trials in a row failed (trials 0, 1, 2)" in err and "is not a folder" in err
+    assert "3 trials in a row failed (trials 0, 1, 2)" in err and "cuda" in err.lower()
     assert len(_study(tmp_path, "f").get_trials()) == 3
     # a grid whose first cell cannot train (no GPU here): the other trains once, no more;
     # the same command again tries the failed cell again (its cause may be fixed), only it
@@ -340,5 +349,6 @@ def test_a_worker_in_a_process_not_named_sweep_is_alive(tmp_path):
 def test_a_sweeps_dir_with_a_question_mark_holds_its_own_database(tmp_path):
     folder = tmp_path / "q?mode=ro%41"
     sweep.make_plan(*sweep.read_command(["--study", "s", "--trials", "1", "--space",
-                                         "max_lr=0.1:0.2", "--sweeps-dir", str(folder)]), say=print)
+                                         "max_lr=0.1:0.2", "--sweeps-dir", str(folder), "--",
+                                         "--smoke"]), say=print)
     assert (folder / "s" / "study.db").is_file() and not (tmp_path / "qA").exists()

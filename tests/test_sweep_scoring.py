@@ -57,7 +57,7 @@ def test_a_trial_that_trained_every_epoch_is_complete_not_pruned(tmp_path, monke
 
 def test_trials_run_every_epoch_unless_the_fixed_flags_give_a_target(tmp_path):
     args = ["--study", "t", "--trials", "2", "--space", "dropout=0.1:0.3",
-            "--sweeps-dir", str(tmp_path), "--", "--epochs", "3"]
+            "--sweeps-dir", str(tmp_path), "--", "--smoke", "--epochs", "3"]
     _, plan, _ = sweep.make_plan(*sweep.read_command(args), say=print)
     assert plan.fixed_argv[-2:] == ["--target-accuracy", "0"]
     _, plan, _ = sweep.make_plan(*sweep.read_command(
@@ -67,10 +67,10 @@ def test_trials_run_every_epoch_unless_the_fixed_flags_give_a_target(tmp_path):
 
 def test_the_same_fixed_flags_written_otherwise_are_the_same_study(tmp_path, capsys):
     base = ["--study", "s", "--trials", "2", "--space", "dropout=0.1:0.3", "--sweeps-dir", str(tmp_path)]
-    sweep.make_plan(*sweep.read_command([*base, "--", "--epochs", "3", "--data-dir", "photos/",
-                                         "--max-lr=0.2"]), say=print)
+    sweep.make_plan(*sweep.read_command([*base, "--", "--smoke", "--epochs", "3", "--data-dir",
+                                         "photos/", "--max-lr=0.2"]), say=print)
     sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.2", "--data-dir", "photos",
-                                         "--epochs", "3"]), say=print)  # no error: one study
+                                         "--epochs", "3", "--smoke"]), say=print)  # one study
     with pytest.raises(sweep.UserError, match="other fixed"):
         sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.3", "--data-dir", "photos",
-                                             "--epochs", "3"]), say=print)
+                                             "--epochs", "3", "--smoke"]), say=print)
