@@ -163,7 +163,8 @@ def make_plan(args, fixed, explicit, say):
     return study, sweep_trials.Plan(trial_argv(fixed, explicit), folder, total,
                                     metric_name(cfg, folder_data), params_of,
                                     queued=bool(grid), ask_lock=sweep_trials.ask_lock_path(url, folder),
-                                    epochs=lambda params: int(params.get("epochs", cfg.epochs))), url
+                                    epochs=lambda params: int(params.get("epochs", cfg.epochs)),
+                                    storage_url=url), url
 
 
 @contextlib.contextmanager
@@ -365,7 +366,7 @@ def repeat_best(args, study, plan, url, say, stop):
     rplan = sweep_trials.Plan(plan.fixed_argv, plan.folder, len(seeds), plan.metric,
                               lambda t: {**t.user_attrs["best"], "seed": t.suggest_int("seed", 0, 2**31 - 1)},
                               prefix="repeat_best", queued=True, ask_lock=plan.ask_lock,
-                              epochs=plan.epochs)
+                              epochs=plan.epochs, storage_url=plan.storage_url)
     say(f"--repeat-best: {_settings(best)} with seeds {', '.join(map(str, seeds))}")
     run_workers(again, rplan, args.workers, say, stop)
     values = [t.value for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

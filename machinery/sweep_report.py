@@ -94,6 +94,20 @@ def importances(study):
         return f"not computed: {e}"
 
 
+def dashboard_command(url):
+    """optuna-dashboard's command for the study's storage: a journal is given as its file,
+    a database by its URL (a password in it left out of the report)."""
+    import re
+    import shlex
+    if not url:
+        return "optuna-dashboard <storage URL>"
+    if url.startswith("journal:"):
+        path = url[len("journal:"):]
+        return f"optuna-dashboard {shlex.quote(path[2:] if path.startswith('//') else path)}"
+    shown = re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+    return f"optuna-dashboard {shlex.quote(shown)}"
+
+
 def write_report(study, plan, repeats=None):
     rows = trial_rows(study, plan)
     os.makedirs(plan.folder, exist_ok=True)
@@ -106,6 +120,11 @@ def write_report(study, plan, repeats=None):
              f"Each trial is a run folder under `{plan.folder}/`: evaluate, explain or export "
              f"it like any run. Trials that count: {len(rows) - sum(r['state'] == 'failed' for r in rows)} "
              f"of {plan.total}.", ""]
+    if plan.metric == "test_acc":
+        lines += ["**Scored on the test set**: there were no validation images (no "
+                  "`--val-split`, no `val/` folder), so the search picks what suits the test "
+                  "pictures, and the best score overstates what new pictures get. Hold some "
+                  "training images out with `--val-split N` to score on those instead.", ""]
     complete = [r for r in rows if r["state"] == "complete"]
     if complete:
         best = max(complete, key=lambda r: r["best"])
@@ -133,7 +152,7 @@ def write_report(study, plan, repeats=None):
     lines += ["", "## Parameter importances", ""]
     lines += ([f"- {k}: {v:.2f}" for k, v in imp.items()] if isinstance(imp, dict) else [imp])
     lines += [""] + [f"![{k}]({os.path.basename(v)})" for k, v in pictures.items()] + [""]
-    lines += ["Live view: `optuna-dashboard <storage URL>` (pip install optuna-dashboard)."]
+    lines += [f"Live view: `{dashboard_command(plan.storage_url)}` (pip install optuna-dashboard)."]
     path = os.path.join(plan.folder, "report.md")
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

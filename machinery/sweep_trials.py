@@ -212,9 +212,10 @@ class Plan:
     ("val_acc" or "test_acc"); params_of(trial): a trial's {name: value}."""
 
     def __init__(self, fixed_argv, folder, total, metric, params_of, prefix="trial", queued=False,
-                 ask_lock=None, epochs=lambda params: None):
+                 ask_lock=None, epochs=lambda params: None, storage_url=None):
         self.fixed_argv, self.folder, self.total = fixed_argv, folder, total
         self.epochs = epochs  # epochs(params): a trial's epochs (None: unknown)
+        self.storage_url = storage_url  # (the report's dashboard command)
         self.ask_lock = ask_lock or os.path.join(folder, ".ask.lock")  # (take())
         self.metric, self.params_of, self.prefix = metric, params_of, prefix
         self.queued = queued  # every trial queued up front (a grid's cells, repeat-best's seeds)

@@ -74,3 +74,26 @@ def test_the_same_fixed_flags_written_otherwise_are_the_same_study(tmp_path, cap
     with pytest.raises(sweep.UserError, match="other fixed"):
         sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.3", "--data-dir", "photos",
                                              "--epochs", "3", "--smoke"]), say=print)
+
+
+@pytest.mark.parametrize("url, command", [
+    ("journal:sweeps/j.log", "optuna-dashboard sweeps/j.log"),
+    ("journal:///abs/j.log", "optuna-dashboard /abs/j.log"),
+    ("sqlite:///s.db", "optuna-dashboard sqlite:///s.db"),
+    ("postgresql+psycopg://me:secret@host/db", "optuna-dashboard 'postgresql+psycopg://me:***@host/db'"),
+])
+def test_the_dashboard_hint_is_a_command_for_the_storage(url, command):
+    """`optuna-dashboard journal:PATH` fails: the dashboard takes a journal as its file."""
+    from machinery.sweep_report import dashboard_command
+    assert dashboard_command(url) == command
+
+
+def test_a_study_scored_on_the_test_set_says_so_in_its_report(tmp_path, monkeypatch):
+    _fake_children(monkeypatch, tmp_path, epochs=1)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    plan = Plan([], str(tmp_path), 1, "test_acc", lambda t: {}, epochs=lambda params: 1)
+    Worker(study, plan, say=lambda line: None).run()
+    from machinery.sweep_report import write_report
+    assert "Scored on the test set" in open(write_report(study, plan)).read()
+    plan.metric = "val_acc"
+    assert "Scored on the test set" not in open(write_report(study, plan)).read()
