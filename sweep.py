@@ -149,6 +149,10 @@ def make_plan(args, fixed, explicit, say):
     study = sweep_trials.at_once(lambda: optuna.create_study(
         study_name=args.study, storage=storage, sampler=sampler, pruner=pruner,
         direction="maximize", load_if_exists=True))
+    if args.sampler_seed is not None and study.trials:
+        # a study continued with its seed: the sampler's random stream goes on from the
+        # trials it has (seeded as at the start, it would propose the same settings again)
+        study.sampler = type(sampler)(seed=args.sampler_seed + len(study.trials))
     same_study(study, {"fixed": fixed_settings(explicit), "space": [d.spec for d in dims],
                        "sampler": args.sampler, "seeds": args.seeds})  # (the space as read: a YAML file edited since differs)
     claim_folder(study, folder, mark)

@@ -19,6 +19,7 @@ from .config import Config, UserError, flags, parse_args, resolve_config
 # flags a trial's run decides for itself, or that make it something else than a run
 NOT_SWEPT = {"out_dir"}
 # flags that change what a trial is scored on: trials that differ there are not comparable
+CHECKED = 10_000  # an integer range's values checked one by one, at most
 SCORED_ON = {"dataset", "data_dir", "labels", "label_column", "val_split"}
 
 
@@ -48,8 +49,18 @@ class Dimension:
         return f"{self.name}={values}"
 
     def corners(self):
-        """The values a check must try: both ends of a range, every choice."""
-        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+        """The values a check must try: every choice; every whole number of an integer
+        range (`accum_steps=1:12` with batch 12 samples 5, which training refuses; only
+        a range of more than CHECKED numbers is tried at its ends and CHECKED points
+        between); both ends of a float range (flags check floats by bounds)."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "int":
+            low, high = int(self.low), int(self.high)
+            if high - low < CHECKED:
+                return list(range(low, high + 1))
+            return sorted({low, high, *(low + (high - low) * k // CHECKED for k in range(CHECKED))})
+        return [self.low, self.high]
 
 
 def _field(name, given):
@@ -186,12 +197,24 @@ def check_space(dims, fixed):
     for dim in dims:
         if dim.name in fixed:
             raise UserError(f"{dim.flag} is both in --space and in the fixed training flags")
+        bad, good, why = [], [], None
         for v in dim.corners():
             try:  # as train.py reads its flags (choices: --precision fp64), then the config
                 parse_args(as_flags({dim.name: v}))
                 resolve_config({**fixed, dim.name: _typed(dim.name, v)})
+                good.append(v)
             except UserError as e:
-                raise UserError(f"--space {dim.name}: {v} cannot train: {e}") from None
+                bad, why = bad + [v], why or e
+                if dim.kind != "int":
+                    break
+        if bad and dim.kind == "int":  # which of its numbers fail, and the choices that train
+            shown = ", ".join(map(str, bad[:6])) + (", ..." if len(bad) > 6 else "")
+            hint = (f"; give the ones that do as choices ({dim.name}={','.join(map(str, good[:12]))})"
+                    if good and len(good) <= 12 else "; narrow the range")
+            raise UserError(f"--space {dim.name}: {shown} ({len(bad)} of the range's "
+                            f"{len(bad) + len(good)} values) cannot train: {why}{hint}")
+        if bad:
+            raise UserError(f"--space {dim.name}: {bad[0]} cannot train: {why}")
 
 
 def _typed(name, value):

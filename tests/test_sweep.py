@@ -196,6 +196,9 @@ def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_pat
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", ""], "--storage '': give"),
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "mysql://u:p@127.0.0.1:1/db"],
      "the database driver for mysql is missing; pip install pymysql"),
+    # an integer range once was checked at its ends only: 5, 7, 9 failed as trials
+    (["--trials", "2", "--space", "accum_steps=1:12", "--", "--smoke", "--batch-size", "12"],
+     "5, 7, 8, 9, 10, 11 (6 of the range's 12 values) cannot train"),
     # once three trials were launched (and failed) before the sweep stopped
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--", "--dataset", "folder", "--data-dir",
       "{tmp}/nowhere"], "in the training flags after --: "),

@@ -97,3 +97,19 @@ def test_a_study_scored_on_the_test_set_says_so_in_its_report(tmp_path, monkeypa
     assert "Scored on the test set" in open(write_report(study, plan)).read()
     plan.metric = "val_acc"
     assert "Scored on the test set" not in open(write_report(study, plan)).read()
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_seeded_study_continued_proposes_settings_it_has_not_tried(tmp_path, sampler):
+    """After a Ctrl-C, or with a larger --trials, the same --sampler-seed once proposed the
+    very settings of the study's first trials again."""
+    command = ["--study", "s", "--trials", "6", "--sampler", sampler, "--sampler-seed", "5",
+               "--space", "max_lr=0.001:1:log", "--sweeps-dir", str(tmp_path), "--", "--smoke"]
+    proposed = []
+    for _ in range(2):  # the command, stopped after 3 trials, then run again
+        study, plan, _ = sweep.make_plan(*sweep.read_command(command), say=print)
+        for _ in range(3):
+            trial = study.ask()
+            proposed.append(plan.params_of(trial)["max_lr"])
+            study.tell(trial, 50.0)
+    assert len(set(proposed)) == 6, proposed
