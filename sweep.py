@@ -240,7 +240,7 @@ def claim_folder(study, folder, mark):
     import json
     with folder_lock(folder):
         known = study.user_attrs.get("sweep")
-        trials = [n for n in os.listdir(folder) if re.fullmatch(r"(trial|repeat_best)_\d+", n)]
+        trials = [n for n in os.listdir(folder) if re.fullmatch(r"(trial|repeat_best(_[0-9a-f]+)?)_\d+", n)]
         if known == mark["sweep"]:
             return
         if trials:
@@ -346,8 +346,10 @@ def run_workers(study, plan, n, say, stop):
 
 def repeat_best(args, study, plan, url, say, stop):
     """The best settings with --repeat-best more seeds, as a study of their own (so several
-    workers and machines share them and an interrupted one goes on); returns their
-    {"values", "seeds"} or None when the search is not done."""
+    workers and machines share them and an interrupted one goes on). A study that was
+    extended since and has a new best gets a new repeat (study and folders named after
+    its settings); the earlier ones stay, and stay in the report. Returns every repeat of
+    the study (repeats_of), or None when the search is not done."""
     from machinery import sweep_trials
     import optuna
     from optuna.trial import TrialState
@@ -360,8 +362,9 @@ def repeat_best(args, study, plan, url, say, stop):
     best = {k: v for k, v in max(done, key=lambda t: t.value).params.items() if k != "seed"}
     base = resolve_config(parse_args(plan.fixed_argv)[0]).seed
     seeds = [base + 1 + i for i in range(args.repeat_best)]
+    key = settings_key(best)
     again = sweep_trials.at_once(lambda: optuna.create_study(
-        study_name=f"{args.study}.repeat-best", storage=sweep_trials.open_storage(url),
+        study_name=f"{args.study}.repeat-best.{key}", storage=sweep_trials.open_storage(url),
         direction="maximize", load_if_exists=True))
     same_study(again, {"best": best})  # (more seeds later: those run, the others are kept)
     with folder_lock(plan.folder):
@@ -369,13 +372,39 @@ def repeat_best(args, study, plan, url, say, stop):
             again.enqueue_trial({"seed": s}, user_attrs={"best": best}, skip_if_exists=True)
     rplan = sweep_trials.Plan(plan.fixed_argv, plan.folder, len(seeds), plan.metric,
                               lambda t: {**t.user_attrs["best"], "seed": t.suggest_int("seed", 0, 2**31 - 1)},
-                              prefix="repeat_best", queued=True, ask_lock=plan.ask_lock,
+                              prefix=f"repeat_best_{key}", queued=True, ask_lock=plan.ask_lock,
                               epochs=plan.epochs, storage_url=plan.storage_url)
     say(f"--repeat-best: {_settings(best)} with seeds {', '.join(map(str, seeds))}")
     run_workers(again, rplan, args.workers, say, stop)
-    values = [t.value for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if t.params.get("seed") in seeds]
-    return {"values": values, "seeds": seeds}
+    return repeats_of(study, current=best, seeds=seeds)
+
+
+def settings_key(params):
+    """A short name for a set of settings (a repeat's study and folders)."""
+    import hashlib
+    import json
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def repeats_of(study, current=None, seeds=None):
+    """Every --repeat-best of a study, the current best's first: [{"best": settings,
+    "values", "seeds", "current"}] over the seeds each trained (those of this command for
+    the current best)."""
+    import optuna
+    from optuna.trial import TrialState
+    names = [n for n in optuna.get_all_study_names(study._storage)
+             if n == f"{study.study_name}.repeat-best" or n.startswith(f"{study.study_name}.repeat-best.")]
+    out = []
+    for name in names:
+        again = optuna.load_study(study_name=name, storage=study._storage)
+        best = (again.user_attrs.get("settings") or {}).get("best")
+        is_current = best == current
+        done = [t for t in again.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if not is_current or seeds is None or t.params.get("seed") in seeds]
+        if done or is_current:
+            out.append({"best": best, "values": [t.value for t in done], "current": is_current,
+                        "seeds": sorted(t.params.get("seed") for t in done)})
+    return sorted(out, key=lambda r: not r["current"])
 
 
 def _settings(params):
@@ -417,6 +446,7 @@ def main(argv=None):
             repeats = None
             if args.repeat_best and not stop.is_set():
                 repeats = repeat_best(args, study, plan, url, say, stop)
+            repeats = repeats or repeats_of(study)  # (earlier ones, without --repeat-best)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)

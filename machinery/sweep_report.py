@@ -135,9 +135,14 @@ def write_report(study, plan, repeats=None):
                   "", "```bash", command, "```", ""]
     if repeats:
         lines += ["## The best settings over seeds (--repeat-best)", "",
-                  f"{plan.metric}: {mean_std(repeats['values'])} over seeds "
-                  f"{', '.join(map(str, repeats['seeds']))} (the search's own trial left out: "
-                  f"it was picked for being high).", ""]
+                  "Each over new seeds; the search's own trial left out (it was picked for "
+                  "being high). A study extended since with a new best repeats that one too.", "",
+                  f"| settings | {plan.metric}: mean ± std | seeds |", "|---|---|---|"]
+        for r in repeats:
+            mark = " (the best now)" if r.get("current") else ""
+            lines.append(f"| {_params(r['best'] or {}) or 'the fixed flags'}{mark} | "
+                         f"{mean_std(r['values'])} | {', '.join(map(str, r['seeds']))} |")
+        lines.append("")
     groups = by_setting(rows)
     if any(len(v) > 1 for v in groups.values()):
         lines += ["## Each setting over seeds", "", f"| setting | {plan.metric}: mean ± std |",

@@ -110,14 +110,15 @@ def test_repeat_best_trains_the_best_settings_with_new_seeds_and_reports_the_spr
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     best = _study(tmp_path, "r").best_trial.params
-    again = optuna.load_study(study_name="r.repeat-best",  # (in the study's own database)
+    key = sweep.settings_key(best)  # (a repeat per best settings, in the study's own database)
+    again = optuna.load_study(study_name=f"r.repeat-best.{key}",
                               storage=f"sqlite:///{tmp_path / 'r' / 'study.db'}").get_trials()
     assert sorted(t.params["seed"] for t in again) == [2, 3]  # new seeds, not the search's 1
     assert all(t.state == TrialState.COMPLETE and t.user_attrs["best"] == best for t in again)
     report = (tmp_path / "r" / "report.md").read_text()
     assert "## The best settings over seeds (--repeat-best)" in report
-    assert "(n=2)" in report and "seeds 2, 3" in report
-    assert all((tmp_path / "r" / f"repeat_best_{n}" / "checkpoints" / "last.pt").exists()
+    assert "(n=2) | 2, 3 |" in report
+    assert all((tmp_path / "r" / f"repeat_best_{key}_{n}" / "checkpoints" / "last.pt").exists()
                for n in (0, 1))
     # one more seed later: that one trains, the two before are kept (once: refused, after
     # the whole search, with 'give the same, or another --study')
@@ -126,10 +127,10 @@ def test_repeat_best_trains_the_best_settings_with_new_seeds_and_reports_the_spr
                                    *_fixed(tiny_data, 1)), cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    again = optuna.load_study(study_name="r.repeat-best",
+    again = optuna.load_study(study_name=f"r.repeat-best.{key}",
                               storage=f"sqlite:///{tmp_path / 'r' / 'study.db'}").get_trials()
     assert sorted(t.params["seed"] for t in again) == [2, 3, 4]
-    assert "(n=3)" in (tmp_path / "r" / "report.md").read_text()
+    assert "(n=3) | 2, 3, 4 |" in (tmp_path / "r" / "report.md").read_text()
 
 
 @pytest.mark.slow

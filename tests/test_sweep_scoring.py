@@ -25,13 +25,13 @@ FAKE_RUN = textwrap.dedent("""
     rows = ["epoch,val_acc"] + [f"{e},{10 + e}" for e in range(EPOCHS)]
     with open(os.path.join(out, "training_metrics_from_ckpt", "metrics_from_ckpt.csv"), "w") as f:
         f.write("\\n".join(rows) + "\\n")
-    time.sleep(3)
+    time.sleep(SLEEP)
 """)
 
 
-def _fake_children(monkeypatch, tmp_path, epochs):
+def _fake_children(monkeypatch, tmp_path, epochs, sleep=3):
     script = tmp_path / "fake_run.py"
-    script.write_text(FAKE_RUN.replace("EPOCHS", str(epochs)))
+    script.write_text(FAKE_RUN.replace("EPOCHS", str(epochs)).replace("SLEEP", str(sleep)))
     real = subprocess.Popen
     seen = []
 
@@ -113,3 +113,33 @@ def test_a_seeded_study_continued_proposes_settings_it_has_not_tried(tmp_path, s
             proposed.append(plan.params_of(trial)["max_lr"])
             study.tell(trial, 50.0)
     assert len(set(proposed)) == 6, proposed
+
+
+def test_repeat_best_follows_a_new_best_and_keeps_the_earlier_repeat(tmp_path, monkeypatch):
+    """A study extended after --repeat-best, with a new best: once exit 2 with 'give the
+    same' (which the user cannot), and the earlier repeat's folders left the report."""
+    import threading
+    _fake_children(monkeypatch, tmp_path, epochs=1, sleep=0)
+    args, fixed, explicit = sweep.read_command(
+        ["--study", "r", "--trials", "3", "--space", "dropout=0.1,0.2,0.3", "--repeat-best", "2",
+         "--sweeps-dir", str(tmp_path), "--", "--smoke"])
+    study, plan, url = sweep.make_plan(args, fixed, explicit, say=print)
+
+    study.enqueue_trial({"dropout": 0.1})
+    trial = study.ask()
+    plan.params_of(trial)
+    study.tell(trial, 50.0)
+    first = sweep.repeat_best(args, study, plan, url, print, threading.Event())
+    assert [r["current"] for r in first] == [True] and len(first[0]["values"]) == 2
+    study.enqueue_trial({"dropout": 0.3})
+    trial = study.ask()
+    plan.params_of(trial)
+    study.tell(trial, 90.0)  # (dropout 0.3: a new best)
+    second = sweep.repeat_best(args, study, plan, url, print, threading.Event())
+    assert [r["current"] for r in second] == [True, False]
+    assert second[0]["best"] != second[1]["best"] and all(len(r["values"]) == 2 for r in second)
+    from machinery.sweep_report import write_report
+    report = open(write_report(study, plan, second)).read()
+    assert report.count("(n=2)") == 2 and "(the best now)" in report
+    folders = sorted(n for n in os.listdir(tmp_path / "r") if n.startswith("repeat_best"))
+    assert len(folders) == 4, folders
