@@ -595,7 +595,7 @@ def find_lr(cfg, modes, argv):
     if ramp.problem:
         raise UserError(ramp.problem)
     folder = os.path.join(cfg.out_dir, lr_range.FOLDER)
-    with lr_range.own_folder(folder, UserError), stop_at_once(
+    with lr_range.own_folder(folder, UserError, [cfg.data_dir] if cfg.smoke else []), stop_at_once(
             "the range test wrote nothing (its files are written at the end)"):
         return range_test(cfg, ramp, folder, argv)
 

@@ -24,6 +24,7 @@ import itertools
 import math
 import os
 import shlex
+import shutil
 import sys
 
 import numpy as np
@@ -73,14 +74,16 @@ def check(start, end, steps):
 
 
 @contextlib.contextmanager
-def own_folder(folder, error=ValueError):
+def own_folder(folder, error=ValueError, scratch=()):
     """The test's folder, made, or one line (`error`) on why it cannot hold the test's
     files, before any work. A test stopped inside removes the folder again if it made it
-    and nothing was written (its files are written only at the end)."""
+    and nothing was written (its files are written only at the end), and each `scratch`
+    folder that was not there before (a --smoke test's generated data in a new out-dir)."""
     made = folder  # the outermost folder this makes (an --out-dir that was not there too)
     while not os.path.lexists(os.path.dirname(os.path.abspath(made))) and made != os.path.dirname(made):
         made = os.path.dirname(os.path.abspath(made))
     made = made if not os.path.lexists(made) else None
+    scratch = [p for p in scratch if p and not os.path.lexists(p)]
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -94,16 +97,23 @@ def own_folder(folder, error=ValueError):
     try:
         yield folder
     except BaseException:
-        path = os.path.abspath(folder)
-        while made:  # empty folders only, innermost first, up to the outermost it made
-            try:
-                os.rmdir(path)
-            except OSError:
-                break
-            if path == os.path.abspath(made):
-                break
-            path = os.path.dirname(path)
+        for path in scratch:
+            shutil.rmtree(path, ignore_errors=True)
+            _remove_empty(os.path.dirname(os.path.abspath(path)), made)
+        _remove_empty(os.path.abspath(folder), made)
         raise
+
+
+def _remove_empty(path, made):
+    """Empty folders only, innermost first, up to the outermost that own_folder made."""
+    while made:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == os.path.abspath(made):
+            return
+        path = os.path.dirname(path)
 
 
 def launcher(world):
