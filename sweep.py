@@ -92,8 +92,8 @@ def read_command(argv):
         raise UserError("--out-dir is each trial's own (sweeps/<study>/trial_<n>/): "
                         "use --sweeps-dir to move them")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", args.study):
-        raise UserError(f"--study {args.study!r}: letters, digits, '_', '.', '-' only "
-                        f"(it names a folder)")
+        raise UserError(f"--study {args.study!r}: 1 to 100 characters, letters, digits, '_', "
+                        f"'.' and '-', the first a letter or digit (it names a folder)")
     for name, least in (("trials", 1), ("seeds", 1), ("workers", 1), ("repeat_best", 0)):
         value = getattr(args, name)
         if value is not None and value < least:

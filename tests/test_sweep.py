@@ -197,6 +197,9 @@ def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_pat
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", ""], "--storage '': give"),
     (["--trials", "2", "--space", "max_lr=0.1:0.2", "--storage", "mysql://u:p@127.0.0.1:1/db"],
      "the database driver for mysql is missing; pip install pymysql"),
+    # the rules of a study's name, all of them (once only its characters were named)
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--study", "_x"], "the first a letter or digit"),
+    (["--trials", "2", "--space", "max_lr=0.1:0.2", "--study", "x" * 101], "1 to 100 characters"),
     # an integer range once was checked at its ends only: 5, 7, 9 failed as trials
     (["--trials", "2", "--space", "accum_steps=1:12", "--", "--smoke", "--batch-size", "12"],
      "5, 7, 8, 9, 10, 11 (6 of the range's 12 values) cannot train"),
