@@ -38,6 +38,9 @@ STOP_FACTOR = 4.0  # stop once the smoothed loss passes this many times its best
 EMA_BETA = 0.98  # the stop rule's smoothing (bias-corrected, as the loss starts at zero weight)
 FIRST_CHECK = 10  # steps before the stop rule may fire: the EMA needs a few to settle
 MIN_FALL = 0.02  # a valley whose loss falls by less than this share is no valley
+FLAT = 0.05  # a fall of less than this share gives a suggestion called rough
+NOISY = 0.5  # noise above this share of the fall: the same
+RISE = 0.5  # the edge: past the floor, where the loss has climbed back this share of its fall
 FOLDER = "lr_find"
 MAX_STEPS = 100_000  # (a test of minutes, not days; more steps would round the ramp away)
 
@@ -200,31 +203,49 @@ def longest_descent(y):
 
 def suggest(curve):
     """{"lr": the suggested --max-lr or None, "why": why none, "floor": the valley floor's
-    LR, "valley": (first, last) step, "smooth": the centred curve, "rule": the rule in
-    words}. No suggestion from a curve too short, one that does not fall, or one still
-    falling when the ramp ended (its floor is beyond the ramp: a guess, not a floor)."""
+    LR, "valley": (first, last) step of the fall, "edge": the suggestion's step, "smooth":
+    the centred curve, "rule": the rule in words, "trust": None, or why the curve is too
+    flat or noisy to trust closely}. No suggestion from a curve too short, one that does
+    not fall, or one still falling when the ramp ended (its floor is beyond the ramp)."""
     lr, loss = curve["lr"], curve["loss"]
     n = len(loss)
-    if n < FIRST_CHECK:
-        return {"lr": None, "why": f"the test stopped after {n} steps, too few for a curve: "
-                                   f"narrow the ramp (a lower --lr-end) or give it more --find-lr-steps"}
+    if n < FIRST_CHECK:  # (only a loss that is not finite stops the test this early)
+        return {"lr": None, "why": f"the loss blew up after {n} steps, at LR {lr[-1] if lr else 0:.2g}: "
+                                   f"the ramp starts too high; give a lower --lr-start"}
     smooth = centred(loss, window=max(5, n // 20) | 1)
     first, last = longest_descent(smooth)
-    if last - first < 3 or smooth[last] > (1 - MIN_FALL) * smooth[first]:
+    fall = smooth[first] - smooth[last]
+    if last - first < 3 or fall < MIN_FALL * smooth[first]:
         # no fall to speak of: noise around a flat line has descending stretches too
+        if smooth[-1] > smooth[0] * (1 + MIN_FALL):
+            return {"lr": None, "smooth": smooth, "why": f"the loss only rose from the ramp's "
+                    f"start at LR {lr[0]:.2g}: give a lower --lr-start"}
         return {"lr": None, "smooth": smooth, "why": "the loss did not fall over the ramp; widen "
-                "it (--lr-start, --lr-end) or give it more --find-lr-steps"}
+                "it (a lower --lr-start, a higher --lr-end) or give it more --find-lr-steps"}
     if last == n - 1 and not curve.get("blew_up", True):
         return {"lr": None, "smooth": smooth, "why": f"the loss was still falling when the ramp "
                 f"ended at LR {lr[-1]:.2g}: its floor lies beyond; raise --lr-end"}
-    pick = {"lr": lr[last] / 10, "floor": lr[last], "valley": (first, last), "smooth": smooth,
-            "rule": (f"the longest descending stretch of the smoothed loss runs from LR "
-                     f"{lr[first]:.2g} to {lr[last]:.2g}, where it stops falling; the "
-                     f"suggestion is one decade below that floor")}
-    if pick["lr"] < lr[0]:
-        pick["rule"] += (f" (below the ramp's start, {lr[0]:.2g}: the curve there is "
-                         f"unmeasured; a lower --lr-start shows it)")
+    # the edge: past the floor, where the loss has climbed back RISE of its fall (the last
+    # step measured, if it blew up sooner)
+    edge = next((i for i in range(last, n) if smooth[i] >= smooth[last] + RISE * fall), n - 1)
+    began = next(i for i in range(first, last + 1) if smooth[i] <= smooth[first] - 0.1 * fall)
+    pick = {"lr": lr[edge], "floor": lr[last], "valley": (began, last), "edge": edge,
+            "smooth": smooth, "trust": trust(loss, smooth, smooth[first], fall),
+            "rule": (f"the smoothed loss falls to its floor at LR {lr[last]:.2g} and has climbed "
+                     f"back {RISE:.0%} of that fall at {lr[edge]:.2g}, where training turns "
+                     f"unstable: the suggestion")}
     return pick
+
+
+def trust(loss, smooth, top, fall):
+    """None, or why the suggestion is rough: a fall of a few percent, or step-to-step noise
+    (the raw loss about the smoothed one, a robust spread) as large as the fall itself."""
+    noise = 1.4826 * float(np.median(np.abs(np.asarray(loss, float) - smooth)))
+    if fall < FLAT * top:
+        return f"rough: the loss fell only {fall / top:.0%} over the ramp"
+    if noise > NOISY * fall:
+        return f"rough: the steps' noise is {noise / fall:.0%} of the loss's fall"
+    return None
 
 
 def write(curve, pick, folder, title=""):
@@ -248,9 +269,11 @@ def write(curve, pick, folder, title=""):
     if pick["lr"]:
         first, last = pick["valley"]
         ax.axvspan(curve["lr"][first], curve["lr"][last], color="tab:green", alpha=0.12,
-                   label="longest descending valley")
+                   label="where the loss falls")
+        ax.axvline(pick["floor"], color="tab:green", ls=":", label=f"floor {pick['floor']:.2g}")
         ax.axvline(pick["lr"], color="tab:red", ls="--",
-                   label=f"suggested --max-lr {pick['lr']:.2g} (floor / 10)")
+                   label=f"suggested --max-lr {pick['lr']:.2g} (climbed back {RISE:.0%})"
+                         + (" rough" if pick.get("trust") else ""))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
@@ -296,7 +319,8 @@ def summary(curve, pick, files, argv, launcher="python train.py", busy=None):
     if pick["lr"] is None:
         lines.append(f"no suggestion: {pick['why']}")
     else:
-        lines += [f"suggested --max-lr {pick['lr']:.2g}",
+        lines += [f"suggested --max-lr {pick['lr']:.2g}"
+                  + (f" ({pick['trust']}; try a decade around it)" if pick.get("trust") else ""),
                   f"the rule: {pick['rule']}",
                   f"train with: {training_command(argv, pick['lr'], launcher)}"]
         if busy:
