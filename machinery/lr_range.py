@@ -14,9 +14,11 @@ complete, for the suggestion, which should not lag behind the LR it names. The v
 the longest descending run of the centred curve (its longest decreasing subsequence, so a
 few noisy points inside a long fall do not cut it short and an early spike or dip, which
 no long fall passes through, cannot be it); its last point is the floor, where the loss
-stops falling. The suggestion is one decade below the floor's LR: the loss still falls
-fast there, and OneCycle spends its middle epochs near the maximum, where a rate at the
-floor already makes training unstable (Smith's range test; fastai's "minimum / 10").
+stops falling. The suggestion is the LR past the floor where the loss has climbed back
+half of its fall: where training turns unstable, Smith's maximum for a one-cycle schedule.
+Measured on real photos (docs/choosing-a-recipe.md), it lies within 2x of the best LR of a
+grid, where "floor / 10" (fastai's heuristic for Adam) cost 15 to 20 points: the loss of
+a range test lags its LR, and OneCycle stays near its peak only briefly.
 """
 import contextlib
 import csv
@@ -265,7 +267,7 @@ def write(curve, pick, folder, title=""):
     ax.plot(curve["lr"], curve["loss"], color="0.75", lw=0.8, label="loss of each step")
     ax.plot(curve["lr"], curve["ema"], color="tab:blue", lw=1, label="EMA (the stop rule)")
     if "smooth" in pick:
-        ax.plot(curve["lr"], smooth, color="tab:orange", lw=1.6, label="centred (the valley)")
+        ax.plot(curve["lr"], smooth, color="tab:orange", lw=1.6, label="centred (the rule reads this)")
     if pick["lr"]:
         first, last = pick["valley"]
         ax.axvspan(curve["lr"][first], curve["lr"][last], color="tab:green", alpha=0.12,
