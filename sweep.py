@@ -267,8 +267,14 @@ def same_study(study, settings):
         study.set_user_attr("settings", settings)
     elif saved != settings:
         differ = next(k for k in settings if saved.get(k) != settings[k])
+        was = saved.get(differ)
+        if differ == "fixed" and isinstance(was, dict):  # the flags that differ, not all
+            now = settings[differ]
+            was = "; ".join(f"--{k.replace('_', '-')} {was.get(k, '(not given)')} there, "
+                            f"{now.get(k, '(not given)')} here"
+                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
         raise UserError(f"study {study.study_name} was started with other {differ} "
-                        f"({saved.get(differ)}); give the same, or another --study")
+                        f"({was}); give the same, or another --study")
 
 
 PATHS = ("data_dir", "cache_dir", "labels", "init_from")  # one folder however it is written

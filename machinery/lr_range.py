@@ -227,15 +227,23 @@ def suggest(curve):
     if last == n - 1 and not curve.get("blew_up", True):
         return {"lr": None, "smooth": smooth, "why": f"the loss was still falling when the ramp "
                 f"ended at LR {lr[-1]:.2g}: its floor lies beyond; raise --lr-end"}
-    # the edge: past the floor, where the loss has climbed back RISE of its fall (the last
-    # step measured, if it blew up sooner)
-    edge = next((i for i in range(last, n) if smooth[i] >= smooth[last] + RISE * fall), n - 1)
+    # the edge: past the floor, where the loss has climbed back RISE of its fall; if the
+    # test stopped sooner, the last step measured where it blew up, and no suggestion where
+    # the ramp ended first (the edge lies beyond it)
+    edge = next((i for i in range(last, n) if smooth[i] >= smooth[last] + RISE * fall), None)
+    if edge is None and not curve.get("blew_up", True):
+        return {"lr": None, "smooth": smooth, "why": f"the loss reached its floor at LR "
+                f"{lr[last]:.2g} but had not turned back up when the ramp ended at "
+                f"{lr[-1]:.2g}: raise --lr-end"}
+    climbed = edge is not None
+    edge = n - 1 if edge is None else edge
     began = next(i for i in range(first, last + 1) if smooth[i] <= smooth[first] - 0.1 * fall)
     pick = {"lr": lr[edge], "floor": lr[last], "valley": (began, last), "edge": edge,
             "smooth": smooth, "trust": trust(loss, smooth, smooth[first], fall),
-            "rule": (f"the smoothed loss falls to its floor at LR {lr[last]:.2g} and has climbed "
-                     f"back {RISE:.0%} of that fall at {lr[edge]:.2g}, where training turns "
-                     f"unstable: the suggestion")}
+            "rule": (f"the smoothed loss falls to its floor at LR {lr[last]:.2g} and "
+                     + (f"has climbed back {RISE:.0%} of that fall at {lr[edge]:.2g}"
+                        if climbed else f"blew up by {lr[edge]:.2g}, the last LR measured")
+                     + "; training turns unstable there, so that is the suggestion")}
     return pick
 
 

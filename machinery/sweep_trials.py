@@ -149,7 +149,34 @@ def take(study, lock_path):
     refused by the folder's lock. PostgreSQL and MySQL honour the row lock, and journal
     storage replays its log in order, so machines sharing those need no more than this."""
     with _ASKING, _file_lock(lock_path):
+        drop_twins(study)
         return study.ask()
+
+
+def drop_twins(study):
+    """Fail the queued twins of a queued cell (a grid's cell, a repeat's seed): machines
+    that start together, each with its own --sweeps-dir (so its own folder lock), may
+    each queue every cell. Per cell the trial kept is one that is running or done, else
+    the lowest-numbered; its queued twins are failed, noted, before anyone asks."""
+    import json
+    cells = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state != TrialState.FAIL and "fixed_params" in t.system_attrs:
+            key = json.dumps(t.system_attrs["fixed_params"], sort_keys=True, default=str)
+            cells.setdefault(key, []).append(t)
+    for twins in cells.values():
+        if len(twins) < 2:
+            continue
+        keep = min(twins, key=lambda t: (t.state == TrialState.WAITING, t.number))
+        for t in twins:
+            if t is keep or t.state != TrialState.WAITING:
+                continue
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "note", f"a twin of trial "
+                                                   f"{keep.number}, queued by two machines at once")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another machine dropped it first
 
 
 def root_of(trial):

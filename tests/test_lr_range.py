@@ -72,6 +72,20 @@ def test_the_suggestion_is_where_the_loss_climbs_back_past_its_floor_whatever_th
     assert "(rough: the loss fell only" in text and "try a decade around it" in text
 
 
+def test_a_ramp_that_ends_before_the_loss_turns_back_up_gives_no_suggestion():
+    """Found by the hostile pass: a floor, then a ramp's end before the loss climbed back,
+    once suggested --lr-end itself, "where training turns unstable"."""
+    ramp = lr_range.Ramp(1e-3, 0.08, 60)
+    loss = [5 - k / 12 for k in range(40)] + [5 - 39 / 12 + 0.01 * k for k in range(20)]
+    pick = lr_range.suggest(lr_range.record(iter(loss), ramp, disable=True))
+    assert pick["lr"] is None and "had not turned back up" in pick["why"]
+    assert "raise --lr-end" in pick["why"]
+    # the same, then a blow-up before it climbed back half-way: the last LR measured
+    curve = lr_range.record(iter(loss[:50] + [math.nan]), ramp, disable=True)
+    pick = lr_range.suggest(curve)
+    assert pick["lr"] == curve["lr"][-1] and "blew up by" in pick["rule"]
+
+
 def test_a_blow_up_at_the_ramps_start_asks_for_a_lower_start():
     """It once said "narrow the ramp (a lower --lr-end)", and for a loss rising from a high
     start "widen it": only a lower --lr-start helps either."""

@@ -149,3 +149,24 @@ def test_sweeps_started_together_on_a_fresh_postgresql_database_join_one_study(
     trials = study.get_trials()
     assert sorted(t.params["dropout"] for t in trials if t.state == TrialState.COMPLETE) == [0.1, 0.2, 0.3]
     assert len(trials) == 3, [(t.number, t.state, t.user_attrs.get("note")) for t in trials]
+
+
+def test_cells_queued_by_two_machines_at_once_are_each_trained_once(tmp_path):
+    """Found by the hostile pass: two machines with their own --sweeps-dir (so their own
+    folder locks) sharing one database each queued every cell; three cells trained twice,
+    three never, and the same command again trained nothing."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=sweep_trials.open_storage(url), direction="maximize")
+    for machine in ("a", "b"):  # each queues the grid, as queue_cells does
+        for x in (1, 2, 3):
+            study.enqueue_trial({"x": x})
+    lock = sweep_trials.ask_lock_path(url, str(tmp_path))
+    taken = []
+    for _ in range(3):
+        trial = sweep_trials.take(study, lock)
+        taken.append(study._storage.get_trial(trial._trial_id).system_attrs["fixed_params"]["x"])
+    assert sorted(taken) == [1, 2, 3]
+    trials = study.get_trials()
+    assert [t.state for t in trials].count(TrialState.WAITING) == 0
+    twins = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(twins) == 3 and all("a twin of trial" in t.user_attrs["note"] for t in twins)

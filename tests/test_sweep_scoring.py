@@ -71,7 +71,7 @@ def test_the_same_fixed_flags_written_otherwise_are_the_same_study(tmp_path, cap
                                          "photos/", "--max-lr=0.2"]), say=print)
     sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.2", "--data-dir", "photos",
                                          "--epochs", "3", "--smoke"]), say=print)  # one study
-    with pytest.raises(sweep.UserError, match="other fixed"):
+    with pytest.raises(sweep.UserError, match=r"other fixed \(--max-lr 0.2 there, 0.3 here\)"):
         sweep.make_plan(*sweep.read_command([*base, "--", "--max-lr", "0.3", "--data-dir", "photos",
                                              "--epochs", "3", "--smoke"]), say=print)
 
