@@ -445,7 +445,8 @@ def main(argv=None):
         if plan.metric != "val_acc":
             say("note: without --val-split the trials are scored on the test set (unless the "
                 "data has val/), which the search then overfits; add --val-split N")
-        say(f"study {args.study}: {plan.total} trials, {args.sampler} sampler, storage {url}")
+        say(f"study {args.study}: {plan.total} trial{'s' * (plan.total != 1)}, {args.sampler} "
+            f"sampler, storage {url}")
         previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             run_workers(study, plan, args.workers, say, stop)

@@ -20,7 +20,7 @@ from .config import Config, UserError, flags, parse_args, resolve_config
 NOT_SWEPT = {"out_dir"}
 # flags that change what a trial is scored on: trials that differ there are not comparable
 CHECKED = 10_000  # an integer range's values checked one by one, at most
-SCORED_ON = {"dataset", "data_dir", "labels", "label_column", "val_split"}
+SCORED_ON = {"dataset", "data_dir", "labels", "label_column", "val_split", "smoke"}
 
 
 class TrialsFailing(Exception):

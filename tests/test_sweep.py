@@ -187,6 +187,7 @@ def test_a_pruned_trial_stops_within_an_epoch_of_the_decision(tiny_data, tmp_pat
     # found by the hostile pass: each once trained (or looped on failing trials)
     (["--sampler", "grid", "--space", "precision=fp64,fp32"], "argument --precision: invalid choice"),
     (["--sampler", "grid", "--space", "val_split=0,500"], "val_split changes what the trials are scored on"),
+    (["--sampler", "grid", "--space", "smoke=true,false"], "smoke changes what the trials are scored on"),
     (["--trials", "2", "--space", "{yaml}dup.yaml"], "'dropout' is given twice"),
     (["--trials", "2", "--space", "{yaml}lgo.yaml"], "'lgo' is neither"),
     (["--trials", "2", "--space", "{yaml}maybe.yaml"], "log is true or false"),
