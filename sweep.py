@@ -14,7 +14,6 @@ study lives in sweeps/<study>/study.db (or --storage: start the same command on 
 machines to share one study). Ctrl-C stops after saving; the same command goes on.
 sweeps/<study>/report.md is rebuilt after every trial. docs/choosing-a-recipe.md says more.
 """
-import contextlib
 import importlib.util
 import itertools
 import os
@@ -171,16 +170,10 @@ def make_plan(args, fixed, explicit, say):
                                     storage_url=url), url
 
 
-@contextlib.contextmanager
 def folder_lock(folder):
     """The study folder's lock: workers starting at once on one machine take turns."""
-    with open(os.path.join(folder, ".queue.lock"), "w") as lock:
-        try:
-            import fcntl
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # Windows: workers started one at a time take turns anyway
-            pass
-        yield
+    from machinery import sweep_trials
+    return sweep_trials.file_lock(os.path.join(folder, ".queue.lock"))
 
 
 def queue_cells(study, grid, folder, total):

@@ -131,7 +131,8 @@ def ask_lock_path(url, folder):
 
 
 @contextlib.contextmanager
-def _file_lock(path):
+def file_lock(path):
+    """An exclusive lock on a file, held by every process of this machine in turn."""
     with open(path, "a") as f:
         try:
             import fcntl
@@ -148,7 +149,7 @@ def take(study, lock_path):
     two workers asking at once got the same trial and trained it twice, one of them
     refused by the folder's lock. PostgreSQL and MySQL honour the row lock, and journal
     storage replays its log in order, so machines sharing those need no more than this."""
-    with _ASKING, _file_lock(lock_path):
+    with _ASKING, file_lock(lock_path):
         drop_twins(study)
         return study.ask()
 
