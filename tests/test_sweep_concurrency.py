@@ -132,7 +132,7 @@ def test_sweeps_started_together_on_a_fresh_postgresql_database_join_one_study(
     """Three machines' sweeps (three folders) start at the same instant on a database with
     no tables yet, as a cluster's scheduler starts them: once the second died creating
     Optuna's tables (UniqueViolation on pg_type); now each joins the one study, and the
-    study's three trials are each trained once."""
+    study's three cells are each trained once."""
     fixed = ["--dataset", "cifar100", "--data-dir", tiny_data, "--blocks", "1", "1", "1", "1",
              "--width", "16", "--batch-size", "32", "--num-workers", "0", "--gradcam-images", "0",
              "--tensorboard", "off", "--val-split", "100", "--epochs", "1"]
@@ -148,7 +148,11 @@ def test_sweeps_started_together_on_a_fresh_postgresql_database_join_one_study(
     study = optuna.load_study(study_name="pg", storage=postgres)
     trials = study.get_trials()
     assert sorted(t.params["dropout"] for t in trials if t.state == TrialState.COMPLETE) == [0.1, 0.2, 0.3]
-    assert len(trials) == 3, [(t.number, t.state, t.user_attrs.get("note")) for t in trials]
+    # machines that queue at the same instant may each queue a cell; the twins are failed,
+    # noted, before anyone asks (drop_twins), so none trains and none is left queued
+    others = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert all(t.state == TrialState.FAIL and "a twin of trial" in t.user_attrs.get("note", "")
+               for t in others), [(t.number, t.state, t.user_attrs.get("note")) for t in trials]
 
 
 def test_cells_queued_by_two_machines_at_once_are_each_trained_once(tmp_path):
