@@ -348,7 +348,7 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
     apart = seen | {_identity(f) for f in evaluated}  # (what train/'s walk may not enter)
     train = folders["train"]
     if table:
-        ids, splits = _table_split("train", train, table, label_column, None, warn, apart, loops)
+        ids, splits = _table_split(root, "train", train, table, label_column, None, warn, apart, loops)
     else:
         ids = [c for c in folders_in(train) if _identity(os.path.join(train, c)) not in ours]
         _refuse_two_unicode_forms(train, ids)
@@ -359,7 +359,8 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
     trained = seen | {_identity(os.path.join(train, c)) for c in folders_in(train)}
     for name in ("val", "test"):
         if name in folders:
-            split = _evaluation_split(root, name, folders[name], ids, label_column, trained, loops, warn)
+            split = _evaluation_split(root, name, folders[name], ids, label_column, trained, loops,
+                                      warn, table)
             if split is not None:
                 splits[name] = split
     if "val" in splits and "test" not in splits:  # test/ unlabeled: val/ is evaluated each epoch
@@ -461,12 +462,13 @@ def _class_split(name, folder, ids, seen, loops, named=None):
     return split
 
 
-def _table_split(name, folder, table, label_column, known, warn, seen=(), loops=None):
+def _table_split(root, name, folder, table, label_column, known, warn, seen=(), loops=None,
+                 images=None):
     """(class ids, {name: Split}) of a folder labelled by a table. seen: the folders its
     walk may not enter (another split's)."""
-    images = walk_images(folder, set(seen), loops)
+    images = walk_images(folder, set(seen), loops) if images is None else images
     rows = label_tables.labelled_files(table, folder, images, label_column, known, warn,
-                                       single_warning=known is None)
+                                       single_warning=known is None, root=root)
     ids = known or label_tables.sorted_labels({label for _, label in rows})
     if known is None:
         _alike(shown(table), ids, "labels", warn)
@@ -480,16 +482,24 @@ def _table_split(name, folder, table, label_column, known, warn, seen=(), loops=
     return ids, {name: split}
 
 
-def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn):
-    """An evaluation folder's Split: by class folders, by a table inside or beside it, or
-    None (unlabeled, said in one line)."""
+def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn, shared=None):
+    """An evaluation folder's Split: by a table inside or beside it, by the training
+    images' table (shared) where its rows name this folder's files by their paths, by
+    class folders, or None (unlabeled, said in one line)."""
     _refuse_two_unicode_forms(folder, folders_in(folder))
     found = {unicodedata.normalize("NFC", n): n for n in folders_in(folder)}
     named = {i: found[unicodedata.normalize("NFC", i)] for i in ids
              if unicodedata.normalize("NFC", i) in found}
-    table = table_for(root, folder, train=False)
+    table, images = table_for(root, folder, train=False), None
+    if not table and shared:
+        probe = []  # (its links skipped, counted once: here if the table is used, else below)
+        images = walk_images(folder, set(seen), probe)
+        table = shared if label_tables.names_by_path(shared, folder, images, root) else None
+        if table and loops is not None:
+            loops.extend(probe)
     if table:
-        split = _table_split(name, folder, table, label_column, ids, warn, seen, loops)[1][name]
+        split = _table_split(root, name, folder, table, label_column, ids, warn, seen, loops,
+                             images)[1][name]
     elif named:
         unknown = sorted(set(found.values()) - set(named.values()))
         if unknown:

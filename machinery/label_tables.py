@@ -13,6 +13,7 @@ import os
 import posixpath
 import sys
 import unicodedata
+from typing import NamedTuple
 
 from .cifar import DataError
 
@@ -69,14 +70,23 @@ def read_rows(path):
     return rows
 
 
+class Index(NamedTuple):
+    """What a table's cells are looked up in (made by file_index)."""
+    whole: dict  # {path: [files]}: by every relative path a table may give, and absolute
+    names: dict  # {name: [files]}: by file name, and by name without its extension
+    real: dict  # {real path: file}: made when an absolute cell needs it
+    parents: set  # the folders the images sit in, by name
+    folder: str  # the split's folder
+    bases: tuple  # the folders a table's relative paths may start from
+
+
 def file_index(images, folder, table_folder, root=None):
-    """(whole, by name) of an image folder's files: {path: file} by the path relative to
-    the folder, relative to the table's own folder (a table beside train/ that says
-    train/cat/0.png), relative to the data folder (a --labels table kept elsewhere) and
-    absolute; {name: [files]} by file name and by name without its extension, for tables
-    that give only names."""
+    """The Index of a split folder's files: by the path relative to the folder, relative
+    to the table's own folder (a table beside train/ that says train/cat/0.png), relative
+    to the data folder (a --labels table kept elsewhere) and absolute; by file name and
+    by name without its extension, for tables that give only names."""
     whole, names = {}, {}
-    bases = {folder, table_folder} | ({root} if root else set())
+    bases = tuple(dict.fromkeys(b for b in (folder, table_folder, root) if b))
     for path in images:
         for key in {os.path.relpath(path, base) for base in bases} | {os.path.abspath(path)}:
             found = whole.setdefault(key.replace(os.sep, "/"), [])
@@ -85,37 +95,68 @@ def file_index(images, folder, table_folder, root=None):
         name = os.path.basename(path)
         for key in {name, os.path.splitext(name)[0]}:
             names.setdefault(key, []).append(path)
-    parents = {_parent(p) for p in images}  # the folders the images sit in, by name
-    return whole, names, {}, parents  # ({}: the real paths, made when an absolute cell needs them)
+    return Index(whole, names, {}, {_parent(p) for p in images}, folder, bases)
 
 
 def _parent(path):
     return os.path.basename(os.path.dirname(path.replace("\\", "/").replace(os.sep, "/")))
 
 
+def _elsewhere(index, cell):
+    """Whether a cell's path names a file, or a file in a folder, outside the split being
+    read: `test/0.png` read for train/ labels test/'s picture, never train/0.png."""
+    if "/" not in cell:
+        return False
+    inside = os.path.join(os.path.abspath(index.folder), "")
+    for base in index.bases:
+        path = os.path.abspath(os.path.join(base, cell))
+        if os.path.isfile(path) or os.path.isdir(os.path.dirname(path)):
+            if not path.startswith(inside):
+                return True
+    return False
+
+
+def _spelled(cell):
+    """`train/a//0.png`, `./train/a/../a/0.png`, `train\\a\\0.png`: the path they spell."""
+    cell = cell.replace("\\", "/")
+    return posixpath.normpath(cell) if cell else cell
+
+
 def _candidates(index, cell):
     """(the cell as compared, [the files it may name]): the one its whole path names, else
-    those with its name (two or more: ambiguous)."""
-    whole, names, real, parents = index
-    cell = cell.replace("\\", "/")
-    if cell:  # `train/a//0.png`, `./train/a/../a/0.png`: the path they spell
-        cell = posixpath.normpath(cell)
-    if cell in whole:
-        return cell, whole[cell]
+    none where the path leads out of this split, else those with its name (two or more:
+    ambiguous)."""
+    cell = _spelled(cell)
+    if cell in index.whole:
+        return cell, index.whole[cell]
     if os.path.isabs(cell):  # through a linked folder: the same real file
+        real = index.real
         if not real:
-            real.update((os.path.realpath(p), p) for ps in whole.values() for p in ps)
+            real.update((os.path.realpath(p), p) for ps in index.whole.values() for p in ps)
         found = real.get(os.path.realpath(cell))
         if found:
             return cell, [found]
+    if _elsewhere(index, cell):
+        return cell, []
     name, parent = cell.rsplit("/", 1)[-1], _parent(cell)
     for key in (name, os.path.splitext(name)[0]):
-        found = names.get(key) or []
-        if parent in parents:  # `train/cat/5.png` is never dog/5.png: a folder it names is here
+        found = index.names.get(key) or []
+        if parent in index.parents:  # `train/cat/5.png` is never dog/5.png: a folder it names is here
             found = [p for p in found if _parent(p) == parent]
         if found:
             return cell, found
     return cell, []
+
+
+def names_by_path(path, folder, images, root):
+    """Whether a table names a file of this split by its path from the table's folder or
+    the data folder (`test/0.png`): a training table that labels test/'s pictures too.
+    Names alone (`0.png`, an id) never say which split they mean."""
+    keys = {os.path.abspath(p) for p in images}
+    bases = (os.path.dirname(os.path.abspath(path)), root)
+    cells = {_spelled(c) for _, row in read_rows(path) for c in row}
+    return any("/" in c and os.path.abspath(os.path.join(base, c)) in keys
+               for c in cells for base in bases)
 
 
 def lookup(index, cell, where=None):
@@ -218,8 +259,10 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
             raise DataError(f"{_shown(path)}, row {line}: label {cells[label]} is not one of "
                             f"train/'s classes")
         found = lookup(index, cells[image], where=f"{_shown(path)}, row {line}")
-        if found is None:
-            absent.append(cells[image])
+        if found is None and not _elsewhere(index, _spelled(cells[image])):
+            absent.append(cells[image])  # (a row of another split's file labels that split)
+        elif found is None:
+            continue
         elif found in labelled and labelled[found] != cells[label]:
             raise DataError(f"{_shown(path)}, row {line}: {cells[image]} is labelled "
                             f"{cells[label]!r} here and {labelled[found]!r} in a row above; "

@@ -162,3 +162,54 @@ def test_prepare_refuses_labels_for_cifar_and_a_kaggle_folder_without_val_split(
     with pytest.raises(data.DataError, match=r"has no labelled test/ \(or val/\) folder to evaluate on: "
                                              r"hold out training images with --val-split N \(a multiple of 3\)"):
         data.prepare(cfg, Dist(), lambda line: None, {})
+
+
+def _two_splits(root, test_folders=False):
+    """train/0..39.png and test/0..9.png, cat and dog, where test/i.png is never train/i.png's
+    class; with test_folders, each under its class folder (train/cat/0.png, test/dog/0.png)."""
+    rng, rows = np.random.default_rng(2), []
+    for split, n in (("train", 40), ("test", 10)):
+        for i in range(n):
+            label = CLASSES[(i + (split == "test")) % 2]
+            rel = f"{split}/{label}/{i}.png" if test_folders else f"{split}/{i}.png"
+            os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+            _picture(rng, (50 + 60 * CLASSES.index(label), 90, 90), (20, 20), "RGB").save(
+                os.path.join(root, rel))
+            rows.append((rel, label))
+    return rows
+
+
+def _table(root, rows):
+    (root / "labels.csv").write_text("file,label\n" + "".join(f"{f},{c}\n" for f, c in rows))
+    return str(root / "labels.csv")
+
+
+def test_a_table_labels_each_split_by_its_own_paths_never_another_splits_by_name(tmp_path):
+    """Found by the fifth review: a row naming test/0.png labelled train/0.png (the same
+    file name), so ten unlabelled training pictures were trained as the test's class, a
+    row of each split was 'labelled here and in a row above', and rows of class folders
+    under both splits were 'named already'. test/ was then not evaluated at all."""
+    # (1) rows for train/10..39 and every test picture: train/0..9 have no row
+    root = tmp_path / "one"
+    rows = _two_splits(str(root))
+    said = []
+    folder = imagefolder.Folder(str(root), labels=_table(root, rows[10:]), warn=said.append)
+    train = {os.path.relpath(p, root): folder.ids[c] for p, c in folder.splits["train"].files}
+    assert train == dict(rows[10:40])  # train/0.png is never labelled by test/0.png's row
+    test = {os.path.relpath(p, root): folder.ids[c] for p, c in folder.splits["test"].files}
+    assert test == dict(rows[40:])  # the table labels test/ too
+    assert said == [f"warning: {root / 'train'}: 10 images have no row in labels.csv, not "
+                    f"used: 0.png, 1.png, 2.png, ..."], said
+    # (2) rows for every picture, test/0.png another label than train/0.png: no false error
+    root = tmp_path / "two"
+    rows = _two_splits(str(root))
+    folder = imagefolder.Folder(str(root), labels=_table(root, rows))
+    assert len(folder.splits["train"].files) == 40 and len(folder.splits["test"].files) == 10
+    # (3) class folders under both splits: no row is 'named already'
+    root = tmp_path / "three"
+    rows = _two_splits(str(root), test_folders=True)
+    said = []
+    folder = imagefolder.Folder(str(root), labels=_table(root, rows), warn=said.append)
+    assert said == [] and len(folder.splits["test"].files) == 10
+    test = {os.path.relpath(p, root): folder.ids[c] for p, c in folder.splits["test"].files}
+    assert test == dict(rows[40:])
