@@ -49,10 +49,10 @@ from machinery.metrics import LiveMetrics, write_metrics
 from machinery.progress import Tally, new_progress, timed  # noqa: F401 -- (train.new_progress & co.)
 from machinery.run_folder import busy as busy_folder, claim, folder_of, resumed_here
 from machinery.runlock import holding_out_dir
-from machinery.runtime import (INPUT_BOUND, BufferSnapshot, Runtime, TrainingNetwork,  # noqa: F401
-                               accumulation, channels_last_crashes, check_distributed,
-                               check_input, default_workers, env_rank, evaluate, fresh_gradients,
-                               init_distributed, make_runtime)
+from machinery.runtime import (CHANNELS_LAST_OFF, INPUT_BOUND, BufferSnapshot, Runtime,  # noqa: F401
+                               TrainingNetwork, accumulation, channels_last_crashes,
+                               check_distributed, check_input, default_workers, env_rank,
+                               evaluate, fresh_gradients, init_distributed, make_runtime)
 from machinery.workers import chosen_workers
 from model import ResNet, count_parameters, model_from_checkpoint
 
@@ -333,10 +333,9 @@ def build_run(cfg, device, dist, images):
     images: data.Prepared."""
     (x_train, y_train), (x_eval, y_eval) = images.train, images.evaluated
     mean, std, names, size = images.mean, images.std, images.names, cfg.image_size
-    channels_last = cfg.channels_last and not channels_last_crashes(device, cfg.width, size)
+    channels_last = cfg.channels_last and not channels_last_crashes(device, cfg.width)
     if channels_last != cfg.channels_last:
-        log.warning(f"channels_last off: on the CPU, a --width under 16 at {size} px crashes "
-                    f"this torch's oneDNN in the backward pass")
+        log.warning(CHANNELS_LAST_OFF)
     rt = make_runtime(device, cfg.precision, channels_last, mean, std, dist, cfg.step_mode)
     workers = chosen_workers(cfg.num_workers)
     train_loader, eval_loader = data.make_loaders(

@@ -551,7 +551,7 @@ def parse_args(argv):
     args.loop_steps, args.train_timeout = (100 if cuda else 4), 300
     args.steps = args.steps or (50 if cuda else 1)
     if args.quick:
-        args.blocks, args.width, args.batch, args.eval_batch = (1, 1, 1, 1), 8, 32, 64
+        args.blocks, args.width, args.batch, args.eval_batch = (1, 1, 1, 1), 16, 32, 64
         args.aug_images, args.loop_steps, args.repeats, args.steps = 256, 2, 1, 2
         args.busy_seconds, args.train_images = 0.5, 320
     return args

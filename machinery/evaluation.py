@@ -21,7 +21,8 @@ from .config import Config
 from .failures import Crashed, one_line
 from .logs import log, table, top5_text
 from .metrics import write_evaluation_report
-from .runtime import collect_logits, evaluate, make_runtime, pick_device, score
+from .runtime import (channels_last_crashes, collect_logits, evaluate, make_runtime,
+                      pick_device, score)
 from .workers import chosen_workers
 
 
@@ -39,8 +40,9 @@ def evaluate_checkpoint(path, tta, explicit, rebuild):
                                          **data.folder_options(saved))
     names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
-    rt = make_runtime(pick_device(saved["device"]), explicit.get("precision", "auto"),
-                      saved["channels_last"], mean, std)
+    device = pick_device(saved["device"])
+    channels_last = saved["channels_last"] and not channels_last_crashes(device, saved["width"])
+    rt = make_runtime(device, explicit.get("precision", "auto"), channels_last, mean, std)
     model, _ = rebuild(ckpt, rt.device, expected={"num_classes": len(names)})
     model = model.to(memory_format=rt.memory_format)
     workers = chosen_workers(saved["num_workers"])

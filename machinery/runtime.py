@@ -269,12 +269,18 @@ class Runtime:
         return x.contiguous(memory_format=self.memory_format)
 
 
-def channels_last_crashes(device, width, size):
-    """Whether this torch's oneDNN would corrupt the heap (a segfault, or "double free")
-    in the backward pass of the network's strided 1x1 convs: on the CPU, channels_last,
-    fewer than 16 input channels at more than 48 px. Measured with torch 2.14.1; the
-    seed network (width 64) is never affected."""
-    return device.type == "cpu" and width < 16 and size > 48
+def channels_last_crashes(device, width):
+    """Whether this torch's oneDNN may corrupt the heap (a segfault, "free(): invalid next
+    size") on the CPU in channels_last: reviews on AVX-512 CPUs saw it with --width 8 at
+    32 px (batches 3, 5, 12, 16, 17, 48), and under 16 channels at 64 px; widths 16 and 64
+    ran. benchmarks/channels_last_probe.py found no crash on an AVX2 CPU (widths 8 to 24,
+    batches 1 to 64). Widths 12 and 24 were never run on AVX-512: every width that is not
+    a multiple of 16 (its vector of floats) is kept out. The seed network (64) never is."""
+    return device.type == "cpu" and width % 16 != 0
+
+
+CHANNELS_LAST_OFF = ("channels_last off: on the CPU, a --width that is not a multiple of 16 "
+                     "can crash oneDNN natively (a segfault) at some batch sizes")
 
 
 def make_runtime(device, precision, channels_last, mean, std, dist=None, step_mode="eager"):

@@ -27,17 +27,17 @@ def reference_network(blocks=(1, 1, 1, 1), width=8, num_classes=100, seed=0):
 def reference_checkpoint(net, epoch, steps_per_epoch=391, epochs=200, seed=0):
     """The dict the reference saves after `epoch`: one real SGD step, so that momentum
     buffers exist, then its OneCycleLR stepped to the end of that epoch."""
-    net = net.to(memory_format=torch.channels_last)  # as saved from a CUDA run
     opt = torch.optim.SGD(net.parameters(), lr=0.004, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=0.1, total_steps=epochs * steps_per_epoch, pct_start=0.2,
         anneal_strategy="cos", div_factor=25, final_div_factor=1000)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(4, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, net.fc.out_features, (4,), generator=g)
+    x = torch.randn(4, 3, 32, 32, generator=g)  # (the step in NCHW: width 8 in channels_last
+    y = torch.randint(0, net.fc.out_features, (4,), generator=g)  # can crash oneDNN on a CPU)
     torch.nn.functional.cross_entropy(net(x), y).backward()
     opt.step()
+    net = net.to(memory_format=torch.channels_last)  # as saved from a CUDA run
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range((epoch + 1) * steps_per_epoch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from machinery.checkpoint_files import save_checkpoint
-from conftest import run_here, run_script, train_here
+from conftest import ROOT, run_here, run_script, train_here
 from model import ResNet
 
 CKPT_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "test_loss", "test_accuracy",
@@ -252,3 +252,30 @@ def test_inference_tools_end_in_one_line_on_an_unexpected_failure(smoke_run, tmp
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: ValueError: a bug (injected); traceback in {tmp_path / 'crash.log'}"]
     assert "ValueError: a bug (injected)" in (tmp_path / "crash.log").read_text()
+
+
+def test_the_channels_last_probe_runs_each_width_in_a_child_and_writes_its_table(tmp_path):
+    import json
+    proc = run_script("benchmarks/channels_last_probe.py", "--widths", "16", "--batches", "1", "3",
+                      "--steps", "1", "--threads", "1", "--json", tmp_path / "p.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "width  16: 3/3 batch sizes ran; crashed at: none" in proc.stdout
+    table = json.loads((tmp_path / "p.json").read_text())
+    assert table["widths"] == {"16": {"1": 0, "2": 0, "3": 0}}
+
+
+def test_the_channels_last_probe_tells_a_crash_from_a_batch_that_ran(monkeypatch):
+    """A child that dies (here: killed by a signal at batch 5) is a line in the table, and
+    the probe goes on with the next batch in a fresh child."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("probe", os.path.join(ROOT, "benchmarks",
+                                                                        "channels_last_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    def child(width, batches, args, fmt="channels_last"):
+        done = [b for b in batches if b < 5 or b > 5]
+        return (done[:len([b for b in batches if b < 5])], -11) if 5 in batches else (done, 0)
+    monkeypatch.setattr(probe, "run_child", child)
+    args = probe.argparse.Namespace(batches=[1, 8])
+    assert probe.probe_width(8, args) == {1: 0, 2: 0, 3: 0, 4: 0, 5: -11, 6: 0, 7: 0, 8: 0}

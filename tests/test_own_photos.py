@@ -259,7 +259,7 @@ def test_image_size_64_end_to_end_on_train_val_test_with_two_classes(tmp_path, c
     import train
     from machinery.images import load_image, normalize
     from model import load_classifier, predict
-    # width 8 at 64 px would crash this torch's oneDNN with channels_last on the CPU: the
+    # width 8 may crash oneDNN natively with channels_last on the CPU: the
     # run turns it off (runtime.channels_last_crashes), or this test would die
     root = tmp_path / "pets"
     write_image_folder(str(root), per_class=(10, 4), classes=["cat", "dog"], corrupt=0)

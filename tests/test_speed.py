@@ -213,7 +213,7 @@ def test_train_py_makes_the_fast_version_before_any_batch_on_a_synthetic_full_on
         return net
     monkeypatch.setattr(runtime, "compile_network", fake_compile)
     logs.setup_logging(None, enabled=False)
-    cfg = config.resolve_config({"blocks": [1, 1, 1, 1], "width": 8, "batch_size": 48,
+    cfg = config.resolve_config({"blocks": [1, 1, 1, 1], "width": 16, "batch_size": 48,
                                  "step_mode": "compile", "num_workers": 0, "data_dir": tiny_data})
     x, y = data.read_split(tiny_data, "cifar100", "train")
     images = data.Prepared((x, y), (x[:10], y[:10]), (x[:10], y[:10]), data.CIFAR100_CLASSES,
@@ -222,6 +222,25 @@ def test_train_py_makes_the_fast_version_before_any_batch_on_a_synthetic_full_on
     train.build_run(dataclasses.replace(cfg, accum_steps=3), torch.device("cpu"), runtime.Dist(), images)
     assert made == [((48, 3, 32, 32), torch.float32, True), ((16, 3, 32, 32), torch.float32, True)]
     assert run.model.fast is not None and run.train_loader._iterator is None  # nothing loaded yet
+
+
+@pytest.mark.parametrize("width, channels_last", [(8, False), (12, False), (16, True), (24, False),
+                                                   (64, True)])
+def test_a_width_that_may_crash_onednn_natively_runs_contiguous_on_the_cpu(tiny_data, caplog, width,
+                                                                           channels_last):
+    """The fifth review: --width 8 in channels_last died in a segfault at batches 3, 5, 12,
+    16, 17 and 48 at 32 px (an AVX-512 CPU), which the 48 px guard let through."""
+    cfg = config.resolve_config({"blocks": [1, 1, 1, 1], "width": width, "batch_size": 8,
+                                 "num_workers": 0, "data_dir": tiny_data})
+    x, y = data.read_split(tiny_data, "cifar100", "train")
+    images = data.Prepared((x[:16], y[:16]), (x[:8], y[:8]), (x[:8], y[:8]), data.CIFAR100_CLASSES,
+                           *data.normalization(tiny_data, "cifar100"), False)
+    with caplog.at_level("WARNING"):
+        run = train.build_run(cfg, torch.device("cpu"), runtime.Dist(), images)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert run.rt.memory_format == fmt
+    assert next(run.model.parameters()).is_contiguous(memory_format=fmt)
+    assert ("channels_last off" in caplog.text) == (not channels_last)
 
 
 def test_compile_warm_up_starts_each_pass_without_gradients_as_a_new_step(monkeypatch):
