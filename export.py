@@ -52,7 +52,7 @@ from PIL import Image
 from machinery import own_files
 from machinery.failures import Stopped, signals_held
 from machinery.own_files import writer_alive
-from machinery.card import card, summary, written_card
+from machinery.card import card, facts, summary, written_card
 from machinery.checkpoint_files import (CheckpointError, atomic_path, dataset_of, fill_metadata,
                                         is_checkpoint_file, load_checkpoint)
 from machinery.images import standardize
@@ -93,11 +93,24 @@ def deployable(path):
     meta = {"class_names": json.dumps(list(ckpt["class_names"])), "image_size": str(ckpt["image_size"]),
             "mean": json.dumps(list(ckpt["mean"])), "std": json.dumps(list(ckpt["std"])),
             "epoch": str(ckpt.get("epoch", "")),
-            "test_accuracy": "" if ckpt.get("test_accuracy") is None else str(ckpt["test_accuracy"]),
             "source": os.path.basename(path), "summary": summary(ckpt)}
+    meta.update(accuracy_meta(facts(ckpt)))
     if ckpt.get("class_ids"):  # the data set's own ids (Tiny ImageNet's wnids): submissions
         meta["class_ids"] = json.dumps(list(ckpt["class_ids"]))
     return Pixels(net, ckpt["mean"], ckpt["std"]).eval(), meta, note, ckpt
+
+
+def accuracy_meta(f):
+    """The metadata's figures, each named by what it measured and whose it is: the test
+    accuracy only where it is this checkpoint's own (in a last.pt of a run with validation
+    images, the one written there is the best model's, kept under its own key)."""
+    meta = {"test_accuracy": "" if f["accuracy"] is None else str(f["accuracy"])}
+    if f["split"] == "val" and f["history"]:
+        meta["validation_accuracy"] = "" if f["val_accuracy"] is None else str(f["val_accuracy"])
+    if f["best_test"]:
+        meta["best_model_test_accuracy"] = str(f["best_test"][0])
+        meta["best_model_epoch"] = "" if f["best_test"][1] is None else str(f["best_test"][1])
+    return meta
 
 
 def check_images(ckpt):

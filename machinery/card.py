@@ -43,8 +43,7 @@ def facts(ckpt):
     accs, top5s = _numbers(ckpt.get(f"{split}_acc")), _numbers(ckpt.get(f"{split}_top5"))
     epoch = ckpt.get("epoch", len(accs) - 1)  # (an edited file's "3" or 1.5: said as unknown)
     epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else -1
-    test = _number(ckpt.get("test_accuracy")) if split == "val" else (
-        accs[epoch] if 0 <= epoch < len(accs) else _number(ckpt.get("test_accuracy")))
+    test, best_test = _test_figure(ckpt, split, accs, epoch)
     params = sum(v.numel() for k, v in ckpt["model_state_dict"].items()
                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     names = list(ckpt["class_names"])
@@ -54,9 +53,11 @@ def facts(ckpt):
         "dataset": dataset_of(ckpt) or "cifar100", "classes": names, "image_size": ckpt["image_size"],
         "epoch": epoch, "epochs": len(ckpt.get("train_acc") or []), "planned": cfg.get("epochs"),
         "split": split, "accuracy": test,
+        "best_test": best_test,  # (accuracy, epoch) of the best model, where not this file's
+        "no_test_set": split == "val" and ckpt.get("test_images") == 0,
         "top5": (top5s[epoch] if split == "test" and 0 <= epoch < len(top5s) else
-                 _number(ckpt.get("test_top5")))  # (an epoch past the history: its list is no figure)
-        if len(names) > 5 else None,
+                 _number(ckpt.get("test_top5")) if test is not None else None)
+        if len(names) > 5 else None,  # (an epoch past the history: its list is no figure)
         "val_accuracy": accs[epoch] if split == "val" and 0 <= epoch < len(accs) else None,
         "test_images": _number(ckpt.get("test_images")), "parameters": params,
         "settings": changed_settings(Config(**{k: v if v == defaults[k] else local(k, v)
@@ -64,6 +65,22 @@ def facts(ckpt):
         "smoke": bool(cfg.get("smoke")), "network": ckpt.get("model_args") or {},
         "hours": (_number(ckpt.get("train_seconds")) or 0) / 3600 or None,
     }
+
+
+def _test_figure(ckpt, split, accs, epoch):
+    """(this checkpoint's own test accuracy or None, (accuracy, epoch) of the test figure
+    it holds where that is another checkpoint's, else None). With validation images the
+    test set is evaluated once at the end, with the best model, and the figure is written
+    into last.pt too: there it is the best epoch's, not last.pt's own."""
+    if split == "test":
+        return (accs[epoch] if 0 <= epoch < len(accs) else _number(ckpt.get("test_accuracy"))), None
+    figure = _number(ckpt.get("test_accuracy"))
+    if figure is None:
+        return None, None
+    of = ckpt.get("test_of_epoch")
+    if not isinstance(of, int) or isinstance(of, bool):  # (older files: the best epoch's)
+        of = accs.index(max(accs)) if accs and None not in accs else None
+    return (figure, None) if of == epoch else (None, (figure, of))
 
 
 def _numbers(values):
@@ -117,7 +134,18 @@ def summary(ckpt):
     return (f"**{'Generated ' + dataset + '-format pictures' if f['smoke'] else dataset}**, "
             f"{len(f['classes'])} classes, "
             f"{f['image_size']}x{f['image_size']} px | epoch {_epoch(f)} of {f['epochs']} | "
-            f"test accuracy {_pct(f['accuracy'])}{top5} | {f['parameters']:,} parameters.{smoke}")
+            f"{accuracy_words(f)}{top5} | {f['parameters']:,} parameters.{smoke}")
+
+
+def accuracy_words(f):
+    """The figure a short card gives, named by what it measured and whose it is."""
+    if f["accuracy"] is not None or f["split"] == "test":
+        return f"test accuracy {_pct(f['accuracy'])}"
+    words = f"validation accuracy {_pct(f['val_accuracy'])}"
+    if f["best_test"]:
+        acc, epoch = f["best_test"]
+        return words + f" (test {_pct(acc)} is the best model's, epoch {'?' if epoch is None else epoch})"
+    return words + (" (the data had no test set)" if f["no_test_set"] else " (no test figure yet)")
 
 
 def front_matter(f, title, kind, app_file="app.py", sdk_version=None, license="mit"):
@@ -249,8 +277,27 @@ def results(f, top5, curve):
         return "The file holds the weights alone, with no training history: no figures to give.\n"
     where = "the generated test pictures, not photos" if f["smoke"] else protocol(f)
     images = f", {f['test_images']:,} images" if f["test_images"] else ""
+    if f["split"] == "val" and f["accuracy"] is None:  # no test figure of this checkpoint's
+        return _validation_results(f, curve)
     table = (f"| | |\n|---|---|\n| top-1 accuracy | **{_pct(f['accuracy'])}**{top5} |\n"
              f"| measured on | {where}{images} |\n"
+             f"| epoch | {_epoch(f)} (of {f['epochs']} trained, {f['planned']} planned) |\n")
+    return table + (f"\n![training curves]({curve})\n" if curve else "")
+
+
+def _validation_results(f, curve):
+    """A checkpoint with validation images but no test figure of its own: its validation
+    accuracy, named as such, and whose the test figure is (the best model's), if any."""
+    if f["best_test"]:
+        acc, epoch = f["best_test"]
+        test = (f"{_pct(acc)}, of the best model (epoch {'?' if epoch is None else epoch}), not of "
+                f"this checkpoint: evaluate it with `train.py --evaluate`")
+    else:
+        test = "none: the data had no test set" if f["no_test_set"] else \
+            "none yet (the test set is evaluated once, at the end of the run)"
+    smoke = " (generated pictures, not photos)" if f["smoke"] else ""
+    table = (f"| | |\n|---|---|\n| validation accuracy | **{_pct(f['val_accuracy'])}**{smoke} |\n"
+             f"| measured on | held-out validation images |\n| test accuracy | {test} |\n"
              f"| epoch | {_epoch(f)} (of {f['epochs']} trained, {f['planned']} planned) |\n")
     return table + (f"\n![training curves]({curve})\n" if curve else "")
 

@@ -96,11 +96,15 @@ def final_test(run, x_test, y_test, last):
     validation accuracy. The result goes into best_model.pt, last.pt and both logs.
     Every rank takes part: the test images are shared out as in evaluation."""
     cfg, dist = run.cfg, run.rt.dist
-    if not len(x_test):  # an image folder without test/: the validation images were all
-        log.info("no test/ folder: the held-out validation images are the only evaluation")
-        return last
     folder = os.path.join(cfg.out_dir, "checkpoints")
     best_path = os.path.join(folder, "best_model.pt")
+    if not len(x_test):  # an image folder without test/: the validation images were all
+        log.info("no test/ folder: the held-out validation images are the only evaluation")
+        if dist.main:  # (said in the files: their cards name the validation figure alone)
+            for path in (best_path, os.path.join(folder, "last.pt")):
+                if os.path.isfile(path):
+                    save_checkpoint({**load_checkpoint(path), "test_images": 0}, path)
+        return {**last, "test_images": 0}
     dist.barrier()  # rank 0 has written best_model.pt
     best = load_checkpoint(best_path) if os.path.isfile(best_path) else last
     run.net.load_state_dict(best["model_state_dict"])

@@ -644,3 +644,39 @@ def test_a_data_set_name_from_the_checkpoint_adds_no_key_to_the_cards_front_matt
         assert not re.search(r"^license: evil", text.split("---\n")[1], re.M)  # (once a key)
         assert front(text)["license"] == "mit"
     assert "evil" in front(card(ckpt, kind="space"))["title"]  # kept, as text
+
+
+def _val_run(best, epoch, test_of_epoch):
+    """The smoke model as a run with validation images (two epochs): the test set was
+    evaluated once, at the end, with the best model (epoch test_of_epoch), and that
+    figure written into last.pt as into best_model.pt, as evaluation.final_test does."""
+    ckpt = _real(best, val_split=40)
+    n = len(ckpt["train_acc"])
+    return {**ckpt, "epoch": epoch, "val_acc": [40.0 + i for i in range(n)],
+            "val_top5": [80.0 + i for i in range(n)], "test_accuracy": 50.0, "test_top5": 90.0,
+            "test_images": 500, "test_of_epoch": test_of_epoch}
+
+
+def test_a_checkpoint_never_reports_the_best_models_test_figure_as_its_own(best, tmp_path):
+    """The fifth review: last.pt's card, ONNX metadata and page gave the best model's test
+    accuracy (epoch 0) as last.pt's own, 'at epoch 3'; its own was 6 points higher."""
+    import export
+    last = _val_run(best, epoch=1, test_of_epoch=0)
+    text = card(last)
+    assert "| validation accuracy | **41.00%** |" in text
+    assert "| test accuracy | 50.00%, of the best model (epoch 0), not of this checkpoint" in text
+    assert "**50.00%**" not in text and "model-index" not in front(text)  # claims no test result
+    assert "validation accuracy 41.00% (test 50.00% is the best model's, epoch 0)" in summary(last)
+    torch.save(last, tmp_path / "last.pt")
+    meta = export.deployable(str(tmp_path / "last.pt"))[1]
+    assert (meta["test_accuracy"], meta["validation_accuracy"]) == ("", "41.0")
+    assert (meta["best_model_test_accuracy"], meta["best_model_epoch"]) == ("50.0", "0")
+    assert "test 50.00% is the best model's" in meta["summary"]
+    own = _val_run(best, epoch=0, test_of_epoch=0)  # best_model.pt: the figure is its own
+    text = card(own)
+    assert "| top-1 accuracy | **50.00%**" in text and "(40.00% there)" in text
+    assert front(text)["model-index"][0]["results"][0]["metrics"][0]["value"] == 50.0
+    assert "test accuracy 50.00%" in summary(own)
+    torch.save(own, tmp_path / "best.pt")
+    meta = export.deployable(str(tmp_path / "best.pt"))[1]
+    assert meta["test_accuracy"] == "50.0" and "best_model_test_accuracy" not in meta

@@ -211,3 +211,13 @@ def test_val_split_on_a_folder_with_and_without_test_images(folder, tmp_path, ca
     write_image_folder(str(bare), corrupt=0, test=False)
     assert main([*flags, "--data-dir", str(bare), "--out-dir", str(tmp_path / "b")]) == 0
     assert "no test/ folder: the held-out validation images are the only evaluation" in capsys.readouterr().out
+    # the cards say so (they said "top-1 accuracy n/a ... measured on: the test set")
+    from machinery.card import card, summary
+    from machinery.checkpoint_files import load_checkpoint
+    for name in ("last.pt", "best_model.pt"):
+        ckpt = load_checkpoint(str(tmp_path / "b" / "checkpoints" / name))
+        assert ckpt["test_images"] == 0 and "test_accuracy" not in ckpt
+        text, short = card(ckpt), summary(ckpt)
+        assert "| validation accuracy | **" in text and "none: the data had no test set" in text
+        assert "n/a" not in text and "the test set, evaluated once" not in text
+        assert "validation accuracy" in short and "(the data had no test set)" in short
