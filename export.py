@@ -541,16 +541,31 @@ def remove_dead_builds(out):
                 shutil.rmtree(path, ignore_errors=True)
 
 
-LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's ids: mit, apache-2.0, cc-by-4.0, ...
+# The licence ids the Hugging Face Hub offers for a card's `license:` (its list, 2026);
+# "other" for any licence it does not name (the card's text then says which)
+LICENSES = frozenset("""
+apache-2.0 mit openrail openrail++ bigscience-openrail-m creativeml-openrail-m
+bigscience-bloom-rail-1.0 bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause
+bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0
+cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0
+cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1
+eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc lppl-1.3c ms-pl
+apple-ascl mpl-2.0 odc-by odbl osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+unknown other""".split())
 
 
 def check_license(license):
-    """A licence id as the Hub writes them, nothing else: the card's YAML front matter
-    takes it as it is (a colon or a new line there would break it, or add keys)."""
-    if not LICENSE.fullmatch(license):
-        raise CheckpointError(f"--license {license!r}: not a licence id as the Hub names them "
-                              f"(lowercase letters, digits, '.', '-', '+': mit, apache-2.0, "
-                              f"cc-by-4.0, other)")
+    """A licence id the Hub names, nothing else: the card's YAML front matter takes it as
+    it is (a colon or a new line there would break it, or add keys), and the Hub shows an
+    id it does not know as no licence at all."""
+    if license not in LICENSES:
+        low = license.strip().lower()
+        close = [low] if low in LICENSES else sorted(i for i in LICENSES if i[:3] == low[:3])[:4]
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise CheckpointError(f"--license {license!r}: not a licence id the Hugging Face Hub "
+                              f"names (mit, apache-2.0, cc-by-4.0, cc-by-nc-4.0, ...; 'other' for "
+                              f"any other licence){hint}")
 
 
 def write_card(ckpt, out, source, force, license="mit"):

@@ -298,7 +298,11 @@ LICENSES = [  # (case, --license, refused?)
     ("a new line with a key", "mit\ntitle: owned", True),
     ("capitals", "MIT", True),
     ("the Hub's apache-2.0", "apache-2.0", False),
-    ("the Hub's gpl-3.0+", "gpl-3.0+", False),
+    ("the Hub's cc-by-nc-sa-4.0", "cc-by-nc-sa-4.0", False),
+    ("the Hub's other", "other", False),
+    # the fifth review: written into the card, where the docstring promised a refusal
+    ("an id of the right shape the Hub does not name", "definitely-not-a-licence", True),
+    ("gpl-3.0+ (the Hub names gpl-3.0)", "gpl-3.0+", True),
 ]
 
 
@@ -309,6 +313,8 @@ def test_a_license_is_a_hub_id_or_one_line(best, tmp_path, case, license, refuse
     if refused:
         assert proc.returncode == 2 and not out.exists()
         assert proc.stderr.startswith("error: --license ") and len(proc.stderr.splitlines()) == 1
+        if license in ("MIT", "gpl-3.0+"):
+            assert "did you mean mit?" in proc.stderr or "gpl-3.0" in proc.stderr.split("mean")[-1]
     else:
         assert proc.returncode == 0 and front(out.read_text())["license"] == license
 
