@@ -473,3 +473,71 @@ def test_kill_9_of_predict_takes_its_decoding_workers_with_it(model, tmp_path):
     alive = [c for c in children if os.path.exists(f"/proc/{c}") and
              open(f"/proc/{c}/stat").read().split(")")[1].split()[0] != "Z"]
     assert not alive, alive
+
+
+def test_out_json_is_one_json_list_and_jsonl_a_json_object_a_line(model, tmp_path):
+    """The fifth review: --out preds.json wrote JSON Lines, which json.load cannot read."""
+    best, _, _, _ = model
+    for i in range(3):
+        picture(tmp_path / "photos" / f"{i}.png", i)
+    for out in ("preds.json", "preds.jsonl"):
+        proc = run_here("predict.py", tmp_path / "photos", "--checkpoint", best, "--num-workers", "0",
+                        "--out", tmp_path / out)
+        assert proc.returncode == 0, proc.stderr
+    table = json.loads((tmp_path / "preds.json").read_text())
+    assert [os.path.basename(r["path"]) for r in table] == ["0.png", "1.png", "2.png"]
+    lines = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert lines == table
+
+
+def test_an_explicit_num_workers_is_capped_at_the_files_and_said(model, tmp_path, monkeypatch):
+    """The fifth review: --num-workers 1000 on 7 files started 1000 processes (164 s)."""
+    import predict
+    best, _, _, _ = model
+    for i in range(3):
+        picture(tmp_path / "photos" / f"{i}.png", i)
+    asked = []
+    real = predicting.batches
+    monkeypatch.setattr(predicting, "batches", lambda sources, size, batch_size, workers: (
+        asked.append(workers), real(sources, size, batch_size, 0))[1])
+    proc = run_here("predict.py", tmp_path / "photos", "--checkpoint", best, "--num-workers", "1000",
+                    "--out", tmp_path / "p.csv")
+    assert proc.returncode == 0 and asked == [3], (asked, proc.stderr)
+    assert "note: --num-workers 1000 capped at 3 (3 files, " in proc.stderr
+    assert predict.workers_for(2, 3) == 2 and predict.workers_for(-1, 3) is None
+
+
+def test_tiny_imagenets_val_folder_is_scored_against_its_annotations(model, tmp_path):
+    """The fifth review: predict.py tiny/val/ (val/images/ + val_annotations.txt) gave no
+    accuracy and no note, though train.py labels that folder."""
+    _, with_ids, _, ids = model
+    val = tmp_path / "tiny" / "val"
+    rows = []
+    for i in range(6):
+        picture(val / "images" / f"val_{i}.JPEG", i)
+        rows.append(f"val_{i}.JPEG\t{ids[i % 3]}\t0\t0\t20\t20")
+    (val / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    proc = run_here("predict.py", val, "--checkpoint", with_ids, "--out", tmp_path / "p.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "against val_annotations.txt and their class folders (6 files): top-1 " in proc.stdout
+    (val / "val_annotations.txt").write_text("val_0.JPEG\tnot_a_class\n")  # another set's labels
+    proc = run_here("predict.py", val, "--checkpoint", with_ids, "--out", tmp_path / "q.csv")
+    assert proc.returncode == 0 and "against" not in proc.stdout
+    assert "not one of train/'s classes: no accuracy against it" in proc.stderr
+
+
+@pytest.mark.parametrize("code, says", [(28, "free the disk, or give another --out"),  # ENOSPC
+                                        (5, "give another --out and run it again")])  # EIO
+def test_a_table_that_cannot_be_written_says_why_in_its_own_words(model, tmp_path, monkeypatch,
+                                                                  code, says):
+    """The fifth review: every failed write said 'free the disk'."""
+    import predict
+    best, _, _, _ = model
+    picture(tmp_path / "photos" / "0.png")
+
+    def fail(path, table, fmt):
+        raise OSError(code, os.strerror(code), path)
+    monkeypatch.setattr(predict, "write_table", fail)
+    proc = run_here("predict.py", tmp_path / "photos", "--checkpoint", best, "--out", tmp_path / "p.csv")
+    assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+    assert ("free the disk" in proc.stderr) == (code == 28)
