@@ -355,6 +355,7 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
         _alike(shown(train), ids, "class folders", warn)
         _check_classes(root, train, ids, flat)
         splits = {"train": _class_split("train", train, ids, apart, loops)}
+        _warn_loose_pictures(train, warn)
     # and the other way: a link test/b/sub -> train/a would test on training images, as b's
     trained = seen | {_identity(os.path.join(train, c)) for c in folders_in(train)}
     for name in ("val", "test"):
@@ -371,6 +372,17 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
              f"listed (a loop, or a link to a parent): {', '.join(map(shown, loops[:3]))}"
              f"{', ...' if len(loops) > 3 else ''}")
     return Layout(root, splits, ids, names_of(root, ids, warn), flat)
+
+
+def _warn_loose_pictures(folder, warn):
+    """Pictures lying in a split folder itself, beside its class folders, belong to no
+    class: left out, said in one line (they were left out without a word)."""
+    loose = [e.name for e in _entries(folder) if not _is_dir(e) and is_image(e.name)]
+    if loose:
+        warn(f"warning: {shown(folder)}: {len(loose):,} picture{'s lie' if len(loose) > 1 else ' lies'} "
+             f"beside the class folders, in no class: not used ({', '.join(map(shown, loose[:3]))}"
+             f"{', ...' if len(loose) > 3 else ''}); move {'them' if len(loose) > 1 else 'it'} "
+             f"into {'their' if len(loose) > 1 else 'its'} class folder")
 
 
 def _check_classes(root, train, ids, flat):
@@ -506,6 +518,7 @@ def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn, 
             raise DataError(f"{shown(folder)} has class folder{'s' * (len(unknown) > 1)} that "
                             f"train/ lacks: {', '.join(map(shown, unknown[:5]))}")
         split = _class_split(name, folder, ids, seen, loops, named)
+        _warn_loose_pictures(folder, warn)
     else:
         same = [(n, i) for n in found.values() for i in ids if n.casefold() == i.casefold()]
         if same:

@@ -102,9 +102,11 @@ class Folder:
         n = self.counts()
         lo, hi = int(n.argmin()), int(n.argmax())
         by = self.splits["train"].labelled_by
+        sizes = (f"{n[lo]:,} each" if n[lo] == n[hi] else  # (tied: no class is the smallest)
+                 f"smallest {shown(self.classes[lo])} ({n[lo]:,}), largest "
+                 f"{shown(self.classes[hi])} ({n[hi]:,})")
         lines = [f"classes: {len(n)}, {n.sum():,} training images"
-                 f"{'' if by == 'class folders' else f' (labels from {by})'}; smallest "
-                 f"{shown(self.classes[lo])} ({n[lo]:,}), largest {shown(self.classes[hi])} ({n[hi]:,})"]
+                 f"{'' if by == 'class folders' else f' (labels from {by})'}; {sizes}"]
         few = [f"{shown(self.classes[c])} ({n[c]})" for c in np.flatnonzero(n < FEW_IMAGES)]
         if few:
             lines.append(f"warning: {len(few)} class{'es' * (len(few) > 1)} with fewer than "

@@ -141,7 +141,11 @@ def _plot(ax, x, y, title, ylabel):
         ax.annotate(f"best {y[i]:.2f}%", (x[i], y[i]), textcoords="offset points",
                     xytext=(-40, -15))
     ax.set(title=title, xlabel="epoch", ylabel=ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 0 < len(x) <= 10:  # each epoch its tick (one epoch's locator gave -0.06, -0.045, ...)
+        ax.set_xticks(list(x))
+        ax.set_xlim(min(x) - 0.5, max(x) + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
 

@@ -452,3 +452,21 @@ def test_a_tables_path_that_names_two_files_from_two_folders_is_one_line(tmp_pat
         f"train/{i}.png,{'red' if i % 2 else 'pink'}\n" for i in range(1, 4)))
     with pytest.raises(DataError, match=r"train/1\.png could be .*train/1\.png or .*train/train/1\.png"):
         imagefolder.Folder(str(tmp_path), warn=lambda line: None)
+
+
+def test_pictures_beside_the_class_folders_are_said_once_never_left_out_silently(tmp_path):
+    """The fifth review: pictures lying in train/ itself, beside its class folders, were
+    left out without a word."""
+    from image_folders import write_image_folder
+    write_image_folder(str(tmp_path), per_class=(4, 2), corrupt=0)
+    for name in ("stray1.png", "stray2.jpg"):
+        shutil.copy(next((tmp_path / "train" / "cat").iterdir()), tmp_path / "train" / name)
+    shutil.copy(next((tmp_path / "test" / "cat").iterdir()), tmp_path / "test" / "lost.png")
+    said = []
+    folder = imagefolder.Folder(str(tmp_path), warn=said.append)
+    assert said == [
+        f"warning: {tmp_path / 'train'}: 2 pictures lie beside the class folders, in no class: "
+        f"not used (stray1.png, stray2.jpg); move them into their class folder",
+        f"warning: {tmp_path / 'test'}: 1 picture lies beside the class folders, in no class: "
+        f"not used (lost.png); move it into its class folder"]
+    assert not any("stray" in p for p, _ in folder.splits["train"].files)

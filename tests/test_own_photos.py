@@ -273,7 +273,7 @@ def test_image_size_64_end_to_end_on_train_val_test_with_two_classes(tmp_path, c
     assert "20 train / 8 validation (val/) images at 64x64 (4x the compute per image of 32 px)" in said
     assert "test set, evaluated once, with the best model by validation accuracy" in said
     assert "top5" not in said and "top-5" not in said  # two classes: always 100%, so never shown
-    assert "classes: 2, 20 training images; smallest cat (10), largest cat (10)" in said
+    assert "classes: 2, 20 training images; 10 each" in said
     ckpts = out / "checkpoints"
     best = torch.load(ckpts / "best_model.pt", weights_only=True)
     assert best["image_size"] == best["config"]["image_size"] == 64 and "val_acc" in best

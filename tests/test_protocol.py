@@ -164,3 +164,19 @@ def test_importing_the_data_pipeline_makes_no_network_call(tmp_path):
                           text=True, env=env, timeout=120)
     assert proc.stdout.strip() == "imported", proc.stderr[-2000:]
     assert "albumentations" not in proc.stderr.lower()  # no update warning either
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 40])
+def test_the_curves_tick_whole_epochs_only(epochs):
+    """The fifth review: a one-epoch run's curves ticked -0.06, -0.045, ... 0.06."""
+    import matplotlib
+    matplotlib.use("Agg")
+    fig = metrics.new_figure((6, 4))
+    ax = fig.add_subplot()
+    metrics._plot(ax, list(range(epochs)), [float(i) for i in range(epochs)], "t", "accuracy (%)")
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() and t >= 0 for t in ticks), ticks
+    if epochs <= 10:  # a short run: each epoch its tick, none past the last
+        assert ticks == list(range(epochs))
