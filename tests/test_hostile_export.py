@@ -116,12 +116,15 @@ def test_a_space_re_exported_keeps_nothing_stale_and_nothing_of_its_owners(best,
     assert (out / "LICENSE").read_text() == "mine"
     assert not (out / "examples" / "9.png").exists()  # the earlier export's, gone
     sys.path.insert(0, str(out))
+    repos = sys.modules.pop("app", None)  # (the repo's app.py, if a test imported it before)
     try:
         import app as space_app_copy  # the Space's own app.py
         listed = space_app_copy.pictures_in(str(out / "examples"))
     finally:
         sys.path.remove(str(out))
         sys.modules.pop("app", None)
+        if repos is not None:
+            sys.modules["app"] = repos
     assert not [p for p in listed if os.path.basename(p).startswith(".")]
 
 
