@@ -374,6 +374,25 @@ def list_folder(root, labels=None, label_column=None, warn=_stderr, skip=()):
     return Layout(root, splits, ids, names_of(root, ids, warn), flat)
 
 
+def _warn_rows_against_folders(table, split, ids, images, root, label_column, warn):
+    """The training table's rows for an evaluation folder that its class folders label:
+    not used; said where they give another label than the folder (a stray row)."""
+    try:
+        rows = dict(label_tables.labelled_files(table, split.folder, images, label_column,
+                                                warn=lambda line: None, single_warning=False,
+                                                root=root))
+    except DataError:
+        rows = {}
+    by_folder = {path: ids[label] for path, label in split.files}
+    other = sorted(p for p, label in rows.items() if p in by_folder and by_folder[p] != label)
+    if other:
+        warn(f"warning: {shown(os.path.basename(table))}: {len(other):,} row"
+             f"{'s give' if len(other) > 1 else ' gives'} a picture of {shown(split.folder)} "
+             f"another label than its class folder, which wins: "
+             f"{', '.join(shown(os.path.relpath(p, split.folder)) for p in other[:3])}"
+             f"{', ...' if len(other) > 3 else ''}")
+
+
 def _warn_loose_pictures(folder, warn):
     """Pictures lying in a split folder itself, beside its class folders, belong to no
     class: left out, said in one line (they were left out without a word)."""
@@ -502,12 +521,13 @@ def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn, 
     found = {unicodedata.normalize("NFC", n): n for n in folders_in(folder)}
     named = {i: found[unicodedata.normalize("NFC", i)] for i in ids
              if unicodedata.normalize("NFC", i) in found}
-    table, images = table_for(root, folder, train=False), None
+    table, images, rows_here = table_for(root, folder, train=False), None, None
     if not table and shared:
         probe = []  # (its links skipped, counted once: here if the table is used, else below)
         images = walk_images(folder, set(seen), probe)
         table = shared if label_tables.names_by_path(shared, folder, images, root) else None
-        if table and loops is not None:
+        rows_here, table = (table, None) if named else (None, table)  # class folders win, as
+        if table and loops is not None:  # they do over a stray table beside them
             loops.extend(probe)
     if table:
         split = _table_split(root, name, folder, table, label_column, ids, warn, seen, loops,
@@ -519,6 +539,8 @@ def _evaluation_split(root, name, folder, ids, label_column, seen, loops, warn, 
                             f"train/ lacks: {', '.join(map(shown, unknown[:5]))}")
         split = _class_split(name, folder, ids, seen, loops, named)
         _warn_loose_pictures(folder, warn)
+        if rows_here:
+            _warn_rows_against_folders(rows_here, split, ids, images, root, label_column, warn)
     else:
         same = [(n, i) for n in found.values() for i in ids if n.casefold() == i.casefold()]
         if same:

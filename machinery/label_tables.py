@@ -70,6 +70,9 @@ def read_rows(path):
     return rows
 
 
+SPLITS = ("train", "test", "val", "valid", "validation")  # split folders' names, any case
+
+
 class Index(NamedTuple):
     """What a table's cells are looked up in (made by file_index)."""
     whole: dict  # {path: [files]}: by every relative path a table may give, and absolute
@@ -77,19 +80,27 @@ class Index(NamedTuple):
     real: dict  # {real path: file}: made when an absolute cell needs it
     parents: set  # the folders the images sit in, by name
     folder: str  # the split's folder
-    bases: tuple  # the folders a table's relative paths may start from
+    bases: tuple  # the folders a table's relative paths may start from (the split's first)
 
 
-def file_index(images, folder, table_folder, root=None):
-    """The Index of a split folder's files: by the path relative to the folder, relative
-    to the table's own folder (a table beside train/ that says train/cat/0.png), relative
-    to the data folder (a --labels table kept elsewhere) and absolute; by file name and
-    by name without its extension, for tables that give only names."""
+def _folded(path):
+    """A path with its split folders' names in lower case: `Test/0.png` is `test/0.png`
+    (split folders are found in any case)."""
+    parts = path.split("/")
+    return "/".join(p.lower() if p.lower() in SPLITS else p for p in parts)
+
+
+def file_index(images, folder, table_folder, root=None, within=True):
+    """The Index of a split folder's files: by the path relative to the folder (within),
+    relative to the table's own folder (a table beside train/ that says train/cat/0.png),
+    relative to the data folder (a --labels table kept elsewhere) and absolute; by file
+    name and by name without its extension, for tables that give only names."""
     whole, names = {}, {}
-    bases = tuple(dict.fromkeys(b for b in (folder, table_folder, root) if b))
+    bases = tuple(dict.fromkeys(b for b in (folder if within else None, table_folder, root) if b))
     for path in images:
-        for key in {os.path.relpath(path, base) for base in bases} | {os.path.abspath(path)}:
-            found = whole.setdefault(key.replace(os.sep, "/"), [])
+        keys = {os.path.relpath(path, base).replace(os.sep, "/") for base in bases}
+        for key in keys | {_folded(k) for k in keys} | {os.path.abspath(path)}:
+            found = whole.setdefault(key, [])
             if path not in found:  # train/1.png from the table's folder, and train/train/1.png
                 found.append(path)  # from train/'s: two files, a row that must say which
         name = os.path.basename(path)
@@ -116,27 +127,64 @@ def _elsewhere(index, cell):
     return False
 
 
+def other_split(index, cell):
+    """The split a cell's path names, where it is not the one being read: its last folder
+    named like a split (`data/test/0.png`, `/home/me/cifar/Test/0.png`: test). None for a
+    bare name, or a path of this split's (`/home/test/data/train/0.png`: train)."""
+    words = [p.lower() for p in cell.split("/")[:-1] if p.lower() in SPLITS]
+    mine = os.path.basename(os.path.abspath(index.folder)).lower()
+    return words[-1] if words and words[-1] != mine else None
+
+
+def _for_another_split(index, cell):
+    """Whether a cell names a file of another split that is there: a file outside this
+    split, or a file of a split folder beside it (`test/0.png` beside `Test/`)."""
+    split = other_split(index, cell)
+    if split:
+        beside = os.path.dirname(os.path.abspath(index.folder))
+        try:
+            if any(n.lower() == split for n in os.listdir(beside)):
+                return True
+        except OSError:
+            pass
+    return _elsewhere(index, cell)
+
+
 def _spelled(cell):
     """`train/a//0.png`, `./train/a/../a/0.png`, `train\\a\\0.png`: the path they spell."""
     cell = cell.replace("\\", "/")
     return posixpath.normpath(cell) if cell else cell
 
 
-def _candidates(index, cell):
-    """(the cell as compared, [the files it may name]): the one its whole path names, else
-    none where the path leads out of this split, else those with its name (two or more:
-    ambiguous)."""
-    cell = _spelled(cell)
-    if cell in index.whole:
-        return cell, index.whole[cell]
-    if os.path.isabs(cell):  # through a linked folder: the same real file
+def _by_path(index, cell):
+    """The files a (spelled) cell names by its whole path: relative, in any case of the
+    split folders' names, or absolute, through a linked folder by the file it reaches."""
+    found = index.whole.get(cell) or index.whole.get(_folded(cell))
+    if found:
+        return found
+    if os.path.isabs(cell):
         real = index.real
         if not real:
             real.update((os.path.realpath(p), p) for ps in index.whole.values() for p in ps)
         found = real.get(os.path.realpath(cell))
-        if found:
-            return cell, [found]
-    if _elsewhere(index, cell):
+        return [found] if found else []
+    return []
+
+
+def _candidates(index, cell):
+    """(the cell as compared, [the files it may name]): the one its whole path names (and
+    another file the same path reaches from the table's or the data folder: ambiguous),
+    else none where the path leads to another split, else those with its name (two or
+    more: ambiguous)."""
+    cell = _spelled(cell)
+    found = _by_path(index, cell)
+    if found and "/" in cell and not os.path.isabs(cell):
+        mine = {os.path.abspath(p) for p in found}  # `test/0.png`: train/test/0.png, and test/0.png
+        others = {os.path.abspath(os.path.join(b, cell)) for b in index.bases[1:]} - mine
+        return cell, found + sorted(p for p in others if os.path.isfile(p))
+    if found:
+        return cell, found
+    if other_split(index, cell) or _elsewhere(index, cell):
         return cell, []
     name, parent = cell.rsplit("/", 1)[-1], _parent(cell)
     for key in (name, os.path.splitext(name)[0]):
@@ -150,13 +198,11 @@ def _candidates(index, cell):
 
 def names_by_path(path, folder, images, root):
     """Whether a table names a file of this split by its path from the table's folder or
-    the data folder (`test/0.png`): a training table that labels test/'s pictures too.
-    Names alone (`0.png`, an id) never say which split they mean."""
-    keys = {os.path.abspath(p) for p in images}
-    bases = (os.path.dirname(os.path.abspath(path)), root)
+    the data folder (`test/0.png`), or absolute: a training table that labels test/'s
+    pictures too. Names alone (`0.png`, an id) never say which split they mean."""
+    index = file_index(images, folder, os.path.dirname(os.path.abspath(path)), root, within=False)
     cells = {_spelled(c) for _, row in read_rows(path) for c in row}
-    return any("/" in c and os.path.abspath(os.path.join(base, c)) in keys
-               for c in cells for base in bases)
+    return any("/" in c and _by_path(index, c) for c in cells)
 
 
 def lookup(index, cell, where=None):
@@ -259,10 +305,10 @@ def labelled_files(path, folder, images, label_column=None, known=None, warn=_st
             raise DataError(f"{_shown(path)}, row {line}: label {cells[label]} is not one of "
                             f"train/'s classes")
         found = lookup(index, cells[image], where=f"{_shown(path)}, row {line}")
-        if found is None and not _elsewhere(index, _spelled(cells[image])):
-            absent.append(cells[image])  # (a row of another split's file labels that split)
+        if found is None and not _for_another_split(index, _spelled(cells[image])):
+            absent.append(cells[image])
         elif found is None:
-            continue
+            continue  # (a row of another split's file labels that split, when it is read)
         elif found in labelled and labelled[found] != cells[label]:
             raise DataError(f"{_shown(path)}, row {line}: {cells[image]} is labelled "
                             f"{cells[label]!r} here and {labelled[found]!r} in a row above; "

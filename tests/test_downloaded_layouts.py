@@ -213,3 +213,75 @@ def test_a_table_labels_each_split_by_its_own_paths_never_another_splits_by_name
     assert said == [] and len(folder.splits["test"].files) == 10
     test = {os.path.relpath(p, root): folder.ids[c] for p, c in folder.splits["test"].files}
     assert test == dict(rows[40:])
+
+
+def _layout(root, files, table, table_at="train.csv"):
+    """files: {relative path: its true class}; table: the table's text, beside them."""
+    rng = np.random.default_rng(3)
+    for rel, label in files.items():
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        _picture(rng, (50 + 60 * CLASSES.index(label), 90, 90), (20, 20), "RGB").save(os.path.join(root, rel))
+    path = os.path.join(root, table_at)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("file,label\n" + table)
+    return path
+
+
+def _labels(folder, root, split):
+    return {os.path.relpath(p, root).replace(os.sep, "/"): folder.ids[c]
+            for p, c in folder.splits[split].files} if split in folder.splits else None
+
+
+def test_rows_for_another_split_never_label_this_one_by_a_files_name(tmp_path):
+    """The hostile pass: rows naming test/'s pictures by a path from elsewhere
+    (data/test/0.png, another machine's absolute path) labelled train/0.png by its name; a
+    Test/ folder's rows written test/ did too (or stopped the run on a false error)."""
+    train = {f"train/{i}.png": CLASSES[i % 2] for i in range(4)}
+    for case, tree, table in [
+            ("another folder's path", {**train, "test/0.png": "cat", "test/1.png": "dog"},
+             "data/train/2.png,cat\ndata/train/3.png,dog\ndata/test/0.png,dog\ndata/test/1.png,cat\n"),
+            ("another machine's path", {**train, "test/0.png": "cat"},
+             "/home/other/test/data/train/2.png,cat\n/home/other/test/data/train/3.png,dog\n"
+             "/home/other/data/test/0.png,dog\n"),
+            ("no test/ at all", train, "train/2.png,cat\ntrain/3.png,dog\ntest/0.png,dog\n")]:
+        root = tmp_path / case.replace(" ", "_").replace("'", "")
+        said = []
+        folder = imagefolder.Folder(str(_layout(str(root), tree, table) and root), warn=said.append)
+        assert _labels(folder, root, "train") == {"train/2.png": "cat", "train/3.png": "dog"}, case
+        assert any("2 images have no row" in line for line in said), (case, said)
+    root = tmp_path / "cased"  # Test/ on disk, test/ in the table: the table labels Test/
+    tree = {**train, "Test/0.png": "cat", "Test/1.png": "dog"}
+    rows = "".join(f"{f},{c}\n" for f, c in train.items()) + "test/0.png,cat\ntest/1.png,dog\n"
+    said = []
+    folder = imagefolder.Folder(str(_layout(str(root), tree, rows) and root), warn=said.append)
+    assert _labels(folder, root, "train") == train and said == []
+    assert _labels(folder, root, "test") == {"Test/0.png": "cat", "Test/1.png": "dog"}
+
+
+def test_a_shared_table_and_an_evaluation_folders_class_folders(tmp_path):
+    """The hostile pass: one stray row of the training table relabelled test/'s class
+    folders; through a linked data folder, real absolute paths did not label test/; a row
+    that reaches train/test/0.png and test/0.png labelled both."""
+    root = tmp_path / "stray"
+    train = {f"train/{i}.png": CLASSES[i % 2] for i in range(4)}
+    rows = "".join(f"{f},{c}\n" for f, c in train.items()) + "test/cat/1.png,dog\n"
+    said = []
+    _layout(str(root), {**train, "test/cat/1.png": "cat", "test/dog/0.png": "dog"}, rows)
+    folder = imagefolder.Folder(str(root), warn=said.append)
+    assert _labels(folder, root, "test") == {"test/cat/1.png": "cat", "test/dog/0.png": "dog"}
+    assert said == ["warning: train.csv: 1 row gives a picture of " f"{root / 'test'} another label "
+                    "than its class folder, which wins: cat/1.png"]
+    real = tmp_path / "real"  # a table of real absolute paths, the data folder given by a link
+    tree = {**train, "test/0.png": "cat", "test/1.png": "dog"}
+    rows = "".join(f"{real / f},{c}\n" for f, c in tree.items())
+    _layout(str(real), tree, rows)
+    os.symlink(real, tmp_path / "link")
+    folder = imagefolder.Folder(str(tmp_path / "link"))
+    assert _labels(folder, tmp_path / "link", "test") == {"test/0.png": "cat", "test/1.png": "dog"}
+    root = tmp_path / "twice"  # train/test/0.png and test/0.png: the row could be either
+    tree = {**train, "train/test/0.png": "cat", "test/0.png": "dog"}
+    _layout(str(root), tree, "".join(f"{f},{c}\n" for f, c in train.items()) + "test/0.png,dog\n")
+    with pytest.raises(data.DataError, match=r"row 6: test/0.png could be .*train/test/0.png or "
+                                             r".*twice/test/0.png"):
+        imagefolder.Folder(str(root))
