@@ -208,13 +208,13 @@ def rows(found, results, k, fmt, ids=None):
         pairs = sorted(zip(found, results), key=lambda fr: natural(submission_id(fr[0][0])))
         for (source, _), p in pairs:
             label = "" if not p.top else ids[p.classes[0]] if ids else p.top[0][0]
-            yield [submission_id(source), label]
+            yield [submission_id(source), shown(label)]
         return
     if fmt == "csv":
         yield ["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "prob")] + ["error"]
     for (source, _), p in zip(found, results):
         path = shown(source) if isinstance(source, str) else repr(source)
-        top = (p.top or [])[:k]
+        top = [(shown(name), prob) for name, prob in (p.top or [])[:k]]  # (caf\xe9: not UTF-8)
         if fmt == "csv":
             cells = [v for name, prob in top for v in (name, f"{prob:.6f}")]
             yield [path] + cells + [""] * (2 * k - len(cells)) + [p.error]

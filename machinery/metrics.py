@@ -166,6 +166,10 @@ def write_evaluation_report(pred, labels, class_names, folder, groups=None, top=
     box the matrix by (CIFAR-100's 20 superclasses), or None.
     """
     os.makedirs(folder, exist_ok=True)
+    # a class folder's name that is not UTF-8 (caf\xe9/, from an old Windows zip): as ls shows it
+    class_names = [os.fsencode(n).decode("utf-8", "backslashreplace") for n in class_names]
+    groups = {g: [os.fsencode(n).decode("utf-8", "backslashreplace") for n in names]
+              for g, names in groups.items()} if groups else groups
     counts = confusion_matrix(pred, labels, len(class_names))
     images = counts.sum(1)
     acc = 100 * np.diag(counts) / np.maximum(images, 1)

@@ -541,3 +541,25 @@ def test_a_table_that_cannot_be_written_says_why_in_its_own_words(model, tmp_pat
     proc = run_here("predict.py", tmp_path / "photos", "--checkpoint", best, "--out", tmp_path / "p.csv")
     assert proc.returncode == 1 and says in proc.stderr, proc.stderr
     assert ("free the disk" in proc.stderr) == (code == 28)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "submission"])
+def test_a_class_name_that_is_not_utf8_is_written_as_ls_shows_it(tmp_path, fmt):
+    """The hostile pass: a class folder named caf\\xe9 (a zip from Windows) crashed every
+    table write with a traceback, and train.py's per-class report after training."""
+    import types
+
+    import predict
+    from machinery import metrics
+    cafe = os.fsdecode(b"caf\xe9")
+    p = types.SimpleNamespace(top=[(cafe, 0.75), ("dog", 0.25)], classes=[0, 1], error="")
+    predict.write_table(tmp_path / "t", predict.rows([("a/1.png", None)], [p], 2, fmt), fmt)
+    text = (tmp_path / "t").read_text(encoding="utf-8")
+    if fmt.startswith("json"):  # (JSON writes the backslash as \\)
+        text = json.dumps([json.loads(line) for line in text.splitlines()] if fmt == "jsonl"
+                          else json.loads(text), ensure_ascii=False).replace("\\\\", "\\")
+    assert "caf\\xe9" in text
+    report = metrics.write_evaluation_report(np.array([0, 1, 1]), np.array([0, 1, 0]), [cafe, "dog"],
+                                             str(tmp_path / "report"))
+    assert "caf\\xe9" in (tmp_path / "report" / "per_class_accuracy.csv").read_text(encoding="utf-8")
+    assert report["pairs"] == [("caf\\xe9", "dog", 1)]
