@@ -279,3 +279,23 @@ def test_the_channels_last_probe_tells_a_crash_from_a_batch_that_ran(monkeypatch
     monkeypatch.setattr(probe, "run_child", child)
     args = probe.argparse.Namespace(batches=[1, 8])
     assert probe.probe_width(8, args) == {1: 0, 2: 0, 3: 0, 4: 0, 5: -11, 6: 0, 7: 0, 8: 0}
+
+
+def test_evaluate_takes_channels_last_off_by_the_networks_own_width(smoke_run, tmp_path, monkeypatch):
+    """The hostile pass: --evaluate decided by the config's width (or a --width flag), so a
+    width-8 network whose config said 16 ran in channels_last, inside the crash's reach."""
+    from machinery import evaluation
+    from model import ResNet
+    ckpt = torch.load(smoke_run[0] / "checkpoints" / "best_model.pt", weights_only=True)
+    net = ResNet((1, 1, 1, 1), 8, len(ckpt["class_names"]))
+    narrow = {**ckpt, "model_state_dict": net.state_dict(), "model_args": dict(net.model_args)}
+    torch.save(narrow, tmp_path / "w8.pt")
+    made = []
+    real = evaluation.make_runtime
+    monkeypatch.setattr(evaluation, "make_runtime",
+                        lambda device, precision, cl, *a: (made.append(cl), real(device, precision, cl, *a))[1])
+    for flags in ([], ["--width", "16"]):
+        proc = train_here("--evaluate", tmp_path / "w8.pt", *flags, "--out-dir", tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "channels_last off" in proc.stderr
+    assert made == [False, False]
