@@ -50,11 +50,11 @@ from machinery.folder_listing import EXTENSIONS, printable
 from machinery.imagefolder import shown
 from machinery.predicting import expand, onnx_classifier, predictions, table_truth, truth
 from machinery.runtime import pick_device
+from machinery.workers import usable_cpus
 from model import load_classifier
 
 FORMATS = {"csv": "predictions.csv", "jsonl": "predictions.jsonl", "json": "predictions.json",
            "submission": "submission.csv"}
-WORKERS_PER_CORE = 4  # an explicit --num-workers above this (or above the files) is capped
 
 
 def parse_args(argv=None):
@@ -183,14 +183,15 @@ def submission_id(source):
 
 def workers_for(asked, files):
     """--num-workers as decoding processes: -1, the default (predicting.batches chooses);
-    an explicit number capped at the files and at WORKERS_PER_CORE per core (1000 for 7
-    files started 1000 processes: 164 s where 0.5 s did), said in one line."""
+    an explicit number capped at the files and at the usable cores (1000 for 7 files
+    started 1000 processes: 164 s where 0.5 s did), said in one line."""
     if asked < 0:
         return None
-    cap = max(1, min(files, WORKERS_PER_CORE * (os.cpu_count() or 1)))
+    cores = usable_cpus()  # (the cores this process may use: taskset, a container's share)
+    cap = max(1, min(files, cores))  # (decoding is bound by the cores: no more is faster)
     if asked > cap:
         print(f"note: --num-workers {asked} capped at {cap} ({files:,} file{'s' * (files != 1)}, "
-              f"{os.cpu_count() or 1} cores)", file=sys.stderr)
+              f"{cores} usable core{'s' * (cores != 1)})", file=sys.stderr)
     return min(asked, cap)
 
 
@@ -242,13 +243,14 @@ class Tally:
         self.classes, self.ids = clf.class_names, clf.class_ids
         self.n, self.failed, self.labelled, self.top1, self.top5 = 0, 0, 0, 0, 0
         self.seen = set()  # the classes the folders named
-        self.found, self.notes = found, []
+        self.found, self.notes, self.by_folder = found, [], 0
         self.tables = {}  # {folder given: ({picture: class}, the table's name or None)}
 
     def label(self, source, root):
         """The class a picture's folder names, else the one a table labelling the folder
         given names (Tiny ImageNet's val/val_annotations.txt), else None."""
         label = truth(source, root, self.classes, self.ids)
+        self.by_folder += label is not None
         if label is not None or root is None:
             return label
         if root not in self.tables:  # (read once per folder given)
@@ -277,7 +279,7 @@ class Tally:
         if len(self.seen) > 1:
             top5 = f", top-5 {100 * self.top5 / self.labelled:.2f}%" if len(self.classes) > 5 else ""
             tables = sorted({t for _, t in self.tables.values() if t})
-            against = f"{' and '.join(tables)} and their class folders" if tables else "their class folders"
+            against = " and ".join(tables + ["their class folders"] * (self.by_folder > 0 or not tables))
             text += (f"\nagainst {against} ({self.labelled:,} files): top-1 "
                      f"{100 * self.top1 / self.labelled:.2f}%{top5}")
         return text

@@ -55,6 +55,8 @@ def facts(ckpt):
         "split": split, "accuracy": test,
         "best_test": best_test,  # (accuracy, epoch) of the best model, where not this file's
         "no_test_set": split == "val" and ckpt.get("test_images") == 0,
+        "val_source": ("the val/ folder's images" if cfg.get("val_folder") else
+                       f"{cfg.get('val_split')} training images held out (--val-split)"),
         "top5": (top5s[epoch] if split == "test" and 0 <= epoch < len(top5s) else
                  _number(ckpt.get("test_top5")) if test is not None else None)
         if len(names) > 5 else None,  # (an epoch past the history: its list is no figure)
@@ -297,7 +299,7 @@ def _validation_results(f, curve):
             "none yet (the test set is evaluated once, at the end of the run)"
     smoke = " (generated pictures, not photos)" if f["smoke"] else ""
     table = (f"| | |\n|---|---|\n| validation accuracy | **{_pct(f['val_accuracy'])}**{smoke} |\n"
-             f"| measured on | held-out validation images |\n| test accuracy | {test} |\n"
+             f"| measured on | {f['val_source']} |\n| test accuracy | {test} |\n"
              f"| epoch | {_epoch(f)} (of {f['epochs']} trained, {f['planned']} planned) |\n")
     return table + (f"\n![training curves]({curve})\n" if curve else "")
 

@@ -267,19 +267,23 @@ def table_truth(root, sources, classes, ids=None):
     """({source: class index}, the table's file name, or a note why it labels nothing) for
     a folder given to predict.py that a table labels as train.py finds one: Tiny
     ImageNet's val/ (val/images/ and val/val_annotations.txt), a folder with its val.csv
-    beside it. ({}, None, None) where no table labels the folder."""
+    beside it; or, for val/images/ given, its parent's. ({}, None, None) where no table
+    labels the folder."""
     from . import folder_listing, label_tables
-    folder = os.path.abspath(root)
-    try:
-        table = folder_listing.table_for(os.path.dirname(folder), folder, train=False)
-    except DataError:
-        return {}, None, None
+    table, folder = None, os.path.abspath(root)
+    for folder in (folder, os.path.dirname(folder)):  # (val/images/ given: val/'s table)
+        try:
+            table = folder_listing.table_for(os.path.dirname(folder), folder, train=False)
+        except DataError:
+            return {}, None, None
+        if table:
+            break
     if not table:
         return {}, None, None
     index = {n: i for i, n in enumerate(ids or [])}
     index.update({n: i for i, n in enumerate(classes)})  # a name wins over an id
     try:
-        rows = label_tables.labelled_files(table, root, sources, known=set(index),
+        rows = label_tables.labelled_files(table, folder, sources, known=set(index),
                                            warn=lambda line: None, single_warning=False)
     except DataError as e:
         return {}, os.path.basename(table), f"{e}: no accuracy against it"

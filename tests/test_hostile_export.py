@@ -303,6 +303,7 @@ LICENSES = [  # (case, --license, refused?)
     ("the Hub's apache-2.0", "apache-2.0", False),
     ("the Hub's cc-by-nc-sa-4.0", "cc-by-nc-sa-4.0", False),
     ("the Hub's other", "other", False),
+    ("the Hub's llama3.1 (the hostile pass: refused)", "llama3.1", False),
     # the fifth review: written into the card, where the docstring promised a refusal
     ("an id of the right shape the Hub does not name", "definitely-not-a-licence", True),
     ("gpl-3.0+ (the Hub names gpl-3.0)", "gpl-3.0+", True),
@@ -673,6 +674,9 @@ def test_a_checkpoint_never_reports_the_best_models_test_figure_as_its_own(best,
     last = _val_run(best, epoch=1, test_of_epoch=0)
     text = card(last)
     assert "| validation accuracy | **41.00%** |" in text
+    assert "| measured on | 40 training images held out (--val-split) |" in text
+    assert "| measured on | the val/ folder's images |" in card(
+        {**last, "config": {**last["config"], "val_split": 0, "val_folder": True}})
     assert "| test accuracy | 50.00%, of the best model (epoch 0), not of this checkpoint" in text
     assert "**50.00%**" not in text and "model-index" not in front(text)  # claims no test result
     assert "validation accuracy 41.00% (test 50.00% is the best model's, epoch 0)" in summary(last)

@@ -493,6 +493,7 @@ def test_out_json_is_one_json_list_and_jsonl_a_json_object_a_line(model, tmp_pat
 def test_an_explicit_num_workers_is_capped_at_the_files_and_said(model, tmp_path, monkeypatch):
     """The fifth review: --num-workers 1000 on 7 files started 1000 processes (164 s)."""
     import predict
+    from machinery.workers import usable_cpus
     best, _, _, _ = model
     for i in range(3):
         picture(tmp_path / "photos" / f"{i}.png", i)
@@ -502,9 +503,12 @@ def test_an_explicit_num_workers_is_capped_at_the_files_and_said(model, tmp_path
         asked.append(workers), real(sources, size, batch_size, 0))[1])
     proc = run_here("predict.py", tmp_path / "photos", "--checkpoint", best, "--num-workers", "1000",
                     "--out", tmp_path / "p.csv")
-    assert proc.returncode == 0 and asked == [3], (asked, proc.stderr)
-    assert "note: --num-workers 1000 capped at 3 (3 files, " in proc.stderr
-    assert predict.workers_for(2, 3) == 2 and predict.workers_for(-1, 3) is None
+    cap = min(3, usable_cpus())
+    assert proc.returncode == 0 and asked == [cap], (asked, proc.stderr)
+    assert f"note: --num-workers 1000 capped at {cap} (3 files, " in proc.stderr
+    assert predict.workers_for(1, 3) == 1 and predict.workers_for(-1, 3) is None
+    monkeypatch.setattr(predict, "usable_cpus", lambda: 1)  # taskset -c 0: one core to use
+    assert predict.workers_for(8, 100) == 1
 
 
 def test_tiny_imagenets_val_folder_is_scored_against_its_annotations(model, tmp_path):
@@ -519,7 +523,9 @@ def test_tiny_imagenets_val_folder_is_scored_against_its_annotations(model, tmp_
     (val / "val_annotations.txt").write_text("\n".join(rows) + "\n")
     proc = run_here("predict.py", val, "--checkpoint", with_ids, "--out", tmp_path / "p.csv")
     assert proc.returncode == 0, proc.stderr
-    assert "against val_annotations.txt and their class folders (6 files): top-1 " in proc.stdout
+    assert "against val_annotations.txt (6 files): top-1 " in proc.stdout
+    proc = run_here("predict.py", val / "images", "--checkpoint", with_ids, "--out", tmp_path / "i.csv")
+    assert "against val_annotations.txt (6 files): top-1 " in proc.stdout  # val/'s, one up
     (val / "val_annotations.txt").write_text("val_0.JPEG\tnot_a_class\n")  # another set's labels
     proc = run_here("predict.py", val, "--checkpoint", with_ids, "--out", tmp_path / "q.csv")
     assert proc.returncode == 0 and "against" not in proc.stdout
