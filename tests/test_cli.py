@@ -299,3 +299,41 @@ def test_evaluate_takes_channels_last_off_by_the_networks_own_width(smoke_run, t
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "channels_last off" in proc.stderr
     assert made == [False, False]
+
+
+def test_the_ablation_table_gives_each_claim_its_verdict_by_the_stated_rule(tmp_path, capsys):
+    """benchmarks/ablations_table.py on two studies made here: a difference beyond twice
+    the pooled std resolves a claim (for or against the seed), a smaller one does not."""
+    import importlib.util
+
+    import optuna
+    spec = importlib.util.spec_from_file_location("abl", os.path.join(ROOT, "benchmarks",
+                                                                      "ablations_table.py"))
+    abl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(abl)
+    fixed = {"dataset": "folder", "data_dir": "../shared/data/photos-dev", "val_split": 40,
+             "blocks": [1, 1, 1, 1], "epochs": 3}
+    scores = {"cutmix": {"cutmix_prob": {0.3: [70, 71, 72], 0.0: [60, 61, 62]}},  # holds
+              "dropout": {"dropout": {0.3: [70, 71, 72], 0.25: [80, 81, 82], 0.0: [69, 72, 70]}}}
+    for claim, dims in scores.items():
+        (name, values), = dims.items()
+        os.makedirs(tmp_path / f"photos-{claim}")
+        study = optuna.create_study(study_name=f"photos-{claim}", direction="maximize",
+                                    storage=f"sqlite:///{tmp_path / f'photos-{claim}' / 'study.db'}")
+        study.set_user_attr("settings", {"fixed": fixed})
+        for value, runs in values.items():
+            for seed, score in enumerate(runs, start=1):
+                study.add_trial(optuna.trial.create_trial(
+                    params={name: value, "seed": seed}, value=score, user_attrs={"seconds": 9.0},
+                    distributions={name: optuna.distributions.CategoricalDistribution(list(values)),
+                                   "seed": optuna.distributions.IntDistribution(1, 3)}))
+    assert abl.main(["--sweeps-dir", str(tmp_path), "--csv", str(tmp_path / "a.csv")]) == 0
+    said = capsys.readouterr().out
+    assert "| CutMix on 30% of batches | cutmix_prob=0.0 | 61.00 ± 1.00 | 3 | -10.00 (2σ 2.00) | holds |" in said
+    assert "| dropout 0.3 | dropout=0.25 | 81.00 ± 1.00 | 3 | +10.00 (2σ 2.00) | does not hold |" in said
+    assert "| dropout=0.0 | 70.33 ± 1.53 | 3 | -0.67 (2σ 2.58) | not resolved at this scale |" in said
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    assert len(rows) == 15 and rows[0]["score_name"] == "val_acc"
+    assert rows[0]["command"] == ("python train.py --dataset folder --data-dir ../shared/data/photos-dev "
+                                  "--val-split 40 --blocks 1 1 1 1 --epochs 3 --target-accuracy 0 "
+                                  "--cutmix-prob 0.3 --seed 1")
