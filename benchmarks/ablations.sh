@@ -2,6 +2,7 @@
 # The seed's claims on real photos: one grid sweep per claim and data set (docs/ablations.md).
 #
 #   bash benchmarks/ablations.sh [SWEEPS_DIR]      # from the project's root; default sweeps/
+#   SETS=cifar100-dev bash benchmarks/ablations.sh  # one data set only
 #
 # Every sweep is an ordinary `python sweep.py` command (printed before it starts); run again,
 # the same command trains only the cells still missing. The scale is chosen to fit a 2-core
@@ -25,10 +26,10 @@ run() {  # study, space file, seeds, then the training flags
 }
 
 mkdir -p "$sweeps"
-for set in cifar10-dev cifar100-dev; do
+for set in ${SETS:-cifar10-dev cifar100-dev}; do
     case $set in
         cifar10-dev) val=400 epochs=10 deep_epochs=3 ;;    # 4 classes, 500 training photos each
-        cifar100-dev) val=1000 epochs=8 deep_epochs=2 ;;   # 20 classes, 250 each
+        cifar100-dev) val=1000 epochs=5 deep_epochs=2 ;;   # 20 classes, 250 each
     esac
     small=(--dataset folder --data-dir "$data/$set" --val-split "$val" --blocks 1 1 1 1 --width 16
            --epochs "$epochs" "${common[@]}")

@@ -21,7 +21,7 @@ from .config import Config
 from .failures import Crashed, one_line
 from .logs import log, table, top5_text
 from .metrics import write_evaluation_report
-from .runtime import (CHANNELS_LAST_OFF, channels_last_crashes, collect_logits, evaluate, make_runtime,
+from .runtime import (channels_last_crashes, collect_logits, evaluate, make_runtime,
                       pick_device, score)
 from .workers import chosen_workers
 
@@ -41,10 +41,10 @@ def evaluate_checkpoint(path, tta, explicit, rebuild):
     names, mean, std = ckpt["class_names"], ckpt["mean"], ckpt["std"]
     # the precision the run trained with may not exist here (fp16 on a CPU): the device's own
     device = pick_device(saved["device"])
-    width = (ckpt.get("model_args") or {}).get("width", saved["width"])  # the network's own
+    # by the network's own width (a --width flag, the config's, may say another); silently:
+    # an evaluation's figures do not depend on the memory format, and its lines are few
+    width = (ckpt.get("model_args") or {}).get("width", saved["width"])
     channels_last = saved["channels_last"] and not channels_last_crashes(device, width)
-    if saved["channels_last"] and not channels_last:
-        print(CHANNELS_LAST_OFF, file=sys.stderr)
     rt = make_runtime(device, explicit.get("precision", "auto"), channels_last, mean, std)
     model, _ = rebuild(ckpt, rt.device, expected={"num_classes": len(names)})
     model = model.to(memory_format=rt.memory_format)
