@@ -143,3 +143,23 @@ def test_repeat_best_follows_a_new_best_and_keeps_the_earlier_repeat(tmp_path, m
     assert report.count("(n=2)") == 2 and "(the best now)" in report
     folders = sorted(n for n in os.listdir(tmp_path / "r") if n.startswith("repeat_best"))
     assert len(folders) == 4, folders
+
+
+def test_each_claims_space_file_holds_the_seeds_setting_and_every_cell_is_a_valid_run():
+    """spaces/*.yaml, the ablations' (docs/ablations.md): each parses, each cell is a run
+    train.py accepts, and each holds the seed's own setting, the row it is compared to."""
+    import glob
+
+    from conftest import ROOT
+    from machinery import config, sweep_space
+    seed = config.Config()
+    files = sorted(glob.glob(os.path.join(ROOT, "spaces", "*.yaml")))
+    assert {os.path.basename(f) for f in files} >= {"maxpool.yaml", "blocks.yaml", "dropout.yaml",
+                                                     "cutmix.yaml", "label_smoothing.yaml", "seeds.yaml"}
+    for path in files:
+        (dim,) = sweep_space.parse_space([path])
+        sweep_space.check_space([dim], {})
+        ours = getattr(seed, dim.name)
+        typed = [sweep_space._typed(dim.name, c) for c in dim.choices]
+        assert any(t == ours or (isinstance(t, list) and tuple(t) == tuple(ours)) for t in typed), \
+            (path, ours, typed)
