@@ -101,8 +101,10 @@ def claim_table(rows, claim):
             lines.append(f"| {CLAIMS[claim]} | {setting} (seed's) | {m:.2f} ± {s:.2f} | {len(scores)} | | |")
             continue
         diff, pooled = m - base_m, math.sqrt((s ** 2 + base_s ** 2) / 2)
+        few = min(len(scores), len(groups.get(reference, []))) < 2  # (no spread to judge by)
         lines.append(f"| {CLAIMS[claim]} | {setting} | {m:.2f} ± {s:.2f} | {len(scores)} | "
-                     f"{diff:+.2f} (2σ {2 * pooled:.2f}) | {verdict(diff, pooled, diff < 0)} |")
+                     f"{diff:+.2f} (2σ {2 * pooled:.2f}) | "
+                     f"{'too few seeds to judge' if few else verdict(diff, pooled, diff < 0)} |")
     return lines
 
 

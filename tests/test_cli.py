@@ -313,6 +313,7 @@ def test_the_ablation_table_gives_each_claim_its_verdict_by_the_stated_rule(tmp_
     fixed = {"dataset": "folder", "data_dir": "../shared/data/photos-dev", "val_split": 40,
              "blocks": [1, 1, 1, 1], "epochs": 3}
     scores = {"cutmix": {"cutmix_prob": {0.3: [70, 71, 72], 0.0: [60, 61, 62]}},  # holds
+              "label_smoothing": {"label_smoothing": {0.1: [70, 71, 72], 0.0: [90]}},  # one seed
               "dropout": {"dropout": {0.3: [70, 71, 72], 0.25: [80, 81, 82], 0.0: [69, 72, 70]}}}
     for claim, dims in scores.items():
         (name, values), = dims.items()
@@ -331,8 +332,9 @@ def test_the_ablation_table_gives_each_claim_its_verdict_by_the_stated_rule(tmp_
     assert "| CutMix on 30% of batches | cutmix_prob=0.0 | 61.00 ± 1.00 | 3 | -10.00 (2σ 2.00) | holds |" in said
     assert "| dropout 0.3 | dropout=0.25 | 81.00 ± 1.00 | 3 | +10.00 (2σ 2.00) | does not hold |" in said
     assert "| dropout=0.0 | 70.33 ± 1.53 | 3 | -0.67 (2σ 2.58) | not resolved at this scale |" in said
+    assert "| label_smoothing=0.0 | 90.00 ± 0.00 | 1 | +19.00 (2σ 1.41) | too few seeds to judge |" in said
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
-    assert len(rows) == 15 and rows[0]["score_name"] == "val_acc"
+    assert len(rows) == 19 and rows[0]["score_name"] == "val_acc"
     assert rows[0]["command"] == ("python train.py --dataset folder --data-dir ../shared/data/photos-dev "
                                   "--val-split 40 --blocks 1 1 1 1 --epochs 3 --target-accuracy 0 "
                                   "--cutmix-prob 0.3 --seed 1")
