@@ -46,21 +46,25 @@ def flags_of(values):
 
 
 def study_rows(db):
-    """(rows, wall seconds) of one study's complete trials."""
+    """(rows, wall seconds, dataset) of one study's complete trials."""
+    import dataclasses
+
     import optuna
+    from machinery.config import Config
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = os.path.basename(os.path.dirname(db))
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    fixed = study.user_attrs["settings"]["fixed"]
-    dataset = os.path.basename(fixed["data_dir"].rstrip("/"))
-    claim = name.split("-", 1)[1]
+    given = study.user_attrs["settings"]["fixed"]  # (what the sweep's command gave after --)
+    fixed = {**dataclasses.asdict(Config()), **given}
+    dataset = os.path.basename(fixed["data_dir"].rstrip("/")) or fixed["data_dir"]
+    claim = name.split("-", 1)[1] if "-" in name else name
     metric = "val_acc" if fixed.get("val_split") else "test_acc"
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    target = [] if "target_accuracy" in given else ["--target-accuracy", "0"]  # (as sweep.py)
     rows = []
     for t in sorted(done, key=lambda t: t.number):
         setting = {k: v for k, v in t.params.items() if k != "seed"}
-        command = ["python", "train.py", *flags_of(fixed), "--target-accuracy", "0",
-                   *flags_of(t.params)]
+        command = ["python", "train.py", *flags_of(given), *target, *flags_of(t.params)]
         rows.append({"dataset": dataset, "claim": claim,
                      "setting": ", ".join(f"{k}={v}" for k, v in setting.items()),
                      "seed": t.params.get("seed", fixed.get("seed", 1)), "score_name": metric,
@@ -70,7 +74,7 @@ def study_rows(db):
     starts = [t.datetime_start for t in done if t.datetime_start]
     ends = [t.datetime_complete for t in done if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    return rows, wall
+    return rows, wall, dataset
 
 
 def mean_std(values):
@@ -80,7 +84,7 @@ def mean_std(values):
 
 
 def verdict(diff, pooled, seed_better):
-    if pooled == 0 or abs(diff) <= 2 * pooled:
+    if diff == 0 or abs(diff) <= 2 * pooled:  # (no spread at all and a gap: resolved)
         return "not resolved at this scale"
     return "holds" if seed_better else "does not hold"
 
@@ -93,16 +97,21 @@ def claim_table(rows, claim):
         groups.setdefault(r["setting"], []).append(r["score"])
     key = next(iter(rows[0]["setting"].split("=")))
     reference = f"{key}={SEED_RECIPE[key]}" if key in SEED_RECIPE else rows[0]["setting"]
-    base_m, base_s = mean_std(groups.get(reference, [float("nan")]))
+    label = CLAIMS.get(claim, claim)
+    if reference not in groups:  # (another grid: nothing of the seed's to compare with)
+        return [f"| {label} | {setting} | {mean_std(v)[0]:.2f} ± {mean_std(v)[1]:.2f} | {len(v)} | | "
+                f"no row of the seed's setting ({reference}) to compare with |"
+                for setting, v in groups.items()]
+    base_m, base_s = mean_std(groups[reference])
     lines = []
     for setting, scores in groups.items():
         m, s = mean_std(scores)
         if setting == reference:
-            lines.append(f"| {CLAIMS[claim]} | {setting} (seed's) | {m:.2f} ± {s:.2f} | {len(scores)} | | |")
+            lines.append(f"| {label} | {setting} (seed's) | {m:.2f} ± {s:.2f} | {len(scores)} | | |")
             continue
         diff, pooled = m - base_m, math.sqrt((s ** 2 + base_s ** 2) / 2)
         few = min(len(scores), len(groups.get(reference, []))) < 2  # (no spread to judge by)
-        lines.append(f"| {CLAIMS[claim]} | {setting} | {m:.2f} ± {s:.2f} | {len(scores)} | "
+        lines.append(f"| {label} | {setting} | {m:.2f} ± {s:.2f} | {len(scores)} | "
                      f"{diff:+.2f} (2σ {2 * pooled:.2f}) | "
                      f"{'too few seeds to judge' if few else verdict(diff, pooled, diff < 0)} |")
     return lines
@@ -125,30 +134,45 @@ def main(argv=None):
     p.add_argument("--rerun", type=int, nargs="*", default=[],
                    help="run these rows' commands again (numbered from 1, the CSV's order)")
     args = p.parse_args(argv)
+    if not os.path.isdir(args.sweeps_dir):
+        print(f"error: --sweeps-dir {args.sweeps_dir}: no such folder", file=sys.stderr)
+        return 2
     rows, walls = [], {}
     for db in sorted(glob.glob(os.path.join(args.sweeps_dir, "*", "study.db"))):
-        found, wall = study_rows(db)
+        try:
+            found, wall, dataset = study_rows(db)
+        except Exception as e:  # noqa: BLE001 -- not a sweep's study: said, the others go on
+            print(f"warning: {db}: not a sweep.py study ({type(e).__name__}: {e}); skipped",
+                  file=sys.stderr)
+            continue
         rows += found
-        walls[os.path.basename(os.path.dirname(db))] = wall
+        walls.setdefault(dataset, []).append((os.path.basename(os.path.dirname(db)), wall))
     if not rows:
         print(f"no finished trials under {args.sweeps_dir}/*/study.db", file=sys.stderr)
         return 1
+    bad = [n for n in args.rerun if not 1 <= n <= len(rows)]
+    if bad:
+        print(f"error: --rerun {bad[0]}: rows are numbered 1 to {len(rows)}", file=sys.stderr)
+        return 2
     if args.csv:
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, COLUMNS)
             w.writeheader()
             w.writerows(rows)
     for dataset in sorted({r["dataset"] for r in rows}):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        score = "/".join(sorted({r["score_name"] for r in mine}))
         print(f"\n### {dataset}\n")
-        print("| claim | setting | val_acc, mean ± std | seeds | difference from the seed's (twice the pooled std) | verdict |")
+        print(f"| claim | setting | {score}, mean ± std | seeds | difference from the seed's (twice the pooled std) | verdict |")
         print("|---|---|---|---|---|---|")
-        for claim in CLAIMS:
-            mine = [r for r in rows if r["dataset"] == dataset and r["claim"] == claim]
-            if mine:
-                print("\n".join(claim_table(mine, claim)))
-        times = ", ".join(f"{s.split('-', 1)[1]} {walls[s] / 60:.0f} min" for s in walls
-                          if s.startswith(dataset.split("-")[0] + "-"))
-        print(f"\nWall time per sweep (2 workers): {times}.")
+        claims = list(CLAIMS) + sorted({r["claim"] for r in mine} - set(CLAIMS))
+        for claim in claims:
+            theirs = [r for r in mine if r["claim"] == claim]
+            if theirs:
+                print("\n".join(claim_table(theirs, claim)))
+        times = ", ".join(f"{study} {wall / 60:.0f} min" for study, wall in walls[dataset])
+        print(f"\nWall time per sweep: {times}.")
     for n in args.rerun:
         row = rows[n - 1]
         with tempfile.TemporaryDirectory() as out:

@@ -313,6 +313,8 @@ def test_the_ablation_table_gives_each_claim_its_verdict_by_the_stated_rule(tmp_
     fixed = {"dataset": "folder", "data_dir": "../shared/data/photos-dev", "val_split": 40,
              "blocks": [1, 1, 1, 1], "epochs": 3}
     scores = {"cutmix": {"cutmix_prob": {0.3: [70, 71, 72], 0.0: [60, 61, 62]}},  # holds
+              "maxpool": {"stem_pool": {False: [70, 70, 70], True: [65, 65, 65]}},  # no spread
+              "nodrop": {"dropout": {0.25: [50, 51], 0.0: [52, 53]}},  # no row of the seed's 0.3
               "label_smoothing": {"label_smoothing": {0.1: [70, 71, 72], 0.0: [90]}},  # one seed
               "dropout": {"dropout": {0.3: [70, 71, 72], 0.25: [80, 81, 82], 0.0: [69, 72, 70]}}}
     for claim, dims in scores.items():
@@ -327,14 +329,22 @@ def test_the_ablation_table_gives_each_claim_its_verdict_by_the_stated_rule(tmp_
                     params={name: value, "seed": seed}, value=score, user_attrs={"seconds": 9.0},
                     distributions={name: optuna.distributions.CategoricalDistribution(list(values)),
                                    "seed": optuna.distributions.IntDistribution(1, 3)}))
-    assert abl.main(["--sweeps-dir", str(tmp_path), "--csv", str(tmp_path / "a.csv")]) == 0
-    said = capsys.readouterr().out
+    os.makedirs(tmp_path / "not-a-sweep")  # the hostile pass: one such file ended the whole run
+    optuna.create_study(study_name="x", storage=f"sqlite:///{tmp_path / 'not-a-sweep' / 'study.db'}")
+    assert abl.main(["--sweeps-dir", str(tmp_path), "--csv", str(tmp_path / "new" / "a.csv")]) == 0
+    said, err = capsys.readouterr()
+    assert "not-a-sweep/study.db: not a sweep.py study" in err
+    assert "| the max-pool removed from the stem | stem_pool=True | 65.00 ± 0.00 | 3 | -5.00 (2σ 0.00) | holds |" in said
+    assert "| nodrop | dropout=0.0 | 52.50 ± 0.71 | 2 | | no row of the seed's setting (dropout=0.3) to compare with |" in said
+    for bad in ("0", "-1", "99"):  # (rows[-1] was the last row; 99 failed after training row 3)
+        assert abl.main(["--sweeps-dir", str(tmp_path), "--rerun", "3", bad]) == 2
+        assert "rows are numbered 1 to 29" in capsys.readouterr().err
     assert "| CutMix on 30% of batches | cutmix_prob=0.0 | 61.00 ± 1.00 | 3 | -10.00 (2σ 2.00) | holds |" in said
     assert "| dropout 0.3 | dropout=0.25 | 81.00 ± 1.00 | 3 | +10.00 (2σ 2.00) | does not hold |" in said
     assert "| dropout=0.0 | 70.33 ± 1.53 | 3 | -0.67 (2σ 2.58) | not resolved at this scale |" in said
     assert "| label_smoothing=0.0 | 90.00 ± 0.00 | 1 | +19.00 (2σ 1.41) | too few seeds to judge |" in said
-    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
-    assert len(rows) == 19 and rows[0]["score_name"] == "val_acc"
+    rows = list(csv.DictReader(open(tmp_path / "new" / "a.csv")))
+    assert len(rows) == 29 and rows[0]["score_name"] == "val_acc"
     assert rows[0]["command"] == ("python train.py --dataset folder --data-dir ../shared/data/photos-dev "
                                   "--val-split 40 --blocks 1 1 1 1 --epochs 3 --target-accuracy 0 "
                                   "--cutmix-prob 0.3 --seed 1")
