@@ -68,10 +68,6 @@ def probe_width(width, args):
     return results
 
 
-def crashed(code):
-    return code != 0
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", type=int, nargs="+", default=[8, 12, 16, 24])
@@ -89,7 +85,7 @@ def main(argv=None):
     for width in args.widths:
         t0 = time.perf_counter()
         results = probe_width(width, args)
-        bad = {b: c for b, c in results.items() if crashed(c)}
+        bad = {b: c for b, c in results.items() if c != 0}
         table[width] = {str(b): c for b, c in results.items()}
         shown = ", ".join(f"{b} ({c})" for b, c in bad.items()) or "none"
         print(f"width {width:3d}: {len(results) - len(bad)}/{len(results)} batch sizes ran; "
