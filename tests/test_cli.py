@@ -116,6 +116,7 @@ def test_resume_refuses_a_changed_recipe_flag(smoke_run, tmp_path):
         "schedule are fixed by the checkpoint"]
 
 
+@pytest.mark.pictures  # (its plot: drawn)
 def test_gradcam_cli_rebuilds_the_network_from_the_checkpoint(smoke_run, tmp_path):
     out, _ = smoke_run
     proc = run_here("gradcam_utils.py", "--checkpoint", out / "checkpoints" / "best_model.pt",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, run_here
 from model import load_classifier, predict
 from pages import ask, fetch, free_port, rounds, serve, stop
 from picture_modes import MODES, SIDE
@@ -75,10 +75,19 @@ def test_gradios_own_port_setting_is_obeyed(smoke_run):
     assert url.endswith(f":{port}/")
 
 
-def test_a_missing_example_is_one_line_before_the_model_loads(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
-                           tmp_path / "none.pt", "--examples", tmp_path / "gone.jpg"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+def app_here(monkeypatch, *args, env=None):
+    """`python app.py ARGS` in this process, for the refusals that come before any page is
+    served, with the machine's own PORT and GRADIO_SERVER_PORT left out (env: set these)."""
+    for name in ("PORT", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    return run_here("app.py", *args)
+
+
+def test_a_missing_example_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    proc = app_here(monkeypatch, "--checkpoint", tmp_path / "none.pt", "--examples",
+                    tmp_path / "gone.jpg")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: --examples: {tmp_path / 'gone.jpg'} is not a file"]
@@ -93,14 +102,13 @@ EXAMPLES_REFUSED = [  # (case, what --examples gets, the line says)
 
 @pytest.mark.parametrize("case, name, says", EXAMPLES_REFUSED, ids=[r[0] for r in EXAMPLES_REFUSED])
 def test_examples_that_are_not_pictures_are_refused_before_anything_is_served(tmp_path, case,
-                                                                              name, says):
+                                                                              name, says,
+                                                                              monkeypatch):
     (tmp_path / ".env").write_text("SECRET=1\n")
     (tmp_path / "secret.txt").write_text("root:x:0:0\n")
     os.symlink(tmp_path / "secret.txt", tmp_path / "link.png")
     (tmp_path / "folder").mkdir()
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
-                           tmp_path / "none.pt", "--examples", tmp_path / name],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = app_here(monkeypatch, "--checkpoint", tmp_path / "none.pt", "--examples", tmp_path / name)
     assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
@@ -117,24 +125,20 @@ PORTS = [  # (case, flags, environment, the line says)
 
 
 @pytest.mark.parametrize("case, flags, env, says", PORTS, ids=[r[0] for r in PORTS])
-def test_a_port_or_host_that_cannot_serve_is_one_line(tmp_path, case, flags, env, says):
-    env = {k: v for k, v in {**os.environ, **env}.items()
-           if k not in ("PORT", "GRADIO_SERVER_PORT") or k in env}  # (the machine's own: not here)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
-                           tmp_path / "none.pt", *flags], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=env)
+def test_a_port_or_host_that_cannot_serve_is_one_line(tmp_path, case, flags, env, says,
+                                                      monkeypatch):
+    proc = app_here(monkeypatch, "--checkpoint", tmp_path / "none.pt", *flags, env=env)
     assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
-def test_a_port_in_use_is_one_line_not_another_port(tmp_path):
+def test_a_port_in_use_is_one_line_not_another_port(tmp_path, monkeypatch):
     import socket
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint",
-                               tmp_path / "none.pt"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "GRADIO_SERVER_PORT": str(port)})
+        proc = app_here(monkeypatch, "--checkpoint", tmp_path / "none.pt",
+                        env={"GRADIO_SERVER_PORT": str(port)})
     assert proc.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in proc.stderr
 
 

@@ -118,6 +118,7 @@ def _files(folder, skip):
 
 
 @pytest.mark.slow
+@pytest.mark.pictures  # (its plot: drawn)
 def test_a_range_test_in_a_trained_runs_folder_writes_only_lr_find(smoke_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(smoke_run[0], out)  # (copy2: the times kept, so a rewrite shows)

@@ -145,6 +145,28 @@ def test_repeat_best_follows_a_new_best_and_keeps_the_earlier_repeat(tmp_path, m
     assert len(folders) == 4, folders
 
 
+def test_repeat_best_given_more_seeds_later_trains_only_the_new_ones(tmp_path, monkeypatch):
+    """--repeat-best 2, then the same command with --repeat-best 3: one more seed trains,
+    the two before are kept (once: refused, after the whole search, with 'give the same')."""
+    import threading
+    seen = _fake_children(monkeypatch, tmp_path, epochs=1, sleep=0)
+    args, fixed, explicit = sweep.read_command(
+        ["--study", "m", "--trials", "1", "--space", "dropout=0.1,0.2", "--repeat-best", "2",
+         "--sweeps-dir", str(tmp_path), "--", "--smoke"])
+    study, plan, url = sweep.make_plan(args, fixed, explicit, say=print)
+    trial = study.ask()
+    plan.params_of(trial)
+    study.tell(trial, 50.0)
+    first = sweep.repeat_best(args, study, plan, url, print, threading.Event())
+    assert first[0]["seeds"] == [2, 3] and len(seen) == 2
+    args.repeat_best = 3
+    more = sweep.repeat_best(args, study, plan, url, print, threading.Event())
+    assert more[0]["seeds"] == [2, 3, 4] and len(more[0]["values"]) == 3
+    assert len(seen) == 3  # the third seed alone trained
+    from machinery.sweep_report import write_report
+    assert "(n=3) | 2, 3, 4 |" in open(write_report(study, plan, more)).read()
+
+
 def test_each_claims_space_file_holds_the_seeds_setting_and_every_cell_is_a_valid_run():
     """spaces/*.yaml, the ablations' (docs/ablations.md): each parses, each cell is a run
     train.py accepts, and each holds the seed's own setting, the row it is compared to."""
