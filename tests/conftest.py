@@ -28,6 +28,19 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+# The files that take longest, first: `-n 2 --dist loadfile` hands files out in the order
+# they are collected, and a long file handed out last kept one core busy for minutes
+# after the other had finished (`--durations` shows the order to keep here)
+LONGEST_FIRST = ["test_sweep.py", "test_ddp.py", "test_resilience.py", "test_sweep_concurrency.py",
+                 "test_notebook.py", "test_elastic.py", "test_hostile_export.py", "test_speed.py",
+                 "test_tensorboard.py", "test_hostile_app.py", "test_runlock.py", "test_app.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: the rest as found)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def user_cache(tmp_path_factory):
     """The per-user cache folder (imagefolder.user_cache) of every test and the scripts it
@@ -49,40 +62,42 @@ PICTURE_WRITERS = ["machinery.metrics", "machinery.gradcam", "machinery.lr_range
 
 @pytest.fixture(scope="session", autouse=True)
 def quick_pictures():
-    """Runs in the tests' own processes write a 1-pixel PNG where a figure goes, at its
-    name and atomically as the real one: matplotlib's drawing was a quarter of the time of
-    those runs (a second for each of 5 to 8 figures), and most tests look at checkpoints,
-    logs and tables. A test marked `pictures` draws for real, and so does every process a
-    test starts (the smoke run's figures are real, and their tests look at them)."""
-    from PIL import Image
+    """Runs write a 1-pixel PNG where a figure goes, at its name and atomically as the real
+    one (tests/quick_pictures.py): drawing was a quarter of a test run's time, and most
+    tests look at checkpoints, logs and tables. In the tests' own processes the writers
+    are replaced here; the processes they start do it themselves (tests/hooks on
+    PYTHONPATH, QUICK_PICTURES set). A test marked `pictures` draws for real, in its own
+    process and in those it starts, and so does the session's smoke run."""
+    import quick_pictures as quick
 
     from machinery import metrics
-    real = metrics.save_figure
-
-    def placeholder(fig, path, dpi=110):
-        with metrics.atomic_path(path) as tmp:
-            Image.new("RGB", (1, 1), "white").save(tmp, format="PNG")
-
-    writers = []
+    real, writers = metrics.save_figure, []
     for name in PICTURE_WRITERS:
         try:
             writers.append(importlib.import_module(name))
         except ImportError:  # (optuna, for the sweep's report: its tests skip without it)
             continue
     for module in writers:
-        module.save_figure = placeholder
+        module.save_figure = quick.placeholder_for(metrics)
+    before = {k: os.environ.get(k) for k in ("QUICK_PICTURES", "PYTHONPATH")}
+    os.environ["QUICK_PICTURES"] = "1"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(ROOT, "tests", "hooks"), *filter(None, [before["PYTHONPATH"]])])
     yield real, writers
     for module in writers:
         module.save_figure = real
+    for k, v in before.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 @pytest.fixture(autouse=True)
 def real_pictures(request, quick_pictures, monkeypatch):
-    """A `pictures` test's own runs draw their figures (quick_pictures)."""
+    """A `pictures` test's runs draw their figures (quick_pictures)."""
     if request.node.get_closest_marker("pictures"):
         real, writers = quick_pictures
         for module in writers:
             monkeypatch.setattr(module, "save_figure", real)
+        monkeypatch.delenv("QUICK_PICTURES")
 
 
 def run_script(script, *args, cwd=None, timeout=600, env=None):
@@ -136,7 +151,8 @@ def made_once(tmp_path_factory, name, make):
 def smoke_run(tmp_path_factory):
     """One `python train.py --smoke` run shared by the tests that inspect its outputs."""
     def make(out):
-        proc = run_script("train.py", "--smoke", "--out-dir", out)
+        env = {k: v for k, v in os.environ.items() if k != "QUICK_PICTURES"}  # (its figures: real)
+        proc = run_script("train.py", "--smoke", "--out-dir", out, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return [proc.args, proc.returncode, proc.stdout, proc.stderr]
     out, proc = made_once(tmp_path_factory, "smoke", make)

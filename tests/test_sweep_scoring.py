@@ -29,9 +29,14 @@ FAKE_RUN = textwrap.dedent("""
 """)
 
 
-def _fake_children(monkeypatch, tmp_path, epochs, sleep=3):
+def _fake_children(monkeypatch, tmp_path, epochs, sleep=3, fails_with=None):
+    """train.py's children replaced by FAKE_RUN; a child whose flags hold fails_with fails
+    at once, as a run refused in one line does. Returns the commands, as started."""
     script = tmp_path / "fake_run.py"
-    script.write_text(FAKE_RUN.replace("EPOCHS", str(epochs)).replace("SLEEP", str(sleep)))
+    fail = (f"if {fails_with!r} in sys.argv:\n    sys.exit('error: cannot run on {fails_with}')\n"
+            if fails_with else "")
+    script.write_text("import sys\n" + fail + FAKE_RUN.replace("EPOCHS", str(epochs))
+                      .replace("SLEEP", str(sleep)))
     real = subprocess.Popen
     seen = []
 
