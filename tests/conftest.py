@@ -18,8 +18,9 @@ def pytest_configure(config):
     # `python -m pytest -m "not slow"`: the edit-test loop (CONTRIBUTING.md)
     config.addinivalue_line("markers", "slow: trains, or starts processes, for more than a "
                                        "few seconds")
-    config.addinivalue_line("markers", "pictures: the runs in this test's own process draw "
+    config.addinivalue_line("markers", "pictures: this test's runs, and the processes it starts, draw "
                                        "their figures (see quick_pictures)")
+    config.option.loadscopereorder = False  # (pytest-xdist 3.6+: LONGEST_FIRST's order, not its own)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # `pytest -n 2`: each worker, and every process it starts, computes on one thread,
         # so that two workers share the cores instead of both asking for all of them
@@ -28,15 +29,21 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-# The files that take longest, first: `-n 2 --dist loadfile` hands files out in the order
-# they are collected, and a long file handed out last kept one core busy for minutes
-# after the other had finished (`--durations` shows the order to keep here)
-LONGEST_FIRST = ["test_sweep.py", "test_ddp.py", "test_resilience.py", "test_sweep_concurrency.py",
-                 "test_notebook.py", "test_elastic.py", "test_hostile_export.py", "test_speed.py",
-                 "test_tensorboard.py", "test_hostile_app.py", "test_runlock.py", "test_app.py"]
+# The files that take longest, first: `-n 2 --dist loadfile` hands a file to whichever
+# process is free, and a long file handed out last kept one core busy for minutes after
+# the other had finished. (xdist's own order, most tests first, handed the PostgreSQL
+# sweep test, 3 tests and over a minute, out among the last.) `--durations` shows the
+# order to keep here.
+LONGEST_FIRST = ["test_sweep.py", "test_ddp.py", "test_sweep_concurrency.py", "test_notebook.py",
+                 "test_resilience.py", "test_elastic.py", "test_speed.py", "test_hostile_export.py",
+                 "test_app.py", "test_hostile_app.py", "test_tensorboard.py", "test_runlock.py",
+                 "test_protocol.py", "test_cli.py"]
 
 
 def pytest_collection_modifyitems(items):
+    for item in items:  # (a test that reads the smoke run waits for it to train: 35 s)
+        if "smoke_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable: the rest as found)
 

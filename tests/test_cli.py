@@ -255,6 +255,7 @@ def test_inference_tools_end_in_one_line_on_an_unexpected_failure(smoke_run, tmp
     assert "ValueError: a bug (injected)" in (tmp_path / "crash.log").read_text()
 
 
+@pytest.mark.slow  # (a child process per width)
 def test_the_channels_last_probe_runs_each_width_in_a_child_and_writes_its_table(tmp_path):
     import json
     proc = run_script("benchmarks/channels_last_probe.py", "--widths", "16", "--batches", "1", "3",
