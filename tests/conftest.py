@@ -62,48 +62,33 @@ def user_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
-# The modules that draw a figure through metrics.save_figure, each holding its own name for it
-PICTURE_WRITERS = ["machinery.metrics", "machinery.gradcam", "machinery.lr_range",
-                   "machinery.sweep_report"]
-
-
 @pytest.fixture(scope="session", autouse=True)
 def quick_pictures():
     """Runs write a 1-pixel PNG where a figure goes, at its name and atomically as the real
     one (tests/quick_pictures.py): drawing was a quarter of a test run's time, and most
-    tests look at checkpoints, logs and tables. In the tests' own processes the writers
-    are replaced here; the processes they start do it themselves (tests/hooks on
-    PYTHONPATH, QUICK_PICTURES set). A test marked `pictures` draws for real, in its own
-    process and in those it starts, and so does the session's smoke run."""
+    tests look at checkpoints, logs and tables. In the tests' own processes every module
+    holding metrics.save_figure gets the placeholder here (those imported later take it
+    from metrics); the processes they start do it themselves (tests/hooks on PYTHONPATH,
+    QUICK_PICTURES set). A test marked `pictures` draws for real, in its own process and
+    in those it starts, and so does the session's smoke run. Yields (real, placeholder)."""
     import quick_pictures as quick
 
     from machinery import metrics
-    real, writers = metrics.save_figure, []
-    for name in PICTURE_WRITERS:
-        try:
-            writers.append(importlib.import_module(name))
-        except ImportError:  # (optuna, for the sweep's report: its tests skip without it)
-            continue
-    for module in writers:
-        module.save_figure = quick.placeholder_for(metrics)
-    before = {k: os.environ.get(k) for k in ("QUICK_PICTURES", "PYTHONPATH")}
-    os.environ["QUICK_PICTURES"] = "1"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(ROOT, "tests", "hooks"), *filter(None, [before["PYTHONPATH"]])])
-    yield real, writers
-    for module in writers:
-        module.save_figure = real
-    for k, v in before.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    real, placeholder = metrics.save_figure, quick.placeholder_for(metrics)
+    with pytest.MonkeyPatch.context() as mp:
+        quick.swap(real, placeholder, mp.setattr)
+        mp.setenv("QUICK_PICTURES", "1")
+        mp.setenv("PYTHONPATH", os.path.join(ROOT, "tests", "hooks"), prepend=os.pathsep)
+        yield real, placeholder
 
 
 @pytest.fixture(autouse=True)
 def real_pictures(request, quick_pictures, monkeypatch):
     """A `pictures` test's runs draw their figures (quick_pictures)."""
     if request.node.get_closest_marker("pictures"):
-        real, writers = quick_pictures
-        for module in writers:
-            monkeypatch.setattr(module, "save_figure", real)
+        import quick_pictures as quick
+        real, placeholder = quick_pictures
+        quick.swap(placeholder, real, monkeypatch.setattr)
         monkeypatch.delenv("QUICK_PICTURES")
 
 

@@ -2,36 +2,30 @@
 rather than pictures (conftest.quick_pictures): matplotlib's layout and drawing cost about
 a second a figure on a CPU like CI's, and a run writes 5 to 8 of them.
 
-In the tests' own processes conftest replaces the writers directly; in the processes they
+In the tests' own processes conftest swaps the writers (swap); in the processes they
 start, hooks/sitecustomize.py calls install() when QUICK_PICTURES is set, so that
-machinery.metrics, once imported, has the placeholder as its save_figure (and so have the
-modules that import it from there: gradcam, lr_range, sweep_report)."""
+machinery.metrics, once imported, has the placeholder as its save_figure, and so have the
+modules that import it from there (gradcam, lr_range, sweep_report)."""
 import importlib.abc
 import importlib.machinery
-import struct
 import sys
-import zlib
-
-
-def _png():
-    def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0\xff\xff\xff")) + chunk(b"IEND", b""))
-
-
-PNG = _png()
 
 
 def placeholder_for(metrics):
-    """A save_figure that writes PNG at the path, atomically as the real one does."""
+    """A save_figure that writes a 1-pixel PNG at the path, atomically as the real one."""
     def save_figure(fig, path, dpi=110):
+        from PIL import Image
         with metrics.atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(PNG)
+            Image.new("RGB", (1, 1), "white").save(tmp, format="PNG")
     return save_figure
+
+
+def swap(old, new, setattr=setattr):
+    """Every loaded module whose save_figure is `old` gets `new` (setattr: monkeypatch's,
+    to have it undone)."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "save_figure", None) is old:
+            setattr(module, "save_figure", new)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
