@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -20,6 +21,8 @@ def pytest_configure(config):
                                        "few seconds")
     config.addinivalue_line("markers", "pictures: this test's runs, and the processes it starts, draw "
                                        "their figures (see quick_pictures)")
+    config.addinivalue_line("markers", "fresh_python: the processes this test starts import "
+                                       "everything themselves (see zygote)")
     config.option.loadscopereorder = False  # (pytest-xdist 3.6+: LONGEST_FIRST's order, not its own)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # `pytest -n 2`: each worker, and every process it starts, computes on one thread,
@@ -63,7 +66,44 @@ def user_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def quick_pictures():
+def zygote(tmp_path_factory):
+    """The processes the tests start find tests/hooks on PYTHONPATH, and those that run one
+    of the repo's scripts are forked from this pytest process's zygote, which has imported
+    torch once (tests/zygote.py: 6 s of CPU saved a process). A test marked fresh_python,
+    or every test with TESTS_FRESH_PYTHON=1, starts each Python from scratch. Yields
+    (socket, server process, its log), or None."""
+    hooks = os.path.join(ROOT, "tests", "hooks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", hooks, prepend=os.pathsep)
+        if os.environ.get("TESTS_FRESH_PYTHON"):
+            yield None
+            return
+        folder = tempfile.mkdtemp(prefix="zygote-")  # (a socket's name: 107 bytes at most)
+        where = os.path.join(folder, "socket")
+        log = tmp_path_factory.getbasetemp() / "zygote.log"  # (kept: pytest keeps its last 3)
+        env = {k: v for k, v in os.environ.items() if k not in ("QUICK_PICTURES", "TEST_ZYGOTE")}
+        env["PYTHONPATH"] = os.path.join(ROOT, "tests")
+        with open(log, "w") as f:
+            server = subprocess.Popen([sys.executable, "-c", f"import zygote; zygote.serve({where!r})"],
+                                      cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        mp.setenv("TEST_ZYGOTE", where)
+        try:
+            yield where, server, log
+        finally:
+            server.terminate()
+            server.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_python(request, zygote, monkeypatch):
+    """A `fresh_python` test's processes start Python from scratch (zygote)."""
+    if zygote and request.node.get_closest_marker("fresh_python"):
+        monkeypatch.delenv("TEST_ZYGOTE")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_pictures(zygote):
     """Runs write a 1-pixel PNG where a figure goes, at its name and atomically as the real
     one (tests/quick_pictures.py): drawing was a quarter of a test run's time, and most
     tests look at checkpoints, logs and tables. In the tests' own processes every module
@@ -78,7 +118,6 @@ def quick_pictures():
     with pytest.MonkeyPatch.context() as mp:
         quick.swap(real, placeholder, mp.setattr)
         mp.setenv("QUICK_PICTURES", "1")
-        mp.setenv("PYTHONPATH", os.path.join(ROOT, "tests", "hooks"), prepend=os.pathsep)
         yield real, placeholder
 
 

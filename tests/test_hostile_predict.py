@@ -447,6 +447,7 @@ def test_a_folder_given_as_the_checkpoint_is_said_to_be_one(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_python  # (its workers: children of the process it started)
 def test_kill_9_of_predict_takes_its_decoding_workers_with_it(model, tmp_path):
     """Its DataLoader's workers once decoded on for seconds as orphans after kill -9."""
     import signal

@@ -56,6 +56,7 @@ def _refusal(out_dir, pid):
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_python  # (the lock names the run's own pid)
 def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(small, tmp_path):
     out = tmp_path / "run"
     with open(tmp_path / "first.err", "w") as err:
@@ -83,6 +84,7 @@ def test_a_second_run_is_refused_while_the_first_trains_which_goes_on_unharmed(s
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_python  # (the lock names the run's own pid)
 def test_a_run_killed_with_sigkill_leaves_no_stale_lock(small, tmp_path):
     out = tmp_path / "run"
     first = _start(*small, "--out-dir", out, stderr=subprocess.DEVNULL)
@@ -98,6 +100,7 @@ def test_a_run_killed_with_sigkill_leaves_no_stale_lock(small, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_python  # (the lock names the run's own pid)
 def test_a_torchrun_job_is_refused_promptly_on_a_folder_in_use(small, tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(

@@ -1,0 +1,23 @@
+"""A script for test_zygote: says who it is, then does what its first argument asks
+(`exit:N`, `signal:NAME` sent to itself, `wait` until a signal ends it, `raise`)."""
+import json
+import os
+import signal
+import sys
+import time
+
+print(json.dumps({"pid": os.getpid(), "argv": sys.argv, "cwd": os.getcwd(),
+                  "env": os.environ.get("PROBE"), "path0": sys.path[0],
+                  "torch": "torch" in sys.modules}), flush=True)
+print("to stderr", file=sys.stderr)
+what, _, arg = sys.argv[1].partition(":")
+if what == "exit":
+    sys.exit(int(arg))
+if what == "signal":
+    os.kill(os.getpid(), getattr(signal, "SIG" + arg))
+    time.sleep(5)
+if what == "wait":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    time.sleep(60)
+if what == "raise":
+    raise RuntimeError("as asked")
