@@ -82,7 +82,8 @@ def zygote(tmp_path_factory):
         where = os.path.join(folder, "socket")
         log = tmp_path_factory.getbasetemp() / "zygote.log"  # (kept: pytest keeps its last 3)
         env = {k: v for k, v in os.environ.items() if k not in ("QUICK_PICTURES", "TEST_ZYGOTE")}
-        env["PYTHONPATH"] = os.path.join(ROOT, "tests")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(ROOT, "tests"),
+                                                         os.environ.get("PYTHONPATH")]))
         with open(log, "w") as f:
             server = subprocess.Popen([sys.executable, "-c", f"import zygote; zygote.serve({where!r})"],
                                       cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)

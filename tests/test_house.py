@@ -207,6 +207,7 @@ COMMAND_LINES = ["train", "predict", "export", "app", "sweep", "gradcam_utils"]
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_python  # (a handed-over process has torch imported already: tests/zygote.py)
 @pytest.mark.parametrize("command", COMMAND_LINES)
 def test_a_ctrl_c_while_a_command_still_loads_torch_is_one_line(command):
     """Ctrl-C in the first second (`import torch`, before main() and its own handlers):

@@ -51,6 +51,55 @@ def test_a_handed_over_run_has_the_streams_folder_arguments_and_exit_code_of_its
     assert (proc.returncode, out, err) == (3, "", "to stderr\n")
 
 
+def _fresh(*args, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "TEST_ZYGOTE"}
+    return subprocess.run([sys.executable, PROBE, *args], capture_output=True, env=env, **kw)
+
+
+@pytest.mark.parametrize("what", ["ctrl_c", "undecodable", "exit:0"])
+def test_a_handed_over_run_ends_and_writes_as_a_fresh_python(server, what):
+    """An unhandled Ctrl-C still runs atexit and flushes stdout, then ends by SIGINT; a
+    file name that is not UTF-8 prints under the same error handler."""
+    proc = subprocess.Popen([sys.executable, PROBE, what], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=60)
+    fresh = _fresh(what, timeout=60)
+    said, *out = out.decode(errors="replace").splitlines()
+    assert json.loads(said)["pid"] != proc.pid  # (handed over)
+    assert (proc.returncode, out) == (fresh.returncode, fresh.stdout.decode(errors="replace").splitlines()[1:])
+    assert err.splitlines()[-1:] == fresh.stderr.splitlines()[-1:]
+
+
+def test_a_signal_that_comes_before_the_copy_has_its_handlers_waits_for_them(server):
+    """The server holds these signals back (it is in the pytest process's group); its copy
+    sets Python's handlers, then takes what its stand-in forwarded meanwhile."""
+    paused = server[1]
+    paused.send_signal(signal.SIGSTOP)  # (the stand-in's SIGINT is kept until the copy exists)
+    try:
+        proc = _start("wait")
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in err, (out, err)
+    assert out == ""  # (it came before the script's first line, as it can in a fresh Python)
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1"}, {"PYTHONPATH": "/somewhere/else"},
+                                 {"PYTHONHASHSEED": "0"}])
+def test_what_the_server_cannot_be_runs_on_its_own(server, env):
+    """A rank other than 0 (the ranks' string-hash seeds must differ), modules of its own
+    ahead of the server's, a setting Python reads as it starts."""
+    env = dict(os.environ, **env)
+    if "PYTHONPATH" in env and env["PYTHONPATH"] == "/somewhere/else":
+        env["PYTHONPATH"] = os.pathsep.join([os.environ["PYTHONPATH"], "/somewhere/else"])
+    proc = _start("exit:0", env=env)
+    said = _said(proc)
+    proc.communicate(timeout=60)
+    assert said["pid"] == proc.pid and not said["torch"]
+
+
 def test_an_exception_ends_as_python_ends_it(server):
     proc = _start("raise")
     _, err = proc.communicate(timeout=60)

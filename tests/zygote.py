@@ -9,12 +9,23 @@ the process's standard streams, folder, environment and arguments, and runs the 
 signals it gets, ends with the copy's exit status (or its signal), and the copy dies with
 it if it is killed. What the test sees is the same: output, files, exit code, signals.
 
-Only the repo's own scripts are handed over, with no Python options but `-u`. A process
-whose environment would change what the server already imported (PYTHON*, thread and
-library settings) runs as usual, and so does every process of a test marked
-`fresh_python` (a test that looks at a process's own pid or at Python's startup): the
-server is told nothing. Nothing of the project (machinery, model) is imported in the
-server, so each run imports its own code as a fresh Python does."""
+Only the repo's own scripts are handed over, with no Python options but `-u`. These run as
+usual, the server told nothing: a process whose environment would change what the server
+already imported (Python's own settings, locale, thread and library settings, a
+PYTHONPATH with modules of its own), a torchrun rank other than 0, and every process of
+a test marked `fresh_python`. Nothing of the project (machinery, model) is imported in the
+server, so each run imports its own code as a fresh Python does.
+
+Where a copy is not a fresh Python (a test that depends on these is `fresh_python`):
+- its pid, parent, process group and session are its own, not its stand-in's; a signal to
+  the stand-in's group reaches the copy, but not the copy's own children;
+- it dies a few milliseconds after a SIGKILLed stand-in, not with it;
+- SIGSTOP and SIGCONT stop the stand-in only;
+- every copy of a server has the same string-hash seed, so two copies iterate a set of
+  strings in the same order (which is why rank 1 runs on its own: ranks must differ as
+  they do on real machines);
+- torch, albumentations and the rest are imported already: a test of what importing
+  them costs or does needs a fresh Python."""
 import importlib
 import io
 import json
@@ -38,11 +49,18 @@ PYTHON_AT_START = {"PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONIOENCODING", "PYTH
                    "PYTHONDEVMODE", "PYTHONVERBOSE", "PYTHONHOME", "PYTHONUSERBASE",
                    "PYTHONINTMAXSTRDIGITS", "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME",
                    "PYTHONINSPECT", "PYTHONPLATLIBDIR"}
-SETTLED = ("LD_PRELOAD", "MKL_", "OPENBLAS", "MPL", "OPENCV", "PYTORCH_", "TORCH_LOGS", "TORCH_SHOW")
+SETTLED = ("LD_PRELOAD", "MKL_", "OPENBLAS", "MPL", "OPENCV", "PYTORCH_", "TORCH_LOGS", "TORCH_SHOW",
+           "LANG", "LC_")
 
 
 def _settled(env):
     return {k: v for k, v in env.items() if k.startswith(SETTLED) or k in PYTHON_AT_START}
+
+
+def _own_paths(env):
+    """PYTHONPATH but for the tests' own folders (the server's, the stand-ins' hooks)."""
+    ours = (os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "hooks"))
+    return tuple(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in ours)
 
 
 COPY = False  # True in a copy the server forked
@@ -71,7 +89,10 @@ def hand_over():
         if pid[0] is None:
             pending.append(signum)
         else:
-            os.kill(pid[0], signum)
+            try:
+                os.kill(pid[0], signum)
+            except ProcessLookupError:  # (it has just ended: its status is on its way)
+                pass
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(where)
@@ -100,7 +121,7 @@ def hand_over():
     try:  # from here on this process runs nothing of its own: the copy runs the script
         pid[0] = first["pid"]
         for s in pending:
-            os.kill(pid[0], s)
+            forward(s, None)
         line = reader.readline()
         code = json.loads(line)["code"] if line else code
         if code < 0:
@@ -117,13 +138,16 @@ def serve(where):
     """Import the heavy libraries, then fork a copy for each process that hands itself over."""
     import selectors
     mine = _settled(os.environ)  # (as it started: some of the imports set more)
+    mine["(paths)"] = _own_paths(os.environ)
+    mine["(stdio)"] = (sys.__stdout__.encoding, sys.__stdout__.errors)  # (Python's, for this locale)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # (as machinery.data does)
     for name in PRELOAD:
         importlib.import_module(name)
     _die_with_parent(signal.SIGTERM)
-    for s in FORWARDED:  # (a signal to the pytest process's group is not for the server)
-        if s != signal.SIGTERM:
-            signal.signal(s, signal.SIG_IGN)
+    # A signal to the pytest process's group is not for the server: held back, not ignored,
+    # so that one forwarded to a copy before it has set its handlers waits for them
+    # (a child inherits the mask, and _become lifts it).
+    signal.pthread_sigmask(signal.SIG_BLOCK, [s for s in FORWARDED if s != signal.SIGTERM])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(where + ".new")
     listener.listen(64)
@@ -141,11 +165,18 @@ def serve(where):
                 try:
                     if key.fileobj is listener:
                         conn, _ = listener.accept()
-                        _take(conn, mine, waiting, lambda: (listener.close(), sel.close(),
-                                                             os.close(wake_r), os.close(wake_w)))
-                    else:
+                        pid = _take(conn, mine, waiting, lambda: (listener.close(), sel.close(),
+                                                                   os.close(wake_r), os.close(wake_w)))
+                        if pid:
+                            sel.register(conn, selectors.EVENT_READ, pid)
+                    elif key.fileobj is wake_r:
                         os.read(wake_r, 4096)
-                        _reap(waiting)
+                        for conn in _reap(waiting):
+                            sel.unregister(conn)
+                            conn.close()
+                    else:  # a stand-in's end closed: it was killed, and its copy goes too
+                        sel.unregister(key.fileobj)
+                        _kill(key.data)
                 except Exception:  # (logged; the processes to come still find it)
                     import traceback
                     traceback.print_exc()
@@ -192,10 +223,23 @@ def _take(conn, mine, waiting, close_server):
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     except OSError:
         pass
+    return pid
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _refusal(request, mine):
-    theirs = _settled(request["env"])
+    env = request["env"]
+    if env.get("RANK", "0") != "0":
+        return "a rank other than 0 (ranks must differ in their string-hash seed, as on real machines)"
+    theirs = _settled(env)
+    theirs["(paths)"] = _own_paths(env)
+    theirs["(stdio)"] = mine["(stdio)"]
     if theirs != mine:
         return "settings the server's imports read: " + ", ".join(sorted(
             k for k, _ in set(theirs.items()) ^ set(mine.items())))
@@ -205,20 +249,23 @@ def _refusal(request, mine):
 
 
 def _reap(waiting):
+    """The connections of the copies that ended, each told its exit code."""
+    ended = []
     while waiting:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         conn = waiting.pop(pid, None)
         if conn is not None:
             try:
                 conn.sendall(json.dumps({"code": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
             except OSError:
                 pass
-            conn.close()
+            ended.append(conn)
+    return ended
 
 
 def _become(request, fds):
@@ -242,13 +289,12 @@ def _become(request, fds):
     argv = request["argv"]
     sys.argv, sys.orig_argv = argv, request["orig_argv"]
     sys.path[:] = [os.path.dirname(os.path.realpath(argv[0]))] + request["path"]
-    for s in FORWARDED:
-        signal.signal(s, signal.SIG_IGN if s in request["ignored"] else
-                      signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
     unbuffered = request["unbuffered"] or bool(os.environ.get("PYTHONUNBUFFERED"))
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False), line_buffering=False)
-    sys.stdout = sys.__stdout__ = _text(1, unbuffered, "strict", False)
-    sys.stderr = sys.__stderr__ = _text(2, unbuffered, "backslashreplace", True)
+    encoding, errors = sys.__stdout__.encoding, sys.__stdout__.errors  # (the server's: same locale)
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding=encoding,
+                                                 errors=errors)
+    sys.stdout = sys.__stdout__ = _text(1, unbuffered, encoding, errors, False)
+    sys.stderr = sys.__stderr__ = _text(2, unbuffered, encoding, "backslashreplace", True)
     if os.environ.get("QUICK_PICTURES"):  # (what tests/hooks/sitecustomize.py does in a new Python)
         sys.path.insert(0, os.path.join(ROOT, "tests"))
         import quick_pictures
@@ -264,8 +310,14 @@ def _become(request, fds):
     torch.seed()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    code = _run(argv[0])
-    threading._shutdown()  # (as Python ends: its threads, then atexit, then the streams)
+    for s in FORWARDED:  # (then the signals held back since the fork come in)
+        signal.signal(s, signal.SIG_IGN if s in request["ignored"] else
+                      signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+    code = _run(os.path.abspath(argv[0]))  # (__main__.__file__ is absolute, as in Python 3.9+)
+    try:  # as Python ends: its threads, then atexit, then the streams
+        threading._shutdown()
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
     import atexit
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -273,19 +325,24 @@ def _become(request, fds):
             stream.flush()
         except (OSError, ValueError):
             pass
+    if code == -signal.SIGINT:  # (an unhandled Ctrl-C: Python ends by the signal itself)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
     os._exit(code)
 
 
-def _text(fd, unbuffered, errors, line):
+def _text(fd, unbuffered, encoding, errors, line):
     raw = io.open(fd, "wb", buffering=0, closefd=False)
     binary = raw if unbuffered else io.BufferedWriter(raw)
-    return io.TextIOWrapper(binary, encoding="utf-8", errors=errors, write_through=unbuffered,
+    return io.TextIOWrapper(binary, encoding=encoding, errors=errors, write_through=unbuffered,
                             line_buffering=line or os.isatty(fd))
 
 
 def _run(script):
     import runpy
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # (a Ctrl-C held back lands here)
         runpy.run_path(script, run_name="__main__")
         return 0
     except SystemExit as e:
@@ -297,10 +354,7 @@ def _run(script):
         return 1
     except KeyboardInterrupt:
         sys.excepthook(*sys.exc_info())
-        sys.stderr.flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)  # (as Python ends on an unhandled Ctrl-C)
-        return 130
+        return -signal.SIGINT  # (ended by the signal, once the rest has ended as usual)
     except BaseException:
         sys.excepthook(*sys.exc_info())
         return 1

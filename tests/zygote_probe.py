@@ -1,5 +1,7 @@
 """A script for test_zygote: says who it is, then does what its first argument asks
-(`exit:N`, `signal:NAME` sent to itself, `wait` until a signal ends it, `raise`)."""
+(`exit:N`, `signal:NAME` sent to itself, `wait` until a signal ends it, `raise`, `ctrl_c`
+unhandled after unflushed output, `undecodable`: print a file name that is not UTF-8)."""
+import atexit
 import json
 import os
 import signal
@@ -21,3 +23,9 @@ if what == "wait":
     time.sleep(60)
 if what == "raise":
     raise RuntimeError("as asked")
+if what == "ctrl_c":
+    atexit.register(lambda: print("atexit ran"))
+    print("progress so far")  # (still in the buffer: stdout is a pipe)
+    raise KeyboardInterrupt
+if what == "undecodable":
+    print(os.fsdecode(b"caf\xe9.png"))
