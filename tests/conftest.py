@@ -69,9 +69,10 @@ def user_cache(tmp_path_factory):
 def zygote(tmp_path_factory):
     """The processes the tests start find tests/hooks on PYTHONPATH, and those that run one
     of the repo's scripts are forked from this pytest process's zygote, which has imported
-    torch once (tests/zygote.py: 6 s of CPU saved a process). A test marked fresh_python,
-    or every test with TESTS_FRESH_PYTHON=1, starts each Python from scratch. Yields
-    (socket, server process, its log), or None."""
+    torch once (tests/zygote.py: 6 s of CPU saved a process). Two servers, for ranks 0 and
+    1 of a torchrun job (ranks differ in their string-hash seed; the others use the first).
+    A test marked fresh_python, or every test with TESTS_FRESH_PYTHON=1, starts each
+    Python from scratch. Yields [(socket, server process, its log)] or None."""
     hooks = os.path.join(ROOT, "tests", "hooks")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", hooks, prepend=os.pathsep)
@@ -79,20 +80,24 @@ def zygote(tmp_path_factory):
             yield None
             return
         folder = tempfile.mkdtemp(prefix="zygote-")  # (a socket's name: 107 bytes at most)
-        where = os.path.join(folder, "socket")
-        log = tmp_path_factory.getbasetemp() / "zygote.log"  # (kept: pytest keeps its last 3)
         env = {k: v for k, v in os.environ.items() if k not in ("QUICK_PICTURES", "TEST_ZYGOTE")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(ROOT, "tests"),
                                                          os.environ.get("PYTHONPATH")]))
-        with open(log, "w") as f:
-            server = subprocess.Popen([sys.executable, "-c", f"import zygote; zygote.serve({where!r})"],
-                                      cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        mp.setenv("TEST_ZYGOTE", where)
+        servers = []
+        for rank in (0, 1):
+            where = os.path.join(folder, f"rank{rank}")
+            log = tmp_path_factory.getbasetemp() / f"zygote{rank}.log"  # (pytest keeps its last 3)
+            with open(log, "w") as f:
+                servers.append((where, subprocess.Popen(
+                    [sys.executable, "-c", f"import zygote; zygote.serve({where!r})"],
+                    cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT), log))
+        mp.setenv("TEST_ZYGOTE", os.pathsep.join(where for where, _, _ in servers))
         try:
-            yield where, server, log
+            yield servers
         finally:
-            server.terminate()
-            server.wait()
+            for _, server, _ in servers:
+                server.terminate()
+                server.wait()
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -34,7 +34,7 @@ def rate(mask):
     return float(np.mean(mask))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # (with every test of its fixture: it samples 20,000 images through each pipeline, 12 s)
 def test_flip_affine_hole_and_noise_rates_match(both):
     _, applied, _, p = both
     pairs = [(rate(["HorizontalFlip" in a for a in applied]), rate(p["flip"]), 0.5),
@@ -46,6 +46,7 @@ def test_flip_affine_hole_and_noise_rates_match(both):
         assert abs(reference - ours) < 0.02
 
 
+@pytest.mark.slow
 def test_crop_offsets_have_the_same_histogram(both):
     _, applied, _, p = both
     coords = np.array([a["RandomCrop"]["crop_coords"][:2] for a in applied])  # (x0, y0)
@@ -56,6 +57,7 @@ def test_crop_offsets_have_the_same_histogram(both):
         assert np.abs(reference - mine).max() < 0.015 and np.abs(mine - 1 / 9).max() < 0.012
 
 
+@pytest.mark.slow
 def test_holes_have_the_same_size_range(both):
     _, applied, _, p = both
     holes = np.array([a["CoarseDropout"]["holes"][0] for a in applied if "CoarseDropout" in a])
@@ -65,6 +67,7 @@ def test_holes_have_the_same_size_range(both):
     assert ours.min() == 8 and ours.max() == 16
 
 
+@pytest.mark.slow
 def test_per_pixel_mean_and_variance_maps_match(both):
     reference, _, batched, _ = both
     a = reference.view(4, N // 4, 3, 32, 32)
@@ -127,7 +130,7 @@ def _hole_stats(images):
 # (seeds 0-3) gave noise shares 0.149-0.154, spreads 4.62-4.74 grey levels, hole shares
 # 0.148-0.152 and hole sizes 141.9-145.6 pixels; a share's binomial sd is 0.0036. The
 # bounds are about four standard deviations of a difference of two such runs.
-@pytest.mark.slow
+@pytest.mark.slow  # (with every test of its fixture: 10 s)
 def test_noise_reaches_as_many_images_as_albumentations_and_as_strongly(flat):
     reference, ours, _ = flat["fill"]
     (ref_share, ref_sd), (our_share, our_sd) = _noise_stats(reference), _noise_stats(ours)
@@ -135,6 +138,7 @@ def test_noise_reaches_as_many_images_as_albumentations_and_as_strongly(flat):
     assert abs(our_sd - ref_sd) < 0.3
 
 
+@pytest.mark.slow
 def test_holes_reach_as_many_images_as_albumentations_and_are_as_large(flat):
     reference, ours, _ = flat["other"]
     (ref_share, ref_size), (our_share, our_size) = _hole_stats(reference), _hole_stats(ours)
@@ -142,6 +146,7 @@ def test_holes_reach_as_many_images_as_albumentations_and_are_as_large(flat):
     assert abs(our_size - ref_size) < 10
 
 
+@pytest.mark.slow
 def test_every_drawn_hole_is_filled_with_the_mean_colour_and_nothing_else_is(flat):
     _, ours, p = flat["other"]
     filled = (ours == FILL).all(-1)  # (N, 32, 32)

@@ -44,7 +44,6 @@ def _runs_started(run_folder):
 
 
 @pytest.mark.slow
-@pytest.mark.pictures  # (the report's pictures: drawn)
 def test_two_sweeps_share_one_grid_each_cell_trained_once_and_report_mean_std(tiny_data, tmp_path):
     cmd = _command("--study", "grid", "--sampler", "grid", "--seeds", "2",
                    "--space", "stem_pool=false,true", "--sweeps-dir", tmp_path, "--",
@@ -66,8 +65,8 @@ def test_two_sweeps_share_one_grid_each_cell_trained_once_and_report_mean_std(ti
     for setting in ("stem_pool=False", "stem_pool=True"):
         row = next(line for line in report.splitlines() if line.startswith(f"| {setting} |"))
         assert " ± " in row and "(n=2)" in row
-    for picture in ("history.png", "curves.png"):
-        assert (tmp_path / "grid" / picture).stat().st_size > 5000
+    for picture in ("history.png", "curves.png"):  # (drawn: test_sweep_scoring)
+        assert (tmp_path / "grid" / picture).is_file()
 
 
 @pytest.mark.slow

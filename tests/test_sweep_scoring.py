@@ -104,6 +104,24 @@ def test_a_study_scored_on_the_test_set_says_so_in_its_report(tmp_path, monkeypa
     assert "Scored on the test set" not in open(write_report(study, plan)).read()
 
 
+@pytest.mark.pictures  # (the report's pictures: drawn)
+def test_the_report_draws_the_history_and_every_trials_curve(tmp_path, monkeypatch):
+    """(test_sweep's real sweeps write placeholders: this is where the pictures are looked at)"""
+    from PIL import Image
+    from machinery.sweep_report import write_report
+    _fake_children(monkeypatch, tmp_path, epochs=3, sleep=0)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    plan = Plan([], str(tmp_path), 2, "val_acc",
+                lambda t: {"max_lr": t.suggest_float("max_lr", 0.01, 1.0, log=True)},
+                epochs=lambda params: 3)
+    Worker(study, plan, say=lambda line: None).run()
+    write_report(study, plan)
+    for picture in ("history.png", "curves.png"):
+        with Image.open(tmp_path / picture) as im:
+            assert im.width > 300 and im.height > 200, picture
+        assert (tmp_path / picture).stat().st_size > 5000, picture
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_a_seeded_study_continued_proposes_settings_it_has_not_tried(tmp_path, sampler):
     """After a Ctrl-C, or with a larger --trials, the same --sampler-seed once proposed the

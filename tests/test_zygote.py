@@ -30,13 +30,13 @@ def server(zygote):
     mid-session would leave every later test on fresh Pythons without a word."""
     if not zygote:
         pytest.skip("TESTS_FRESH_PYTHON: no zygote")
-    where, proc, log = zygote
     deadline = time.monotonic() + 120
-    while not os.path.exists(where) and proc.poll() is None:
-        assert time.monotonic() < deadline, "the zygote never listened"
-        time.sleep(0.2)
-    assert proc.poll() is None, log.read_text()[-3000:]
-    return zygote
+    for where, proc, log in zygote:
+        while not os.path.exists(where) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the zygote never listened"
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    return zygote[0]
 
 
 def test_a_handed_over_run_has_the_streams_folder_arguments_and_exit_code_of_its_own(server, tmp_path):
@@ -86,11 +86,20 @@ def test_a_signal_that_comes_before_the_copy_has_its_handlers_waits_for_them(ser
     assert out == ""  # (it came before the script's first line, as it can in a fresh Python)
 
 
-@pytest.mark.parametrize("env", [{"RANK": "1"}, {"PYTHONPATH": "/somewhere/else"},
-                                 {"PYTHONHASHSEED": "0"}])
+def test_each_rank_has_a_server_of_its_own_and_so_its_own_string_hash_seed(server):
+    seeds = []
+    for rank in ("0", "1", "2"):
+        proc = _start("exit:0", env=dict(os.environ, RANK=rank))
+        said = _said(proc)
+        proc.communicate(timeout=60)
+        seeds.append(said["hash"])
+        assert (said["pid"] != proc.pid) == (rank != "2")  # (a third rank: a fresh Python)
+    assert len(set(seeds)) == 3
+
+
+@pytest.mark.parametrize("env", [{"PYTHONPATH": "/somewhere/else"}, {"PYTHONHASHSEED": "0"}])
 def test_what_the_server_cannot_be_runs_on_its_own(server, env):
-    """A rank other than 0 (the ranks' string-hash seeds must differ), modules of its own
-    ahead of the server's, a setting Python reads as it starts."""
+    """Modules of its own ahead of the server's, a setting Python reads as it starts."""
     env = dict(os.environ, **env)
     if "PYTHONPATH" in env and env["PYTHONPATH"] == "/somewhere/else":
         env["PYTHONPATH"] = os.pathsep.join([os.environ["PYTHONPATH"], "/somewhere/else"])

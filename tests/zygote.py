@@ -12,9 +12,11 @@ it if it is killed. What the test sees is the same: output, files, exit code, si
 Only the repo's own scripts are handed over, with no Python options but `-u`. These run as
 usual, the server told nothing: a process whose environment would change what the server
 already imported (Python's own settings, locale, thread and library settings, a
-PYTHONPATH with modules of its own), a torchrun rank other than 0, and every process of
-a test marked `fresh_python`. Nothing of the project (machinery, model) is imported in the
-server, so each run imports its own code as a fresh Python does.
+PYTHONPATH with modules of its own), a torchrun rank with no server of its own (each
+pytest process keeps two: ranks 0 and 1), and every process of a test marked
+`fresh_python`.
+Nothing of the project (machinery, model) is imported in the server, so each run imports
+its own code as a fresh Python does.
 
 Where a copy is not a fresh Python (a test that depends on these is `fresh_python`):
 - its pid, parent, process group and session are its own, not its stand-in's; a signal to
@@ -22,8 +24,8 @@ Where a copy is not a fresh Python (a test that depends on these is `fresh_pytho
 - it dies a few milliseconds after a SIGKILLed stand-in, not with it;
 - SIGSTOP and SIGCONT stop the stand-in only;
 - every copy of a server has the same string-hash seed, so two copies iterate a set of
-  strings in the same order (which is why rank 1 runs on its own: ranks must differ as
-  they do on real machines);
+  strings in the same order (which is why each rank has a server of its own: ranks must
+  differ as they do on real machines);
 - torch, albumentations and the rest are imported already: a test of what importing
   them costs or does needs a fresh Python."""
 import importlib
@@ -63,6 +65,16 @@ def _own_paths(env):
     return tuple(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in ours)
 
 
+def _server_for(env):
+    """The socket of the server for this process: TEST_ZYGOTE names one per rank a job may
+    have (rank r takes the r-th, a process that is no rank the first), since every copy of
+    a server has its string-hash seed and ranks on real machines differ in theirs. None:
+    run as usual (no server, or more ranks than servers)."""
+    servers = [w for w in env.get("TEST_ZYGOTE", "").split(os.pathsep) if w]
+    rank = env.get("RANK", "0")
+    return servers[int(rank)] if rank.isdigit() and int(rank) < len(servers) else None
+
+
 COPY = False  # True in a copy the server forked
 
 
@@ -71,7 +83,7 @@ COPY = False  # True in a copy the server forked
 def hand_over():
     """If this process runs one of the repo's scripts and the server takes it, wait for its
     copy and end as it ends (never returns). Otherwise return, and Python goes on as usual."""
-    where = os.environ.get("TEST_ZYGOTE")
+    where = _server_for(os.environ)
     if COPY:  # (a copy's own sitecustomize ran in the server, long ago)
         return
     argv, orig = sys.argv, getattr(sys, "orig_argv", [])
@@ -235,14 +247,12 @@ def _kill(pid):
 
 def _refusal(request, mine):
     env = request["env"]
-    if env.get("RANK", "0") != "0":
-        return "a rank other than 0 (ranks must differ in their string-hash seed, as on real machines)"
     theirs = _settled(env)
     theirs["(paths)"] = _own_paths(env)
     theirs["(stdio)"] = mine["(stdio)"]
     if theirs != mine:
         return "settings the server's imports read: " + ", ".join(sorted(
-            k for k, _ in set(theirs.items()) ^ set(mine.items())))
+            {k for k, _ in set(theirs.items()) ^ set(mine.items())}))
     if "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS" not in request["env"]:
         return "OMP_NUM_THREADS"
     return None
