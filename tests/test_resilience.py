@@ -121,6 +121,7 @@ def test_a_signal_saves_a_resumable_position_and_prints_the_command(small_data, 
             load(tmp_path)["scheduler_state_dict"]["last_epoch"] == EPOCHS * STEPS)
 
 
+@pytest.mark.slow
 def test_auto_resume_skips_a_truncated_checkpoint(small_data, reference, tmp_path):
     shutil.copytree(reference / "checkpoints", tmp_path / "checkpoints")
     for name in ("checkpoint_epoch_2.pt", "best_model.pt"):  # as if killed in epoch 2
@@ -135,6 +136,7 @@ def test_auto_resume_skips_a_truncated_checkpoint(small_data, reference, tmp_pat
     assert_same_run(load(reference), load(tmp_path))
 
 
+@pytest.mark.slow  # (a whole run: 12 s)
 def test_auto_resume_without_checkpoints_starts_fresh(small_data, tmp_path):
     proc = train_here(*flags(small_data, tmp_path, "--resume", "auto", "--epochs", "1"))
     assert proc.returncode == 0, proc.stderr[-2000:]

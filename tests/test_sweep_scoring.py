@@ -94,7 +94,7 @@ def test_the_dashboard_hint_is_a_command_for_the_storage(url, command):
 
 
 def test_a_study_scored_on_the_test_set_says_so_in_its_report(tmp_path, monkeypatch):
-    _fake_children(monkeypatch, tmp_path, epochs=1)
+    _fake_children(monkeypatch, tmp_path, epochs=1, sleep=0)
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
     plan = Plan([], str(tmp_path), 1, "test_acc", lambda t: {}, epochs=lambda params: 1)
     Worker(study, plan, say=lambda line: None).run()
@@ -104,6 +104,7 @@ def test_a_study_scored_on_the_test_set_says_so_in_its_report(tmp_path, monkeypa
     assert "Scored on the test set" not in open(write_report(study, plan)).read()
 
 
+@pytest.mark.slow
 @pytest.mark.pictures  # (the report's pictures: drawn)
 def test_the_report_draws_the_history_and_every_trials_curve(tmp_path, monkeypatch):
     """(test_sweep's real sweeps write placeholders: this is where the pictures are looked at)"""
