@@ -44,6 +44,7 @@ def _fake_children(monkeypatch, tmp_path, epochs, sleep=3, fails_with=None):
         seen.append(cmd)
         return real([sys.executable, str(script), *cmd[2:]], **kwargs)
     monkeypatch.setattr(sweep_trials.subprocess, "Popen", popen)
+    monkeypatch.setattr(sweep_trials, "POLL_S", 0.1)  # (a stand-in's epochs come at once)
     return seen
 
 
