@@ -151,7 +151,6 @@ def serve(where):
     import selectors
     mine = _settled(os.environ)  # (as it started: some of the imports set more)
     mine["(paths)"] = _own_paths(os.environ)
-    mine["(stdio)"] = (sys.__stdout__.encoding, sys.__stdout__.errors)  # (Python's, for this locale)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # (as machinery.data does)
     for name in PRELOAD:
         importlib.import_module(name)
@@ -249,11 +248,10 @@ def _refusal(request, mine):
     env = request["env"]
     theirs = _settled(env)
     theirs["(paths)"] = _own_paths(env)
-    theirs["(stdio)"] = mine["(stdio)"]
     if theirs != mine:
         return "settings the server's imports read: " + ", ".join(sorted(
             {k for k, _ in set(theirs.items()) ^ set(mine.items())}))
-    if "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS" not in request["env"]:
+    if "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS" not in env:
         return "OMP_NUM_THREADS"
     return None
 
@@ -371,7 +369,9 @@ def _run(script):
 
 
 def _die_with(fd):
-    """The copy dies as its stand-in dies (SIGKILL, say): its pipe's write end closes."""
+    """The copy dies as its stand-in dies (SIGKILL, say): its pipe's write end closes. (The
+    server kills it sooner, as the stand-in's connection closes; this holds where the
+    server itself is gone.)"""
     while os.read(fd, 1):
         pass
     os.kill(os.getpid(), signal.SIGKILL)
